@@ -1,0 +1,360 @@
+//! The command line: `serve` (the default), `user add`, `session new|revoke`.
+//!
+//! Every option has an environment-variable fallback, so that the server can
+//! be configured the same way from a shell, a service file or a test.
+
+use std::fmt;
+use std::io::{self, BufRead, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use log::LevelFilter;
+
+use crate::auth::{self, Token};
+use crate::db::{self, Database};
+use crate::routes::{self, App};
+use crate::server::{HttpServer, ShutdownHandle};
+use crate::{demo, logging};
+
+/// Loopback only: a browser on this machine can reach it, nobody else can.
+/// Not 3000, which front-end dev servers usually take.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7150";
+
+/// Serves the Neptun chat API's delete-chat endpoint from a local SQLite file.
+#[derive(Parser, Debug)]
+#[command(name = "neptun-local", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// The SQLite database file; created, with the schema, if missing.
+    #[arg(long, env = "NEPTUN_DB", default_value = "neptun.db", global = true)]
+    pub db: PathBuf,
+
+    /// Log level on stderr: off, error, warn, info (one line per request), debug, trace.
+    #[arg(long, env = "NEPTUN_LOG", default_value = "info", global = true,
+          value_parser = |s: &str| s.parse::<LevelFilter>().map_err(|e| e.to_string()))]
+    pub log_level: LevelFilter,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the API (what runs when no subcommand is given).
+    Serve(ServeArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "NEPTUN_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: String,
+
+    /// Number of threads answering requests.
+    #[arg(long, env = "NEPTUN_WORKERS", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+
+    /// How long a request waits for a database lock before answering 503 (e.g. 5s, 250ms).
+    #[arg(long, env = "NEPTUN_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub busy_timeout: Duration,
+
+    /// Seed a demo user with chats, mint a session, and print a ready-to-paste curl command.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a user.
+    Add {
+        /// The user's id (as it appears in API paths).
+        id: String,
+        /// A display name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// Create a session; prints only its token on stdout.
+    New {
+        user_id: String,
+        /// Lifetime, e.g. 7d, 12h, 30m, 90s.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+    /// Revoke the session with this token ("-" reads it from stdin, which
+    /// keeps it out of the process list and shell history).
+    Revoke { token: String },
+}
+
+/// Everything that makes the command fail.
+#[derive(Debug)]
+pub enum Error {
+    Database { path: PathBuf, source: db::Error },
+    Bind { addr: String, source: io::Error },
+    Transport(io::Error),
+    Session(auth::NewSessionError),
+    InvalidUserId(&'static str),
+    MalformedToken,
+    NoSuchSession,
+    Io(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Database { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Error::Transport(e) => write!(f, "the HTTP server failed: {e}"),
+            Error::Session(e) => e.fmt(f),
+            Error::InvalidUserId(why) => write!(f, "invalid user id: {why}"),
+            Error::MalformedToken => f.write_str("that is not a neptun-local session token"),
+            Error::NoSuchSession => {
+                f.write_str("no session has that token (already revoked or expired?)")
+            }
+            Error::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<(), Error> {
+    logging::init(cli.log_level);
+    let open = |settings: &db::Settings| {
+        Database::open(&cli.db, settings).map_err(|source| Error::Database {
+            path: cli.db.clone(),
+            source,
+        })
+    };
+    let db_error = |source| Error::Database {
+        path: cli.db.clone(),
+        source,
+    };
+    match cli.command {
+        None => serve(&cli.db, &cli.serve, open),
+        Some(Command::Serve(ref args)) => serve(&cli.db, args, open),
+        Some(Command::User(UserCommand::Add { ref id, ref name })) => {
+            check_user_id(id)?;
+            open(&db::Settings::default())?
+                .add_user(id, name.as_deref())
+                .map_err(db_error)?;
+            eprintln!("added user {id:?}");
+            Ok(())
+        }
+        Some(Command::Session(SessionCommand::New { ref user_id, ttl })) => {
+            let db = open(&db::Settings::default())?;
+            let token = auth::new_session(&db, user_id, ttl).map_err(Error::Session)?;
+            println!("{}", token.expose());
+            Ok(())
+        }
+        Some(Command::Session(SessionCommand::Revoke { ref token })) => {
+            let token = read_token_argument(token)?;
+            let db = open(&db::Settings::default())?;
+            if db.delete_session(&token.hash()).map_err(db_error)? {
+                eprintln!("session revoked");
+                Ok(())
+            } else {
+                Err(Error::NoSuchSession)
+            }
+        }
+    }
+}
+
+fn serve(
+    db_path: &Path,
+    args: &ServeArgs,
+    open: impl FnOnce(&db::Settings) -> Result<Database, Error>,
+) -> Result<(), Error> {
+    let workers = usize::from(args.workers);
+    let db = open(&db::Settings {
+        busy_timeout: args.busy_timeout,
+        pool_size: u32::from(args.workers),
+    })?;
+    log::info!("database {}", db_path.display());
+    let demo_chats = if args.demo {
+        Some(demo::seed(&db).map_err(|source| Error::Database {
+            path: db_path.to_owned(),
+            source,
+        })?)
+    } else {
+        None
+    };
+
+    let listener = TcpListener::bind(&args.addr).map_err(|source| Error::Bind {
+        addr: args.addr.clone(),
+        source,
+    })?;
+    let server = HttpServer::from_listener(listener).map_err(Error::Transport)?;
+    let base_url = format!("http://{}", server.local_addr());
+    stop_on_signals(server.shutdown_handle(workers))?;
+
+    if let Some(chat_ids) = demo_chats {
+        let token = auth::new_session(&db, demo::DEMO_USER, auth::DEFAULT_SESSION_TTL)
+            .map_err(Error::Session)?;
+        print_demo_instructions(&base_url, &token, &chat_ids);
+    }
+    // The one line on stdout: scripts and tests wait for it.
+    println!("listening on {base_url}");
+    io::stdout().flush().map_err(Error::Io)?;
+
+    let app = App { db };
+    server
+        .run(workers, move |request| routes::handle(&app, request))
+        .map_err(Error::Transport)?;
+    log::info!("stopped");
+    Ok(())
+}
+
+/// First SIGINT/SIGTERM: stop accepting work, finish what is in flight, exit 0.
+/// A second one: exit at once (for a shutdown stuck behind a slow client).
+fn stop_on_signals(shutdown: ShutdownHandle) -> Result<(), Error> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(Error::Io)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signals = signals.forever();
+            if signals.next().is_some() {
+                log::info!("shutting down: finishing requests in flight");
+                shutdown.shutdown();
+            }
+            if signals.next().is_some() {
+                log::warn!("second signal: exiting without waiting");
+                std::process::exit(130);
+            }
+        })
+        .map_err(Error::Io)?;
+    Ok(())
+}
+
+fn print_demo_instructions(base_url: &str, token: &Token, chat_ids: &[i64]) {
+    let user = demo::DEMO_USER;
+    let chats = chat_ids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let first = chat_ids.first().copied().unwrap_or(1);
+    // stderr, because stdout carries only the "listening on" line.
+    eprintln!(
+        "demo user {user:?} owns chats {chats}\n\
+         demo session token: {}\n\
+         try:\n  curl -i -X DELETE -H \"Cookie: neptun-session={}\" {base_url}/api/users/{user}/chats/{first}",
+        token.expose(),
+        token.expose(),
+    );
+}
+
+fn check_user_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() {
+        Err(Error::InvalidUserId("it is empty"))
+    } else if id.chars().count() > 256 {
+        Err(Error::InvalidUserId("it is longer than 256 characters"))
+    } else if id.chars().any(char::is_control) {
+        Err(Error::InvalidUserId("it contains control characters"))
+    } else if id == "." || id == ".." {
+        Err(Error::InvalidUserId(
+            "\".\" and \"..\" cannot appear in a URL path",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn read_token_argument(argument: &str) -> Result<Token, Error> {
+    let text = if argument == "-" {
+        let mut line = String::new();
+        io::stdin().lock().read_line(&mut line).map_err(Error::Io)?;
+        line.trim().to_owned()
+    } else {
+        argument.to_owned()
+    };
+    Token::parse(&text).ok_or(Error::MalformedToken)
+}
+
+/// Parses `<number><unit>` with unit `ms`, `s`, `m`, `h` or `d`; zero is refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 7d, 12h, 30m, 90s or 250ms"))?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60 * 1000,
+        "h" => 60 * 60 * 1000,
+        "d" => 24 * 60 * 60 * 1000,
+        _ => {
+            return Err(format!(
+                "{text:?} has no unit; use ms, s, m, h or d (e.g. 7d)"
+            ));
+        }
+    };
+    match n.checked_mul(unit_ms) {
+        Some(0) => Err("a duration must be greater than zero".into()),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Err(format!("{text:?} is too long")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        for bad in [
+            "",
+            "7",
+            "d",
+            "0s",
+            "-1s",
+            "1.5h",
+            "7 d",
+            "7w",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn no_subcommand_means_serve_and_options_apply() {
+        let cli = Cli::try_parse_from(["neptun-local", "--addr", "127.0.0.1:0", "--workers", "2"])
+            .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(
+            (cli.serve.addr.as_str(), cli.serve.workers),
+            ("127.0.0.1:0", 2)
+        );
+        assert!(Cli::try_parse_from(["neptun-local", "--workers", "0"]).is_err());
+        assert!(Cli::try_parse_from(["neptun-local", "--addr", "x", "user", "add", "u"]).is_err());
+    }
+}

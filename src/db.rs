@@ -1,0 +1,546 @@
+//! The SQLite store: connection pool, per-connection settings, schema
+//! migration, and one method per query.
+//!
+//! Nothing here knows about HTTP. Callers get domain values (`bool`,
+//! `Option<String>`, ids) and an [`Error`] that says whether retrying later
+//! could help ([`Error::Busy`]) or not.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+
+/// The schema, applied once to a new database file.
+const SCHEMA: &str = include_str!("../schema.sql");
+
+/// The `PRAGMA user_version` that [`SCHEMA`] produces. Bump it, and teach
+/// [`migrate`] the step from the previous version, whenever the schema changes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+type Pool = r2d2::Pool<SqliteConnectionManager>;
+type PooledConnection = r2d2::PooledConnection<SqliteConnectionManager>;
+
+/// How the store behaves under contention.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How long a statement waits for another writer's lock, and how long a
+    /// caller waits for a free pooled connection, before giving up with
+    /// [`Error::Busy`].
+    pub busy_timeout: Duration,
+    /// The number of pooled connections (one per request worker is enough:
+    /// SQLite runs one write transaction at a time anyway).
+    pub pool_size: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            busy_timeout: Duration::from_secs(5),
+            pool_size: 4,
+        }
+    }
+}
+
+/// Everything that can go wrong in the store.
+#[derive(Debug)]
+pub enum Error {
+    /// The database stayed locked by another writer, or every pooled
+    /// connection stayed in use, for longer than the busy timeout. Nothing was
+    /// changed; the same call may succeed later.
+    Busy(String),
+    /// The named user does not exist.
+    UnknownUser(String),
+    /// A user with this id already exists.
+    UserExists(String),
+    /// The file was written by a newer neptun-local whose schema we do not know.
+    SchemaTooNew { found: i64 },
+    /// A pooled connection does not enforce foreign keys, so deleting a chat
+    /// would leave its messages behind. Refuse to run rather than do that.
+    ForeignKeysOff,
+    /// Any other SQLite failure. The text is for the log, never for a client.
+    Sqlite(rusqlite::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Busy(cause) => write!(f, "database busy: {cause}"),
+            Error::UnknownUser(id) => write!(f, "no user with id {id:?}"),
+            Error::UserExists(id) => write!(f, "a user with id {id:?} already exists"),
+            Error::SchemaTooNew { found } => write!(
+                f,
+                "the database has schema version {found}, but this neptun-local only knows \
+                 versions up to {SCHEMA_VERSION}; use a newer neptun-local"
+            ),
+            Error::ForeignKeysOff => write!(
+                f,
+                "SQLite did not enable foreign keys on a connection; refusing to run, \
+                 because deleting a chat would not delete its messages"
+            ),
+            Error::Sqlite(e) => write!(f, "sqlite: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Busy(e.to_string()),
+            _ => Error::Sqlite(e),
+        }
+    }
+}
+
+impl From<r2d2::Error> for Error {
+    /// r2d2 reports every failure to hand out a connection as a timeout
+    /// (including a connection that failed to open); the cause was already
+    /// logged by r2d2's error handler.
+    fn from(e: r2d2::Error) -> Error {
+        Error::Busy(e.to_string())
+    }
+}
+
+/// Settings every connection needs, applied to each one the pool opens.
+///
+/// These are per connection in SQLite, so setting them once at start-up would
+/// leave later pooled connections without them.
+fn configure_connection(conn: &mut Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
+    conn.busy_timeout(busy_timeout)?;
+    conn.execute_batch(
+        // foreign_keys: without it the ON DELETE CASCADE silently does nothing.
+        // synchronous=FULL: an acknowledged delete must survive power loss.
+        // secure_delete: deleted content is overwritten, not left in free pages.
+        "PRAGMA foreign_keys = ON;
+         PRAGMA synchronous = FULL;
+         PRAGMA secure_delete = ON;",
+    )
+}
+
+/// Brings a database file to [`SCHEMA_VERSION`].
+///
+/// Rules: version 0 is a new file and gets the whole schema; the current
+/// version is left alone; a newer version is refused. The check and the change
+/// run in one IMMEDIATE transaction, so two processes opening a new file at
+/// once cannot both apply the schema.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    // auto_vacuum only takes effect before the first table is created, and the
+    // journal mode is stored in the file, so both are set here, once.
+    if user_version(conn)? == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    }
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        log::warn!("could not switch the database to WAL mode (it is in {mode} mode)");
+    }
+
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    match user_version(&tx)? {
+        0 => {
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        SCHEMA_VERSION => {}
+        found => return Err(Error::SchemaTooNew { found }),
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}
+
+/// A handle to the store. Cheap to clone; clones share one pool.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+}
+
+impl Database {
+    /// Opens (creating if needed) the database at `path`, migrates it, and
+    /// checks that pooled connections enforce foreign keys.
+    pub fn open(path: &Path, settings: &Settings) -> Result<Database> {
+        let mut conn = Connection::open(path)?;
+        configure_connection(&mut conn, settings.busy_timeout)?;
+        migrate(&mut conn)?;
+        drop(conn);
+
+        let busy_timeout = settings.busy_timeout;
+        let manager = SqliteConnectionManager::file(path)
+            .with_init(move |conn| configure_connection(conn, busy_timeout));
+        let pool = r2d2::Pool::builder()
+            .max_size(settings.pool_size.max(1))
+            .connection_timeout(settings.busy_timeout)
+            // A local file does not go stale like a network connection, so the
+            // per-checkout `SELECT 1` and periodic reconnects are pure cost.
+            .test_on_check_out(false)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .build(manager)?;
+        let db = Database { pool };
+        db.check_foreign_keys_enforced()?;
+        Ok(db)
+    }
+
+    fn conn(&self) -> Result<PooledConnection> {
+        Ok(self.pool.get()?)
+    }
+
+    /// Fails with [`Error::ForeignKeysOff`] unless a pooled connection
+    /// reports `foreign_keys = 1`.
+    fn check_foreign_keys_enforced(&self) -> Result<()> {
+        let on: bool = self
+            .conn()?
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
+        if on {
+            Ok(())
+        } else {
+            Err(Error::ForeignKeysOff)
+        }
+    }
+
+    /// Runs `f` on a pooled connection. For checks and tools that need SQL of
+    /// their own (doctor, tests, seeding); request handling uses the methods.
+    pub fn with_connection<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn()?;
+        f(&mut conn)
+    }
+
+    /// Runs `f` inside one IMMEDIATE transaction and commits if it returns
+    /// `Ok`; on `Err` nothing it did is kept.
+    pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Returns the id of the user whose session has this token hash, if that
+    /// session exists and expires after `now` (Unix seconds).
+    pub fn get_session_user(&self, token_hash: &[u8; 32], now: i64) -> Result<Option<String>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT user_id FROM sessions WHERE token_hash = ?1 AND expires_at > ?2",
+        )?;
+        Ok(stmt
+            .query_row(params![&token_hash[..], now], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Deletes the chat if and only if it exists and belongs to `user_id`,
+    /// with every row that hangs off it, in one transaction. Returns whether
+    /// a chat was deleted.
+    pub fn delete_chat(&self, user_id: &str, chat_id: i64) -> Result<bool> {
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached("DELETE FROM chats WHERE id = ?1 AND user_id = ?2")?;
+            Ok(stmt.execute(params![chat_id, user_id])? == 1)
+        })
+    }
+
+    /// Adds a user; fails with [`Error::UserExists`] if the id is taken.
+    pub fn add_user(&self, id: &str, name: Option<&str>) -> Result<()> {
+        self.write(|tx| insert_user(tx, id, name))
+    }
+
+    /// Returns whether a user with this id exists.
+    pub fn user_exists(&self, id: &str) -> Result<bool> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
+        Ok(stmt.exists([id])?)
+    }
+
+    /// Stores a session (by token hash) for an existing user.
+    pub fn add_session(&self, session: &NewSession) -> Result<()> {
+        self.write(|tx| insert_session(tx, session))
+    }
+
+    /// Deletes the session with this token hash; returns whether one existed.
+    pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "DELETE FROM sessions WHERE token_hash = ?1",
+                [&token_hash[..]],
+            )? == 1)
+        })
+    }
+}
+
+/// A session to store. Times are Unix seconds.
+pub struct NewSession<'a> {
+    pub token_hash: [u8; 32],
+    pub user_id: &'a str,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+// The insert_* functions below take a plain connection so that callers can
+// group many of them into one transaction with `Database::write` (seeding a
+// thousand rows with one fsync instead of a thousand).
+
+/// Inserts a user; fails with [`Error::UserExists`] if the id is taken.
+pub fn insert_user(conn: &Connection, id: &str, name: Option<&str>) -> Result<()> {
+    match conn.execute(
+        "INSERT INTO users (id, name) VALUES (?1, ?2)",
+        params![id, name],
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+            Err(Error::UserExists(id.to_owned()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Inserts a session; fails with [`Error::UnknownUser`] if the user does not exist.
+pub fn insert_session(conn: &Connection, s: &NewSession) -> Result<()> {
+    let inserted = conn.execute(
+        "INSERT INTO sessions (token_hash, user_id, created_at, expires_at)
+         SELECT ?1, id, ?3, ?4 FROM users WHERE id = ?2",
+        params![&s.token_hash[..], s.user_id, s.created_at, s.expires_at],
+    )?;
+    if inserted == 1 {
+        Ok(())
+    } else {
+        Err(Error::UnknownUser(s.user_id.to_owned()))
+    }
+}
+
+/// Inserts a chat and returns its id.
+pub fn insert_chat(conn: &Connection, user_id: &str, name: &str, model: &str) -> Result<i64> {
+    conn.prepare_cached("INSERT INTO chats (user_id, name, model) VALUES (?1, ?2, ?3)")?
+        .execute(params![user_id, name, model])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Actor {
+    User,
+    Assistant,
+}
+
+impl Actor {
+    fn as_str(self) -> &'static str {
+        match self {
+            Actor::User => "user",
+            Actor::Assistant => "assistant",
+        }
+    }
+}
+
+/// Inserts a message into a chat and returns its id.
+pub fn insert_message(conn: &Connection, chat_id: i64, actor: Actor, text: &str) -> Result<i64> {
+    conn.prepare_cached("INSERT INTO messages (chat_id, actor, message) VALUES (?1, ?2, ?3)")?
+        .execute(params![chat_id, actor.as_str(), text])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// An attachment to store with a chat (and optionally one of its messages).
+pub struct NewFile<'a> {
+    pub chat_id: i64,
+    pub message_id: Option<i64>,
+    pub name: &'a str,
+    pub mime_type: &'a str,
+    pub content: &'a [u8],
+}
+
+/// Inserts a file and returns its id.
+pub fn insert_file(conn: &Connection, f: &NewFile) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO chat_files (chat_id, message_id, name, mime_type, content)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        f.chat_id,
+        f.message_id,
+        f.name,
+        f.mime_type,
+        f.content
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Shares a chat and returns the share's id.
+pub fn insert_share(
+    conn: &Connection,
+    chat_id: i64,
+    share_uuid: &str,
+    is_protected: bool,
+) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO chat_shares (chat_id, share_uuid, is_protected) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![chat_id, share_uuid, is_protected])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Lets a user see a protected share.
+pub fn insert_share_whitelist_entry(conn: &Connection, share_id: i64, user_id: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO chat_share_whitelist_entries (share_id, user_id) VALUES (?1, ?2)",
+    )?
+    .execute(params![share_id, user_id])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_temp() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&dir.path().join("t.db"), &Settings::default()).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn every_pooled_connection_enforces_foreign_keys_and_durability() {
+        let (_dir, db) = open_temp();
+        // Hold every connection at once so that each one is a distinct
+        // connection opened by the pool, not the same one handed out again.
+        let conns: Vec<_> = (0..Settings::default().pool_size)
+            .map(|_| db.conn().unwrap())
+            .collect();
+        for conn in &conns {
+            let fk: i64 = conn
+                .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+                .unwrap();
+            let sync: i64 = conn
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap();
+            let secure: i64 = conn
+                .pragma_query_value(None, "secure_delete", |r| r.get(0))
+                .unwrap();
+            let journal: String = conn
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            assert_eq!((fk, sync, secure, journal.as_str()), (1, 2, 1, "wal"));
+        }
+    }
+
+    #[test]
+    fn a_new_database_gets_the_schema_version_and_incremental_auto_vacuum() {
+        let (_dir, db) = open_temp();
+        db.with_connection(|c| {
+            assert_eq!(user_version(c)?, SCHEMA_VERSION);
+            let auto_vacuum: i64 = c.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
+            assert_eq!(auto_vacuum, 2, "2 = INCREMENTAL");
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        Database::open(&path, &Settings::default())
+            .unwrap()
+            .add_user("u", None)
+            .unwrap();
+        let db = Database::open(&path, &Settings::default()).unwrap();
+        assert!(db.user_exists("u").unwrap());
+        db.with_connection(|c| Ok(c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)?))
+            .unwrap();
+        drop(db);
+        match Database::open(&path, &Settings::default()) {
+            Err(Error::SchemaTooNew { found }) => assert_eq!(found, SCHEMA_VERSION + 1),
+            other => panic!("expected SchemaTooNew, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    /// Every foreign key's child column must lead some index; otherwise each
+    /// chat delete scans that whole child table.
+    #[test]
+    fn every_foreign_key_child_column_is_indexed() {
+        let (_dir, db) = open_temp();
+        let unindexed = db
+            .with_connection(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT m.name, fk.\"from\"
+                     FROM sqlite_master AS m, pragma_foreign_key_list(m.name) AS fk
+                     WHERE m.type = 'table'
+                       AND NOT EXISTS (
+                         SELECT 1 FROM pragma_index_list(m.name) AS il,
+                                       pragma_index_info(il.name) AS ii
+                         WHERE ii.seqno = 0 AND ii.name = fk.\"from\")
+                       AND NOT EXISTS (
+                         SELECT 1 FROM pragma_table_info(m.name) AS ti
+                         WHERE ti.pk = 1 AND ti.name = fk.\"from\")",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(format!(
+                        "{}.{}",
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?
+                    ))
+                })?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .unwrap();
+        let fk_count: i64 = db
+            .with_connection(|c| {
+                Ok(c.query_row(
+                    "SELECT count(*) FROM sqlite_master AS m, pragma_foreign_key_list(m.name)
+                     WHERE m.type = 'table'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(fk_count, 8, "the query must see the schema's foreign keys");
+        assert!(
+            unindexed.is_empty(),
+            "foreign keys without an index: {unindexed:?}"
+        );
+    }
+
+    #[test]
+    fn a_session_for_an_unknown_user_is_refused() {
+        let (_dir, db) = open_temp();
+        let s = NewSession {
+            token_hash: [7; 32],
+            user_id: "ghost",
+            created_at: 0,
+            expires_at: 10,
+        };
+        assert!(matches!(db.add_session(&s), Err(Error::UnknownUser(_))));
+    }
+
+    #[test]
+    fn adding_a_user_twice_is_refused() {
+        let (_dir, db) = open_temp();
+        db.add_user("u", Some("U")).unwrap();
+        assert!(matches!(db.add_user("u", None), Err(Error::UserExists(_))));
+    }
+
+    #[test]
+    fn delete_chat_is_scoped_to_the_owner() {
+        let (_dir, db) = open_temp();
+        db.add_user("a", None).unwrap();
+        db.add_user("b", None).unwrap();
+        let chat = db
+            .write(|tx| {
+                let chat = insert_chat(tx, "a", "c", "m")?;
+                insert_message(tx, chat, Actor::User, "hi")?;
+                Ok(chat)
+            })
+            .unwrap();
+        assert!(!db.delete_chat("b", chat).unwrap());
+        assert!(db.delete_chat("a", chat).unwrap());
+        assert!(!db.delete_chat("a", chat).unwrap());
+        let orphans: i64 = db
+            .with_connection(
+                |c| Ok(c.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?),
+            )
+            .unwrap();
+        assert_eq!(orphans, 0);
+    }
+}

@@ -1,0 +1,198 @@
+//! Our own plain request and response types, and the API's one error type.
+//!
+//! Handlers take a [`Request`] and return a [`Response`], so they can be
+//! tested without sockets; only `server.rs` converts to and from tiny_http.
+
+use serde_json::json;
+
+/// An HTTP request as the handlers see it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The method exactly as sent (methods are case-sensitive).
+    pub method: String,
+    /// The raw request-target: not decoded, query included.
+    pub target: String,
+    /// Every header line, in order, duplicates kept.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// Builds a request; for tests and for the server loop.
+    pub fn new(method: &str, target: &str, headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: method.to_owned(),
+            target: target.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// The values of every header called `name` (case-insensitive), in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The path part of the target, without the query: safe to log (it never
+    /// holds a cookie).
+    pub fn path(&self) -> &str {
+        self.target
+            .split_once('?')
+            .map_or(&self.target, |(path, _)| path)
+    }
+}
+
+/// An HTTP response as the handlers produce it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A JSON response with the headers every API answer carries.
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+        Response {
+            status,
+            headers: vec![
+                ("Content-Type", "application/json".to_owned()),
+                // A delete's answer, or an error about a session, must never
+                // be served again from a cache.
+                ("Cache-Control", "no-store".to_owned()),
+                ("X-Content-Type-Options", "nosniff".to_owned()),
+            ],
+            body: value.to_string().into_bytes(),
+        }
+    }
+
+    /// The value of the first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn with_header(mut self, name: &'static str, value: &str) -> Response {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+}
+
+/// Every way the API can refuse a request. Knows its status, its reason
+/// phrase and its message, and renders the contract's error shape
+/// `{"statusCode","statusMessage","data":{"message"}}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiError {
+    /// 400: the request is malformed (bad id, bad percent-encoding, ...).
+    BadRequest(&'static str),
+    /// 401: no valid session.
+    Unauthorized(&'static str),
+    /// 404: no such route, user or chat.
+    NotFound(&'static str),
+    /// 405: the route exists but not with this method.
+    MethodNotAllowed { allow: &'static str },
+    /// 503: the database is busy; the client may retry after a moment.
+    ServiceUnavailable,
+    /// 500: something failed that the client cannot fix. The cause is logged
+    /// where it happened and never sent.
+    Internal,
+}
+
+/// How long a client should wait before retrying after a 503, in seconds.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::Internal => 500,
+            ApiError::ServiceUnavailable => 503,
+        }
+    }
+
+    /// The reason phrase, used as the body's `statusMessage`.
+    pub fn status_message(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "Bad Request",
+            ApiError::Unauthorized(_) => "Unauthorized",
+            ApiError::NotFound(_) => "Not Found",
+            ApiError::MethodNotAllowed { .. } => "Method Not Allowed",
+            ApiError::Internal => "Internal Server Error",
+            ApiError::ServiceUnavailable => "Service Unavailable",
+        }
+    }
+
+    pub fn message(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(m) | ApiError::Unauthorized(m) | ApiError::NotFound(m) => m,
+            ApiError::MethodNotAllowed { .. } => "Method not allowed on this route",
+            ApiError::Internal => "Internal server error",
+            ApiError::ServiceUnavailable => "The database is busy; retry shortly",
+        }
+    }
+
+    pub fn into_response(self) -> Response {
+        let body = json!({
+            "statusCode": self.status(),
+            "statusMessage": self.status_message(),
+            "data": { "message": self.message() },
+        });
+        let response = Response::json(self.status(), &body);
+        match self {
+            ApiError::MethodNotAllowed { allow } => response.with_header("Allow", allow),
+            ApiError::ServiceUnavailable => {
+                response.with_header("Retry-After", &RETRY_AFTER_SECS.to_string())
+            }
+            // RFC 9110 §11.6.1: a 401 must say how to authenticate. There is
+            // no registered cookie scheme, so name the cookie.
+            ApiError::Unauthorized(_) => response.with_header(
+                "WWW-Authenticate",
+                &format!(
+                    "Cookie realm=\"neptun\", cookie-name=\"{}\"",
+                    crate::auth::COOKIE_NAME
+                ),
+            ),
+            _ => response,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_render_the_contract_shape() {
+        let r = ApiError::NotFound("Chat not found").into_response();
+        assert_eq!(r.status, 404);
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            r#"{"statusCode":404,"statusMessage":"Not Found","data":{"message":"Chat not found"}}"#
+        );
+    }
+
+    #[test]
+    fn status_specific_headers_are_present() {
+        let r = ApiError::MethodNotAllowed { allow: "DELETE" }.into_response();
+        assert_eq!(r.header("allow"), Some("DELETE"));
+        let r = ApiError::ServiceUnavailable.into_response();
+        assert_eq!(r.header("Retry-After"), Some("1"));
+        let r = ApiError::Unauthorized("x").into_response();
+        assert!(r.header("WWW-Authenticate").unwrap().starts_with("Cookie "));
+    }
+
+    #[test]
+    fn path_drops_the_query() {
+        let r = Request::new("GET", "/a/b?c=d?e", &[]);
+        assert_eq!(r.path(), "/a/b");
+    }
+}

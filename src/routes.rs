@@ -1,0 +1,231 @@
+//! The route table and the delete-chat handler.
+//!
+//! Order of checks, and why:
+//! 1. the path is decoded strictly and matched exactly (a malformed target is
+//!    400, an unknown path 404, a wrong method 405): this reveals nothing
+//!    about users or chats;
+//! 2. the session is checked before anything about ids, so an unauthenticated
+//!    caller learns nothing about them (401);
+//! 3. the chat id must be a canonical positive integer (400);
+//! 4. the path's user must be the session's user (404 "User not found");
+//! 5. the delete itself is scoped to the owner in SQL (404 "Chat not found"
+//!    whether the chat does not exist or belongs to someone else).
+
+use crate::auth::{self, AuthFailure};
+use crate::db::{self, Database};
+use crate::http::{ApiError, Request, Response};
+
+/// What the handlers share.
+pub struct App {
+    pub db: Database,
+}
+
+/// The methods the delete-chat route answers.
+const CHAT_ROUTE_ALLOW: &str = "DELETE";
+
+/// Answers one request. Never panics on any input.
+pub fn handle(app: &App, request: &Request) -> Response {
+    match route(app, request) {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
+    let segments = path_segments(&request.target)?;
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match (request.method.as_str(), segments.as_slice()) {
+        ("DELETE", ["api", "users", user_id, "chats", chat_id]) => {
+            delete_chat(app, request, user_id, chat_id)
+        }
+        (_, ["api", "users", _, "chats", _]) => Err(ApiError::MethodNotAllowed {
+            allow: CHAT_ROUTE_ALLOW,
+        }),
+        _ => Err(ApiError::NotFound("Route not found")),
+    }
+}
+
+fn delete_chat(
+    app: &App,
+    request: &Request,
+    path_user_id: &str,
+    chat_id: &str,
+) -> Result<Response, ApiError> {
+    let session_user = authenticate(app, request)?;
+    let chat_id = parse_chat_id(chat_id)?;
+    if path_user_id != session_user {
+        return Err(ApiError::NotFound("User not found"));
+    }
+    if app
+        .db
+        .delete_chat(&session_user, chat_id)
+        .map_err(database_failure)?
+    {
+        Ok(Response::json(200, &serde_json::Value::Bool(true)))
+    } else {
+        Err(ApiError::NotFound("Chat not found"))
+    }
+}
+
+/// Cookie → session → user id, or 401.
+fn authenticate(app: &App, request: &Request) -> Result<String, ApiError> {
+    match auth::authenticate(&app.db, request.header_values("Cookie")).map_err(database_failure)? {
+        Ok(user_id) => Ok(user_id),
+        Err(AuthFailure::NoCookie) => Err(ApiError::Unauthorized("Missing session cookie")),
+        Err(AuthFailure::InvalidSession) => {
+            Err(ApiError::Unauthorized("Invalid or expired session"))
+        }
+    }
+}
+
+/// Maps a store failure to the client's answer, logging the cause (which is
+/// never sent: it may name tables, paths or SQL).
+fn database_failure(error: db::Error) -> ApiError {
+    match error {
+        db::Error::Busy(cause) => {
+            log::warn!("database busy, answering 503: {cause}");
+            ApiError::ServiceUnavailable
+        }
+        other => {
+            log::error!("database failure, answering 500: {other}");
+            ApiError::Internal
+        }
+    }
+}
+
+/// Returns the id if `text` is a positive integer that fits in an i64,
+/// written canonically (digits only, no sign, no leading zero).
+fn parse_chat_id(text: &str) -> Result<i64, ApiError> {
+    const INVALID: ApiError = ApiError::BadRequest("Chat id must be a positive integer");
+    let canonical =
+        !text.is_empty() && !text.starts_with('0') && text.bytes().all(|b| b.is_ascii_digit());
+    if !canonical {
+        return Err(INVALID);
+    }
+    text.parse::<i64>().map_err(|_| INVALID)
+}
+
+/// Splits an origin-form request-target into decoded path segments.
+///
+/// The query is ignored and one trailing slash is accepted. Each segment is
+/// percent-decoded exactly once, so `%2F` yields a `/` *inside* a segment, not
+/// a separator. Anything that could make two different targets mean the same
+/// route, or smuggle bytes past a check, is refused with 400: a target that is
+/// not an absolute path (absolute-form, `*`), `.` or `..` segments, malformed
+/// percent-escapes, escapes that are not UTF-8, and control characters.
+/// Empty segments (`//`) are kept and so never match a route.
+fn path_segments(target: &str) -> Result<Vec<String>, ApiError> {
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let Some(path) = path.strip_prefix('/') else {
+        return Err(ApiError::BadRequest(
+            "Request target must be an absolute path",
+        ));
+    };
+    let path = path.strip_suffix('/').unwrap_or(path);
+    path.split('/').map(decode_segment).collect()
+}
+
+fn decode_segment(raw: &str) -> Result<String, ApiError> {
+    const BAD_ESCAPE: ApiError = ApiError::BadRequest("Malformed percent-encoding in path");
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut rest = raw.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = tail.get(..2).ok_or(BAD_ESCAPE)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| BAD_ESCAPE)?;
+            bytes.push(u8::from_str_radix(hex, 16).map_err(|_| BAD_ESCAPE)?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    let segment =
+        String::from_utf8(bytes).map_err(|_| ApiError::BadRequest("Path is not valid UTF-8"))?;
+    if segment.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("Path contains control characters"));
+    }
+    if segment == "." || segment == ".." {
+        return Err(ApiError::BadRequest("Path contains dot segments"));
+    }
+    Ok(segment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segments(target: &str) -> Result<Vec<String>, u16> {
+        path_segments(target).map_err(|e| e.status())
+    }
+
+    #[test]
+    fn paths_are_split_and_decoded_once() {
+        assert_eq!(
+            segments("/api/users/u/chats/1").unwrap(),
+            ["api", "users", "u", "chats", "1"]
+        );
+        assert_eq!(
+            segments("/api/users/u/chats/1/").unwrap(),
+            ["api", "users", "u", "chats", "1"]
+        );
+        assert_eq!(
+            segments("/api/users/u/chats/1?x=/y").unwrap(),
+            ["api", "users", "u", "chats", "1"]
+        );
+        assert_eq!(segments("/api/users/a%2Fb/chats/1").unwrap()[2], "a/b");
+        assert_eq!(segments("/api/users/%2541/chats/1").unwrap()[2], "%41");
+        assert_eq!(segments("/api/users/caf%C3%A9/chats/1").unwrap()[2], "café");
+        assert_eq!(
+            segments("/api/users/u/chats/1//").unwrap().last().unwrap(),
+            ""
+        );
+        assert_eq!(segments("/").unwrap(), [""]);
+    }
+
+    #[test]
+    fn suspicious_paths_are_rejected() {
+        for target in [
+            "http://evil/api/users/u/chats/1",
+            "*",
+            "",
+            "/api/users/../chats/1",
+            "/api/users/%2e%2E/chats/1",
+            "/api/./users/u/chats/1",
+            "/api/users/%/chats/1",
+            "/api/users/%4/chats/1",
+            "/api/users/%zz/chats/1",
+            "/api/users/%C3/chats/1",
+            "/api/users/%C0%AF/chats/1",
+            "/api/users/a%00b/chats/1",
+            "/api/users/a%0Ab/chats/1",
+        ] {
+            assert_eq!(segments(target), Err(400), "{target:?}");
+        }
+    }
+
+    #[test]
+    fn chat_ids_must_be_canonical_positive_i64() {
+        assert_eq!(parse_chat_id("1"), Ok(1));
+        assert_eq!(parse_chat_id("9223372036854775807"), Ok(i64::MAX));
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "01",
+            "1.5",
+            "1e3",
+            "abc",
+            " 1",
+            "9223372036854775808",
+            "12345678901234567890",
+        ] {
+            assert_eq!(
+                parse_chat_id(bad).map_err(|e| e.status()),
+                Err(400),
+                "{bad:?}"
+            );
+        }
+    }
+}

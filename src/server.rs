@@ -1,0 +1,220 @@
+//! The HTTP transport: the only module that uses tiny_http.
+//!
+//! tiny_http runs its own accept thread and one thread per connection, and
+//! queues parsed requests; our `workers` threads take requests off that queue
+//! with `recv()`, convert them to our plain [`Request`], call the handler
+//! inside `catch_unwind`, and write the plain [`Response`] back.
+//!
+//! Workarounds for tiny_http 0.12 defects that its public API allows:
+//! - a panicking handler would kill the worker thread (tiny_http answers an
+//!   empty 500 and the worker is gone): we catch the panic, answer a JSON 500
+//!   and keep the worker;
+//! - `unblock()` releases only one thread blocked in `recv()`: shutdown calls
+//!   it once per worker;
+//! - when `accept()` fails, tiny_http's accept thread queues one error and
+//!   exits, leaving a process that no longer accepts connections: the worker
+//!   that receives that error stops the whole server, so the process exits
+//!   with an error instead of staying up as a zombie.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use crate::http::{ApiError, Request, Response};
+
+/// A bound HTTP server, not yet serving.
+pub struct HttpServer {
+    inner: Arc<tiny_http::Server>,
+    local_addr: SocketAddr,
+    stop: Arc<Stop>,
+}
+
+/// Shared stop state: set once, by a signal or by a fatal transport error.
+struct Stop {
+    requested: AtomicBool,
+    fatal: Mutex<Option<io::Error>>,
+}
+
+/// Asks a running [`HttpServer`] to stop: queued and in-flight requests are
+/// answered, then the workers exit. Cheap to clone and safe to call from any
+/// thread, any number of times.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    inner: Arc<tiny_http::Server>,
+    stop: Arc<Stop>,
+    workers: usize,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        if self.stop.requested.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Each unblock() wakes exactly one worker, after the requests already
+        // queued ahead of it; so every worker finishes what it holds first.
+        for _ in 0..self.workers {
+            self.inner.unblock();
+        }
+    }
+}
+
+impl HttpServer {
+    /// Serves on an already-bound listener (bind first, so that callers and
+    /// tests know the real port before anything runs).
+    pub fn from_listener(listener: TcpListener) -> io::Result<HttpServer> {
+        let local_addr = listener.local_addr()?;
+        let inner = tiny_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
+        Ok(HttpServer {
+            inner: Arc::new(inner),
+            local_addr,
+            stop: Arc::new(Stop {
+                requested: AtomicBool::new(false),
+                fatal: Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle that stops [`HttpServer::run`] when `workers` workers run.
+    pub fn shutdown_handle(&self, workers: usize) -> ShutdownHandle {
+        ShutdownHandle {
+            inner: Arc::clone(&self.inner),
+            stop: Arc::clone(&self.stop),
+            workers,
+        }
+    }
+
+    /// Answers requests with `handler` on `workers` threads until shut down.
+    /// Returns an error if the transport failed (the listener stopped
+    /// accepting connections), `Ok` after a requested shutdown.
+    pub fn run<H>(self, workers: usize, handler: H) -> io::Result<()>
+    where
+        H: Fn(&Request) -> Response + Send + Sync + 'static,
+    {
+        let handler = Arc::new(handler);
+        let shutdown = self.shutdown_handle(workers);
+        let threads: Vec<_> = (0..workers)
+            .map(|i| {
+                let handler = Arc::clone(&handler);
+                let shutdown = shutdown.clone();
+                thread::Builder::new()
+                    .name(format!("worker-{i}"))
+                    .spawn(move || worker_loop(&shutdown, &*handler))
+            })
+            .collect::<io::Result<_>>()?;
+        for t in threads {
+            // A worker never panics (handler panics are caught), but if one
+            // did, the others still have to be joined.
+            let _ = t.join();
+        }
+        match self
+            .stop
+            .fatal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn worker_loop(shutdown: &ShutdownHandle, handler: &(dyn Fn(&Request) -> Response + Sync)) {
+    loop {
+        match shutdown.inner.recv() {
+            Ok(request) => serve_one(request, handler),
+            Err(_) if shutdown.stop.requested.load(Ordering::SeqCst) => return,
+            Err(e) => {
+                log::error!("the listener stopped accepting connections: {e}");
+                *shutdown
+                    .stop
+                    .fatal
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(e);
+                shutdown.shutdown();
+                return;
+            }
+        }
+    }
+}
+
+fn serve_one(request: tiny_http::Request, handler: &(dyn Fn(&Request) -> Response + Sync)) {
+    let started = Instant::now();
+    let ours = Request {
+        method: request.method().as_str().to_owned(),
+        target: request.url().to_owned(),
+        headers: request
+            .headers()
+            .iter()
+            .map(|h| {
+                (
+                    h.field.as_str().as_str().to_owned(),
+                    h.value.as_str().to_owned(),
+                )
+            })
+            .collect(),
+    };
+    let response = call_catching_panics(handler, &ours);
+    // Path only: the query is the client's business, and cookies are never logged.
+    log::info!(
+        "{} {} {} {:.1}ms",
+        ours.method,
+        ours.path(),
+        response.status,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    if let Err(e) = request.respond(to_tiny_http(response)) {
+        log::debug!("could not write a response: {e}");
+    }
+}
+
+/// Calls the handler; a panic becomes a JSON 500 instead of a dead worker.
+pub fn call_catching_panics(
+    handler: &(dyn Fn(&Request) -> Response + Sync),
+    request: &Request,
+) -> Response {
+    // AssertUnwindSafe: the handler shares only the pool (which recovers from
+    // a connection dropped mid-transaction by rolling it back) and immutable
+    // configuration, so no broken invariant outlives the panic.
+    panic::catch_unwind(AssertUnwindSafe(|| handler(request))).unwrap_or_else(|_| {
+        log::error!("handler panicked on {} {}", request.method, request.path());
+        ApiError::Internal.into_response()
+    })
+}
+
+fn to_tiny_http(response: Response) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
+    let mut out = tiny_http::Response::from_data(response.body).with_status_code(response.status);
+    for (name, value) in &response.headers {
+        match tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            Ok(header) => out.add_header(header),
+            Err(()) => log::error!("dropped an invalid response header {name}"),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_handler_becomes_a_json_500() {
+        let handler = |_: &Request| -> Response { panic!("boom") };
+        let r = call_catching_panics(&handler, &Request::new("GET", "/", &[]));
+        assert_eq!(r.status, 500);
+        assert_eq!(r.header("Content-Type"), Some("application/json"));
+        assert!(
+            String::from_utf8(r.body)
+                .unwrap()
+                .contains("\"statusCode\":500")
+        );
+    }
+}
