@@ -15,7 +15,7 @@ use log::LevelFilter;
 use crate::auth::{self, Token};
 use crate::db::{self, Database};
 use crate::routes::{self, App};
-use crate::server::{HttpServer, ShutdownHandle};
+use crate::server::{self, HttpServer, ShutdownHandle};
 use crate::{demo, logging};
 
 /// Loopback only: a browser on this machine can reach it, nobody else can.
@@ -24,7 +24,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7150";
 
 /// Serves the Neptun chat API's delete-chat endpoint from a local SQLite file.
 #[derive(Parser, Debug)]
-#[command(name = "neptun-local", version, args_conflicts_with_subcommands = true)]
+#[command(name = "neptun-local", version)]
 pub struct Cli {
     /// The SQLite database file; created, with the schema, if missing.
     #[arg(long, env = "NEPTUN_DB", default_value = "neptun.db", global = true)]
@@ -132,6 +132,37 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Parses the command line, exiting with clap's message and code 2 on error.
+pub fn parse() -> Cli {
+    parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+}
+
+/// Parses `args`. Serve options written before a subcommand are refused
+/// rather than silently ignored (`neptun-local --addr X user add U`).
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+
+    let mut command = Cli::command();
+    let matches = command.try_get_matches_from_mut(args)?;
+    if let Some(subcommand) = matches.subcommand_name() {
+        for id in ["addr", "workers", "busy_timeout", "demo"] {
+            if matches.value_source(id) == Some(ValueSource::CommandLine) {
+                let flag = id.replace('_', "-");
+                return Err(command.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("--{flag} is a serve option and cannot be used with '{subcommand}'"),
+                ));
+            }
+        }
+    }
+    Cli::from_arg_matches(&matches)
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), Error> {
     logging::init(cli.log_level);
@@ -199,6 +230,11 @@ fn serve(
         addr: args.addr.clone(),
         source,
     })?;
+    match server::raise_open_file_limit() {
+        Ok(limit) => log::debug!("open file limit {limit}"),
+        Err(e) => log::warn!("could not raise the open file limit: {e}"),
+    }
+    server::exit_when_a_transport_thread_panics();
     let server = HttpServer::from_listener(listener).map_err(Error::Transport)?;
     let base_url = format!("http://{}", server.local_addr());
     stop_on_signals(server.shutdown_handle(workers))?;
@@ -347,14 +383,27 @@ mod tests {
 
     #[test]
     fn no_subcommand_means_serve_and_options_apply() {
-        let cli = Cli::try_parse_from(["neptun-local", "--addr", "127.0.0.1:0", "--workers", "2"])
-            .unwrap();
+        let cli = parse_from(["neptun-local", "--addr", "127.0.0.1:0", "--workers", "2"]).unwrap();
         assert!(cli.command.is_none());
         assert_eq!(
             (cli.serve.addr.as_str(), cli.serve.workers),
             ("127.0.0.1:0", 2)
         );
-        assert!(Cli::try_parse_from(["neptun-local", "--workers", "0"]).is_err());
-        assert!(Cli::try_parse_from(["neptun-local", "--addr", "x", "user", "add", "u"]).is_err());
+        assert!(parse_from(["neptun-local", "--workers", "0"]).is_err());
+    }
+
+    #[test]
+    fn serve_options_before_another_subcommand_are_refused_but_globals_are_not() {
+        assert!(parse_from(["neptun-local", "--addr", "x", "user", "add", "u"]).is_err());
+        assert!(parse_from(["neptun-local", "--demo", "serve"]).is_err());
+        let cli = parse_from(["neptun-local", "--db", "x.db", "user", "add", "u"]).unwrap();
+        assert_eq!(cli.db, std::path::Path::new("x.db"));
+        let cli = parse_from(["neptun-local", "session", "new", "u", "--db", "y.db"]).unwrap();
+        assert_eq!(cli.db, std::path::Path::new("y.db"));
+        let cli = parse_from(["neptun-local", "serve", "--demo"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Serve(ServeArgs { demo: true, .. }))
+        ));
     }
 }

@@ -1,9 +1,7 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = neptun_local::cli::Cli::parse();
+    let cli = neptun_local::cli::parse();
     match neptun_local::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -14,7 +14,11 @@
 //! - when `accept()` fails, tiny_http's accept thread queues one error and
 //!   exits, leaving a process that no longer accepts connections: the worker
 //!   that receives that error stops the whole server, so the process exits
-//!   with an error instead of staying up as a zombie.
+//!   with an error instead of staying up as a zombie;
+//! - when the process runs out of file descriptors, the accept thread panics
+//!   instead (`try_clone().unwrap()`), queueing nothing: see
+//!   [`exit_when_a_transport_thread_panics`]; and the soft descriptor limit
+//!   is raised at start-up ([`raise_open_file_limit`]) to make that rarer.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -199,6 +203,47 @@ fn to_tiny_http(response: Response) -> tiny_http::Response<io::Cursor<Vec<u8>>> 
         }
     }
     out
+}
+
+/// Makes a panic on any thread that is not ours (tiny_http's accept and
+/// connection threads, which are unnamed; ours all have names) end the
+/// process with exit code 70 after the usual panic message. A panicked accept
+/// thread takes the listener with it, and a process that stays up without
+/// accepting connections is worse than one that exits for its supervisor.
+pub fn exit_when_a_transport_thread_panics() {
+    let default_hook = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        if thread::current().name().is_none() {
+            log::error!(
+                "an HTTP transport thread panicked; exiting because the server cannot recover"
+            );
+            std::process::exit(70);
+        }
+    }));
+}
+
+/// Raises the soft limit on open files to the hard limit, so that a burst of
+/// connections does not run the process out of descriptors (which tiny_http
+/// cannot survive). Returns the new soft limit.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(limit.rlim_cur)
 }
 
 #[cfg(test)]

@@ -1,0 +1,218 @@
+//! The binary's command line, run for real: errors and exit codes, the demo,
+//! the stdout contract, and graceful shutdown.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    assert!(
+        run_cli(&db, &["user", "add", "alice"], None)
+            .status
+            .success()
+    );
+
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["user", "add", "alice"], 1, "already exists"),
+        (&["user", "add", ""], 1, "invalid user id"),
+        (&["user", "add", ".."], 1, "invalid user id"),
+        (&["session", "new", "ghost"], 1, "no user with id \"ghost\""),
+        (&["session", "new", "alice", "--ttl", "7"], 2, "no unit"),
+        (
+            &["session", "new", "alice", "--ttl", "0s"],
+            2,
+            "greater than zero",
+        ),
+        (
+            &["session", "revoke", "not-a-token"],
+            1,
+            "not a neptun-local session token",
+        ),
+        (&["--workers", "0"], 2, "workers"),
+        (
+            &["--addr", "127.0.0.1:0", "user", "add", "x"],
+            2,
+            "is a serve option",
+        ),
+        (
+            &["--addr", "not an address", "--workers", "1"],
+            1,
+            "cannot listen on not an address",
+        ),
+    ];
+    for (args, code, message) in cases {
+        let out = run_cli(&db, args, None);
+        assert_eq!(
+            out.status.code(),
+            Some(*code),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        assert!(
+            stderr_of(&out).contains(message),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+    }
+}
+
+#[test]
+fn an_unusable_database_is_reported_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_db = dir.path().join("garbage.db");
+    std::fs::write(&not_a_db, vec![b'x'; 4096]).unwrap();
+    let missing_dir = dir.path().join("no/such/dir/t.db");
+    for path in [dir.path().to_path_buf(), not_a_db, missing_dir] {
+        let out = run_cli(&path, &["user", "add", "alice"], None);
+        assert_eq!(out.status.code(), Some(1), "{path:?}");
+        let err = stderr_of(&out);
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        // Serving refuses to start, too, rather than answer 500s.
+        let out = run_cli(&path, &["--addr", "127.0.0.1:0"], None);
+        assert_eq!(out.status.code(), Some(1), "{path:?}");
+    }
+}
+
+#[test]
+fn the_demo_prints_a_working_curl_command_and_reseeds_idempotently() {
+    let server = TestServer::start_with(&["--demo"]);
+    let logs = server.stderr();
+    let curl = logs
+        .lines()
+        .find(|l| l.trim_start().starts_with("curl "))
+        .unwrap_or_else(|| panic!("no curl line in:\n{logs}"));
+    let token = curl
+        .split("neptun-session=")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let url = curl.split_whitespace().last().unwrap();
+    let path = &url[url.find("/api/").unwrap()..];
+    assert!(curl.contains("-X DELETE"), "{curl}");
+    assert!(
+        url.starts_with(&format!("http://{}/", server.addr)),
+        "{url}"
+    );
+
+    server.delete(path, token).assert_true();
+    let demo_chats = |sql: &rusqlite::Connection| -> i64 {
+        sql.query_row(
+            "SELECT count(*) FROM chats WHERE user_id = 'demo'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(demo_chats(&server.sql()), 2);
+
+    // A second --demo start restores the deleted chat and duplicates nothing.
+    let again = server.restart(&["--demo"]);
+    let sql = again.sql();
+    assert_eq!(demo_chats(&sql), 3);
+    let tables: Vec<(String, i64)> = [
+        "users",
+        "messages",
+        "chat_files",
+        "chat_shares",
+        "chat_share_whitelist_entries",
+    ]
+    .iter()
+    .map(|t| {
+        (
+            t.to_string(),
+            sql.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap(),
+        )
+    })
+    .collect();
+    let expected = [
+        ("users", 2),
+        ("messages", 6),
+        ("chat_files", 2),
+        ("chat_shares", 1),
+        ("chat_share_whitelist_entries", 1),
+    ];
+    assert_eq!(tables, expected.map(|(t, n)| (t.to_string(), n)));
+    assert_consistent(&sql);
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
+    let server = TestServer::start_with(&["--busy-timeout", "10s"]);
+    let db = server.db();
+    add_user(&db, "alice");
+    add_user(&db, "bob");
+    let token = login(&db, "alice");
+    let chat = seed_chat(&db, "alice", "bob");
+    let path = format!("/api/users/alice/chats/{}", chat.chat);
+
+    // Hold the write lock so that the delete is in flight (waiting out the
+    // busy timeout inside a worker) when the signal arrives. The 500 ms gives
+    // the request time to reach a worker; if it did not, the request would be
+    // queued behind the shutdown and the assertion below would fail, not pass.
+    let mut locker = server.sql();
+    let tx = locker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    let addr = server.addr;
+    let cookie = format!("neptun-session={token}");
+    let in_flight = {
+        let path = path.clone();
+        std::thread::spawn(move || request(addr, "DELETE", &path, &[("Cookie", &cookie)]))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    signal(server.pid(), libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    tx.rollback().unwrap();
+
+    in_flight.join().unwrap().assert_true();
+    let (status, later_stdout) = server.wait_for_exit();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        later_stdout.is_empty(),
+        "stdout after the listening line: {later_stdout:?}"
+    );
+    assert_fully_gone(&locker, &chat);
+    assert_consistent(&locker);
+}
+
+#[test]
+fn stdout_carries_exactly_the_listening_line() {
+    let server = TestServer::start();
+    server.request("DELETE", "/", &[]);
+    let (status, later_stdout) = server.stop();
+    assert!(status.success());
+    assert!(later_stdout.is_empty(), "{later_stdout:?}");
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "serve",
+        "user",
+        "session",
+        "--db",
+        "--addr",
+        "--workers",
+        "--demo",
+        "NEPTUN_DB",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+}

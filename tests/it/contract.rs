@@ -1,0 +1,384 @@
+//! One test per row of the contract table, over real HTTP.
+
+use crate::support::*;
+
+/// alice owns two chats, bob owns one; alice is logged in.
+struct World {
+    server: TestServer,
+    alice: String,
+    chat: SeededChat,
+    other_chat: SeededChat,
+    bobs_chat: SeededChat,
+}
+
+fn world_with(args: &[&str]) -> World {
+    let server = TestServer::start_with(args);
+    let db = server.db();
+    add_user(&db, "alice");
+    add_user(&db, "bob");
+    World {
+        alice: login(&db, "alice"),
+        chat: seed_chat(&db, "alice", "bob"),
+        other_chat: seed_chat(&db, "alice", "bob"),
+        bobs_chat: seed_chat(&db, "bob", "alice"),
+        server,
+    }
+}
+
+fn world() -> World {
+    world_with(&[])
+}
+
+fn chat_path(user: &str, chat: i64) -> String {
+    format!("/api/users/{user}/chats/{chat}")
+}
+
+#[test]
+fn deleting_an_own_chat_answers_true_and_removes_everything_hanging_off_it() {
+    let w = world();
+    w.server
+        .delete(&chat_path("alice", w.chat.chat), &w.alice)
+        .assert_true();
+
+    let sql = w.server.sql();
+    assert_fully_gone(&sql, &w.chat);
+    assert_fully_present(&sql, &w.other_chat);
+    assert_fully_present(&sql, &w.bobs_chat);
+    assert_consistent(&sql);
+}
+
+#[test]
+fn deleting_the_same_chat_again_is_404_chat_not_found() {
+    let w = world();
+    let path = chat_path("alice", w.chat.chat);
+    w.server.delete(&path, &w.alice).assert_true();
+    let again = w.server.delete(&path, &w.alice);
+    assert_eq!(
+        again.text(),
+        r#"{"statusCode":404,"statusMessage":"Not Found","data":{"message":"Chat not found"}}"#
+    );
+    assert_eq!(again.assert_error(404, "Not Found"), "Chat not found");
+}
+
+#[test]
+fn a_missing_chat_and_another_users_chat_get_byte_identical_404s() {
+    let w = world();
+    let missing = w.server.delete(&chat_path("alice", 999_999), &w.alice);
+    let foreign = w
+        .server
+        .delete(&chat_path("alice", w.bobs_chat.chat), &w.alice);
+    assert_eq!(missing.assert_error(404, "Not Found"), "Chat not found");
+    assert_eq!(
+        (missing.status, &missing.body),
+        (foreign.status, &foreign.body)
+    );
+    assert_fully_present(&w.server.sql(), &w.bobs_chat);
+}
+
+#[test]
+fn a_path_user_other_than_the_session_user_is_404_user_not_found() {
+    let w = world();
+    // Bob's own chat, addressed through bob's path, with alice's session.
+    let r = w
+        .server
+        .delete(&chat_path("bob", w.bobs_chat.chat), &w.alice);
+    assert_eq!(r.assert_error(404, "Not Found"), "User not found");
+    let r = w.server.delete(&chat_path("nobody", w.chat.chat), &w.alice);
+    assert_eq!(r.assert_error(404, "Not Found"), "User not found");
+    let sql = w.server.sql();
+    assert_fully_present(&sql, &w.bobs_chat);
+    assert_fully_present(&sql, &w.chat);
+}
+
+#[test]
+fn every_kind_of_bad_session_is_401_and_deletes_nothing() {
+    let w = world();
+    let db = w.server.db();
+    let expired = expired_session(&db, "alice");
+    let revoked = login(&db, "alice");
+    let hash = neptun_local::auth::Token::parse(&revoked).unwrap().hash();
+    assert!(db.delete_session(&hash).unwrap());
+    add_user(&db, "carol");
+    let carols = login(&db, "carol");
+    db.with_connection(|c| Ok(c.execute("DELETE FROM users WHERE id = 'carol'", [])?))
+        .unwrap();
+    let unknown = "0".repeat(64);
+    let conflicting = format!("neptun-session={}; neptun-session={unknown}", w.alice);
+
+    let path = chat_path("alice", w.chat.chat);
+    let missing = "Missing session cookie";
+    let invalid = "Invalid or expired session";
+    let session = |token: &str| Some(format!("neptun-session={token}"));
+    // (case, Cookie header, expected message)
+    let cases = [
+        ("no Cookie header", None, missing),
+        (
+            "other cookies only",
+            Some("theme=dark; lang=en".to_owned()),
+            missing,
+        ),
+        ("unknown token", session(&unknown), invalid),
+        ("malformed token", session("not-a-token"), invalid),
+        ("empty token", session(""), invalid),
+        ("expired session", session(&expired), invalid),
+        ("revoked session", session(&revoked), invalid),
+        ("deleted user", session(&carols), invalid),
+        ("two different values", Some(conflicting), invalid),
+    ];
+    for (case, cookie, expected) in cases {
+        let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("Cookie", c.as_str())).collect();
+        let r = w.server.request("DELETE", &path, &headers);
+        assert_eq!(r.assert_error(401, "Unauthorized"), expected, "{case}");
+        assert!(r.header("WWW-Authenticate").is_some(), "{case}");
+    }
+    let sql = w.server.sql();
+    assert_fully_present(&sql, &w.chat);
+    assert_consistent(&sql);
+}
+
+#[test]
+fn authentication_comes_before_anything_about_ids() {
+    let w = world();
+    // Without a session, an invalid id, a foreign user and a foreign chat all
+    // look the same: 401.
+    for path in [
+        "/api/users/alice/chats/abc".to_owned(),
+        chat_path("bob", w.bobs_chat.chat),
+        chat_path("alice", w.bobs_chat.chat),
+        chat_path("alice", 999_999),
+    ] {
+        let r = w.server.request("DELETE", &path, &[]);
+        assert_eq!(
+            r.assert_error(401, "Unauthorized"),
+            "Missing session cookie",
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn a_chat_id_that_is_not_a_positive_i64_is_400() {
+    let w = world();
+    for id in [
+        "abc",
+        "0",
+        "-1",
+        "1.5",
+        "1e3",
+        "12345678901234567890",
+        "9223372036854775808",
+        "01",
+        "+1",
+        "%20",
+    ] {
+        let r = w
+            .server
+            .delete(&format!("/api/users/alice/chats/{id}"), &w.alice);
+        assert_eq!(
+            r.assert_error(400, "Bad Request"),
+            "Chat id must be a positive integer",
+            "{id}"
+        );
+    }
+    // An empty id: the one trailing slash is dropped, the empty segment stays.
+    let r = w.server.delete("/api/users/alice/chats//", &w.alice);
+    assert_eq!(
+        r.assert_error(400, "Bad Request"),
+        "Chat id must be a positive integer"
+    );
+    assert_fully_present(&w.server.sql(), &w.chat);
+}
+
+#[test]
+fn path_segments_are_percent_decoded_once_and_the_query_and_a_trailing_slash_are_ignored() {
+    let server = TestServer::start();
+    let db = server.db();
+    let user = "a/b c%";
+    add_user(&db, user);
+    add_user(&db, "friend");
+    let token = login(&db, user);
+    let encoded = "a%2Fb%20c%25";
+    let chats: Vec<SeededChat> = (0..4).map(|_| seed_chat(&db, user, "friend")).collect();
+
+    // %2F decodes to a '/' inside the user id, not to a separator.
+    server
+        .delete(
+            &format!("/api/users/{encoded}/chats/{}", chats[0].chat),
+            &token,
+        )
+        .assert_true();
+    server
+        .delete(
+            &format!("/api/users/{encoded}/chats/{}/", chats[1].chat),
+            &token,
+        )
+        .assert_true();
+    server
+        .delete(
+            &format!("/api/users/{encoded}/chats/{}?force=1&x=/y", chats[2].chat),
+            &token,
+        )
+        .assert_true();
+    // The chat id may be percent-encoded too ("%3N" is the digit N).
+    let id = chats[3].chat.to_string();
+    let encoded_id: String = id.bytes().map(|b| format!("%{b:02X}")).collect();
+    server
+        .delete(&format!("/api/users/{encoded}/chats/{encoded_id}"), &token)
+        .assert_true();
+
+    // Decoding happens once: "%252F" is the literal text "%2F", a different user.
+    let r = server.delete(
+        &format!("/api/users/a%252Fb%20c%25/chats/{}", chats[0].chat),
+        &token,
+    );
+    assert_eq!(r.assert_error(404, "Not Found"), "User not found");
+    // A real '/' splits the user id, so the path no longer matches the route.
+    let r = server.delete(
+        &format!("/api/users/a/b%20c%25/chats/{}", chats[0].chat),
+        &token,
+    );
+    assert_eq!(r.assert_error(404, "Not Found"), "Route not found");
+
+    let sql = server.sql();
+    for chat in &chats {
+        assert_fully_gone(&sql, chat);
+    }
+    assert_consistent(&sql);
+}
+
+#[test]
+fn other_methods_on_the_route_are_405_with_allow() {
+    let w = world();
+    let path = chat_path("alice", w.chat.chat);
+    let cookie = format!("neptun-session={}", w.alice);
+    for method in ["GET", "POST", "PUT", "PATCH", "OPTIONS", "delete", "TRACE"] {
+        let r = w.server.request(
+            method,
+            &path,
+            &[("Cookie", &cookie), ("X-HTTP-Method-Override", "DELETE")],
+        );
+        r.assert_error(405, "Method Not Allowed");
+        assert_eq!(r.header("Allow"), Some("DELETE"), "{method}");
+    }
+    let head = w.server.request("HEAD", &path, &[("Cookie", &cookie)]);
+    assert_eq!((head.status, head.header("Allow")), (405, Some("DELETE")));
+    assert_fully_present(&w.server.sql(), &w.chat);
+}
+
+#[test]
+fn any_other_path_is_404_route_not_found() {
+    let w = world();
+    for path in [
+        "/",
+        "/api",
+        "/api/users/alice/chats",
+        "/api/users/alice/chats/1/messages",
+        "/API/users/alice/chats/1",
+        "/api//users/alice/chats/1",
+        "/api/users/alice/chat/1",
+    ] {
+        let r = w.server.delete(path, &w.alice);
+        assert_eq!(
+            r.assert_error(404, "Not Found"),
+            "Route not found",
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn a_database_locked_beyond_the_busy_timeout_is_503_and_a_retry_succeeds() {
+    let w = world_with(&["--busy-timeout", "200ms"]);
+    let path = chat_path("alice", w.chat.chat);
+    let mut locker = w.server.sql();
+    let tx = locker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+
+    let r = w.server.delete(&path, &w.alice);
+    r.assert_error(503, "Service Unavailable");
+    assert_eq!(r.header("Retry-After"), Some("1"));
+
+    tx.rollback().unwrap();
+    assert_fully_present(&locker, &w.chat);
+    w.server.delete(&path, &w.alice).assert_true();
+    assert_fully_gone(&locker, &w.chat);
+    assert_consistent(&locker);
+}
+
+#[test]
+fn any_other_database_failure_is_a_generic_500_with_the_cause_only_in_the_log() {
+    let w = world();
+    let secret = "internal-detail-7f3a";
+    w.server
+        .sql()
+        .execute_batch(&format!(
+            "CREATE TRIGGER refuse BEFORE DELETE ON chats BEGIN SELECT RAISE(ABORT, '{secret}'); END;"
+        ))
+        .unwrap();
+
+    let r = w.server.delete(&chat_path("alice", w.chat.chat), &w.alice);
+    assert_eq!(
+        r.assert_error(500, "Internal Server Error"),
+        "Internal server error"
+    );
+    assert!(!r.text().contains(secret));
+    assert!(
+        w.server.stderr().contains(secret),
+        "the cause must be logged"
+    );
+    let sql = w.server.sql();
+    assert_fully_present(&sql, &w.chat);
+    assert_consistent(&sql);
+}
+
+#[test]
+fn sixteen_concurrent_deletes_of_one_chat_yield_exactly_one_true() {
+    let w = world_with(&["--workers", "8"]);
+    let path = chat_path("alice", w.chat.chat);
+    let barrier = std::sync::Barrier::new(16);
+    let statuses: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let r = w.server.delete(&path, &w.alice);
+                    (r.status, r.text().to_owned())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let wins = statuses
+        .iter()
+        .filter(|(s, b)| *s == 200 && b == "true")
+        .count();
+    let not_found = statuses
+        .iter()
+        .filter(|(s, b)| *s == 404 && b.contains("Chat not found"))
+        .count();
+    assert_eq!((wins, not_found), (1, 15), "{statuses:?}");
+    let sql = w.server.sql();
+    assert_fully_gone(&sql, &w.chat);
+    assert_fully_present(&sql, &w.other_chat);
+    assert_consistent(&sql);
+}
+
+#[test]
+fn every_response_is_json_and_never_cached() {
+    let w = world();
+    let responses = [
+        w.server.delete(&chat_path("alice", w.chat.chat), &w.alice),
+        w.server.delete(&chat_path("alice", w.chat.chat), &w.alice),
+        w.server.request("DELETE", "/nowhere", &[]),
+        w.server.request("GET", &chat_path("alice", 1), &[]),
+        w.server.request("DELETE", &chat_path("alice", 1), &[]),
+        w.server.delete("/api/users/alice/chats/x", &w.alice),
+    ];
+    for r in &responses {
+        assert_eq!(r.header("Content-Type"), Some("application/json"), "{r:?}");
+        assert_eq!(r.header("Cache-Control"), Some("no-store"), "{r:?}");
+        assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"), "{r:?}");
+        r.json();
+    }
+}

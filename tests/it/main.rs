@@ -1,0 +1,7 @@
+//! Integration tests: the real binary, a temporary database, real HTTP.
+
+mod cli;
+mod contract;
+mod sessions;
+mod support;
+mod transport;

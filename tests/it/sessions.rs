@@ -1,0 +1,151 @@
+//! Sessions end to end: minted by the CLI, stored only as hashes, expiring,
+//! revocable, and never logged.
+
+use crate::support::*;
+use neptun_local::auth::Token;
+
+fn cli_ok(server: &TestServer, args: &[&str], stdin: Option<&str>) -> String {
+    let out = run_cli(&server.db_path, args, stdin);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn new_session_via_cli(server: &TestServer, user: &str, ttl: &str) -> String {
+    let stdout = cli_ok(server, &["session", "new", user, "--ttl", ttl], None);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout must be the token alone: {stdout:?}");
+    let token = lines[0].to_owned();
+    assert!(Token::parse(&token).is_some(), "{token:?} is not a token");
+    token
+}
+
+#[test]
+fn a_token_from_session_new_authenticates_a_delete() {
+    let server = TestServer::start();
+    cli_ok(&server, &["user", "add", "alice", "--name", "Alice"], None);
+    cli_ok(&server, &["user", "add", "bob"], None);
+    let token = new_session_via_cli(&server, "alice", "7d");
+    let chat = seed_chat(&server.db(), "alice", "bob");
+    server
+        .delete(&format!("/api/users/alice/chats/{}", chat.chat), &token)
+        .assert_true();
+    assert_fully_gone(&server.sql(), &chat);
+}
+
+#[test]
+fn only_the_sha256_of_a_token_is_stored() {
+    let server = TestServer::start();
+    cli_ok(&server, &["user", "add", "alice"], None);
+    let token = new_session_via_cli(&server, "alice", "7d");
+    let sql = server.sql();
+    let stored: Vec<u8> = sql
+        .query_row(
+            "SELECT token_hash FROM sessions WHERE user_id = 'alice'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, Token::parse(&token).unwrap().hash());
+
+    // Not in any table, nor in any byte of the files (WAL included).
+    let mut found_in = vec![];
+    for entry in std::fs::read_dir(server.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        if bytes.windows(token.len()).any(|w| w == token.as_bytes()) {
+            found_in.push(path);
+        }
+    }
+    assert!(found_in.is_empty(), "token text found in {found_in:?}");
+}
+
+#[test]
+fn session_new_honours_the_ttl() {
+    let server = TestServer::start();
+    cli_ok(&server, &["user", "add", "alice"], None);
+    new_session_via_cli(&server, "alice", "90s");
+    new_session_via_cli(&server, "alice", "2h");
+    let lifetimes: Vec<i64> = server
+        .sql()
+        .prepare("SELECT expires_at - created_at FROM sessions ORDER BY 1")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(lifetimes, [90, 7200]);
+}
+
+#[test]
+fn a_revoked_session_no_longer_authenticates() {
+    let server = TestServer::start();
+    cli_ok(&server, &["user", "add", "alice"], None);
+    cli_ok(&server, &["user", "add", "bob"], None);
+    let by_argument = new_session_via_cli(&server, "alice", "7d");
+    let by_stdin = new_session_via_cli(&server, "alice", "7d");
+    let chat = seed_chat(&server.db(), "alice", "bob");
+    let path = format!("/api/users/alice/chats/{}", chat.chat);
+
+    cli_ok(&server, &["session", "revoke", &by_argument], None);
+    cli_ok(
+        &server,
+        &["session", "revoke", "-"],
+        Some(&format!("{by_stdin}\n")),
+    );
+    for token in [&by_argument, &by_stdin] {
+        server
+            .delete(&path, token)
+            .assert_error(401, "Unauthorized");
+    }
+    assert_fully_present(&server.sql(), &chat);
+
+    // Revoking again fails: there is nothing left to revoke.
+    let out = run_cli(&server.db_path, &["session", "revoke", &by_argument], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no session has that token"));
+}
+
+#[test]
+fn tokens_and_cookies_never_reach_the_logs() {
+    let server = TestServer::start_with(&["--log-level", "trace"]);
+    let db = server.db();
+    add_user(&db, "alice");
+    add_user(&db, "bob");
+    let token = login(&db, "alice");
+    let unknown = "f".repeat(64);
+    let chat = seed_chat(&db, "alice", "bob");
+    let path = format!("/api/users/alice/chats/{}", chat.chat);
+
+    server.delete(&path, &token).assert_true(); // 200
+    server.delete(&path, &token).assert_error(404, "Not Found");
+    server
+        .delete(&path, &unknown)
+        .assert_error(401, "Unauthorized");
+    server.delete("/api/users/alice/chats/x?neptun-session=zzz", &token);
+    let out = run_cli(
+        &server.db_path,
+        &["--log-level", "trace", "session", "revoke", &token],
+        None,
+    );
+    assert!(out.status.success());
+
+    let logs = format!(
+        "{}{}",
+        server.stderr(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        logs.contains(&format!("DELETE {path} 200")),
+        "requests are logged: {logs}"
+    );
+    for secret in [token.as_str(), unknown.as_str(), "neptun-session", "zzz"] {
+        assert!(
+            !logs.contains(secret),
+            "{secret:?} appears in the logs:\n{logs}"
+        );
+    }
+}

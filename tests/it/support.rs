@@ -1,0 +1,469 @@
+//! Test support: a real `neptun-local` process on `127.0.0.1:0` with its own
+//! temporary database, a small HTTP/1.1 client over `TcpStream`, fixtures
+//! written through the library, and database consistency checks.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use neptun_local::auth::{self, Token};
+use neptun_local::db::{self, Actor, Database, NewFile, NewSession};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_neptun-local");
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running server process. Stopped (SIGTERM, then SIGKILL) when dropped;
+/// if the test is failing, its stderr is printed to help the diagnosis.
+pub struct TestServer {
+    child: Option<Child>,
+    /// Whatever the server prints on stdout after its listening line.
+    later_stdout: Option<std::thread::JoinHandle<Vec<String>>>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub db_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        TestServer::start_with(&[])
+    }
+
+    /// Starts the binary with `extra` arguments on a fresh database.
+    pub fn start_with(extra: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("neptun.db");
+        TestServer::start_in(dir, db_path, extra)
+    }
+
+    /// Starts the binary on `db_path` (which may already hold data).
+    pub fn start_in(dir: tempfile::TempDir, db_path: PathBuf, extra: &[&str]) -> TestServer {
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["--addr", "127.0.0.1:0", "--db"])
+            .arg(&db_path)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let later_stdout = std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next().and_then(Result::ok);
+            let _ = tx.send(first);
+            lines.map_while(Result::ok).collect()
+        });
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Some(line)) => line,
+            other => {
+                let _ = child.kill();
+                panic!(
+                    "server did not print its listening line ({other:?}); stderr:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        TestServer {
+            child: Some(child),
+            later_stdout: Some(later_stdout),
+            addr,
+            dir,
+            db_path,
+            stderr_path,
+        }
+    }
+
+    /// Opens the server's database through the library (a second process
+    /// writing to the same WAL file, exactly as the CLI would).
+    pub fn db(&self) -> Database {
+        Database::open(&self.db_path, &db::Settings::default()).unwrap()
+    }
+
+    /// A plain SQLite connection to the server's database, for raw checks.
+    pub fn sql(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(&self.db_path).unwrap();
+        conn.busy_timeout(IO_TIMEOUT).unwrap();
+        conn
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        request(self.addr, method, path, headers)
+    }
+
+    /// `DELETE path` with the session cookie set to `token`.
+    pub fn delete(&self, path: &str, token: &str) -> HttpResponse {
+        let cookie = format!("neptun-session={token}");
+        self.request("DELETE", path, &[("Cookie", &cookie)])
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Stops the server (asserting a clean exit) and starts a new one on the
+    /// same database with `extra` arguments.
+    pub fn restart(mut self, extra: &[&str]) -> TestServer {
+        let mut child = self.child.take().unwrap();
+        signal(child.id(), libc::SIGTERM);
+        let status = wait_with_deadline(&mut child);
+        assert!(status.success(), "exit status {status:?}");
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        TestServer::start_in(dir, self.db_path.clone(), extra)
+    }
+
+    /// Sends SIGTERM, waits for the process to exit, and returns its exit
+    /// status and anything it printed on stdout after the listening line.
+    pub fn stop(self) -> (ExitStatus, Vec<String>) {
+        signal(self.pid(), libc::SIGTERM);
+        self.wait_for_exit()
+    }
+
+    /// Waits (without signalling) for the process to exit; returns like `stop`.
+    pub fn wait_for_exit(mut self) -> (ExitStatus, Vec<String>) {
+        let mut child = self.child.take().unwrap();
+        let status = wait_with_deadline(&mut child);
+        let later = self.later_stdout.take().unwrap().join().unwrap();
+        (status, later)
+    }
+}
+
+fn wait_with_deadline(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("server did not exit within {IO_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if std::thread::panicking() {
+                eprintln!("--- server stderr ---\n{}", self.stderr());
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text()))
+    }
+
+    /// Asserts the contract's error shape and returns the message.
+    pub fn assert_error(&self, status: u16, status_message: &str) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(self.header("Content-Type"), Some("application/json"));
+        assert_eq!(self.header("Cache-Control"), Some("no-store"));
+        let body = self.json();
+        let object = body.as_object().expect("error body is an object");
+        assert_eq!(
+            object.keys().collect::<Vec<_>>(),
+            ["statusCode", "statusMessage", "data"],
+            "{body}"
+        );
+        assert_eq!(body["statusCode"], status);
+        assert_eq!(body["statusMessage"], status_message);
+        assert_eq!(body["data"].as_object().unwrap().len(), 1, "{body}");
+        body["data"]["message"]
+            .as_str()
+            .expect("data.message is a string")
+            .to_owned()
+    }
+
+    pub fn assert_true(&self) {
+        assert_eq!(self.status, 200, "body: {}", self.text());
+        assert_eq!(self.header("Content-Type"), Some("application/json"));
+        assert_eq!(self.header("Cache-Control"), Some("no-store"));
+        assert_eq!(self.text(), "true");
+    }
+}
+
+/// Sends one request with `Connection: close` and reads the whole answer.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    raw.push_str("\r\n");
+    parse_response(&send_raw(addr, raw.as_bytes()), method == "HEAD")
+        .unwrap_or_else(|| panic!("no valid response to {method} {path}"))
+}
+
+/// Writes `bytes` and reads until the server closes the connection.
+pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("server closed or answered in time");
+    answer
+}
+
+/// Parses one response (status line, headers, Content-Length body; no body
+/// at all when answering HEAD). `None` if it is incomplete or malformed.
+pub fn parse_response(raw: &[u8], head_request: bool) -> Option<HttpResponse> {
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..head_end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let body_start = head_end + 4;
+    if head_request {
+        return Some(HttpResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        });
+    }
+    let length = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Content-Length"))
+        .map_or(raw.len() - body_start, |(_, v)| v.parse().unwrap());
+    let body = raw.get(body_start..body_start + length)?.to_vec();
+    Some(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Runs the binary with `args` on `db_path` and returns its output.
+pub fn run_cli(db_path: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--db")
+        .arg(db_path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// Every row id that belongs to one seeded chat, table by table.
+#[derive(Debug, Clone)]
+pub struct SeededChat {
+    pub chat: i64,
+    pub messages: Vec<i64>,
+    pub files: Vec<i64>,
+    pub share: i64,
+    pub whitelist_entries: Vec<i64>,
+}
+
+pub fn add_user(db: &Database, id: &str) {
+    db.add_user(id, Some("Test User")).unwrap();
+}
+
+/// Mints a session through the library (the same code the CLI uses).
+pub fn login(db: &Database, user: &str) -> String {
+    auth::new_session(db, user, auth::DEFAULT_SESSION_TTL)
+        .unwrap()
+        .expose()
+        .to_owned()
+}
+
+/// Stores a session whose expiry is already past.
+pub fn expired_session(db: &Database, user: &str) -> String {
+    let token = Token::generate().unwrap();
+    let now = auth::now_unix();
+    db.add_session(&NewSession {
+        token_hash: token.hash(),
+        user_id: user,
+        created_at: now - 100,
+        expires_at: now - 1,
+    })
+    .unwrap();
+    token.expose().to_owned()
+}
+
+/// A chat for `user` with three messages, two files (one tied to a message),
+/// and a protected share whitelisting `friend`.
+pub fn seed_chat(db: &Database, user: &str, friend: &str) -> SeededChat {
+    db.write(|tx| {
+        let chat = db::insert_chat(tx, user, "a chat", "test-model")?;
+        let messages = vec![
+            db::insert_message(tx, chat, Actor::User, "hello")?,
+            db::insert_message(tx, chat, Actor::Assistant, "hi there")?,
+            db::insert_message(tx, chat, Actor::User, "bye")?,
+        ];
+        let files = vec![
+            db::insert_file(
+                tx,
+                &NewFile {
+                    chat_id: chat,
+                    message_id: Some(messages[0]),
+                    name: "a.txt",
+                    mime_type: "text/plain",
+                    content: b"attached to a message",
+                },
+            )?,
+            db::insert_file(
+                tx,
+                &NewFile {
+                    chat_id: chat,
+                    message_id: None,
+                    name: "b.bin",
+                    mime_type: "application/octet-stream",
+                    content: &[0, 1, 2, 3],
+                },
+            )?,
+        ];
+        let share = db::insert_share(tx, chat, &format!("share-{chat}"), true)?;
+        db::insert_share_whitelist_entry(tx, share, friend)?;
+        let whitelist_entries = vec![tx.last_insert_rowid()];
+        Ok(SeededChat {
+            chat,
+            messages,
+            files,
+            share,
+            whitelist_entries,
+        })
+    })
+    .unwrap()
+}
+
+/// How many of a seeded chat's rows remain, table by table.
+pub fn remaining_rows(
+    conn: &rusqlite::Connection,
+    chat: &SeededChat,
+) -> [(&'static str, usize); 5] {
+    let count = |table: &str, ids: &[i64]| -> usize {
+        ids.iter()
+            .filter(|id| {
+                conn.query_row(
+                    &format!("SELECT 1 FROM {table} WHERE id = ?1"),
+                    [**id],
+                    |_| Ok(()),
+                )
+                .is_ok()
+            })
+            .count()
+    };
+    [
+        ("chats", count("chats", &[chat.chat])),
+        ("messages", count("messages", &chat.messages)),
+        ("chat_files", count("chat_files", &chat.files)),
+        ("chat_shares", count("chat_shares", &[chat.share])),
+        (
+            "chat_share_whitelist_entries",
+            count("chat_share_whitelist_entries", &chat.whitelist_entries),
+        ),
+    ]
+}
+
+pub fn assert_fully_present(conn: &rusqlite::Connection, chat: &SeededChat) {
+    assert_eq!(
+        remaining_rows(conn, chat),
+        [
+            ("chats", 1),
+            ("messages", chat.messages.len()),
+            ("chat_files", chat.files.len()),
+            ("chat_shares", 1),
+            ("chat_share_whitelist_entries", chat.whitelist_entries.len()),
+        ]
+    );
+}
+
+pub fn assert_fully_gone(conn: &rusqlite::Connection, chat: &SeededChat) {
+    assert_eq!(
+        remaining_rows(conn, chat),
+        [
+            ("chats", 0),
+            ("messages", 0),
+            ("chat_files", 0),
+            ("chat_shares", 0),
+            ("chat_share_whitelist_entries", 0),
+        ]
+    );
+}
+
+/// `integrity_check` is ok and `foreign_key_check` finds nothing.
+pub fn assert_consistent(conn: &rusqlite::Connection) {
+    let integrity: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(integrity, ["ok"]);
+    let violations: Vec<String> = conn
+        .prepare("PRAGMA foreign_key_check")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        violations.is_empty(),
+        "foreign key violations in {violations:?}"
+    );
+}
