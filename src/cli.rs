@@ -13,10 +13,11 @@ use clap::{Args, Parser, Subcommand};
 use log::LevelFilter;
 
 use crate::auth::{self, Token};
-use crate::db::{self, Database};
+use crate::db::{self, Database, Durability};
+use crate::maintenance::{self, Maintenance};
 use crate::routes::{self, App};
 use crate::server::{self, HttpServer, ShutdownHandle};
-use crate::{demo, logging};
+use crate::{demo, doctor, logging};
 
 /// Loopback only: a browser on this machine can reach it, nobody else can.
 /// Not 3000, which front-end dev servers usually take.
@@ -52,6 +53,9 @@ pub enum Command {
     /// Manage sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Check the database file (integrity, foreign keys, settings, sizes);
+    /// exits non-zero if something is wrong.
+    Doctor,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -72,6 +76,20 @@ pub struct ServeArgs {
     /// Seed a demo user with chats, mint a session, and print a ready-to-paste curl command.
     #[arg(long)]
     pub demo: bool,
+
+    /// "full": a delete answered 200 survives power loss (one disk sync per
+    /// commit). "normal": faster, but the last deletes before a power loss or
+    /// OS crash may come back.
+    #[arg(long, env = "NEPTUN_SYNCHRONOUS", default_value = "full", value_parser = parse_durability)]
+    pub synchronous: Durability,
+}
+
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "full" => Ok(Durability::Full),
+        "normal" => Ok(Durability::Normal),
+        _ => Err("expected \"full\" or \"normal\"".into()),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -98,6 +116,10 @@ pub enum SessionCommand {
     /// Revoke the session with this token ("-" reads it from stdin, which
     /// keeps it out of the process list and shell history).
     Revoke { token: String },
+    /// List a user's sessions (never their tokens).
+    List { user_id: String },
+    /// Delete expired sessions (the server also does this every 15 minutes).
+    Prune,
 }
 
 /// Everything that makes the command fail.
@@ -110,6 +132,7 @@ pub enum Error {
     InvalidUserId(&'static str),
     MalformedToken,
     NoSuchSession,
+    Unhealthy(usize),
     Io(io::Error),
 }
 
@@ -125,6 +148,7 @@ impl fmt::Display for Error {
             Error::NoSuchSession => {
                 f.write_str("no session has that token (already revoked or expired?)")
             }
+            Error::Unhealthy(n) => write!(f, "the doctor found {n} problem(s)"),
             Error::Io(e) => e.fmt(f),
         }
     }
@@ -150,7 +174,7 @@ where
     let mut command = Cli::command();
     let matches = command.try_get_matches_from_mut(args)?;
     if let Some(subcommand) = matches.subcommand_name() {
-        for id in ["addr", "workers", "busy_timeout", "demo"] {
+        for id in ["addr", "workers", "busy_timeout", "demo", "synchronous"] {
             if matches.value_source(id) == Some(ValueSource::CommandLine) {
                 let flag = id.replace('_', "-");
                 return Err(command.error(
@@ -203,7 +227,72 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 Err(Error::NoSuchSession)
             }
         }
+        Some(Command::Session(SessionCommand::List { ref user_id })) => {
+            let db = open(&db::Settings::default())?;
+            let now = auth::now_unix();
+            println!(
+                "{:<10} {:<20} {:<20} state",
+                "hash", "created (UTC)", "expires (UTC)"
+            );
+            for s in db.list_sessions(user_id).map_err(db_error)? {
+                let state = if s.expires_at > now {
+                    "active"
+                } else {
+                    "expired"
+                };
+                println!(
+                    "{:<10} {:<20} {:<20} {state}",
+                    s.hash_prefix,
+                    utc_timestamp(s.created_at),
+                    utc_timestamp(s.expires_at)
+                );
+            }
+            Ok(())
+        }
+        Some(Command::Session(SessionCommand::Prune)) => {
+            let db = open(&db::Settings::default())?;
+            let pruned = db.prune_sessions(auth::now_unix()).map_err(db_error)?;
+            println!("pruned {pruned} expired session(s)");
+            Ok(())
+        }
+        Some(Command::Doctor) => {
+            let db = open(&db::Settings::default())?;
+            let report = doctor::examine(&db).map_err(db_error)?;
+            println!("{:<13}{}", "database", cli.db.display());
+            for (topic, finding) in &report.facts {
+                println!("{topic:<13}{finding}");
+            }
+            for problem in &report.problems {
+                println!("PROBLEM      {problem}");
+            }
+            if report.problems.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::Unhealthy(report.problems.len()))
+            }
+        }
     }
+}
+
+/// Formats Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc_timestamp(unix: i64) -> String {
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    // Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 fn serve(
@@ -215,7 +304,11 @@ fn serve(
     let db = open(&db::Settings {
         busy_timeout: args.busy_timeout,
         pool_size: u32::from(args.workers),
+        durability: args.synchronous,
     })?;
+    if args.synchronous == Durability::Normal {
+        log::warn!("--synchronous normal: deletes answered just before a power loss may come back");
+    }
     log::info!("database {}", db_path.display());
     let demo_chats = if args.demo {
         Some(demo::seed(&db).map_err(|source| Error::Database {
@@ -235,6 +328,7 @@ fn serve(
         Err(e) => log::warn!("could not raise the open file limit: {e}"),
     }
     server::exit_when_a_transport_thread_panics();
+    ignore_file_size_signal();
     let server = HttpServer::from_listener(listener).map_err(Error::Transport)?;
     let base_url = format!("http://{}", server.local_addr());
     stop_on_signals(server.shutdown_handle(workers))?;
@@ -248,12 +342,31 @@ fn serve(
     println!("listening on {base_url}");
     io::stdout().flush().map_err(Error::Io)?;
 
+    let upkeep =
+        Maintenance::start(db.clone(), maintenance::Pacing::default()).map_err(|source| {
+            Error::Database {
+                path: db_path.to_owned(),
+                source,
+            }
+        })?;
     let app = App { db };
-    server
-        .run(workers, move |request| routes::handle(&app, request))
-        .map_err(Error::Transport)?;
+    let served = server.run(workers, move |request| routes::handle(&app, request));
+    // Also after a transport failure: leave the file checkpointed and clean.
+    upkeep.stop();
+    served.map_err(Error::Transport)?;
     log::info!("stopped");
     Ok(())
+}
+
+/// Under a file-size limit (`ulimit -f`), a write past it sends SIGXFSZ,
+/// which by default kills the process. Ignored, the write fails with EFBIG
+/// instead: the request gets an error answer, nothing is half-written, and
+/// the server keeps running until the limit is lifted.
+fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 /// First SIGINT/SIGTERM: stop accepting work, finish what is in flight, exit 0.
@@ -359,6 +472,14 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn utc_timestamps_format() {
+        assert_eq!(utc_timestamp(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_timestamp(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc_timestamp(1_795_000_000), "2026-11-18 11:06:40");
+        assert_eq!(utc_timestamp(-1), "1969-12-31 23:59:59");
     }
 
     #[test]

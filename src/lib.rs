@@ -3,13 +3,16 @@
 //!
 //! Dependencies point one way: `cli` → {`server`, `routes`, `db`, `auth`};
 //! `routes` → {`auth`, `db`, `http`}; `server` → `http`. Only `server` knows
-//! tiny_http; only `db` (and `demo`, which seeds through it) knows SQL.
+//! tiny_http; SQL lives in `db`, plus the operator checks in `doctor` and the
+//! demo seed in `demo`. `maintenance` keeps the file checkpointed and small.
 
 pub mod auth;
 pub mod cli;
 pub mod db;
 pub mod demo;
+pub mod doctor;
 pub mod http;
 pub mod logging;
+pub mod maintenance;
 pub mod routes;
 pub mod server;

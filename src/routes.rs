@@ -86,6 +86,10 @@ fn database_failure(error: db::Error) -> ApiError {
             log::warn!("database busy, answering 503: {cause}");
             ApiError::ServiceUnavailable
         }
+        db::Error::StorageFull(cause) => {
+            log::error!("storage full, answering 503: {cause}");
+            ApiError::ServiceUnavailable
+        }
         other => {
             log::error!("database failure, answering 500: {other}");
             ApiError::Internal

@@ -176,7 +176,11 @@ fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
     tx.rollback().unwrap();
 
     in_flight.join().unwrap().assert_true();
-    let (status, later_stdout) = server.wait_for_exit();
+    let Stopped {
+        status,
+        later_stdout,
+        ..
+    } = server.wait_for_exit();
     assert!(status.success(), "exit status {status:?}");
     assert!(
         later_stdout.is_empty(),
@@ -190,7 +194,11 @@ fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
 fn stdout_carries_exactly_the_listening_line() {
     let server = TestServer::start();
     server.request("DELETE", "/", &[]);
-    let (status, later_stdout) = server.stop();
+    let Stopped {
+        status,
+        later_stdout,
+        ..
+    } = server.stop();
     assert!(status.success());
     assert!(later_stdout.is_empty(), "{later_stdout:?}");
 }

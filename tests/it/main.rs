@@ -2,6 +2,7 @@
 
 mod cli;
 mod contract;
+mod durability;
 mod sessions;
 mod support;
 mod transport;

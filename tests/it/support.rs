@@ -9,6 +9,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use rusqlite::OptionalExtension;
+
 use neptun_local::auth::{self, Token};
 use neptun_local::db::{self, Actor, Database, NewFile, NewSession};
 
@@ -117,6 +119,15 @@ impl TestServer {
         self.child.as_ref().unwrap().id()
     }
 
+    /// Kills the server with SIGKILL (no chance to clean up) and returns its
+    /// directory, to start another on the same files.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let mut child = self.child.take().unwrap();
+        signal(child.id(), libc::SIGKILL);
+        child.wait().unwrap();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
     /// Stops the server (asserting a clean exit) and starts a new one on the
     /// same database with `extra` arguments.
     pub fn restart(mut self, extra: &[&str]) -> TestServer {
@@ -130,17 +141,22 @@ impl TestServer {
 
     /// Sends SIGTERM, waits for the process to exit, and returns its exit
     /// status and anything it printed on stdout after the listening line.
-    pub fn stop(self) -> (ExitStatus, Vec<String>) {
+    pub fn stop(self) -> Stopped {
         signal(self.pid(), libc::SIGTERM);
         self.wait_for_exit()
     }
 
     /// Waits (without signalling) for the process to exit; returns like `stop`.
-    pub fn wait_for_exit(mut self) -> (ExitStatus, Vec<String>) {
+    pub fn wait_for_exit(mut self) -> Stopped {
         let mut child = self.child.take().unwrap();
         let status = wait_with_deadline(&mut child);
-        let later = self.later_stdout.take().unwrap().join().unwrap();
-        (status, later)
+        let later_stdout = self.later_stdout.take().unwrap().join().unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Stopped {
+            status,
+            later_stdout,
+            dir,
+        }
     }
 }
 
@@ -174,6 +190,15 @@ impl Drop for TestServer {
             let _ = child.wait();
         }
     }
+}
+
+/// What is left of a stopped server.
+pub struct Stopped {
+    pub status: ExitStatus,
+    /// Whatever it printed on stdout after its listening line.
+    pub later_stdout: Vec<String>,
+    /// Its directory, database included.
+    pub dir: tempfile::TempDir,
 }
 
 /// A parsed HTTP response.
@@ -248,14 +273,26 @@ pub fn request(
 
 /// Writes `bytes` and reads until the server closes the connection.
 pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.write_all(bytes).unwrap();
+    try_send_raw(addr, bytes).expect("the server answered in time")
+}
+
+fn try_send_raw(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.write_all(bytes)?;
     let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .expect("server closed or answered in time");
-    answer
+    stream.read_to_end(&mut answer)?;
+    Ok(answer)
+}
+
+/// Like `TestServer::delete`, but `None` instead of a panic when the server
+/// is gone or does not answer (for tests that kill it).
+pub fn try_delete(addr: SocketAddr, path: &str, token: &str) -> Option<HttpResponse> {
+    let raw = format!(
+        "DELETE {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Cookie: neptun-session={token}\r\n\r\n"
+    );
+    parse_response(&try_send_raw(addr, raw.as_bytes()).ok()?, false)
 }
 
 /// Parses one response (status line, headers, Content-Length body; no body
@@ -395,26 +432,30 @@ pub fn remaining_rows(
     conn: &rusqlite::Connection,
     chat: &SeededChat,
 ) -> [(&'static str, usize); 5] {
-    let count = |table: &str, ids: &[i64]| -> usize {
+    // Row ids other than chat ids can be reused after a delete, so a row
+    // counts only if it still hangs off this chat.
+    let count = |sql: &str, ids: &[i64]| -> usize {
         ids.iter()
             .filter(|id| {
-                conn.query_row(
-                    &format!("SELECT 1 FROM {table} WHERE id = ?1"),
-                    [**id],
-                    |_| Ok(()),
-                )
-                .is_ok()
+                conn.query_row(sql, [**id, chat.chat], |_| Ok(()))
+                    .optional()
+                    .unwrap()
+                    .is_some()
             })
             .count()
     };
     [
-        ("chats", count("chats", &[chat.chat])),
-        ("messages", count("messages", &chat.messages)),
-        ("chat_files", count("chat_files", &chat.files)),
-        ("chat_shares", count("chat_shares", &[chat.share])),
+        ("chats", count("SELECT 1 FROM chats WHERE id = ?1 AND id = ?2", &[chat.chat])),
+        ("messages", count("SELECT 1 FROM messages WHERE id = ?1 AND chat_id = ?2", &chat.messages)),
+        ("chat_files", count("SELECT 1 FROM chat_files WHERE id = ?1 AND chat_id = ?2", &chat.files)),
+        ("chat_shares", count("SELECT 1 FROM chat_shares WHERE id = ?1 AND chat_id = ?2", &[chat.share])),
         (
             "chat_share_whitelist_entries",
-            count("chat_share_whitelist_entries", &chat.whitelist_entries),
+            count(
+                "SELECT 1 FROM chat_share_whitelist_entries AS w JOIN chat_shares AS s ON s.id = w.share_id
+                 WHERE w.id = ?1 AND s.chat_id = ?2",
+                &chat.whitelist_entries,
+            ),
         ),
     ]
 }

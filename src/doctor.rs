@@ -1,0 +1,193 @@
+//! `neptun-local doctor`: checks a database file and reports what it finds.
+//!
+//! Read-only apart from what opening always does (WAL mode, migration to the
+//! current schema). Returns the facts to print and the problems that make the
+//! command exit non-zero.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::db::{self, Database};
+
+/// What the doctor found.
+pub struct Report {
+    /// (topic, finding), in the order they should be printed.
+    pub facts: Vec<(&'static str, String)>,
+    /// Anything that needs an operator's attention; empty when all is well.
+    pub problems: Vec<String>,
+}
+
+/// Examines the database behind `db`.
+pub fn examine(db: &Database) -> db::Result<Report> {
+    let mut report = Report {
+        facts: Vec::new(),
+        problems: Vec::new(),
+    };
+    report.facts.push(("files", file_sizes(db.path())));
+    db.with_connection(|conn| {
+        check_settings(conn, &mut report)?;
+        count_pages(conn, &mut report)?;
+        count_rows(conn, &mut report)?;
+        check_integrity(conn, &mut report)?;
+        Ok(())
+    })?;
+    Ok(report)
+}
+
+fn pragma<T: rusqlite::types::FromSql>(conn: &Connection, name: &str) -> rusqlite::Result<T> {
+    conn.pragma_query_value(None, name, |r| r.get(0))
+}
+
+fn check_settings(conn: &Connection, report: &mut Report) -> db::Result<()> {
+    let version: i64 = pragma(conn, "user_version")?;
+    let journal: String = pragma(conn, "journal_mode")?;
+    let synchronous: i64 = pragma(conn, "synchronous")?;
+    let secure_delete: i64 = pragma(conn, "secure_delete")?;
+    let auto_vacuum: i64 = pragma(conn, "auto_vacuum")?;
+    let foreign_keys: i64 = pragma(conn, "foreign_keys")?;
+    let synchronous_name = match synchronous {
+        0 => "off",
+        1 => "normal",
+        2 => "full",
+        _ => "extra",
+    };
+    let auto_vacuum_name = match auto_vacuum {
+        0 => "none",
+        1 => "full",
+        _ => "incremental",
+    };
+    report.facts.push(("schema", format!("version {version}")));
+    report.facts.push((
+        "pragmas",
+        format!(
+            "journal_mode={journal} synchronous={synchronous_name} secure_delete={secure_delete} \
+             auto_vacuum={auto_vacuum_name} foreign_keys={foreign_keys}"
+        ),
+    ));
+    let mut problem = |bad: bool, text: &str| {
+        if bad {
+            report.problems.push(text.to_owned());
+        }
+    };
+    problem(
+        !journal.eq_ignore_ascii_case("wal"),
+        "the database is not in WAL mode",
+    );
+    problem(
+        synchronous < 2,
+        "synchronous is below FULL: acknowledged deletes may not survive power loss",
+    );
+    problem(
+        secure_delete != 1,
+        "secure_delete is off: deleted content stays in the file",
+    );
+    problem(
+        auto_vacuum != 2,
+        "auto_vacuum is not INCREMENTAL: the file will not shrink after deletes",
+    );
+    problem(
+        foreign_keys != 1,
+        "foreign keys are not enforced: deletes would leave orphans",
+    );
+    Ok(())
+}
+
+fn count_pages(conn: &Connection, report: &mut Report) -> db::Result<()> {
+    let page_size: i64 = pragma(conn, "page_size")?;
+    let page_count: i64 = pragma(conn, "page_count")?;
+    let freelist: i64 = pragma(conn, "freelist_count")?;
+    report.facts.push((
+        "pages",
+        format!("{page_count} of {page_size} bytes, {freelist} free"),
+    ));
+    Ok(())
+}
+
+fn count_rows(conn: &Connection, report: &mut Report) -> db::Result<()> {
+    let tables = [
+        "users",
+        "sessions",
+        "chats",
+        "messages",
+        "chat_files",
+        "chat_shares",
+    ];
+    let mut counts = Vec::with_capacity(tables.len());
+    for table in tables {
+        let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
+        counts.push(format!("{table}={n}"));
+    }
+    let expired: i64 = conn.query_row(
+        "SELECT count(*) FROM sessions WHERE expires_at <= unixepoch()",
+        [],
+        |r| r.get(0),
+    )?;
+    report.facts.push((
+        "rows",
+        format!("{} (expired sessions={expired})", counts.join(" ")),
+    ));
+    Ok(())
+}
+
+fn check_integrity(conn: &Connection, report: &mut Report) -> db::Result<()> {
+    let integrity: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let ok = integrity == ["ok"];
+    report.facts.push((
+        "integrity",
+        if ok {
+            "ok".into()
+        } else {
+            integrity.join("; ")
+        },
+    ));
+    if !ok {
+        report
+            .problems
+            .push(format!("integrity_check failed: {}", integrity.join("; ")));
+    }
+
+    let violations: Vec<String> = conn
+        .prepare("PRAGMA foreign_key_check")?
+        .query_map([], |r| {
+            Ok(format!(
+                "{} row {} -> {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    report.facts.push((
+        "foreign keys",
+        if violations.is_empty() {
+            "ok".into()
+        } else {
+            format!("{} violations", violations.len())
+        },
+    ));
+    if !violations.is_empty() {
+        let shown: Vec<&str> = violations.iter().take(10).map(String::as_str).collect();
+        report
+            .problems
+            .push(format!("orphaned rows: {}", shown.join(", ")));
+    }
+    Ok(())
+}
+
+fn file_sizes(db_path: &Path) -> String {
+    let size = |suffix: &str| {
+        let mut path = db_path.as_os_str().to_owned();
+        path.push(suffix);
+        std::fs::metadata(&path).map_or("absent".to_owned(), |m| format!("{} bytes", m.len()))
+    };
+    format!(
+        "db {}, wal {}, shm {}",
+        size(""),
+        size("-wal"),
+        size("-shm")
+    )
+}

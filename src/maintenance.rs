@@ -1,0 +1,173 @@
+//! Background upkeep of the database file, off the request path.
+//!
+//! After commits (woken by the store, bursts coalesced), one thread:
+//! 1. gives free pages back to the file system (`incremental_vacuum`, in
+//!    bounded steps so that no single step holds the write lock for long);
+//! 2. checkpoints the WAL into the database file and truncates it
+//!    (`wal_checkpoint(TRUNCATE)`).
+//!
+//! Together with `secure_delete=ON` this is what makes a deleted chat
+//! unreadable in the files: the delete writes zeroed pages into the WAL, the
+//! checkpoint copies them over the old ones in the database file, and the
+//! truncation drops every older page version from the WAL. Request
+//! connections have automatic checkpoints turned off, so this thread is also
+//! what keeps the WAL from growing, and a request never pays for a checkpoint.
+//!
+//! A step blocked by a reader or writer is retried shortly after, never
+//! forced; the thread also prunes expired sessions now and then.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::auth;
+use crate::db::{self, Database, Step, Upkeep};
+
+/// How the upkeep thread paces itself.
+#[derive(Clone, Debug)]
+pub struct Pacing {
+    /// After the first commit of a burst, wait this long for more before
+    /// working, so that a burst of deletes costs one checkpoint.
+    pub coalesce: Duration,
+    /// Wait this long before retrying a blocked step.
+    pub retry: Duration,
+    /// Free pages given back per vacuum step (4 KiB each).
+    pub vacuum_step_pages: u32,
+    /// How often expired sessions are pruned.
+    pub prune_every: Duration,
+    /// How often to run a pass without being woken: commits made by other
+    /// processes (the CLI, a second server) do not wake this one.
+    pub idle_pass_every: Duration,
+}
+
+impl Default for Pacing {
+    fn default() -> Pacing {
+        Pacing {
+            coalesce: Duration::from_millis(50),
+            retry: Duration::from_millis(50),
+            vacuum_step_pages: 1024,
+            prune_every: Duration::from_secs(15 * 60),
+            idle_pass_every: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The running upkeep thread. [`Maintenance::stop`] runs a final pass.
+pub struct Maintenance {
+    stop: Arc<AtomicBool>,
+    db: Database,
+    thread: JoinHandle<()>,
+}
+
+impl Maintenance {
+    /// Starts the upkeep thread on its own connection.
+    pub fn start(db: Database, pacing: Pacing) -> db::Result<Maintenance> {
+        let upkeep = db.upkeep_connection()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (db, stop) = (db.clone(), Arc::clone(&stop));
+            thread::Builder::new()
+                .name("maintenance".into())
+                .spawn(move || run(&db, &upkeep, &pacing, &stop))
+                .map_err(|e| db::Error::Busy(format!("cannot start the maintenance thread: {e}")))?
+        };
+        Ok(Maintenance { stop, db, thread })
+    }
+
+    /// Stops the thread after a last pass that checkpoints and truncates the
+    /// WAL (retried for a little while if a reader is still active).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the thread now rather than at its next timeout.
+        self.db.wake_upkeep();
+        if self.thread.join().is_err() {
+            log::error!("the maintenance thread panicked");
+        }
+    }
+}
+
+fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
+    let mut next_prune = Instant::now();
+    let mut behind = true; // start with a pass: the last run may have left work
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            final_pass(upkeep, pacing);
+            return;
+        }
+        if Instant::now() >= next_prune {
+            prune(upkeep);
+            next_prune = Instant::now() + pacing.prune_every;
+            behind = true;
+        }
+        let wait = if behind {
+            pacing.retry
+        } else {
+            pacing.idle_pass_every
+        };
+        if db.wait_for_writes(wait) {
+            // Let the rest of a burst commit first.
+            thread::sleep(pacing.coalesce);
+            db.wait_for_writes(Duration::ZERO);
+        }
+        // Woken, retrying, or idle for a while: in every case a pass is due.
+        behind = true;
+        if behind && !stop.load(Ordering::SeqCst) {
+            behind = match pass(upkeep, pacing) {
+                Ok(step) => {
+                    log::debug!("upkeep pass: {step:?}");
+                    step == Step::Blocked
+                }
+                Err(e) => {
+                    // A full or read-only disk, say: keep retrying, more
+                    // slowly, so the work gets done when the fault goes away.
+                    log::error!("database upkeep failed (will retry): {e}");
+                    db.wait_for_writes(ERROR_BACKOFF);
+                    true
+                }
+            };
+        }
+    }
+}
+
+/// How long to wait after a failed pass before the next try.
+const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// One round of upkeep: vacuum until the freelist is empty, then checkpoint.
+fn pass(upkeep: &Upkeep, pacing: &Pacing) -> db::Result<Step> {
+    let mut free = upkeep.free_pages()?;
+    while free > 0 {
+        if upkeep.vacuum_step(pacing.vacuum_step_pages)? == Step::Blocked {
+            return Ok(Step::Blocked);
+        }
+        let before = std::mem::replace(&mut free, upkeep.free_pages()?);
+        if free >= before {
+            break; // not an INCREMENTAL auto_vacuum file: nothing to give back
+        }
+    }
+    upkeep.checkpoint()
+}
+
+fn final_pass(upkeep: &Upkeep, pacing: &Pacing) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match pass(upkeep, pacing) {
+            Ok(Step::Done) => return,
+            Ok(Step::Blocked) if Instant::now() < deadline => thread::sleep(pacing.retry),
+            Ok(Step::Blocked) => break,
+            Err(e) => {
+                log::error!("final database upkeep failed: {e}");
+                break;
+            }
+        }
+    }
+    log::warn!("could not checkpoint the WAL before exiting; the next start will");
+}
+
+fn prune(upkeep: &Upkeep) {
+    match upkeep.prune_sessions(auth::now_unix()) {
+        Ok(0) => {}
+        Ok(n) => log::info!("pruned {n} expired sessions"),
+        Err(e) => log::warn!("could not prune expired sessions: {e}"),
+    }
+}
