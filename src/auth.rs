@@ -267,3 +267,34 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_cookie_parser_never_panics_and_only_returns_what_was_sent(
+            headers in prop::collection::vec("(\\PC|[ ;=\"])*(neptun-session=[a-f0-9\"; ]{0,70})?(\\PC|[ ;=\"])*", 0..3)
+        ) {
+            match find_session_cookie(headers.iter().map(String::as_str)) {
+                SessionCookie::Value(v) => {
+                    prop_assert!(headers.iter().any(|h| h.contains(COOKIE_NAME) && h.contains(v)));
+                    prop_assert!(!v.contains(';'));
+                }
+                SessionCookie::Conflicting => {
+                    prop_assert!(headers.iter().map(|h| h.matches(COOKIE_NAME).count()).sum::<usize>() >= 2);
+                }
+                SessionCookie::Missing => {}
+            }
+        }
+
+        #[test]
+        fn token_parsing_never_panics(text in "\\PC{0,80}") {
+            if let Some(token) = Token::parse(&text) {
+                prop_assert_eq!(token.expose(), text.as_str());
+            }
+        }
+    }
+}

@@ -14,6 +14,7 @@ use log::LevelFilter;
 
 use crate::auth::{self, Token};
 use crate::db::{self, Database, Durability};
+use crate::guard::Policy;
 use crate::maintenance::{self, Maintenance};
 use crate::routes::{self, App};
 use crate::server::{self, HttpServer, ShutdownHandle};
@@ -77,6 +78,29 @@ pub struct ServeArgs {
     #[arg(long)]
     pub demo: bool,
 
+    /// Also accept this name in the Host header (repeatable; comma-separated
+    /// in the env var). localhost, 127.0.0.1 and [::1] always are on loopback.
+    #[arg(
+        long = "allowed-host",
+        env = "NEPTUN_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+
+    /// Let a front end served from this exact origin (e.g. http://localhost:3000)
+    /// make credentialed cross-origin requests (repeatable; comma-separated in the env var).
+    #[arg(
+        long = "allow-origin",
+        env = "NEPTUN_ALLOW_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allow_origins: Vec<String>,
+
+    /// Allow listening on a non-loopback address. Only behind a TLS reverse
+    /// proxy: tokens would otherwise cross the network in clear text.
+    #[arg(long, env = "NEPTUN_ALLOW_REMOTE")]
+    pub allow_remote: bool,
+
     /// "full": a delete answered 200 survives power loss (one disk sync per
     /// commit). "normal": faster, but the last deletes before a power loss or
     /// OS crash may come back.
@@ -127,6 +151,8 @@ pub enum SessionCommand {
 pub enum Error {
     Database { path: PathBuf, source: db::Error },
     Bind { addr: String, source: io::Error },
+    NotLoopback(String),
+    Policy(String),
     Transport(io::Error),
     Session(auth::NewSessionError),
     InvalidUserId(&'static str),
@@ -141,6 +167,12 @@ impl fmt::Display for Error {
         match self {
             Error::Database { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Error::NotLoopback(addr) => write!(
+                f,
+                "{addr} is not a loopback address; pass --allow-remote to listen there \
+                 (and put a TLS reverse proxy in front)"
+            ),
+            Error::Policy(why) => f.write_str(why),
             Error::Transport(e) => write!(f, "the HTTP server failed: {e}"),
             Error::Session(e) => e.fmt(f),
             Error::InvalidUserId(why) => write!(f, "invalid user id: {why}"),
@@ -174,7 +206,16 @@ where
     let mut command = Cli::command();
     let matches = command.try_get_matches_from_mut(args)?;
     if let Some(subcommand) = matches.subcommand_name() {
-        for id in ["addr", "workers", "busy_timeout", "demo", "synchronous"] {
+        for id in [
+            "addr",
+            "workers",
+            "busy_timeout",
+            "demo",
+            "synchronous",
+            "allowed_hosts",
+            "allow_origins",
+            "allow_remote",
+        ] {
             if matches.value_source(id) == Some(ValueSource::CommandLine) {
                 let flag = id.replace('_', "-");
                 return Err(command.error(
@@ -319,10 +360,7 @@ fn serve(
         None
     };
 
-    let listener = TcpListener::bind(&args.addr).map_err(|source| Error::Bind {
-        addr: args.addr.clone(),
-        source,
-    })?;
+    let listener = bind(args)?;
     match server::raise_open_file_limit() {
         Ok(limit) => log::debug!("open file limit {limit}"),
         Err(e) => log::warn!("could not raise the open file limit: {e}"),
@@ -349,13 +387,39 @@ fn serve(
                 source,
             }
         })?;
-    let app = App { db };
+    let policy = Policy::new(
+        server.local_addr(),
+        &args.allowed_hosts,
+        &args.allow_origins,
+    )
+    .map_err(Error::Policy)?;
+    let app = App { db, policy };
     let served = server.run(workers, move |request| routes::handle(&app, request));
     // Also after a transport failure: leave the file checkpointed and clean.
     upkeep.stop();
     served.map_err(Error::Transport)?;
     log::info!("stopped");
     Ok(())
+}
+
+/// Binds the listener; a non-loopback address needs `--allow-remote`.
+fn bind(args: &ServeArgs) -> Result<TcpListener, Error> {
+    use std::net::ToSocketAddrs;
+    let bind_error = |source| Error::Bind {
+        addr: args.addr.clone(),
+        source,
+    };
+    let addrs: Vec<_> = args.addr.to_socket_addrs().map_err(bind_error)?.collect();
+    if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        if !args.allow_remote {
+            return Err(Error::NotLoopback(remote.to_string()));
+        }
+        log::warn!(
+            "listening on non-loopback {remote}: session tokens travel in clear text and \
+             tiny_http has no timeouts or size limits; put a TLS reverse proxy in front"
+        );
+    }
+    TcpListener::bind(&addrs[..]).map_err(bind_error)
 }
 
 /// Under a file-size limit (`ulimit -f`), a write past it sends SIGXFSZ,

@@ -14,10 +14,12 @@ pub struct Request {
     pub target: String,
     /// Every header line, in order, duplicates kept.
     pub headers: Vec<(String, String)>,
+    /// (major, minor), e.g. (1, 1).
+    pub http_version: (u8, u8),
 }
 
 impl Request {
-    /// Builds a request; for tests and for the server loop.
+    /// Builds an HTTP/1.1 request (for tests).
     pub fn new(method: &str, target: &str, headers: &[(&str, &str)]) -> Request {
         Request {
             method: method.to_owned(),
@@ -26,6 +28,7 @@ impl Request {
                 .iter()
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
                 .collect(),
+            http_version: (1, 1),
         }
     }
 
@@ -70,6 +73,19 @@ impl Response {
         }
     }
 
+    /// A response without a body (e.g. a 204), with the headers every
+    /// answer carries.
+    pub fn empty(status: u16) -> Response {
+        Response {
+            status,
+            headers: vec![
+                ("Cache-Control", "no-store".to_owned()),
+                ("X-Content-Type-Options", "nosniff".to_owned()),
+            ],
+            body: Vec::new(),
+        }
+    }
+
     /// The value of the first header called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -78,7 +94,7 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
-    fn with_header(mut self, name: &'static str, value: &str) -> Response {
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Response {
         self.headers.push((name, value.to_owned()));
         self
     }
@@ -93,8 +109,12 @@ pub enum ApiError {
     BadRequest(&'static str),
     /// 401: no valid session.
     Unauthorized(&'static str),
+    /// 403: refused for where it came from (Host, Origin), whoever asks.
+    Forbidden(&'static str),
     /// 404: no such route, user or chat.
     NotFound(&'static str),
+    /// 413: the request carries a body larger than we accept.
+    PayloadTooLarge,
     /// 405: the route exists but not with this method.
     MethodNotAllowed { allow: &'static str },
     /// 503: the database is busy; the client may retry after a moment.
@@ -112,7 +132,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::Unauthorized(_) => 401,
+            ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
+            ApiError::PayloadTooLarge => 413,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Internal => 500,
             ApiError::ServiceUnavailable => 503,
@@ -124,7 +146,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "Bad Request",
             ApiError::Unauthorized(_) => "Unauthorized",
+            ApiError::Forbidden(_) => "Forbidden",
             ApiError::NotFound(_) => "Not Found",
+            ApiError::PayloadTooLarge => "Payload Too Large",
             ApiError::MethodNotAllowed { .. } => "Method Not Allowed",
             ApiError::Internal => "Internal Server Error",
             ApiError::ServiceUnavailable => "Service Unavailable",
@@ -133,8 +157,12 @@ impl ApiError {
 
     pub fn message(&self) -> &'static str {
         match self {
-            ApiError::BadRequest(m) | ApiError::Unauthorized(m) | ApiError::NotFound(m) => m,
+            ApiError::BadRequest(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m) => m,
             ApiError::MethodNotAllowed { .. } => "Method not allowed on this route",
+            ApiError::PayloadTooLarge => "Request bodies over 1024 bytes are not accepted",
             ApiError::Internal => "Internal server error",
             ApiError::ServiceUnavailable => "The database is busy; retry shortly",
         }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod db;
 pub mod demo;
 pub mod doctor;
+pub mod guard;
 pub mod http;
 pub mod logging;
 pub mod maintenance;

@@ -1,6 +1,9 @@
 //! The route table and the delete-chat handler.
 //!
 //! Order of checks, and why:
+//! 0. the `Host` and, for state-changing methods, the `Origin` (see
+//!    `guard`): a request a foreign page made the browser send is refused
+//!    before anything else (400/403); CORS preflights are answered here too;
 //! 1. the path is decoded strictly and matched exactly (a malformed target is
 //!    400, an unknown path 404, a wrong method 405): this reveals nothing
 //!    about users or chats;
@@ -13,11 +16,13 @@
 
 use crate::auth::{self, AuthFailure};
 use crate::db::{self, Database};
+use crate::guard::Policy;
 use crate::http::{ApiError, Request, Response};
 
 /// What the handlers share.
 pub struct App {
     pub db: Database,
+    pub policy: Policy,
 }
 
 /// The methods the delete-chat route answers.
@@ -25,18 +30,24 @@ const CHAT_ROUTE_ALLOW: &str = "DELETE";
 
 /// Answers one request. Never panics on any input.
 pub fn handle(app: &App, request: &Request) -> Response {
-    match route(app, request) {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    }
+    let response = route(app, request).unwrap_or_else(ApiError::into_response);
+    app.policy.decorate(request, response)
 }
 
 fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
+    app.policy.check_framing(request)?;
+    app.policy.check_host(request)?;
+    app.policy.check_origin(request)?;
     let segments = path_segments(&request.target)?;
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match (request.method.as_str(), segments.as_slice()) {
         ("DELETE", ["api", "users", user_id, "chats", chat_id]) => {
             delete_chat(app, request, user_id, chat_id)
+        }
+        ("OPTIONS", ["api", "users", _, "chats", _])
+            if let Some(answer) = app.policy.preflight(request, CHAT_ROUTE_ALLOW) =>
+        {
+            Ok(answer)
         }
         (_, ["api", "users", _, "chats", _]) => Err(ApiError::MethodNotAllowed {
             allow: CHAT_ROUTE_ALLOW,
@@ -230,6 +241,51 @@ mod tests {
                 Err(400),
                 "{bad:?}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Targets near the route: its literal segments, mutated, percent-encoded,
+    /// with dots, slashes and queries, plus arbitrary text.
+    fn target_like() -> impl Strategy<Value = String> {
+        let part = prop::sample::select(vec![
+            "api", "users", "chats", "API", "alice", "1", "42", "", ".", "..", "%2F", "%2e", "%",
+            "%41", "a%2Fb", "?q=/x",
+        ]);
+        prop::collection::vec(part, 0..8)
+            .prop_map(|parts| format!("/{}", parts.join("/")))
+            .boxed()
+            .prop_union("\\PC{0,40}".boxed())
+    }
+
+    proptest! {
+        #[test]
+        fn only_exact_chat_paths_reach_the_delete_handler(target in target_like()) {
+            // Never panics, whatever the input.
+            let Ok(segments) = path_segments(&target) else { return Ok(()) };
+            let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+            if let ["api", "users", _, "chats", _] = segments.as_slice() {
+                // The raw path (without query and one trailing slash) must
+                // have exactly these five segments, the literals unencoded.
+                let path = target.split_once('?').map_or(target.as_str(), |(p, _)| p);
+                let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+                let raw: Vec<&str> = path.split('/').collect();
+                prop_assert_eq!(raw.len(), 6, "{}", target);
+                prop_assert_eq!((raw[0], raw[1], raw[2], raw[4]), ("", "api", "users", "chats"), "{}", target);
+            }
+        }
+
+        #[test]
+        fn chat_ids_parse_only_as_canonical_positive_integers(text in "[-+0-9a-z.]{0,22}") {
+            if let Ok(id) = parse_chat_id(&text) {
+                prop_assert!(id > 0);
+                prop_assert_eq!(id.to_string(), text);
+            }
         }
     }
 }

@@ -165,6 +165,10 @@ fn serve_one(request: tiny_http::Request, handler: &(dyn Fn(&Request) -> Respons
                 )
             })
             .collect(),
+        http_version: {
+            let version = request.http_version();
+            (version.0, version.1)
+        },
     };
     let response = call_catching_panics(handler, &ours);
     // Path only: the query is the client's business, and cookies are never logged.
@@ -175,9 +179,39 @@ fn serve_one(request: tiny_http::Request, handler: &(dyn Fn(&Request) -> Respons
         response.status,
         started.elapsed().as_secs_f64() * 1000.0
     );
-    if let Err(e) = request.respond(to_tiny_http(response)) {
+    if request.body_length().is_some_and(|n| n > UNDRAINABLE_BODY) {
+        refuse_without_draining(request, response);
+    } else if let Err(e) = request.respond(to_tiny_http(response)) {
         log::debug!("could not write a response: {e}");
     }
+}
+
+/// Declared bodies larger than this are never dropped (see below).
+const UNDRAINABLE_BODY: usize = 16 * 1024 * 1024;
+
+/// Sends the answer to a request that declared a huge body we did not read.
+///
+/// Dropping such a request makes tiny_http 0.12 drain the body into one
+/// zeroed allocation of the declared size (`EqualReader::drop`), which
+/// aborts the whole process when the size is absurd (e.g. 100 GB). The one
+/// way around it in its public API: `upgrade()` writes the response and hands
+/// over the connection's streams, and we never drop them. The cost is one
+/// tiny_http connection thread and socket left parked for the life of the
+/// process, per such request.
+fn refuse_without_draining(request: tiny_http::Request, mut response: Response) {
+    use std::io::Write;
+    log::warn!(
+        "refused a request declaring a {} byte body; its connection is parked, not drained",
+        request.body_length().unwrap_or_default()
+    );
+    // In upgrade mode tiny_http writes only the head: no length, no body.
+    let body = std::mem::take(&mut response.body);
+    let response = response.with_header("Content-Length", &body.len().to_string());
+    let mut stream = request.upgrade("neptun-refused", to_tiny_http(response));
+    if let Err(e) = stream.write_all(&body).and_then(|()| stream.flush()) {
+        log::debug!("could not write a response: {e}");
+    }
+    std::mem::forget(stream);
 }
 
 /// Calls the handler; a panic becomes a JSON 500 instead of a dead worker.

@@ -3,6 +3,7 @@
 mod cli;
 mod contract;
 mod durability;
+mod hostile;
 mod sessions;
 mod support;
 mod transport;

@@ -46,8 +46,14 @@ impl TestServer {
     pub fn start_in(dir: tempfile::TempDir, db_path: PathBuf, extra: &[&str]) -> TestServer {
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let default_addr: &[&str] = if extra.contains(&"--addr") {
+            &[]
+        } else {
+            &["--addr", "127.0.0.1:0"]
+        };
         let mut child = Command::new(BIN)
-            .args(["--addr", "127.0.0.1:0", "--db"])
+            .args(default_addr)
+            .arg("--db")
             .arg(&db_path)
             .args(extra)
             .stdin(Stdio::null())

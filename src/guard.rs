@@ -1,0 +1,498 @@
+//! Browser-facing protections, applied before routing.
+//!
+//! A server on `127.0.0.1` is attacked mostly through the user's own
+//! browser: any web page can make it send requests to loopback.
+//! - **DNS rebinding** makes `evil.example` resolve to 127.0.0.1. The
+//!   browser then talks to us but sends `Host: evil.example`, so when bound
+//!   to loopback only the loopback names and names added by the operator are
+//!   served. Matching is exact and never by suffix.
+//! - **CSRF**: cookies on `localhost` are shared across ports (RFC 6265 §8.5),
+//!   so a page on any localhost port carries our session cookie. A
+//!   state-changing request whose `Origin` is neither ours nor allowed is
+//!   refused, and so is `Sec-Fetch-Site: cross-site` without an allowed Origin.
+//! - **CORS** lets a front-end dev server on another port (an allowed origin)
+//!   make credentialed DELETEs: preflights are answered without a cookie, and
+//!   real responses echo the origin. Never `*`: credentials are involved.
+
+use std::net::SocketAddr;
+
+use crate::http::{ApiError, Request, Response};
+
+/// Names always accepted in `Host` when bound to loopback.
+const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// Request headers a preflight may ask for: the ordinary ones front ends send.
+const ORDINARY_REQUEST_HEADERS: [&str; 7] = [
+    "accept",
+    "accept-language",
+    "content-language",
+    "content-type",
+    "cache-control",
+    "pragma",
+    "x-requested-with",
+];
+
+/// The largest request body accepted (and ignored), in bytes.
+const MAX_BODY: u32 = 1024;
+
+/// How long a browser may cache a preflight answer, in seconds.
+const PREFLIGHT_MAX_AGE: &str = "600";
+
+/// Who may talk to the server, decided once at start-up.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Lower-case host names accepted in `Host`, or `None` to accept any
+    /// (bound to a non-loopback address with no names given).
+    hosts: Option<Vec<String>>,
+    /// The port we listen on; a port in `Host` must be this one.
+    port: u16,
+    /// Our own origins: same-origin requests need no CORS.
+    own_origins: Vec<String>,
+    /// Cross-origin front ends allowed to send credentialed requests.
+    allowed_origins: Vec<String>,
+}
+
+impl Policy {
+    /// Builds the policy for a server bound to `addr`. `extra_hosts` are
+    /// added to the Host allowlist; `allowed_origins` must be exact origins
+    /// like `http://localhost:3000` (no path, no `*`).
+    pub fn new(
+        addr: SocketAddr,
+        extra_hosts: &[String],
+        allowed_origins: &[String],
+    ) -> Result<Policy, String> {
+        let mut hosts: Vec<String> = Vec::new();
+        for host in extra_hosts {
+            let host = host.trim().to_ascii_lowercase();
+            if host.is_empty() || host.contains(['/', ':', ' ']) && !host.starts_with('[') {
+                return Err(format!(
+                    "--allowed-host {host:?}: give a bare host name, like myhost.local"
+                ));
+            }
+            hosts.push(host);
+        }
+        let hosts = if addr.ip().is_loopback() {
+            hosts.extend(LOOPBACK_NAMES.map(String::from));
+            Some(hosts)
+        } else if hosts.is_empty() {
+            None
+        } else {
+            hosts.push(host_literal(addr));
+            Some(hosts)
+        };
+        let port = addr.port();
+        let own_origins = hosts
+            .iter()
+            .flatten()
+            .map(|h| format!("http://{h}:{port}"))
+            .chain([format!("http://{}", addr)])
+            .collect();
+        let allowed_origins = allowed_origins
+            .iter()
+            .map(|o| normalize_origin(o))
+            .collect::<Result<_, _>>()?;
+        Ok(Policy {
+            hosts,
+            port,
+            own_origins,
+            allowed_origins,
+        })
+    }
+
+    /// Refuses a request whose body framing is ambiguous (RFC 9112 §6.3):
+    /// several or non-numeric `Content-Length`s, `Content-Length` together
+    /// with `Transfer-Encoding`, or a transfer coding other than chunked.
+    /// tiny_http has already picked one reading by then, so this cannot stop
+    /// it from parsing the bytes that follow; it does keep us from acting on
+    /// a request that two parsers would read differently.
+    pub fn check_framing(&self, request: &Request) -> Result<(), ApiError> {
+        const BAD: ApiError = ApiError::BadRequest("Ambiguous message framing");
+        let lengths: Vec<&str> = request.header_values("Content-Length").collect();
+        let codings: Vec<&str> = request.header_values("Transfer-Encoding").collect();
+        let numeric = |v: &&str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+        if lengths.len() > 1 || !lengths.iter().all(numeric) {
+            return Err(BAD);
+        }
+        if !codings.is_empty() {
+            let only_chunked =
+                codings.len() == 1 && codings[0].trim().eq_ignore_ascii_case("chunked");
+            if !lengths.is_empty() || !only_chunked {
+                return Err(BAD);
+            }
+            // A chunked body's size is unknown until it is read, and this
+            // API reads no body.
+            return Err(ApiError::PayloadTooLarge);
+        }
+        // The API takes no body; tiny_http has already read one of up to
+        // 1024 bytes, and anything larger is refused unread.
+        if lengths
+            .first()
+            .is_some_and(|l| l.len() > 4 || l.parse::<u32>().is_ok_and(|n| n > MAX_BODY))
+        {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        Ok(())
+    }
+
+    /// Refuses a request whose `Host` is missing (on HTTP/1.1), repeated, or
+    /// not on the allowlist.
+    pub fn check_host(&self, request: &Request) -> Result<(), ApiError> {
+        let mut values = request.header_values("Host");
+        let (first, second) = (values.next(), values.next());
+        let host = match (first, second) {
+            (_, Some(_)) => return Err(ApiError::BadRequest("Duplicate Host header")),
+            (None, None) if request.http_version >= (1, 1) => {
+                return Err(ApiError::BadRequest("Missing Host header"));
+            }
+            (None, None) => return Ok(()), // HTTP/1.0 without Host: not a browser
+            (Some(host), None) => host,
+        };
+        if self.host_allowed(host) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("Host not allowed"))
+        }
+    }
+
+    /// Returns true if and only if `value` (a `Host` header) names an allowed
+    /// host, with no port or with our port.
+    pub fn host_allowed(&self, value: &str) -> bool {
+        let Some(hosts) = &self.hosts else {
+            return true;
+        };
+        let (name, port) = split_host_port(value.trim());
+        let port_ok = match port {
+            None => true,
+            Some(p) => p.parse::<u16>() == Ok(self.port) && p.bytes().all(|b| b.is_ascii_digit()),
+        };
+        port_ok && !name.is_empty() && hosts.iter().any(|h| h.eq_ignore_ascii_case(name))
+    }
+
+    /// Returns true if and only if `origin` may make credentialed
+    /// cross-origin requests (exact match with an `--allow-origin`).
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.allowed_origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin))
+    }
+
+    fn is_own_origin(&self, origin: &str) -> bool {
+        self.own_origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin))
+    }
+
+    /// The CSRF check: refuses a state-changing request from a foreign
+    /// origin. Safe methods pass (they change nothing, and CORS keeps their
+    /// answers from foreign pages).
+    pub fn check_origin(&self, request: &Request) -> Result<(), ApiError> {
+        if matches!(request.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+            return Ok(());
+        }
+        let mut origins = request.header_values("Origin");
+        let origin = match (origins.next(), origins.next()) {
+            (_, Some(_)) => return Err(ApiError::Forbidden("Origin not allowed")),
+            (origin, None) => origin,
+        };
+        let origin_ok = origin.map(|o| self.is_own_origin(o) || self.origin_allowed(o));
+        let cross_site = request
+            .header_values("Sec-Fetch-Site")
+            .any(|v| v.trim().eq_ignore_ascii_case("cross-site"));
+        match origin_ok {
+            Some(false) => Err(ApiError::Forbidden("Origin not allowed")),
+            None if cross_site => Err(ApiError::Forbidden("Cross-site request not allowed")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Answers a CORS preflight (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`); `None` if the request is not one.
+    pub fn preflight(&self, request: &Request, allow_methods: &str) -> Option<Response> {
+        let origin = request.header_values("Origin").next()?;
+        let method = request
+            .header_values("Access-Control-Request-Method")
+            .next()?;
+        let requested_headers: Vec<String> = request
+            .header_values("Access-Control-Request-Headers")
+            .flat_map(|v| v.split(','))
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        let headers_ok = requested_headers
+            .iter()
+            .all(|h| ORDINARY_REQUEST_HEADERS.contains(&h.as_str()));
+        if !self.origin_allowed(origin) || method.trim() != "DELETE" || !headers_ok {
+            // No CORS headers at all: the browser blocks the real request.
+            return Some(ApiError::Forbidden("CORS preflight not allowed").into_response());
+        }
+        let mut response = Response::empty(204)
+            .with_header("Access-Control-Allow-Origin", origin)
+            .with_header("Access-Control-Allow-Credentials", "true")
+            .with_header("Access-Control-Allow-Methods", allow_methods)
+            .with_header("Access-Control-Max-Age", PREFLIGHT_MAX_AGE)
+            .with_header("Vary", "Origin");
+        if !requested_headers.is_empty() {
+            response = response.with_header(
+                "Access-Control-Allow-Headers",
+                &requested_headers.join(", "),
+            );
+        }
+        let private_network = request
+            .header_values("Access-Control-Request-Private-Network")
+            .any(|v| v.trim().eq_ignore_ascii_case("true"));
+        if private_network {
+            response = response.with_header("Access-Control-Allow-Private-Network", "true");
+        }
+        Some(response)
+    }
+
+    /// Adds the CORS headers a real response needs: the echoed origin and
+    /// credentials for an allowed front end, and `Vary: Origin` always, so
+    /// a cache never serves one origin's answer to another.
+    pub fn decorate(&self, request: &Request, mut response: Response) -> Response {
+        // A preflight's answer carries exactly what `preflight` decided.
+        let preflight = request.method == "OPTIONS";
+        if !preflight
+            && let Some(origin) = request.header_values("Origin").next()
+            && self.origin_allowed(origin)
+        {
+            response = response
+                .with_header("Access-Control-Allow-Origin", origin)
+                .with_header("Access-Control-Allow-Credentials", "true");
+        }
+        if response.header("Vary").is_none() {
+            response = response.with_header("Vary", "Origin");
+        }
+        response
+    }
+}
+
+/// The address as it appears in a `Host` header (IPv6 in brackets).
+fn host_literal(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    }
+}
+
+/// Splits `host[:port]`, keeping IPv6 brackets with the host.
+fn split_host_port(value: &str) -> (&str, Option<&str>) {
+    if value.starts_with('[') {
+        match value.find(']') {
+            Some(end) => {
+                let (host, rest) = value.split_at(end + 1);
+                match rest.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None if rest.is_empty() => (host, None),
+                    None => ("", None),
+                }
+            }
+            None => ("", None),
+        }
+    } else {
+        match value.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (value, None),
+        }
+    }
+}
+
+/// Checks and normalizes an `--allow-origin` value to `scheme://host[:port]`.
+fn normalize_origin(text: &str) -> Result<String, String> {
+    let origin = text.trim().trim_end_matches('/').to_ascii_lowercase();
+    let bad = |why: &str| Err(format!("--allow-origin {text:?}: {why}"));
+    if origin == "*" || origin == "null" {
+        return bad("must be one exact origin; \"*\" and \"null\" cannot be used with cookies");
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return bad("expected an origin like http://localhost:3000");
+    };
+    if scheme != "http" && scheme != "https" {
+        return bad("the scheme must be http or https");
+    }
+    let (host, port) = split_host_port(rest);
+    if host.is_empty()
+        || rest.contains(['/', '?', '#', '@', ' '])
+        || port.is_some_and(|p| p.parse::<u16>().is_err())
+    {
+        return bad("expected scheme://host[:port] with nothing after it");
+    }
+    Ok(origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback() -> Policy {
+        Policy::new(
+            "127.0.0.1:7150".parse().unwrap(),
+            &["myhost.local".into()],
+            &["http://localhost:3000".into()],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_exact_allowed_hosts_with_our_port_pass() {
+        let p = loopback();
+        for ok in [
+            "localhost",
+            "LOCALHOST:7150",
+            "127.0.0.1",
+            "127.0.0.1:7150",
+            "[::1]",
+            "[::1]:7150",
+            "myhost.local:7150",
+        ] {
+            assert!(p.host_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ":7150",
+            "evil.example",
+            "localhost.evil.example",
+            "evil-localhost",
+            "localhost:7151",
+            "localhost:",
+            "localhost:+7150",
+            "127.0.0.2",
+            "[::1",
+            "[::2]",
+            "[::1]x",
+            "sub.myhost.local",
+            "myhost.local.",
+            "0.0.0.0",
+        ] {
+            assert!(!p.host_allowed(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_non_loopback_bind_without_names_accepts_any_host() {
+        let p = Policy::new("0.0.0.0:80".parse().unwrap(), &[], &[]).unwrap();
+        assert!(p.host_allowed("anything.example"));
+        let p = Policy::new(
+            "192.0.2.1:80".parse().unwrap(),
+            &["api.example".into()],
+            &[],
+        )
+        .unwrap();
+        assert!(p.host_allowed("api.example") && p.host_allowed("192.0.2.1:80"));
+        assert!(!p.host_allowed("evil.example"));
+    }
+
+    #[test]
+    fn allowed_origins_must_be_exact() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        assert!(Policy::new(addr, &[], &["*".into()]).is_err());
+        assert!(Policy::new(addr, &[], &["null".into()]).is_err());
+        assert!(Policy::new(addr, &[], &["localhost:3000".into()]).is_err());
+        assert!(Policy::new(addr, &[], &["ftp://localhost".into()]).is_err());
+        assert!(Policy::new(addr, &[], &["http://localhost:3000/app".into()]).is_err());
+        assert!(Policy::new(addr, &[], &["http://localhost:99999".into()]).is_err());
+        let p = Policy::new(addr, &[], &["HTTP://LocalHost:3000/".into()]).unwrap();
+        assert!(p.origin_allowed("http://localhost:3000"));
+        assert!(!p.origin_allowed("http://localhost:3001"));
+        assert!(!p.origin_allowed("http://localhost:3000.evil.example"));
+    }
+
+    #[test]
+    fn csrf_checks_state_changing_requests_only() {
+        let p = loopback();
+        let delete =
+            |headers: &[(&str, &str)]| p.check_origin(&Request::new("DELETE", "/", headers));
+        assert!(delete(&[]).is_ok());
+        assert!(delete(&[("Origin", "http://localhost:7150")]).is_ok());
+        assert!(delete(&[("Origin", "http://localhost:3000")]).is_ok());
+        assert!(delete(&[("Origin", "http://evil.example")]).is_err());
+        assert!(delete(&[("Origin", "null")]).is_err());
+        assert!(
+            delete(&[
+                ("Origin", "http://localhost:3000"),
+                ("Origin", "http://evil.example")
+            ])
+            .is_err()
+        );
+        assert!(delete(&[("Sec-Fetch-Site", "cross-site")]).is_err());
+        assert!(
+            delete(&[
+                ("Sec-Fetch-Site", "same-site"),
+                ("Origin", "http://localhost:4000")
+            ])
+            .is_err()
+        );
+        assert!(
+            delete(&[
+                ("Sec-Fetch-Site", "cross-site"),
+                ("Origin", "http://localhost:3000")
+            ])
+            .is_ok()
+        );
+        let get = Request::new("GET", "/", &[("Origin", "http://evil.example")]);
+        assert!(p.check_origin(&get).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Strings near the allowlist: allowed names with random case, ports,
+    /// prefixes and suffixes, plus arbitrary text.
+    fn host_like() -> impl Strategy<Value = String> {
+        let names = prop::sample::select(vec![
+            "localhost",
+            "127.0.0.1",
+            "[::1]",
+            "myhost.local",
+            "evil.example",
+            "",
+        ]);
+        (
+            names,
+            "[a-z.:\\[\\]]{0,3}",
+            "[a-z.:\\[\\]]{0,3}",
+            prop::option::of(0u32..70000),
+            any::<bool>(),
+        )
+            .prop_map(|(name, pre, post, port, upper)| {
+                let name = if upper {
+                    name.to_uppercase()
+                } else {
+                    name.to_owned()
+                };
+                let port = port.map_or(String::new(), |p| format!(":{p}"));
+                format!("{pre}{name}{post}{port}")
+            })
+            .boxed()
+            .prop_union(any::<String>().boxed())
+    }
+
+    proptest! {
+        #[test]
+        fn a_host_passes_only_if_it_is_exactly_an_allowed_name_with_our_port(value in host_like()) {
+            let p = Policy::new("127.0.0.1:7150".parse().unwrap(), &["myhost.local".into()], &[]).unwrap();
+            if p.host_allowed(&value) {
+                let lower = value.trim().to_ascii_lowercase();
+                let name = lower.strip_suffix(":7150").unwrap_or(&lower);
+                prop_assert!(["localhost", "127.0.0.1", "[::1]", "myhost.local"].contains(&name), "{value:?}");
+            }
+        }
+
+        #[test]
+        fn an_origin_passes_only_if_it_equals_an_allowed_one(origin in "(https?://)?[a-z0-9.:]{0,20}/?|\\PC{0,30}") {
+            let allowed = ["http://localhost:3000", "http://127.0.0.1:5173"];
+            let p = Policy::new("127.0.0.1:7150".parse().unwrap(), &[], &allowed.map(String::from)).unwrap();
+            if p.origin_allowed(&origin) {
+                prop_assert!(allowed.iter().any(|a| a.eq_ignore_ascii_case(&origin)), "{origin:?}");
+            }
+            let request = Request::new("DELETE", "/", &[("Origin", &origin), ("Host", "localhost")]);
+            if p.check_origin(&request).is_ok() {
+                let own = ["http://localhost:7150", "http://127.0.0.1:7150", "http://[::1]:7150"];
+                prop_assert!(allowed.iter().chain(&own).any(|a| a.eq_ignore_ascii_case(&origin)), "{origin:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! Hostile input and the browser, over raw TCP: DNS rebinding, CSRF, CORS,
+//! framing, bodies, odd paths and cookies. Every case checks the exact
+//! answer, that nothing was deleted, and that the server still serves.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::support::*;
+
+/// What came back on one connection: every complete response, and whether
+/// the server closed the connection (rather than keeping it open).
+struct Exchange {
+    responses: Vec<HttpResponse>,
+    closed: bool,
+}
+
+/// Sends raw bytes and collects what comes back within `wait`.
+fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Exchange {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    let closed = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false;
+            }
+            Err(_) => break true, // reset
+        }
+    };
+    let mut responses = Vec::new();
+    let mut rest = &raw[..];
+    while let Some(r) = parse_response(rest, false) {
+        let head = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        rest = &rest[head + r.body.len()..];
+        responses.push(r);
+    }
+    Exchange { responses, closed }
+}
+
+/// alice (logged in) owns one chat; bob exists.
+struct World {
+    server: TestServer,
+    token: String,
+    chat: SeededChat,
+}
+
+impl World {
+    fn new(args: &[&str]) -> World {
+        let server = TestServer::start_with(args);
+        let db = server.db();
+        add_user(&db, "alice");
+        add_user(&db, "bob");
+        let token = login(&db, "alice");
+        let chat = seed_chat(&db, "alice", "bob");
+        World {
+            server,
+            token,
+            chat,
+        }
+    }
+
+    fn chat_path(&self) -> String {
+        format!("/api/users/alice/chats/{}", self.chat.chat)
+    }
+
+    /// A DELETE of alice's chat with her cookie, plus `extra` header lines.
+    fn raw_delete(&self, host: Option<&str>, extra: &str) -> Vec<u8> {
+        let host = host.map_or(String::new(), |h| format!("Host: {h}\r\n"));
+        format!(
+            "DELETE {} HTTP/1.1\r\n{host}Cookie: neptun-session={}\r\nConnection: close\r\n{extra}\r\n",
+            self.chat_path(),
+            self.token
+        )
+        .into_bytes()
+    }
+
+    fn send(&self, bytes: &[u8]) -> Exchange {
+        exchange(self.server.addr, bytes, Duration::from_secs(5))
+    }
+
+    /// The chat is untouched and an ordinary request is still answered.
+    fn assert_unharmed(&self) {
+        assert_fully_present(&self.server.sql(), &self.chat);
+        let r = self
+            .server
+            .request("DELETE", "/api/users/alice/chats/999999", &[]);
+        assert_eq!(r.status, 401, "the server must still serve: {r:?}");
+    }
+}
+
+fn only_response(x: &Exchange) -> &HttpResponse {
+    assert_eq!(x.responses.len(), 1, "expected exactly one response");
+    &x.responses[0]
+}
+
+#[test]
+fn hosts_outside_the_allowlist_are_refused_and_delete_nothing() {
+    let w = World::new(&["--allowed-host", "myapp.test"]);
+    let port = w.server.addr.port();
+    let cases: Vec<(Option<String>, u16, &str)> = vec![
+        (Some("evil.example".into()), 403, "Host not allowed"),
+        (
+            Some("localhost.evil.example".into()),
+            403,
+            "Host not allowed",
+        ),
+        (
+            Some(format!("evil.example:{port}")),
+            403,
+            "Host not allowed",
+        ),
+        (
+            Some(format!("localhost:{}", port.wrapping_add(1))),
+            403,
+            "Host not allowed",
+        ),
+        (Some(String::new()), 403, "Host not allowed"),
+        (Some(format!(":{port}")), 403, "Host not allowed"),
+        (Some("sub.myapp.test".into()), 403, "Host not allowed"),
+        (None, 400, "Missing Host header"),
+    ];
+    for (host, status, message) in &cases {
+        let x = w.send(&w.raw_delete(host.as_deref(), ""));
+        let r = only_response(&x);
+        let reason = if *status == 403 {
+            "Forbidden"
+        } else {
+            "Bad Request"
+        };
+        assert_eq!(r.assert_error(*status, reason), *message, "Host {host:?}");
+    }
+    let duplicate = w.raw_delete(Some("localhost"), "Host: evil.example\r\n");
+    assert_eq!(
+        only_response(&w.send(&duplicate)).assert_error(400, "Bad Request"),
+        "Duplicate Host header"
+    );
+    w.assert_unharmed();
+
+    // Allowed names pass the check (and then fail auth, without a cookie).
+    for host in [
+        "localhost".to_owned(),
+        format!("LocalHost:{port}"),
+        "127.0.0.1".into(),
+        format!("[::1]:{port}"),
+        format!("myapp.test:{port}"),
+    ] {
+        let raw = format!(
+            "DELETE /api/users/alice/chats/1 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(
+            only_response(&w.send(raw.as_bytes())).status,
+            401,
+            "Host {host:?}"
+        );
+    }
+    // HTTP/1.0 without Host is not a browser: it is served.
+    let raw = format!(
+        "DELETE {} HTTP/1.0\r\nCookie: neptun-session={}\r\n\r\n",
+        w.chat_path(),
+        w.token
+    );
+    only_response(&w.send(raw.as_bytes())).assert_true();
+}
+
+#[test]
+fn foreign_origins_cannot_delete_and_method_overrides_are_ignored() {
+    let w = World::new(&["--allow-origin", "http://localhost:3000"]);
+    let port = w.server.addr.port();
+    for (extra, message) in [
+        ("Origin: http://evil.example\r\n", "Origin not allowed"),
+        ("Origin: null\r\n", "Origin not allowed"),
+        (
+            &*format!("Origin: http://localhost:{}\r\n", port.wrapping_add(1)),
+            "Origin not allowed",
+        ),
+        ("Origin: https://localhost:3000\r\n", "Origin not allowed"),
+        (
+            "Sec-Fetch-Site: cross-site\r\n",
+            "Cross-site request not allowed",
+        ),
+        (
+            "Origin: http://localhost:3000\r\nOrigin: http://evil.example\r\n",
+            "Origin not allowed",
+        ),
+    ] {
+        let x = w.send(&w.raw_delete(Some("localhost"), extra));
+        assert_eq!(
+            only_response(&x).assert_error(403, "Forbidden"),
+            message,
+            "{extra:?}"
+        );
+    }
+    // Method overrides: a POST is a POST.
+    let cookie = format!("neptun-session={}", w.token);
+    for target in [w.chat_path(), format!("{}?_method=DELETE", w.chat_path())] {
+        let r = w.server.request(
+            "POST",
+            &target,
+            &[
+                ("Cookie", &cookie),
+                ("X-HTTP-Method-Override", "DELETE"),
+                ("X-Method-Override", "DELETE"),
+            ],
+        );
+        r.assert_error(405, "Method Not Allowed");
+    }
+    w.assert_unharmed();
+
+    // Our own origin may delete.
+    let own = format!("Origin: http://localhost:{port}\r\nSec-Fetch-Site: same-origin\r\n");
+    only_response(&w.send(&w.raw_delete(Some(&format!("localhost:{port}")), &own))).assert_true();
+    assert_fully_gone(&w.server.sql(), &w.chat);
+}
+
+#[test]
+fn cors_lets_an_allowed_front_end_delete_with_credentials_and_nobody_else() {
+    let w = World::new(&[
+        "--allow-origin",
+        "http://localhost:3000,http://127.0.0.1:5173",
+    ]);
+    let preflight = |origin: &str, extra: &[(&str, &str)]| {
+        let mut headers = vec![
+            ("Origin", origin),
+            ("Access-Control-Request-Method", "DELETE"),
+        ];
+        headers.extend_from_slice(extra);
+        w.server.request("OPTIONS", &w.chat_path(), &headers)
+    };
+
+    let r = preflight(
+        "http://localhost:3000",
+        &[("Access-Control-Request-Headers", "Content-Type, accept")],
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(
+        r.header("Access-Control-Allow-Origin"),
+        Some("http://localhost:3000")
+    );
+    assert_eq!(r.header("Access-Control-Allow-Credentials"), Some("true"));
+    assert_eq!(r.header("Access-Control-Allow-Methods"), Some("DELETE"));
+    assert_eq!(
+        r.header("Access-Control-Allow-Headers"),
+        Some("content-type, accept")
+    );
+    assert_eq!(r.header("Access-Control-Max-Age"), Some("600"));
+    assert_eq!(r.header("Vary"), Some("Origin"));
+    assert_eq!(r.header("Access-Control-Allow-Private-Network"), None);
+    assert!(r.body.is_empty());
+
+    let r = preflight(
+        "http://127.0.0.1:5173",
+        &[("Access-Control-Request-Private-Network", "true")],
+    );
+    assert_eq!(
+        (r.status, r.header("Access-Control-Allow-Private-Network")),
+        (204, Some("true"))
+    );
+
+    // Anyone else gets no CORS headers at all.
+    for (origin, extra) in [
+        ("http://evil.example", &[][..]),
+        ("http://localhost:3001", &[][..]),
+        (
+            "http://localhost:3000",
+            &[("Access-Control-Request-Headers", "x-evil")][..],
+        ),
+    ] {
+        let r = preflight(origin, extra);
+        r.assert_error(403, "Forbidden");
+        assert_eq!(
+            r.header("Access-Control-Allow-Credentials"),
+            None,
+            "{origin} {extra:?}"
+        );
+        assert_eq!(
+            r.header("Access-Control-Allow-Origin"),
+            None,
+            "{origin} {extra:?}"
+        );
+    }
+    let r = w.server.request(
+        "OPTIONS",
+        &w.chat_path(),
+        &[
+            ("Origin", "http://localhost:3000"),
+            ("Access-Control-Request-Method", "GET"),
+        ],
+    );
+    r.assert_error(403, "Forbidden");
+
+    // The real request from the allowed front end.
+    let cookie = format!("neptun-session={}", w.token);
+    let r = w.server.request(
+        "DELETE",
+        &w.chat_path(),
+        &[
+            ("Cookie", &cookie),
+            ("Origin", "http://localhost:3000"),
+            ("Sec-Fetch-Site", "same-site"),
+        ],
+    );
+    r.assert_true();
+    assert_eq!(
+        r.header("Access-Control-Allow-Origin"),
+        Some("http://localhost:3000")
+    );
+    assert_eq!(r.header("Access-Control-Allow-Credentials"), Some("true"));
+    assert_eq!(r.header("Vary"), Some("Origin"));
+    let r = w.server.request(
+        "DELETE",
+        &w.chat_path(),
+        &[("Cookie", &cookie), ("Origin", "http://localhost:3000")],
+    );
+    assert_eq!(
+        (r.status, r.header("Access-Control-Allow-Origin")),
+        (404, Some("http://localhost:3000"))
+    );
+    assert_fully_gone(&w.server.sql(), &w.chat);
+}
+
+#[test]
+fn no_response_ever_allows_every_origin() {
+    let w = World::new(&["--allow-origin", "http://localhost:3000"]);
+    for origin in [
+        "*",
+        "null",
+        "http://localhost:3000",
+        "http://evil.example",
+        "",
+    ] {
+        for method in ["DELETE", "OPTIONS", "GET"] {
+            let r = w.server.request(
+                method,
+                &w.chat_path(),
+                &[
+                    ("Origin", origin),
+                    ("Access-Control-Request-Method", "DELETE"),
+                ],
+            );
+            assert_ne!(
+                r.header("Access-Control-Allow-Origin"),
+                Some("*"),
+                "{method} {origin}"
+            );
+            assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"));
+        }
+    }
+}
+
+#[test]
+fn serving_beyond_loopback_needs_an_explicit_flag_and_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_cli(&dir.path().join("t.db"), &["--addr", "0.0.0.0:0"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a loopback address") && err.contains("--allow-remote"),
+        "{err}"
+    );
+    assert!(
+        run_cli(&dir.path().join("t.db"), &["--allow-origin", "*"], None)
+            .status
+            .code()
+            == Some(1)
+    );
+
+    let server = TestServer::start_with(&["--addr", "0.0.0.0:0", "--allow-remote"]);
+    assert!(
+        server.stderr().contains("put a TLS reverse proxy in front"),
+        "{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn ambiguous_framing_is_refused_before_anything_is_deleted() {
+    let w = World::new(&[]);
+    for extra in [
+        "Content-Length: 3\r\nContent-Length: 10\r\n\r\nabc",
+        "Content-Length: 5, 5\r\n\r\nabcde",
+        "Content-Length: abc\r\n",
+        "Content-Length: +5\r\n\r\nabcde",
+        "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "Transfer-Encoding: gzip\r\n",
+        "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let raw = w.raw_delete(Some("localhost"), extra);
+        // `raw_delete` ends the head; put the framing headers inside it.
+        let raw = String::from_utf8(raw).unwrap();
+        let (head, _) = raw.rsplit_once("\r\n\r\n").unwrap();
+        let (headers, body) = extra
+            .split_once("\r\n\r\n")
+            .unwrap_or((extra.trim_end(), ""));
+        let raw = format!("{head}\r\n{headers}\r\n\r\n{body}");
+        let x = w.send(raw.as_bytes());
+        let first = x
+            .responses
+            .first()
+            .unwrap_or_else(|| panic!("no answer to {extra:?}"));
+        assert_eq!(
+            first.assert_error(400, "Bad Request"),
+            "Ambiguous message framing",
+            "{extra:?}"
+        );
+    }
+    w.assert_unharmed();
+}
+
+#[test]
+fn bodies_beyond_the_limit_get_413_unread_and_the_server_lives_on() {
+    let w = World::new(&[]);
+    let host = "Host: localhost\r\n";
+    let cookie = format!("Cookie: neptun-session={}\r\n", w.token);
+    let path = w.chat_path();
+    let cases = [
+        format!(
+            "DELETE {path} HTTP/1.1\r\n{host}{cookie}Content-Length: 2000\r\nConnection: close\r\n\r\n{}",
+            "x".repeat(2000)
+        ),
+        format!(
+            "DELETE {path} HTTP/1.1\r\n{host}{cookie}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        ),
+        // Declares 100 GB: tiny_http would drain it into one allocation and abort.
+        format!("DELETE {path} HTTP/1.1\r\n{host}{cookie}Content-Length: 100000000000\r\n\r\nab"),
+    ];
+    for raw in &cases {
+        let x = exchange(w.server.addr, raw.as_bytes(), Duration::from_secs(2));
+        let r = x
+            .responses
+            .first()
+            .unwrap_or_else(|| panic!("no answer to {}", &raw[..80]));
+        r.assert_error(413, "Payload Too Large");
+    }
+    // A small body (tiny_http reads up to 1 KiB itself) is ignored.
+    let raw = format!(
+        "DELETE {path} HTTP/1.1\r\n{host}{cookie}Content-Length: 5\r\nConnection: close\r\n\r\nhello"
+    );
+    only_response(&w.send(raw.as_bytes())).assert_true();
+    assert_fully_gone(&w.server.sql(), &w.chat);
+    let r = w
+        .server
+        .request("DELETE", "/api/users/alice/chats/999999", &[]);
+    assert_eq!(r.status, 401, "the server must still serve");
+}
+
+#[test]
+fn odd_paths_get_a_clear_4xx_and_never_match_by_accident() {
+    let w = World::new(&[]);
+    let id = w.chat.chat;
+    let cases: Vec<(String, u16)> = vec![
+        (format!("/api/users/alice/chats/../chats/{id}"), 400),
+        (format!("/api/users/alice/./chats/{id}"), 400),
+        (format!("/api/users/%2e%2e/chats/{id}"), 400),
+        (format!("/api//users/alice/chats/{id}"), 404),
+        (format!("//api/users/alice/chats/{id}"), 404),
+        (format!("http://evil/api/users/alice/chats/{id}"), 400),
+        (format!("http://localhost/api/users/alice/chats/{id}"), 400),
+        (format!("/api/users/alice%2Fchats/{id}"), 404),
+        (format!("/api/users/alice/chats%2F{id}"), 404),
+        (format!("/api/users/%C0%AEalice/chats/{id}"), 400),
+        (format!("/api/users/%FFalice/chats/{id}"), 400),
+        (format!("/api/users/alice%00/chats/{id}"), 400),
+        (format!("/api/users/alice/chats/{id}%00"), 400),
+        (format!("/api/users/alice/chats/{id}%"), 400),
+        (format!("/api/users/alice/chats/{id}#frag"), 400),
+        ("*".to_owned(), 400),
+    ];
+    let cookie = format!("Cookie: neptun-session={}\r\n", w.token);
+    for (target, status) in &cases {
+        let raw = format!(
+            "DELETE {target} HTTP/1.1\r\nHost: localhost\r\n{cookie}Connection: close\r\n\r\n"
+        );
+        let r = only_response(&w.send(raw.as_bytes())).clone();
+        assert_eq!(r.status, *status, "{target}: {}", r.text());
+        r.json();
+    }
+    // A raw NUL byte in the request line never reaches a route either.
+    let raw = format!(
+        "DELETE /api/users/alice/chats/{id}\0 HTTP/1.1\r\nHost: localhost\r\n{cookie}Connection: close\r\n\r\n"
+    );
+    assert_eq!(only_response(&w.send(raw.as_bytes())).status, 400);
+    w.assert_unharmed();
+}
+
+#[test]
+fn cookies_of_every_shape_get_the_right_answer_and_never_a_500() {
+    let w = World::new(&[]);
+    let t = &w.token;
+    let junk = "j".repeat(10 * 1024);
+    let many: String = (0..200).map(|i| format!("c{i}=v{i}; ")).collect();
+    let cases: Vec<(String, u16)> = vec![
+        ("neptun-session=".into(), 401),
+        ("neptun-session=\"\"".into(), 401),
+        (format!("neptun-session={junk}"), 401),
+        (
+            format!("neptun-session={t}; neptun-session={}", "0".repeat(64)),
+            401,
+        ),
+        (format!("neptun-session={t}x"), 401),
+        ("neptun-session=\u{1}\u{7f}".into(), 401),
+        (format!("big={junk}; neptun-session={t}"), 404),
+        (format!("{many}neptun-session={t}"), 404),
+        (format!("neptun-session=\"{t}\""), 404),
+        (format!("neptun-session={t}; neptun-session={t}"), 404),
+        (format!("a=\"q;uoted\"; neptun-session={t}; b=x=y"), 404),
+    ];
+    // 404 = authenticated (chat 999999 does not exist); nothing is deleted.
+    for (cookie, status) in &cases {
+        let r = w.server.request(
+            "DELETE",
+            "/api/users/alice/chats/999999",
+            &[("Cookie", cookie)],
+        );
+        assert_eq!(r.status, *status, "{}", &cookie[..cookie.len().min(60)]);
+        r.json();
+    }
+    w.assert_unharmed();
+}
+
+/// tiny_http refuses header bytes that are not ASCII (browsers send every
+/// `localhost` cookie, including other applications' UTF-8 ones): it closes
+/// the connection without any answer, before we see the request. Nothing
+/// in its API changes that; this pins the behaviour and shows the server
+/// survives it. See README, "Limits".
+#[test]
+fn a_non_ascii_header_byte_closes_the_connection_unanswered_and_harms_nothing() {
+    let w = World::new(&[]);
+    let raw = [
+        format!(
+            "DELETE {} HTTP/1.1\r\nHost: localhost\r\nCookie: other=caf",
+            w.chat_path()
+        )
+        .into_bytes(),
+        "\u{e9}".as_bytes().to_vec(),
+        format!("; neptun-session={}\r\n\r\n", w.token).into_bytes(),
+    ]
+    .concat();
+    let x = w.send(&raw);
+    assert!(
+        x.responses.is_empty() && x.closed,
+        "tiny_http changed: {} responses",
+        x.responses.len()
+    );
+    w.assert_unharmed();
+}
+
+/// tiny_http has no limits on header size or count: measured here so that
+/// the README's figures stay true, and so that a change is noticed.
+#[test]
+fn oversized_heads_are_accepted_by_tiny_http_and_the_server_survives() {
+    let w = World::new(&[]);
+    let big_line = format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let many: String = (0..10_000).map(|i| format!("X-{i}: a\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: localhost\r\n{many}Connection: close\r\n\r\n");
+    let long_path = format!(
+        "GET /{} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    for raw in [big_line, many, long_path] {
+        let r = only_response(&w.send(raw.as_bytes())).clone();
+        assert_eq!(r.assert_error(404, "Not Found"), "Route not found");
+    }
+    w.assert_unharmed();
+}
