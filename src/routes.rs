@@ -26,7 +26,12 @@ pub struct App {
 }
 
 /// The methods the delete-chat route answers.
-const CHAT_ROUTE_ALLOW: &str = "DELETE";
+const CHAT_ROUTE_ALLOW: &str = "DELETE, OPTIONS";
+/// The one method a cross-origin front end may be allowed to use.
+const CORS_METHODS: &str = "DELETE";
+
+/// The API's OpenAPI document, served at `/openapi.yaml` without a session.
+pub const OPENAPI: &str = include_str!("../openapi.yaml");
 
 /// Answers one request. Never panics on any input.
 pub fn handle(app: &App, request: &Request) -> Response {
@@ -44,14 +49,28 @@ fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
         ("DELETE", ["api", "users", user_id, "chats", chat_id]) => {
             delete_chat(app, request, user_id, chat_id)
         }
-        ("OPTIONS", ["api", "users", _, "chats", _])
-            if let Some(answer) = app.policy.preflight(request, CHAT_ROUTE_ALLOW) =>
-        {
-            Ok(answer)
+        ("OPTIONS", ["api", "users", _, "chats", chat_id]) => {
+            // A preflight does not check ids, so that the browser goes on to
+            // the real request and the front end sees its JSON error rather
+            // than an opaque CORS failure.
+            if let Some(answer) = app.policy.preflight(request, CORS_METHODS) {
+                return Ok(answer);
+            }
+            parse_chat_id(chat_id)?;
+            Ok(Response::empty(204).with_header("Allow", CHAT_ROUTE_ALLOW))
         }
         (_, ["api", "users", _, "chats", _]) => Err(ApiError::MethodNotAllowed {
             allow: CHAT_ROUTE_ALLOW,
         }),
+        ("GET" | "HEAD", ["openapi.yaml"]) => Ok(Response {
+            status: 200,
+            headers: vec![
+                ("Content-Type", "application/yaml".to_owned()),
+                ("X-Content-Type-Options", "nosniff".to_owned()),
+            ],
+            body: OPENAPI.as_bytes().to_vec(),
+        }),
+        (_, ["openapi.yaml"]) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         _ => Err(ApiError::NotFound("Route not found")),
     }
 }

@@ -4,6 +4,7 @@ mod cli;
 mod contract;
 mod durability;
 mod hostile;
+mod openapi;
 mod sessions;
 mod support;
 mod transport;

@@ -1,0 +1,168 @@
+"""Checks neptun-local with clients nobody here wrote.
+
+1. the spec's cURL command, as written;
+2. the spec's Python httpx function, as written (must return True, and
+   raise_for_status must raise on 404 and 401);
+3. the spec's fetch example in headless Chromium, from an allowed origin
+   (must resolve to true and delete the chat) and from another origin
+   (must delete nothing);
+4. schemathesis against the served OpenAPI document, every check on.
+
+Usage: python run.py PATH/TO/neptun-local
+Needs: curl, node (with `npm ci` done in this folder), /usr/bin/chromium,
+and httpx, pydantic and schemathesis importable. Exits non-zero on any
+failure; prints "N passed, N failed" last.
+"""
+
+import asyncio
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+USER = "demo"
+results: list[tuple[str, bool, str]] = []
+
+
+def check(name: str, ok: bool, detail: str = "") -> None:
+    results.append((name, ok, detail))
+    print(f"{'ok  ' if ok else 'FAIL'} {name}{': ' + detail if detail and not ok else ''}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def chat_exists(db: Path, chat_id: int) -> bool:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT 1 FROM chats WHERE id = ?", (chat_id,)).fetchone() is not None
+
+
+def seed(binary: str, db: Path, chats: int) -> tuple[str, list[int]]:
+    """A user with chats (each with messages), and a session token for it."""
+    subprocess.run([binary, "--db", str(db), "user", "add", USER], check=True, capture_output=True)
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        ids = []
+        for i in range(chats):
+            cur = conn.execute("INSERT INTO chats (user_id, name, model) VALUES (?, ?, 'm')", (USER, f"chat {i}"))
+            ids.append(cur.lastrowid)
+            conn.execute("INSERT INTO messages (chat_id, actor, message) VALUES (?, 'user', 'hello')", (cur.lastrowid,))
+    token = subprocess.run(
+        [binary, "--db", str(db), "session", "new", USER], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return token, ids
+
+
+def start(binary: str, db: Path, allowed_origin: str, log: Path) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(
+        [binary, "--db", str(db), "--addr", "127.0.0.1:0", "--allow-origin", allowed_origin],
+        stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+    )
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening on http://"):
+        raise SystemExit(f"server did not start: {line!r}\n{log.read_text()}")
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def run_curl(port: int, token: str, chat: int, db: Path) -> None:
+    # The spec's command, with the base URL and ids changed.
+    out = subprocess.run(
+        ["curl", "-X", "DELETE",
+         "-H", f"Cookie: neptun-session={token}",
+         f"http://127.0.0.1:{port}/api/users/{USER}/chats/{chat}"],
+        capture_output=True, text=True, timeout=30,
+    )
+    check("curl: prints true", out.returncode == 0 and out.stdout == "true", repr(out.stdout))
+    check("curl: the chat is gone", not chat_exists(db, chat))
+
+
+def run_httpx(port: int, token: str, chat: int, db: Path) -> None:
+    import httpx
+
+    os.environ["NEPTUN_BASE_URL"] = f"http://127.0.0.1:{port}"
+    sys.path.insert(0, str(HERE))
+    from spec_httpx import delete_chat
+
+    result = asyncio.run(delete_chat(USER, chat, token))
+    check("httpx: returns True", result is True, repr(result))
+    check("httpx: the chat is gone", not chat_exists(db, chat))
+    for case, cookie, status in [("404 (deleted)", token, 404), ("401 (bad cookie)", "0" * 64, 401)]:
+        try:
+            asyncio.run(delete_chat(USER, chat, cookie))
+            check(f"httpx: raise_for_status raises on {case}", False, "no exception")
+        except httpx.HTTPStatusError as e:
+            check(f"httpx: raise_for_status raises on {case}", e.response.status_code == status,
+                  str(e.response.status_code))
+
+
+def run_browser(port: int, token: str, chats: tuple[int, int], db: Path, pages: tuple[int, int]) -> None:
+    import json
+
+    env = dict(os.environ,
+               NEPTUN_BASE_URL=f"http://localhost:{port}", NEPTUN_TOKEN=token, NEPTUN_USER=USER,
+               ALLOWED_PORT=str(pages[0]), OTHER_PORT=str(pages[1]),
+               CHAT_ALLOWED=str(chats[0]), CHAT_OTHER=str(chats[1]))
+    out = subprocess.run(["node", str(HERE / "browser.mjs")], capture_output=True, text=True, env=env, timeout=180)
+    if out.returncode != 0:
+        check("browser: ran", False, out.stderr[-2000:])
+        return
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    check("browser: fetch from the allowed origin resolves to true", seen["allowed"] == {"resolved": True}, str(seen))
+    check("browser: the chat is gone", not chat_exists(db, chats[0]))
+    check("browser: deleting it again throws (404)", "status: 404" in seen["allowedAgain"].get("rejected", ""), str(seen))
+    check("browser: fetch from another origin is blocked", "rejected" in seen["other"], str(seen))
+    check("browser: ...and deletes nothing", chat_exists(db, chats[1]))
+
+
+def run_schemathesis(port: int, token: str, workdir: Path) -> None:
+    env = dict(os.environ, NEPTUN_TOKEN=token)
+    st = Path(sys.executable).with_name("st")
+    out = subprocess.run(
+        [str(st), "--config-file", str(HERE / "schemathesis.toml"), "run",
+         f"http://127.0.0.1:{port}/openapi.yaml",
+         "--checks", "all", "--mode", "all", "--seed", "20261125", "--max-examples", "100",
+         "--no-color"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=workdir,  # its cache stays out of the repo
+    )
+    summary = [line for line in out.stdout.splitlines() if "generated" in line or "failure" in line]
+    print(out.stdout[-3000:] if out.returncode else "\n".join(summary))
+    check("schemathesis: zero failures", out.returncode == 0, " / ".join(summary))
+
+
+def main() -> int:
+    binary = sys.argv[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "clients.db"
+        token, chats = seed(binary, db, 40)
+        pages = (free_port(), free_port())
+        server, port = start(binary, db, f"http://localhost:{pages[0]}", Path(tmp) / "server.log")
+        try:
+            run_curl(port, token, chats[0], db)
+            run_httpx(port, token, chats[1], db)
+            run_browser(port, token, (chats[2], chats[3]), db, pages)
+            run_schemathesis(port, token, Path(tmp))
+            log = (Path(tmp) / "server.log").read_text()
+            server_errors = [l for l in log.splitlines() if " 500 " in l or "panicked" in l]
+            check("server: no 500 and no panic in the log", not server_errors, "\n".join(server_errors[:5]))
+            check("server: the token never reached the log", token not in log)
+        finally:
+            server.terminate()
+            code = server.wait(timeout=30)
+        check("server: exits 0 on SIGTERM", code == 0, str(code))
+        doctor = subprocess.run([binary, "--db", str(db), "doctor"], capture_output=True, text=True)
+        check("doctor: the database is healthy afterwards", doctor.returncode == 0, doctor.stdout)
+    passed = sum(ok for _, ok, _ in results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    return 0 if passed == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
