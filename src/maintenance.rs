@@ -1,10 +1,12 @@
 //! Background upkeep of the database file, off the request path.
 //!
 //! After commits (woken by the store, bursts coalesced), one thread:
-//! 1. gives free pages back to the file system (`incremental_vacuum`, in
-//!    bounded steps so that no single step holds the write lock for long);
-//! 2. checkpoints the WAL into the database file and truncates it
-//!    (`wal_checkpoint(TRUNCATE)`).
+//! 1. once enough pages are free, gives them back to the file system
+//!    (`incremental_vacuum`, in small steps with pauses between them, so
+//!    that no step holds the write lock for long);
+//! 2. checkpoints the WAL into the database file (PASSIVE, which never
+//!    blocks writers) and then truncates it (TRUNCATE, which by then has
+//!    little or nothing left to copy).
 //!
 //! Together with `secure_delete=ON` this is what makes a deleted chat
 //! unreadable in the files: the delete writes zeroed pages into the WAL, the
@@ -32,8 +34,15 @@ pub struct Pacing {
     pub coalesce: Duration,
     /// Wait this long before retrying a blocked step.
     pub retry: Duration,
-    /// Free pages given back per vacuum step (4 KiB each).
+    /// Free pages given back per vacuum step (4 KiB each). Small, so that no
+    /// step holds the write lock long: moving pages rewrites their parents.
     pub vacuum_step_pages: u32,
+    /// Start giving space back once this many pages are free. Erasure does
+    /// not wait for it (`secure_delete` already zeroed them); only the file
+    /// size does, and a few MiB of slack spares every small delete a vacuum.
+    pub vacuum_threshold_pages: i64,
+    /// Pause between vacuum steps, so that waiting requests get the lock.
+    pub vacuum_pause: Duration,
     /// How often expired sessions are pruned.
     pub prune_every: Duration,
     /// How often to run a pass without being woken: commits made by other
@@ -46,7 +55,9 @@ impl Default for Pacing {
         Pacing {
             coalesce: Duration::from_millis(50),
             retry: Duration::from_millis(50),
-            vacuum_step_pages: 1024,
+            vacuum_step_pages: 64,
+            vacuum_threshold_pages: 1024,
+            vacuum_pause: Duration::from_millis(2),
             prune_every: Duration::from_secs(15 * 60),
             idle_pass_every: Duration::from_secs(30),
         }
@@ -136,13 +147,16 @@ const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// One round of upkeep: vacuum until the freelist is empty, then checkpoint.
 fn pass(upkeep: &Upkeep, pacing: &Pacing) -> db::Result<Step> {
     let mut free = upkeep.free_pages()?;
-    while free > 0 {
-        if upkeep.vacuum_step(pacing.vacuum_step_pages)? == Step::Blocked {
-            return Ok(Step::Blocked);
-        }
-        let before = std::mem::replace(&mut free, upkeep.free_pages()?);
-        if free >= before {
-            break; // not an INCREMENTAL auto_vacuum file: nothing to give back
+    if free >= pacing.vacuum_threshold_pages {
+        while free > 0 {
+            if upkeep.vacuum_step(pacing.vacuum_step_pages)? == Step::Blocked {
+                return Ok(Step::Blocked);
+            }
+            let before = std::mem::replace(&mut free, upkeep.free_pages()?);
+            if free >= before {
+                break; // not an INCREMENTAL auto_vacuum file: nothing to give back
+            }
+            thread::sleep(pacing.vacuum_pause);
         }
     }
     upkeep.checkpoint()

@@ -1,0 +1,422 @@
+//! The load benchmark: `cargo bench --bench load [-- --quick] [--chats N]
+//! [--messages M] [--out DIR]`.
+//!
+//! In one run it:
+//! 1. seeds a database through the project's own `db` functions;
+//! 2. measures the in-process limit: the project's `Database::delete_chat`,
+//!    its pragmas (synchronous=FULL) and its maintenance thread, one thread,
+//!    no HTTP;
+//! 3. starts the real `neptun-local` binary and drives it over keep-alive
+//!    HTTP/1.1 at 1, 8 and 64 connections, every request deleting a
+//!    distinct existing chat, then the 401 path at 8 connections;
+//! 4. prints a table (req/s, ratio to the in-process limit, client-measured
+//!    p50/p99/max latency, starved connections, lost responses, non-2xx,
+//!    server peak RSS) and writes it, with every latency, to `--out`.
+//!
+//! `--quick`, which is also what `cargo test --all-targets` runs, uses a
+//! small database and fails (exit 1) unless the run was correct: every chat
+//! deleted exactly once, every answer 200, no response lost (a request
+//! unanswered for 30 s), nothing left behind. It checks
+//! correctness, not speed. Figures depend on the machine: compare ratios
+//! from one run, not numbers across machines.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use neptun_local::auth;
+use neptun_local::db::{self, Actor, Database};
+use neptun_local::maintenance::{Maintenance, Pacing};
+
+const USER: &str = "bench";
+/// A connection whose first answer takes longer than this was starved.
+const STARVED_AFTER: Duration = Duration::from_secs(1);
+/// A request unanswered for this long is counted as lost.
+const LOST_AFTER: Duration = Duration::from_secs(30);
+
+struct Options {
+    quick: bool,
+    chats: usize,
+    messages: usize,
+    out: PathBuf,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        quick: false,
+        chats: 10_000,
+        messages: 20,
+        out: PathBuf::from("bench-results"),
+    };
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this
+    // binary without it, and then gets the quick correctness run.
+    if !std::env::args().any(|a| a == "--bench") {
+        o.quick = true;
+        o.chats = 300;
+        o.messages = 5;
+        o.out = std::env::temp_dir().join("neptun-bench-quick");
+    }
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut number = |name: &str| -> usize {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} needs a number"))
+        };
+        match arg.as_str() {
+            "--quick" => {
+                o.quick = true;
+                o.chats = 300;
+                o.messages = 5;
+            }
+            "--chats" => o.chats = number("--chats"),
+            "--messages" => o.messages = number("--messages"),
+            "--out" => o.out = PathBuf::from(args.next().expect("--out needs a directory")),
+            "--bench" => {} // passed by `cargo bench`
+            other => panic!("unknown argument {other:?}"),
+        }
+    }
+    o
+}
+
+/// One measured phase.
+struct Phase {
+    name: String,
+    requests: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    non_2xx: usize,
+    starved: usize,
+    lost: usize,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        sorted
+            .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+fn seed(path: &Path, chats: usize, messages: usize) -> (Vec<i64>, String) {
+    let db = Database::open(path, &db::Settings::default()).unwrap();
+    db.add_user(USER, None).unwrap();
+    let text = "x".repeat(200);
+    let mut ids = Vec::with_capacity(chats);
+    for batch in (0..chats).collect::<Vec<_>>().chunks(1000) {
+        ids.extend(
+            db.write(|tx| {
+                let mut ids = Vec::with_capacity(batch.len());
+                for _ in batch {
+                    let chat = db::insert_chat(tx, USER, "bench chat", "model")?;
+                    for m in 0..messages {
+                        let actor = if m % 2 == 0 {
+                            Actor::User
+                        } else {
+                            Actor::Assistant
+                        };
+                        db::insert_message(tx, chat, actor, &text)?;
+                    }
+                    ids.push(chat);
+                }
+                Ok(ids)
+            })
+            .unwrap(),
+        );
+    }
+    let token = auth::new_session(&db, USER, auth::DEFAULT_SESSION_TTL).unwrap();
+    // Leave a checkpointed file behind for the next phases.
+    let upkeep = Maintenance::start(db.clone(), Pacing::default()).unwrap();
+    upkeep.stop();
+    (ids, token.expose().to_owned())
+}
+
+fn in_process(path: &Path, ids: &[i64]) -> Phase {
+    let db = Database::open(path, &db::Settings::default()).unwrap();
+    let upkeep = Maintenance::start(db.clone(), Pacing::default()).unwrap();
+    let mut latencies = Vec::with_capacity(ids.len());
+    let start = Instant::now();
+    for &id in ids {
+        let t = Instant::now();
+        assert!(
+            db.delete_chat(USER, id).unwrap(),
+            "chat {id} was not deleted"
+        );
+        latencies.push(t.elapsed());
+    }
+    let elapsed = start.elapsed();
+    upkeep.stop();
+    Phase {
+        name: "in-process delete (limit)".into(),
+        requests: ids.len(),
+        elapsed,
+        latencies,
+        non_2xx: 0,
+        starved: 0,
+        lost: 0,
+    }
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    /// From spawning the process to its "listening on" line.
+    startup: Duration,
+}
+
+fn start_server(db_path: &Path) -> Server {
+    let spawned = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_neptun-local"))
+        .args(["--addr", "127.0.0.1:0", "--log-level", "warn", "--db"])
+        .arg(db_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect("listening line")
+        .parse()
+        .unwrap();
+    Server {
+        child,
+        addr,
+        startup: spawned.elapsed(),
+    }
+}
+
+/// Sends one request on a keep-alive connection and reads the answer;
+/// returns the status, or `None` if nothing came back in time.
+fn exchange(stream: &mut BufReader<TcpStream>, request: &[u8]) -> Option<u16> {
+    stream.get_mut().write_all(request).ok()?;
+    let mut line = String::new();
+    stream.read_line(&mut line).ok()?;
+    let status = line.split(' ').nth(1)?.parse().ok()?;
+    let mut length = 0;
+    loop {
+        line.clear();
+        stream.read_line(&mut line).ok()?;
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).ok()?;
+    Some(status)
+}
+
+/// Drives `connections` keep-alive connections, each sending its share of
+/// `requests` back to back.
+fn load(name: &str, addr: SocketAddr, connections: usize, requests: Vec<Vec<u8>>) -> Phase {
+    let mut shares: Vec<Vec<Vec<u8>>> = vec![Vec::new(); connections];
+    let total = requests.len();
+    for (i, request) in requests.into_iter().enumerate() {
+        shares[i % connections].push(request);
+    }
+    let start = Instant::now();
+    let per_connection: Vec<(Vec<Duration>, usize, bool, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                s.spawn(move || {
+                    let stream = TcpStream::connect(addr).unwrap();
+                    stream.set_read_timeout(Some(LOST_AFTER)).unwrap();
+                    stream.set_nodelay(true).unwrap();
+                    let mut stream = BufReader::new(stream);
+                    let (mut latencies, mut non_2xx, mut starved) =
+                        (Vec::with_capacity(share.len()), 0, false);
+                    for (i, request) in share.iter().enumerate() {
+                        let t = Instant::now();
+                        match exchange(&mut stream, request) {
+                            Some(status) => {
+                                latencies.push(t.elapsed());
+                                non_2xx += usize::from(!(200..300).contains(&status));
+                                starved |= i == 0 && t.elapsed() > STARVED_AFTER;
+                            }
+                            None => return (latencies, non_2xx, true, share.len() - i),
+                        }
+                    }
+                    (latencies, non_2xx, starved, 0)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = start.elapsed();
+    let mut phase = Phase {
+        name: name.into(),
+        requests: total,
+        elapsed,
+        latencies: vec![],
+        non_2xx: 0,
+        starved: 0,
+        lost: 0,
+    };
+    for (latencies, non_2xx, starved, lost) in per_connection {
+        phase.latencies.extend(latencies);
+        phase.non_2xx += non_2xx;
+        phase.starved += usize::from(starved);
+        phase.lost += lost;
+    }
+    phase
+}
+
+fn delete_request(addr: SocketAddr, chat: i64, token: &str) -> Vec<u8> {
+    format!("DELETE /api/users/{USER}/chats/{chat} HTTP/1.1\r\nHost: {addr}\r\nCookie: neptun-session={token}\r\n\r\n").into_bytes()
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let o = options();
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("bench.db");
+    let levels = [1usize, 8, 64];
+    eprintln!(
+        "seeding {} chats x {} messages ...",
+        o.chats * (levels.len() + 1),
+        o.messages
+    );
+    let (ids, token) = seed(&db_path, o.chats * (levels.len() + 1), o.messages);
+    let mut chunks = ids.chunks(o.chats);
+
+    let limit = in_process(&db_path, chunks.next().unwrap());
+    let db_mib = std::fs::metadata(&db_path).map_or(0, |m| m.len()) as f64 / (1024.0 * 1024.0);
+    let server = start_server(&db_path);
+    let mut phases = vec![];
+    for (&connections, chats) in levels.iter().zip(chunks) {
+        let requests = chats
+            .iter()
+            .map(|&c| delete_request(server.addr, c, &token))
+            .collect();
+        phases.push(load(
+            &format!("DELETE {connections} conn"),
+            server.addr,
+            connections,
+            requests,
+        ));
+    }
+    let unknown = "0".repeat(64);
+    let unauthorized = (0..o.chats * 4)
+        .map(|i| delete_request(server.addr, i as i64 + 1, &unknown))
+        .collect();
+    let mut auth_phase = load("401 path 8 conn", server.addr, 8, unauthorized);
+    auth_phase.non_2xx = 0; // every answer is a 401 by design
+    let rss = peak_rss_kib(server.child.id());
+    let startup = server.startup;
+    let mut child = server.child;
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let exit = child.wait().unwrap();
+
+    // The report.
+    let mut report = format!(
+        "neptun-local load benchmark: {} chats x {} messages per phase, synchronous=FULL, {} CPUs\n\n",
+        o.chats,
+        o.messages,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    report += "| phase | requests | req/s | x in-process | p50 ms | p99 ms | max ms | starved conns | lost | non-2xx |\n";
+    report += "|---|---|---|---|---|---|---|---|---|---|\n";
+    for p in std::iter::once(&limit).chain(&phases).chain([&auth_phase]) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        report += &format!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} |\n",
+            p.name,
+            p.requests,
+            p.rate(),
+            p.rate() / limit.rate(),
+            ms(p.percentile(0.5)),
+            ms(p.percentile(0.99)),
+            ms(p.percentile(1.0)),
+            p.starved,
+            p.lost,
+            p.non_2xx
+        );
+    }
+    report += &format!(
+        "\nserver peak RSS: {:.1} MiB; start-up to listening: {:.1} ms on a {db_mib:.0} MiB \
+         database; server exit: {exit}\n",
+        rss as f64 / 1024.0,
+        startup.as_secs_f64() * 1000.0
+    );
+    print!("{report}");
+    std::fs::create_dir_all(&o.out).unwrap();
+    std::fs::write(o.out.join("results.md"), &report).unwrap();
+    let mut csv = String::from("phase,latency_ms\n");
+    for p in std::iter::once(&limit).chain(&phases).chain([&auth_phase]) {
+        for l in &p.latencies {
+            csv += &format!("{},{:.4}\n", p.name, l.as_secs_f64() * 1000.0);
+        }
+    }
+    std::fs::write(o.out.join("latencies.csv"), csv).unwrap();
+    eprintln!(
+        "wrote {}/results.md and latencies.csv (plot: python3 benches/plot_latency.py {})",
+        o.out.display(),
+        o.out.display()
+    );
+
+    if o.quick {
+        let db = Database::open(&db_path, &db::Settings::default()).unwrap();
+        let left: i64 = db
+            .with_connection(|c| Ok(c.query_row("SELECT count(*) FROM chats", [], |r| r.get(0))?))
+            .unwrap();
+        let orphans: i64 = db
+            .with_connection(
+                |c| Ok(c.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?),
+            )
+            .unwrap();
+        let mut problems = vec![];
+        if left != 0 || orphans != 0 {
+            problems.push(format!("{left} chats and {orphans} messages left behind"));
+        }
+        for p in &phases {
+            // Starved connections (a slow first answer) are a figure to
+            // report; an answer that never comes is a failure.
+            if p.non_2xx != 0 || p.lost != 0 || p.latencies.len() != p.requests {
+                problems.push(format!(
+                    "{}: {} non-2xx, {} lost",
+                    p.name, p.non_2xx, p.lost
+                ));
+            }
+        }
+        if !exit.success() {
+            problems.push(format!("server exit {exit}"));
+        }
+        if problems.is_empty() {
+            println!(
+                "quick run correct: every chat deleted exactly once, every request answered, no error"
+            );
+        } else {
+            eprintln!("quick run INCORRECT:\n  {}", problems.join("\n  "));
+            std::process::exit(1);
+        }
+    }
+}
