@@ -369,6 +369,15 @@ fn serve(
     ignore_file_size_signal();
     let server = HttpServer::from_listener(listener).map_err(Error::Transport)?;
     let base_url = format!("http://{}", server.local_addr());
+    // Everything that can still fail comes before the "listening on" line.
+    let policy = Policy::new(
+        server.local_addr(),
+        &args.allowed_hosts,
+        &args.allow_origins,
+    )
+    .map_err(Error::Policy)?;
+    let upkeep =
+        Maintenance::start(db.clone(), maintenance::Pacing::default()).map_err(Error::Io)?;
     stop_on_signals(server.shutdown_handle(workers))?;
 
     if let Some(chat_ids) = demo_chats {
@@ -380,19 +389,6 @@ fn serve(
     println!("listening on {base_url}");
     io::stdout().flush().map_err(Error::Io)?;
 
-    let upkeep =
-        Maintenance::start(db.clone(), maintenance::Pacing::default()).map_err(|source| {
-            Error::Database {
-                path: db_path.to_owned(),
-                source,
-            }
-        })?;
-    let policy = Policy::new(
-        server.local_addr(),
-        &args.allowed_hosts,
-        &args.allow_origins,
-    )
-    .map_err(Error::Policy)?;
     let app = App { db, policy };
     let served = server.run(workers, move |request| routes::handle(&app, request));
     // Also after a transport failure: leave the file checkpointed and clean.

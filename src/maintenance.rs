@@ -73,15 +73,14 @@ pub struct Maintenance {
 
 impl Maintenance {
     /// Starts the upkeep thread on its own connection.
-    pub fn start(db: Database, pacing: Pacing) -> db::Result<Maintenance> {
-        let upkeep = db.upkeep_connection()?;
+    pub fn start(db: Database, pacing: Pacing) -> std::io::Result<Maintenance> {
+        let upkeep = db.upkeep_connection().map_err(std::io::Error::other)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (db, stop) = (db.clone(), Arc::clone(&stop));
             thread::Builder::new()
                 .name("maintenance".into())
-                .spawn(move || run(&db, &upkeep, &pacing, &stop))
-                .map_err(|e| db::Error::Busy(format!("cannot start the maintenance thread: {e}")))?
+                .spawn(move || run(&db, &upkeep, &pacing, &stop))?
         };
         Ok(Maintenance { stop, db, thread })
     }

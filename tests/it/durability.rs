@@ -310,22 +310,8 @@ fn kill_9_during_deletes_never_loses_an_acknowledged_delete_or_half_deletes_a_ch
             let workers: Vec<_> = fresh
                 .chunks(CHATS_PER_ROUND / 4)
                 .map(|batch| {
-                    let token = token.clone();
-                    s.spawn(move || {
-                        let mut acked = vec![];
-                        for chat in batch {
-                            match try_delete(
-                                addr,
-                                &format!("/api/users/alice/chats/{}", chat.chat),
-                                &token,
-                            ) {
-                                Some(r) if r.status == 200 => acked.push(chat.chat),
-                                Some(r) => panic!("unexpected answer {r:?}"),
-                                None => break, // the server is gone
-                            }
-                        }
-                        acked
-                    })
+                    let token = token.as_str();
+                    s.spawn(move || delete_until_gone(addr, batch, token))
                 })
                 .collect();
             // A reader, too.
@@ -370,6 +356,24 @@ fn kill_9_during_deletes_never_loses_an_acknowledged_delete_or_half_deletes_a_ch
         !acknowledged.is_empty(),
         "the rounds must have deleted something"
     );
+}
+
+/// Deletes alice's chats one by one until the server stops answering;
+/// returns the ids whose delete was acknowledged with 200.
+fn delete_until_gone(addr: std::net::SocketAddr, batch: &[SeededChat], token: &str) -> Vec<i64> {
+    let mut acknowledged = vec![];
+    for chat in batch {
+        match try_delete(
+            addr,
+            &format!("/api/users/alice/chats/{}", chat.chat),
+            token,
+        ) {
+            Some(r) if r.status == 200 => acknowledged.push(chat.chat),
+            Some(r) => panic!("unexpected answer {r:?}"),
+            None => break, // the server is gone
+        }
+    }
+    acknowledged
 }
 
 fn set_file_size_limit(pid: u32, bytes: u64) {
@@ -434,22 +438,8 @@ fn sigterm_under_load_exits_zero_with_a_checkpointed_wal_and_restarts_clean() {
         let workers: Vec<_> = chats
             .chunks(50)
             .map(|batch| {
-                let token = token.clone();
-                s.spawn(move || {
-                    let mut acked = vec![];
-                    for chat in batch {
-                        match try_delete(
-                            addr,
-                            &format!("/api/users/alice/chats/{}", chat.chat),
-                            &token,
-                        ) {
-                            Some(r) if r.status == 200 => acked.push(chat.chat),
-                            Some(r) => panic!("unexpected answer {r:?}"),
-                            None => break,
-                        }
-                    }
-                    acked
-                })
+                let token = token.as_str();
+                s.spawn(move || delete_until_gone(addr, batch, token))
             })
             .collect();
         std::thread::sleep(Duration::from_millis(150));

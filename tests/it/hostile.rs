@@ -367,12 +367,19 @@ fn serving_beyond_loopback_needs_an_explicit_flag_and_warns() {
         err.contains("not a loopback address") && err.contains("--allow-remote"),
         "{err}"
     );
-    assert!(
-        run_cli(&dir.path().join("t.db"), &["--allow-origin", "*"], None)
-            .status
-            .code()
-            == Some(1)
+    // A wildcard origin is refused before the server says it is listening.
+    let out = run_cli(
+        &dir.path().join("t.db"),
+        &["--addr", "127.0.0.1:0", "--allow-origin", "*"],
+        None,
     );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-origin \"*\""));
 
     let server = TestServer::start_with(&["--addr", "0.0.0.0:0", "--allow-remote"]);
     assert!(
