@@ -99,7 +99,10 @@ impl Maintenance {
 
 fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
     let mut next_prune = Instant::now();
-    let mut behind = true; // start with a pass: the last run may have left work
+    // Whether to come back after `retry` rather than `idle_pass_every`: at
+    // start (the last run may have left work), after pruning, and after a
+    // blocked or failed pass.
+    let mut retry_soon = true;
     loop {
         if stop.load(Ordering::SeqCst) {
             final_pass(upkeep, pacing);
@@ -108,9 +111,9 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
         if Instant::now() >= next_prune {
             prune(upkeep);
             next_prune = Instant::now() + pacing.prune_every;
-            behind = true;
+            retry_soon = true;
         }
-        let wait = if behind {
+        let wait = if retry_soon {
             pacing.retry
         } else {
             pacing.idle_pass_every
@@ -121,9 +124,8 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
             db.wait_for_writes(Duration::ZERO);
         }
         // Woken, retrying, or idle for a while: in every case a pass is due.
-        behind = true;
-        if behind && !stop.load(Ordering::SeqCst) {
-            behind = match pass(upkeep, pacing) {
+        if !stop.load(Ordering::SeqCst) {
+            retry_soon = match pass(upkeep, pacing) {
                 Ok(step) => {
                     log::debug!("upkeep pass: {step:?}");
                     step == Step::Blocked
