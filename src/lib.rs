@@ -4,13 +4,15 @@
 //! Dependencies point one way: `cli` → {`server`, `routes`, `db`, `auth`};
 //! `routes` → {`auth`, `db`, `http`}; `server` → `http`. Only `server` knows
 //! tiny_http; SQL lives in `db`, plus the operator checks in `doctor` and the
-//! demo seed in `demo`. `maintenance` keeps the file checkpointed and small.
+//! demo seed in `demo`. `maintenance` keeps the file checkpointed and small;
+//! `group_commit` lets concurrent deletes share one commit.
 
 pub mod auth;
 pub mod cli;
 pub mod db;
 pub mod demo;
 pub mod doctor;
+mod group_commit;
 pub mod guard;
 pub mod http;
 pub mod logging;

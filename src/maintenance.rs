@@ -1,12 +1,17 @@
 //! Background upkeep of the database file, off the request path.
 //!
 //! After commits (woken by the store, bursts coalesced), one thread:
-//! 1. once enough pages are free, gives them back to the file system
-//!    (`incremental_vacuum`, in small steps with pauses between them, so
-//!    that no step holds the write lock for long);
+//! 1. once enough pages are free and requests have stopped writing, gives
+//!    them back to the file system (`incremental_vacuum`, in small steps,
+//!    stopping as soon as a request writes);
 //! 2. checkpoints the WAL into the database file (PASSIVE, which never
 //!    blocks writers) and then truncates it (TRUNCATE, which by then has
-//!    little or nothing left to copy).
+//!    little or nothing left to copy, but blocks writers while it cuts the
+//!    file: a few ms per MiB). While requests keep writing, the truncation
+//!    runs only every [`Pacing::truncate_every`], which bounds how long a
+//!    deleted chat's bytes can stay in the WAL; when they stop, at once.
+//!    Passes in between restart the WAL instead (RESTART: a short pause for
+//!    writers), so that it is reused from its start and stays short.
 //!
 //! Together with `secure_delete=ON` this is what makes a deleted chat
 //! unreadable in the files: the delete writes zeroed pages into the WAL, the
@@ -43,6 +48,11 @@ pub struct Pacing {
     pub vacuum_threshold_pages: i64,
     /// Pause between vacuum steps, so that waiting requests get the lock.
     pub vacuum_pause: Duration,
+    /// How often the WAL is truncated while requests keep writing: a few
+    /// longer pauses for writers instead of many short ones (the cost is per
+    /// MiB truncated, plus a fixed part), and the bound on how long deleted
+    /// content stays in the WAL under load.
+    pub truncate_every: Duration,
     /// How often expired sessions are pruned.
     pub prune_every: Duration,
     /// How often to run a pass without being woken: commits made by other
@@ -58,6 +68,7 @@ impl Default for Pacing {
             vacuum_step_pages: 64,
             vacuum_threshold_pages: 1024,
             vacuum_pause: Duration::from_millis(2),
+            truncate_every: Duration::from_millis(250),
             prune_every: Duration::from_secs(15 * 60),
             idle_pass_every: Duration::from_secs(30),
         }
@@ -103,9 +114,10 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
     // start (the last run may have left work), after pruning, and after a
     // blocked or failed pass.
     let mut retry_soon = true;
+    let mut last_truncation = Instant::now();
     loop {
         if stop.load(Ordering::SeqCst) {
-            final_pass(upkeep, pacing);
+            final_pass(db, upkeep, pacing);
             return;
         }
         if Instant::now() >= next_prune {
@@ -118,16 +130,28 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
         } else {
             pacing.idle_pass_every
         };
+        let mut under_load = false;
         if db.wait_for_writes(wait) {
             // Let the rest of a burst commit first.
             thread::sleep(pacing.coalesce);
-            db.wait_for_writes(Duration::ZERO);
+            under_load = db.wait_for_writes(Duration::ZERO);
         }
         // Woken, retrying, or idle for a while: in every case a pass is due.
         if !stop.load(Ordering::SeqCst) {
-            retry_soon = match pass(upkeep, pacing) {
+            let work = if under_load {
+                Work {
+                    vacuum: false,
+                    truncate: last_truncation.elapsed() >= pacing.truncate_every,
+                }
+            } else {
+                Work::ALL
+            };
+            retry_soon = match pass(db, upkeep, pacing, &work) {
                 Ok(step) => {
-                    log::debug!("upkeep pass: {step:?}");
+                    log::debug!("upkeep pass ({work:?}): {step:?}");
+                    if work.truncate && step == Step::Done {
+                        last_truncation = Instant::now();
+                    }
                     step == Step::Blocked
                 }
                 Err(e) => {
@@ -145,12 +169,31 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
 /// How long to wait after a failed pass before the next try.
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
-/// One round of upkeep: vacuum until the freelist is empty, then checkpoint.
-fn pass(upkeep: &Upkeep, pacing: &Pacing) -> db::Result<Step> {
+/// Which parts of a pass to run.
+#[derive(Debug)]
+struct Work {
+    vacuum: bool,
+    truncate: bool,
+}
+
+impl Work {
+    const ALL: Work = Work {
+        vacuum: true,
+        truncate: true,
+    };
+}
+
+/// One round of upkeep: vacuum until the freelist is empty (giving way as
+/// soon as a request commits), then checkpoint. `Blocked` if any part was
+/// left undone, so that the caller comes back soon.
+fn pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing, work: &Work) -> db::Result<Step> {
     let mut free = upkeep.free_pages()?;
-    if free >= pacing.vacuum_threshold_pages {
+    if work.vacuum && free >= pacing.vacuum_threshold_pages {
         while free > 0 {
-            if upkeep.vacuum_step(pacing.vacuum_step_pages)? == Step::Blocked {
+            // Space can wait; requests cannot. Each step holds the write
+            // lock for a commit (with its sync), so stop while they write.
+            if db.writes_pending() || upkeep.vacuum_step(pacing.vacuum_step_pages)? == Step::Blocked
+            {
                 return Ok(Step::Blocked);
             }
             let before = std::mem::replace(&mut free, upkeep.free_pages()?);
@@ -160,13 +203,24 @@ fn pass(upkeep: &Upkeep, pacing: &Pacing) -> db::Result<Step> {
             thread::sleep(pacing.vacuum_pause);
         }
     }
-    upkeep.checkpoint()
+    if upkeep.copy_wal()? == Step::Blocked {
+        return Ok(Step::Blocked);
+    }
+    if work.truncate {
+        upkeep.truncate_wal()
+    } else {
+        upkeep.restart_wal()?;
+        Ok(Step::Blocked) // the truncation is still due
+    }
 }
 
-fn final_pass(upkeep: &Upkeep, pacing: &Pacing) {
+fn final_pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match pass(upkeep, pacing) {
+        // The requests are done: commits they made must not make the
+        // vacuum give way now.
+        db.wait_for_writes(Duration::ZERO);
+        match pass(db, upkeep, pacing, &Work::ALL) {
             Ok(Step::Done) => return,
             Ok(Step::Blocked) if Instant::now() < deadline => thread::sleep(pacing.retry),
             Ok(Step::Blocked) => break,

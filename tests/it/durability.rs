@@ -234,6 +234,67 @@ fn erasure_holds_under_concurrent_deletes_and_readers() {
     assert_consistent(&server.sql());
 }
 
+/// Under steady writes the WAL is truncated only every so often (each
+/// truncation pauses writers); the bound must hold all the same.
+#[test]
+fn erasure_holds_while_requests_keep_writing() {
+    let (server, db, token) = setup(&[]);
+    let doomed = seed_marked_chat(&db, "alice", "bob");
+    let kept = seed_marked_chat(&db, "alice", "bob");
+    let fillers: Vec<i64> = db
+        .write(|tx| {
+            (0..20_000)
+                .map(|_| db::insert_chat(tx, "alice", "filler", "model"))
+                .collect()
+        })
+        .unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let filler_deletes = std::sync::atomic::AtomicUsize::new(0);
+
+    let took = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            for chat in &fillers {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return true;
+                }
+                server
+                    .delete(&format!("/api/users/alice/chats/{chat}"), &token)
+                    .assert_true();
+                filler_deletes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            false // ran out of fillers: the load did not last
+        });
+        // Let the steady load settle in first.
+        std::thread::sleep(Duration::from_millis(300));
+        server
+            .delete(&format!("/api/users/alice/chats/{}", doomed.id), &token)
+            .assert_true();
+        let before = filler_deletes.load(std::sync::atomic::Ordering::Relaxed);
+        let took = within(ERASURE_WAIT, || {
+            markers_on_disk(&server.db_path, &doomed.markers).is_empty()
+        });
+        let during = filler_deletes.load(std::sync::atomic::Ordering::Relaxed) - before;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(load.join().unwrap(), "the load must outlast the wait");
+        eprintln!("erased in {took:?} while {during} other deletes were answered");
+        assert!(
+            during > 50,
+            "only {during} deletes ran meanwhile: no steady load"
+        );
+        took
+    });
+    assert!(
+        took.is_some(),
+        "still on disk under load after {ERASURE_WAIT:?}: {:?}",
+        markers_on_disk(&server.db_path, &doomed.markers)
+    );
+    assert_eq!(
+        markers_on_disk(&server.db_path, &kept.markers),
+        kept.markers
+    );
+    assert_consistent(&server.sql());
+}
+
 fn files_size(db_path: &Path) -> u64 {
     database_files(db_path)[..2]
         .iter()
