@@ -11,7 +11,10 @@
 //!    distinct existing chat, then the 401 path at 8 connections;
 //! 4. prints a table (req/s, ratio to the in-process limit, client-measured
 //!    p50/p99/max latency, starved connections, lost responses, non-2xx,
-//!    server peak RSS) and writes it, with every latency, to `--out`.
+//!    server peak RSS) and writes it, with every latency, to `--out`;
+//! 5. measures how the delete scales, in-process on fresh databases: with
+//!    and without 1M unrelated messages, and with chats of 10 to 100,000
+//!    messages.
 //!
 //! `--quick`, which is also what `cargo test --all-targets` runs, uses a
 //! small database and fails (exit 1) unless the run was correct: every chat
@@ -24,6 +27,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use neptun_local::auth;
@@ -138,6 +142,144 @@ fn seed(path: &Path, chats: usize, messages: usize) -> (Vec<i64>, String) {
     let upkeep = Maintenance::start(db.clone(), Pacing::default()).unwrap();
     upkeep.stop();
     (ids, token.expose().to_owned())
+}
+
+/// Adds `chats` chats of `messages` messages each for `user` (created if
+/// missing), 1000 messages to a transaction; returns their ids.
+fn add_chats(db: &Database, user: &str, chats: usize, messages: usize) -> Vec<i64> {
+    if !db.user_exists(user).unwrap() {
+        db.add_user(user, None).unwrap();
+    }
+    let text = "y".repeat(200);
+    let per_tx = (1000 / messages.max(1)).max(1);
+    let mut ids = Vec::with_capacity(chats);
+    let mut left = chats;
+    while left > 0 {
+        let n = left.min(per_tx);
+        left -= n;
+        ids.extend(
+            db.write(|tx| {
+                (0..n)
+                    .map(|_| {
+                        let chat = db::insert_chat(tx, user, "scaling", "model")?;
+                        // Big chats are split over several transactions.
+                        for _ in 0..messages.min(1000) {
+                            db::insert_message(tx, chat, Actor::User, &text)?;
+                        }
+                        Ok(chat)
+                    })
+                    .collect::<db::Result<Vec<_>>>()
+            })
+            .unwrap(),
+        );
+    }
+    for &chat in &ids {
+        let mut added = messages.min(1000);
+        while added < messages {
+            let n = (messages - added).min(1000);
+            db.write(|tx| {
+                for _ in 0..n {
+                    db::insert_message(tx, chat, Actor::User, &text)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+            added += n;
+        }
+    }
+    ids
+}
+
+/// The median time of deleting each chat, in-process, one at a time.
+fn median_delete(db: &Database, user: &str, chats: &[i64]) -> Duration {
+    let mut times: Vec<Duration> = chats
+        .iter()
+        .map(|&chat| {
+            let t = Instant::now();
+            assert!(db.delete_chat(user, chat).unwrap());
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// Target 6 of the benchmark issue: delete cost independent of database
+/// size, and linear in the chat's size. Returns a Markdown section.
+fn scaling(dir: &Path, quick: bool) -> String {
+    let (unrelated, sample, sizes): (usize, usize, &[usize]) = if quick {
+        (20_000, 50, &[10, 100, 1000])
+    } else {
+        (1_000_000, 1000, &[10, 100, 1000, 10_000, 100_000])
+    };
+    let fresh = |name: &str| {
+        let db = Database::open(&dir.join(name), &db::Settings::default()).unwrap();
+        let upkeep = Maintenance::start(db.clone(), Pacing::default()).unwrap();
+        (db, upkeep)
+    };
+    let mut out = String::from(
+        "
+## Scaling (in-process, one delete at a time)
+
+",
+    );
+
+    // The same chats on a small database and on one with `unrelated` more
+    // messages (another user's, 100 per chat).
+    let mut medians = vec![];
+    for (name, extra) in [("small.db", 0), ("large.db", unrelated)] {
+        let (db, upkeep) = fresh(name);
+        add_chats(&db, "other", extra / 100, 100);
+        let chats = add_chats(&db, USER, sample, 20);
+        thread::sleep(Duration::from_millis(200)); // let upkeep settle
+        medians.push(median_delete(&db, USER, &chats));
+        upkeep.stop();
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    out += &format!(
+        "Database size: median delete of a 20-message chat {:.3} ms on a small database, \
+         {:.3} ms with {unrelated} unrelated messages: {:.2}x.
+
+",
+        ms(medians[0]),
+        ms(medians[1]),
+        medians[1].as_secs_f64() / medians[0].as_secs_f64()
+    );
+
+    // Chats of growing size on one database.
+    out += "| messages in the chat | median delete ms | µs per message |
+|---|---|---|
+";
+    let (db, upkeep) = fresh("sizes.db");
+    let mut points = vec![];
+    for &size in sizes {
+        let chats = add_chats(&db, USER, (200_000 / size).clamp(3, 50), size);
+        thread::sleep(Duration::from_millis(200));
+        let median = median_delete(&db, USER, &chats);
+        points.push((size as f64, median.as_secs_f64() * 1e6));
+        out += &format!(
+            "| {size} | {:.3} | {:.2} |
+",
+            ms(median),
+            median.as_secs_f64() * 1e6 / size as f64
+        );
+    }
+    upkeep.stop();
+    // Least-squares slope: the cost each further message adds.
+    let n = points.len() as f64;
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let slope = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum::<f64>()
+        / points.iter().map(|(x, _)| (x - mx).powi(2)).sum::<f64>();
+    out += &format!(
+        "
+Fitted cost per further message: {slope:.2} µs (fixed part {:.0} µs).
+",
+        my - slope * mx
+    );
+    out
 }
 
 fn in_process(path: &Path, ids: &[i64]) -> Phase {
@@ -335,6 +477,8 @@ fn main() {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let exit = child.wait().unwrap();
+    eprintln!("measuring how the delete scales ...");
+    let scaling = scaling(dir.path(), o.quick);
 
     // The report.
     let mut report = format!(
@@ -367,6 +511,7 @@ fn main() {
         rss as f64 / 1024.0,
         startup.as_secs_f64() * 1000.0
     );
+    report += &scaling;
     print!("{report}");
     std::fs::create_dir_all(&o.out).unwrap();
     std::fs::write(o.out.join("results.md"), &report).unwrap();

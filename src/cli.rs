@@ -65,8 +65,9 @@ pub struct ServeArgs {
     #[arg(long, env = "NEPTUN_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
 
-    /// Number of threads answering requests.
-    #[arg(long, env = "NEPTUN_WORKERS", default_value_t = 4,
+    /// Number of threads answering requests (concurrent deletes are
+    /// committed together, so more workers also means bigger group commits).
+    #[arg(long, env = "NEPTUN_WORKERS", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
 
