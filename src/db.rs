@@ -920,20 +920,35 @@ mod tests {
         assert!(matches!(db.add_user("u", None), Err(Error::UserExists(_))));
     }
 
-    /// Three chats with a message each, the middle one named `name`.
-    fn three_chats(db: &Database, middle: &str) -> Vec<i64> {
+    /// Seeds three chats with a message each and a trigger that fails the
+    /// delete of the middle one with `RAISE(raise)`, then deletes all three
+    /// in one batch.
+    fn delete_batch_whose_middle_fails(
+        raise: &str,
+    ) -> (tempfile::TempDir, Database, Vec<i64>, Vec<Result<bool>>) {
+        let (dir, db) = open_temp();
         db.add_user("a", None).unwrap();
-        db.write(|tx| {
-            ["first", middle, "last"]
-                .iter()
-                .map(|name| {
-                    let chat = insert_chat(tx, "a", name, "m")?;
-                    insert_message(tx, chat, Actor::User, "hi")?;
-                    Ok(chat)
-                })
-                .collect()
+        let chats: Vec<i64> = db
+            .write(|tx| {
+                ["first", "failing", "last"]
+                    .iter()
+                    .map(|name| {
+                        let chat = insert_chat(tx, "a", name, "m")?;
+                        insert_message(tx, chat, Actor::User, "hi")?;
+                        Ok(chat)
+                    })
+                    .collect()
+            })
+            .unwrap();
+        db.with_connection(|c| {
+            Ok(c.execute_batch(&format!(
+                "CREATE TRIGGER fail BEFORE DELETE ON chats WHEN old.name = 'failing'
+                 BEGIN SELECT RAISE({raise}); END;"
+            ))?)
         })
-        .unwrap()
+        .unwrap();
+        let results = db.delete_chats_together(&jobs(&chats));
+        (dir, db, chats, results)
     }
 
     fn messages_of(db: &Database, chat: i64) -> i64 {
@@ -961,16 +976,7 @@ mod tests {
     /// batch still commit.
     #[test]
     fn a_failing_delete_in_a_batch_is_undone_alone() {
-        let (_dir, db) = open_temp();
-        let chats = three_chats(&db, "refuse");
-        db.with_connection(|c| {
-            Ok(c.execute_batch(
-                "CREATE TRIGGER refuse BEFORE DELETE ON chats WHEN old.name = 'refuse'
-                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
-            )?)
-        })
-        .unwrap();
-        let results = db.delete_chats_together(&jobs(&chats));
+        let (_dir, db, chats, results) = delete_batch_whose_middle_fails("ABORT, 'refused'");
         assert!(
             matches!(results[..], [Ok(true), Err(_), Ok(true)]),
             "{results:?}"
@@ -985,16 +991,7 @@ mod tests {
     /// transaction either.
     #[test]
     fn a_batch_rolled_back_by_sqlite_fails_as_a_whole() {
-        let (_dir, db) = open_temp();
-        let chats = three_chats(&db, "roll back");
-        db.with_connection(|c| {
-            Ok(c.execute_batch(
-                "CREATE TRIGGER roll_back BEFORE DELETE ON chats WHEN old.name = 'roll back'
-                 BEGIN SELECT RAISE(ROLLBACK, 'rolled back'); END;",
-            )?)
-        })
-        .unwrap();
-        let results = db.delete_chats_together(&jobs(&chats));
+        let (_dir, db, chats, results) = delete_batch_whose_middle_fails("ROLLBACK, 'rolled back'");
         for result in &results {
             // The caller hears the real cause (a full disk is a 503), not
             // some later complaint about a transaction that is gone.
