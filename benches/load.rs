@@ -113,30 +113,7 @@ impl Phase {
 
 fn seed(path: &Path, chats: usize, messages: usize) -> (Vec<i64>, String) {
     let db = Database::open(path, &db::Settings::default()).unwrap();
-    db.add_user(USER, None).unwrap();
-    let text = "x".repeat(200);
-    let mut ids = Vec::with_capacity(chats);
-    for batch in (0..chats).collect::<Vec<_>>().chunks(1000) {
-        ids.extend(
-            db.write(|tx| {
-                let mut ids = Vec::with_capacity(batch.len());
-                for _ in batch {
-                    let chat = db::insert_chat(tx, USER, "bench chat", "model")?;
-                    for m in 0..messages {
-                        let actor = if m % 2 == 0 {
-                            Actor::User
-                        } else {
-                            Actor::Assistant
-                        };
-                        db::insert_message(tx, chat, actor, &text)?;
-                    }
-                    ids.push(chat);
-                }
-                Ok(ids)
-            })
-            .unwrap(),
-        );
-    }
+    let ids = add_chats(&db, USER, chats, messages);
     let token = auth::new_session(&db, USER, auth::DEFAULT_SESSION_TTL).unwrap();
     // Leave a checkpointed file behind for the next phases.
     let upkeep = Maintenance::start(db.clone(), Pacing::default()).unwrap();

@@ -338,6 +338,8 @@ impl Database {
     pub fn upkeep_connection(&self) -> Result<Upkeep> {
         let mut conn = Connection::open(&self.path)?;
         configure_connection(&mut conn, UPKEEP_BUSY_TIMEOUT, self.settings.durability)?;
+        // Replaces the busy timeout just set with a finer-grained handler
+        // that keeps to the same limit.
         conn.busy_handler(Some(upkeep_busy_handler))?;
         Ok(Upkeep {
             conn,
@@ -500,12 +502,12 @@ const UPKEEP_BUSY_POLL: Duration = Duration::from_micros(50);
 /// 1 ms, then 2 ms, ...; but what upkeep waits for is a request's read,
 /// which is over in microseconds, while requests wait for upkeep.
 fn upkeep_busy_handler(retries: i32) -> bool {
-    let polls = UPKEEP_BUSY_TIMEOUT.as_micros() / UPKEEP_BUSY_POLL.as_micros();
-    if u128::try_from(retries).unwrap_or(u128::MAX) >= polls {
-        return false;
+    const POLLS: u128 = UPKEEP_BUSY_TIMEOUT.as_micros() / UPKEEP_BUSY_POLL.as_micros();
+    let go_on = u128::from(retries.unsigned_abs()) < POLLS;
+    if go_on {
+        std::thread::sleep(UPKEEP_BUSY_POLL);
     }
-    std::thread::sleep(UPKEEP_BUSY_POLL);
-    true
+    go_on
 }
 
 /// Whether a step of upkeep could run.

@@ -147,12 +147,12 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
                 Work::ALL
             };
             retry_soon = match pass(db, upkeep, pacing, &work) {
-                Ok(step) => {
-                    log::debug!("upkeep pass ({work:?}): {step:?}");
-                    if work.truncate && step == Step::Done {
+                Ok(outcome) => {
+                    log::debug!("upkeep pass ({work:?}): {outcome:?}");
+                    if outcome.truncated {
                         last_truncation = Instant::now();
                     }
-                    step == Step::Blocked
+                    !outcome.finished
                 }
                 Err(e) => {
                     // A full or read-only disk, say: keep retrying, more
@@ -183,35 +183,57 @@ impl Work {
     };
 }
 
-/// One round of upkeep: vacuum until the freelist is empty (giving way as
-/// soon as a request commits), then checkpoint. `Blocked` if any part was
-/// left undone, so that the caller comes back soon.
-fn pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing, work: &Work) -> db::Result<Step> {
-    let mut free = upkeep.free_pages()?;
-    if work.vacuum && free >= pacing.vacuum_threshold_pages {
-        while free > 0 {
-            // Space can wait; requests cannot. Each step holds the write
-            // lock for a commit (with its sync), so stop while they write.
-            if db.writes_pending() || upkeep.vacuum_step(pacing.vacuum_step_pages)? == Step::Blocked
-            {
-                return Ok(Step::Blocked);
-            }
-            let before = std::mem::replace(&mut free, upkeep.free_pages()?);
-            if free >= before {
-                break; // not an INCREMENTAL auto_vacuum file: nothing to give back
-            }
-            thread::sleep(pacing.vacuum_pause);
-        }
+/// What a pass got done.
+#[derive(Debug)]
+struct Outcome {
+    /// The WAL was truncated: nothing deleted is left in it.
+    truncated: bool,
+    /// Nothing is left for a later pass; otherwise come back soon.
+    finished: bool,
+}
+
+/// One round of upkeep: the `work` asked for, as far as it can go now.
+fn pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing, work: &Work) -> db::Result<Outcome> {
+    const UNFINISHED: Outcome = Outcome {
+        truncated: false,
+        finished: false,
+    };
+    let free = upkeep.free_pages()?;
+    let vacuum_due = free >= pacing.vacuum_threshold_pages;
+    if vacuum_due && work.vacuum && vacuum(db, upkeep, pacing, free)? == Step::Blocked {
+        return Ok(UNFINISHED);
     }
     if upkeep.copy_wal()? == Step::Blocked {
-        return Ok(Step::Blocked);
+        return Ok(UNFINISHED);
     }
-    if work.truncate {
-        upkeep.truncate_wal()
-    } else {
+    if !work.truncate {
         upkeep.restart_wal()?;
-        Ok(Step::Blocked) // the truncation is still due
+        return Ok(UNFINISHED); // the truncation is still due
     }
+    let truncated = upkeep.truncate_wal()? == Step::Done;
+    Ok(Outcome {
+        truncated,
+        // A vacuum skipped under load is still due once requests stop.
+        finished: truncated && (work.vacuum || !vacuum_due),
+    })
+}
+
+/// Gives the `free` pages back to the file system, step by step; `Blocked`
+/// if it gave way to requests or to a lock before the end.
+fn vacuum(db: &Database, upkeep: &Upkeep, pacing: &Pacing, mut free: i64) -> db::Result<Step> {
+    while free > 0 {
+        // Space can wait; requests cannot. Each step holds the write lock
+        // for a commit (with its sync), so stop while they write.
+        if db.writes_pending() || upkeep.vacuum_step(pacing.vacuum_step_pages)? == Step::Blocked {
+            return Ok(Step::Blocked);
+        }
+        let before = std::mem::replace(&mut free, upkeep.free_pages()?);
+        if free >= before {
+            break; // not an INCREMENTAL auto_vacuum file: nothing to give back
+        }
+        thread::sleep(pacing.vacuum_pause);
+    }
+    Ok(Step::Done)
 }
 
 fn final_pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing) {
@@ -221,9 +243,9 @@ fn final_pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing) {
         // vacuum give way now.
         db.wait_for_writes(Duration::ZERO);
         match pass(db, upkeep, pacing, &Work::ALL) {
-            Ok(Step::Done) => return,
-            Ok(Step::Blocked) if Instant::now() < deadline => thread::sleep(pacing.retry),
-            Ok(Step::Blocked) => break,
+            Ok(outcome) if outcome.finished => return,
+            Ok(_) if Instant::now() < deadline => thread::sleep(pacing.retry),
+            Ok(_) => break,
             Err(e) => {
                 log::error!("final database upkeep failed: {e}");
                 break;

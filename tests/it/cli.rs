@@ -148,11 +148,7 @@ fn the_demo_prints_a_working_curl_command_and_reseeds_idempotently() {
 
 #[test]
 fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
-    let server = TestServer::start_with(&["--busy-timeout", "10s"]);
-    let db = server.db();
-    add_user(&db, "alice");
-    add_user(&db, "bob");
-    let token = login(&db, "alice");
+    let (server, db, token) = start_with_alice_and_bob(&["--busy-timeout", "10s"]);
     let chat = seed_chat(&db, "alice", "bob");
     let path = format!("/api/users/alice/chats/{}", chat.chat);
 

@@ -12,12 +12,9 @@ struct World {
 }
 
 fn world_with(args: &[&str]) -> World {
-    let server = TestServer::start_with(args);
-    let db = server.db();
-    add_user(&db, "alice");
-    add_user(&db, "bob");
+    let (server, db, alice) = start_with_alice_and_bob(args);
     World {
-        alice: login(&db, "alice"),
+        alice,
         chat: seed_chat(&db, "alice", "bob"),
         other_chat: seed_chat(&db, "alice", "bob"),
         bobs_chat: seed_chat(&db, "bob", "alice"),

@@ -129,18 +129,9 @@ fn within(limit: Duration, done: impl Fn() -> bool) -> Option<Duration> {
     }
 }
 
-fn setup(args: &[&str]) -> (TestServer, Database, String) {
-    let server = TestServer::start_with(args);
-    let db = server.db();
-    add_user(&db, "alice");
-    add_user(&db, "bob");
-    let token = login(&db, "alice");
-    (server, db, token)
-}
-
 #[test]
 fn deleted_content_leaves_every_database_file_within_the_bound() {
-    let (server, db, token) = setup(&[]);
+    let (server, db, token) = start_with_alice_and_bob(&[]);
     let deleted = seed_marked_chat(&db, "alice", "bob");
     let kept = seed_marked_chat(&db, "alice", "bob");
     assert_eq!(
@@ -171,7 +162,7 @@ fn deleted_content_leaves_every_database_file_within_the_bound() {
 
 #[test]
 fn erasure_holds_under_concurrent_deletes_and_readers() {
-    let (server, db, token) = setup(&["--workers", "4"]);
+    let (server, db, token) = start_with_alice_and_bob(&["--workers", "4"]);
     let chats: Vec<MarkedChat> = (0..24)
         .map(|_| seed_marked_chat(&db, "alice", "bob"))
         .collect();
@@ -238,7 +229,7 @@ fn erasure_holds_under_concurrent_deletes_and_readers() {
 /// truncation pauses writers); the bound must hold all the same.
 #[test]
 fn erasure_holds_while_requests_keep_writing() {
-    let (server, db, token) = setup(&[]);
+    let (server, db, token) = start_with_alice_and_bob(&[]);
     let doomed = seed_marked_chat(&db, "alice", "bob");
     let kept = seed_marked_chat(&db, "alice", "bob");
     let fillers: Vec<i64> = db
@@ -304,33 +295,37 @@ fn files_size(db_path: &Path) -> u64 {
         .sum()
 }
 
+/// Seeds a chat of about 10 MB (messages and two files) for alice.
+fn seed_big_chat(db: &Database) -> i64 {
+    db.write(|tx| {
+        let chat = db::insert_chat(tx, "alice", "big", "model")?;
+        let text = "x".repeat(20 * 1024);
+        for _ in 0..250 {
+            db::insert_message(tx, chat, Actor::Assistant, &text)?;
+        }
+        let blob = vec![7u8; 2_500_000];
+        for name in ["a.bin", "b.bin"] {
+            db::insert_file(
+                tx,
+                &NewFile {
+                    chat_id: chat,
+                    message_id: None,
+                    name,
+                    mime_type: "application/octet-stream",
+                    content: &blob,
+                },
+            )?;
+        }
+        Ok(chat)
+    })
+    .unwrap()
+}
+
 #[test]
 fn the_file_shrinks_back_after_a_large_chat_is_deleted() {
-    let (server, db, token) = setup(&[]);
+    let (server, db, token) = start_with_alice_and_bob(&[]);
     let baseline = files_size(&server.db_path);
-    let chat = db
-        .write(|tx| {
-            let chat = db::insert_chat(tx, "alice", "big", "model")?;
-            let text = "x".repeat(20 * 1024);
-            for _ in 0..250 {
-                db::insert_message(tx, chat, Actor::Assistant, &text)?;
-            }
-            let blob = vec![7u8; 2_500_000];
-            for name in ["a.bin", "b.bin"] {
-                db::insert_file(
-                    tx,
-                    &NewFile {
-                        chat_id: chat,
-                        message_id: None,
-                        name,
-                        mime_type: "application/octet-stream",
-                        content: &blob,
-                    },
-                )?;
-            }
-            Ok(chat)
-        })
-        .unwrap();
+    let chat = seed_big_chat(&db);
     let seeded = files_size(&server.db_path);
     assert!(
         seeded > baseline + 10_000_000,
@@ -352,11 +347,52 @@ fn the_file_shrinks_back_after_a_large_chat_is_deleted() {
     assert_consistent(&server.sql());
 }
 
+/// Under steady writes the space is not handed back (that would hold up
+/// requests); once they stop, it must be, within the bound.
+#[test]
+fn the_file_shrinks_back_once_a_steady_load_stops() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let fillers: Vec<i64> = db
+        .write(|tx| {
+            (0..300)
+                .map(|_| db::insert_chat(tx, "alice", "filler", "model"))
+                .collect()
+        })
+        .unwrap();
+    let baseline = files_size(&server.db_path);
+    let big = seed_big_chat(&db);
+    let seeded = files_size(&server.db_path);
+    std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            for chat in &fillers {
+                server
+                    .delete(&format!("/api/users/alice/chats/{chat}"), &token)
+                    .assert_true();
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        server
+            .delete(&format!("/api/users/alice/chats/{big}"), &token)
+            .assert_true();
+        load.join().unwrap();
+    });
+    let took = within(ERASURE_WAIT, || {
+        files_size(&server.db_path) < baseline + 1_000_000
+    });
+    let now = files_size(&server.db_path);
+    assert!(
+        took.is_some(),
+        "db+wal: baseline {baseline}, seeded {seeded}, after the load {now}"
+    );
+    eprintln!("db+wal {seeded} -> {now} bytes in {took:?} after the load stopped");
+    assert_consistent(&server.sql());
+}
+
 #[test]
 fn kill_9_during_deletes_never_loses_an_acknowledged_delete_or_half_deletes_a_chat() {
     const ROUNDS: usize = 5;
     const CHATS_PER_ROUND: usize = 40;
-    let (mut server, _, token) = setup(&[]);
+    let (mut server, _, token) = start_with_alice_and_bob(&[]);
     let mut all_chats: Vec<SeededChat> = Vec::new();
     let mut acknowledged: Vec<i64> = Vec::new();
 
@@ -458,7 +494,7 @@ fn set_file_size_limit(pid: u32, bytes: u64) {
 
 #[test]
 fn a_full_disk_answers_a_json_error_deletes_nothing_and_recovers() {
-    let (server, db, token) = setup(&[]);
+    let (server, db, token) = start_with_alice_and_bob(&[]);
     let chat = seed_chat(&db, "alice", "bob");
     let other = seed_chat(&db, "alice", "bob");
     drop(db);
@@ -492,7 +528,7 @@ fn a_full_disk_answers_a_json_error_deletes_nothing_and_recovers() {
 
 #[test]
 fn sigterm_under_load_exits_zero_with_a_checkpointed_wal_and_restarts_clean() {
-    let (server, db, token) = setup(&[]);
+    let (server, db, token) = start_with_alice_and_bob(&[]);
     let chats: Vec<SeededChat> = (0..200).map(|_| seed_chat(&db, "alice", "bob")).collect();
     drop(db);
     let addr = server.addr;
@@ -539,7 +575,7 @@ fn sigterm_under_load_exits_zero_with_a_checkpointed_wal_and_restarts_clean() {
 
 #[test]
 fn doctor_reports_the_facts_and_fails_on_orphans() {
-    let (server, db, _) = setup(&[]);
+    let (server, db, _) = start_with_alice_and_bob(&[]);
     seed_chat(&db, "alice", "bob");
     let out = run_cli(&server.db_path, &["doctor"], None);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

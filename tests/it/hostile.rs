@@ -56,11 +56,7 @@ struct World {
 
 impl World {
     fn new(args: &[&str]) -> World {
-        let server = TestServer::start_with(args);
-        let db = server.db();
-        add_user(&db, "alice");
-        add_user(&db, "bob");
-        let token = login(&db, "alice");
+        let (server, db, token) = start_with_alice_and_bob(args);
         let chat = seed_chat(&db, "alice", "bob");
         World {
             server,

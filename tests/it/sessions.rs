@@ -111,11 +111,7 @@ fn a_revoked_session_no_longer_authenticates() {
 
 #[test]
 fn tokens_and_cookies_never_reach_the_logs() {
-    let server = TestServer::start_with(&["--log-level", "trace"]);
-    let db = server.db();
-    add_user(&db, "alice");
-    add_user(&db, "bob");
-    let token = login(&db, "alice");
+    let (server, db, token) = start_with_alice_and_bob(&["--log-level", "trace"]);
     let unknown = "f".repeat(64);
     let chat = seed_chat(&db, "alice", "bob");
     let path = format!("/api/users/alice/chats/{}", chat.chat);

@@ -365,6 +365,17 @@ pub fn add_user(db: &Database, id: &str) {
     db.add_user(id, Some("Test User")).unwrap();
 }
 
+/// The usual cast: a server started with `args`, users alice and bob, and a
+/// session token for alice.
+pub fn start_with_alice_and_bob(args: &[&str]) -> (TestServer, Database, String) {
+    let server = TestServer::start_with(args);
+    let db = server.db();
+    add_user(&db, "alice");
+    add_user(&db, "bob");
+    let token = login(&db, "alice");
+    (server, db, token)
+}
+
 /// Mints a session through the library (the same code the CLI uses).
 pub fn login(db: &Database, user: &str) -> String {
     auth::new_session(db, user, auth::DEFAULT_SESSION_TTL)
