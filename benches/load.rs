@@ -52,15 +52,15 @@ fn options() -> Options {
         quick: false,
         chats: 10_000,
         messages: 20,
-        out: PathBuf::from("bench-results"),
+        out: PathBuf::new(),
     };
+    let mut out = None;
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this
     // binary without it, and then gets the quick correctness run.
     if !std::env::args().any(|a| a == "--bench") {
         o.quick = true;
         o.chats = 300;
         o.messages = 5;
-        o.out = std::env::temp_dir().join("neptun-bench-quick");
     }
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -77,11 +77,20 @@ fn options() -> Options {
             }
             "--chats" => o.chats = number("--chats"),
             "--messages" => o.messages = number("--messages"),
-            "--out" => o.out = PathBuf::from(args.next().expect("--out needs a directory")),
+            "--out" => out = Some(PathBuf::from(args.next().expect("--out needs a directory"))),
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown argument {other:?}"),
         }
     }
+    // A quick run checks correctness; its figures are not worth keeping
+    // next to those of a full run.
+    o.out = out.unwrap_or_else(|| {
+        if o.quick {
+            std::env::temp_dir().join("neptun-bench-quick")
+        } else {
+            PathBuf::from("bench-results")
+        }
+    });
     o
 }
 
@@ -167,81 +176,118 @@ fn add_chats(db: &Database, user: &str, chats: usize, messages: usize) -> Vec<i6
     ids
 }
 
-/// The median time of deleting each chat, in-process, one at a time.
-fn median_delete(db: &Database, user: &str, chats: &[i64]) -> Duration {
-    let mut times: Vec<Duration> = chats
-        .iter()
-        .map(|&chat| {
-            let t = Instant::now();
-            assert!(db.delete_chat(user, chat).unwrap());
-            t.elapsed()
-        })
-        .collect();
+/// Times one in-process delete.
+fn time_delete(db: &Database, chat: i64) -> Duration {
+    let t = Instant::now();
+    assert!(
+        db.delete_chat(USER, chat).unwrap(),
+        "chat {chat} was not deleted"
+    );
+    t.elapsed()
+}
+
+/// Waits until the upkeep thread has done its work: the WAL truncated and
+/// the free pages given back (up to its threshold).
+fn wait_for_upkeep(db: &Database) {
+    let wal = PathBuf::from(format!("{}-wal", db.path().display()));
+    let threshold = Pacing::default().vacuum_threshold_pages;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        thread::sleep(Duration::from_millis(20));
+        let wal_empty = std::fs::metadata(&wal).is_ok_and(|m| m.len() == 0);
+        let free: i64 = db
+            .with_connection(|c| Ok(c.pragma_query_value(None, "freelist_count", |r| r.get(0))?))
+            .unwrap();
+        if (wal_empty && free < threshold) || Instant::now() > deadline {
+            return;
+        }
+    }
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
     times[times.len() / 2]
 }
 
 /// Target 6 of the benchmark issue: delete cost independent of database
 /// size, and linear in the chat's size. Returns a Markdown section.
+///
+/// The machine's speed drifts within a run, so each comparison interleaves
+/// its sides: a delete on the small database, then one on the large one;
+/// one chat of each size per round. Otherwise a slow spell lands on one side
+/// only and shows up as a difference that the code does not make.
 fn scaling(dir: &Path, quick: bool) -> String {
-    let (unrelated, sample, sizes): (usize, usize, &[usize]) = if quick {
-        (20_000, 50, &[10, 100, 1000])
+    // (unrelated messages, 20-message chats to compare, chat sizes, at most
+    // this many chats per size)
+    let (unrelated, sample, sizes, per_size): (usize, usize, &[usize], usize) = if quick {
+        (20_000, 50, &[10, 100, 1000], 10)
     } else {
-        (1_000_000, 1000, &[10, 100, 1000, 10_000, 100_000])
+        (1_000_000, 1000, &[10, 100, 1000, 10_000, 100_000], 50)
     };
     let fresh = |name: &str| {
         let db = Database::open(&dir.join(name), &db::Settings::default()).unwrap();
         let upkeep = Maintenance::start(db.clone(), Pacing::default()).unwrap();
         (db, upkeep)
     };
-    let mut out = String::from(
-        "
-## Scaling (in-process, one delete at a time)
-
-",
-    );
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut out = String::from("\n## Scaling (in-process, one delete at a time)\n\n");
 
     // The same chats on a small database and on one with `unrelated` more
-    // messages (another user's, 100 per chat).
-    let mut medians = vec![];
-    for (name, extra) in [("small.db", 0), ("large.db", unrelated)] {
-        let (db, upkeep) = fresh(name);
-        add_chats(&db, "other", extra / 100, 100);
-        let chats = add_chats(&db, USER, sample, 20);
-        thread::sleep(Duration::from_millis(200)); // let upkeep settle
-        medians.push(median_delete(&db, USER, &chats));
-        upkeep.stop();
-    }
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    // messages (another user's, 100 per chat), deleted in alternation.
+    let (small, small_upkeep) = fresh("small.db");
+    let (large, large_upkeep) = fresh("large.db");
+    add_chats(&large, "other", unrelated / 100, 100);
+    let pairs: Vec<(i64, i64)> = add_chats(&small, USER, sample, 20)
+        .into_iter()
+        .zip(add_chats(&large, USER, sample, 20))
+        .collect();
+    thread::sleep(Duration::from_millis(500)); // let upkeep settle
+    let (small_times, large_times) = pairs
+        .iter()
+        .map(|&(a, b)| (time_delete(&small, a), time_delete(&large, b)))
+        .unzip();
+    let (on_small, on_large) = (median(small_times), median(large_times));
+    small_upkeep.stop();
+    large_upkeep.stop();
     out += &format!(
         "Database size: median delete of a 20-message chat {:.3} ms on a small database, \
-         {:.3} ms with {unrelated} unrelated messages: {:.2}x.
-
-",
-        ms(medians[0]),
-        ms(medians[1]),
-        medians[1].as_secs_f64() / medians[0].as_secs_f64()
+         {:.3} ms with {unrelated} unrelated messages: {:.2}x.\n\n",
+        ms(on_small),
+        ms(on_large),
+        on_large.as_secs_f64() / on_small.as_secs_f64()
     );
 
-    // Chats of growing size on one database.
-    out += "| messages in the chat | median delete ms | µs per message |
-|---|---|---|
-";
+    // Chats of growing size on one database, one of each size per round.
+    // Each delete starts once the upkeep thread is done with the one
+    // before (a big delete leaves a big WAL to copy and pages to give
+    // back), so that the time is the delete's own, in the same state each
+    // time: as after a pause, which is how a person deletes a chat.
     let (db, upkeep) = fresh("sizes.db");
+    let chats: Vec<Vec<i64>> = sizes
+        .iter()
+        .map(|&size| add_chats(&db, USER, (200_000 / size).clamp(5, per_size), size))
+        .collect();
+    let mut times: Vec<Vec<Duration>> = vec![vec![]; sizes.len()];
+    for round in 0..per_size {
+        for (of_size, times) in chats.iter().zip(&mut times) {
+            if let Some(&chat) = of_size.get(round) {
+                wait_for_upkeep(&db);
+                times.push(time_delete(&db, chat));
+            }
+        }
+    }
+    upkeep.stop();
+    out += "| messages in the chat | median delete ms | µs per message |\n|---|---|---|\n";
     let mut points = vec![];
-    for &size in sizes {
-        let chats = add_chats(&db, USER, (200_000 / size).clamp(3, 50), size);
-        thread::sleep(Duration::from_millis(200));
-        let median = median_delete(&db, USER, &chats);
+    for (&size, times) in sizes.iter().zip(times) {
+        let median = median(times);
         points.push((size as f64, median.as_secs_f64() * 1e6));
         out += &format!(
-            "| {size} | {:.3} | {:.2} |
-",
+            "| {size} | {:.3} | {:.2} |\n",
             ms(median),
             median.as_secs_f64() * 1e6 / size as f64
         );
     }
-    upkeep.stop();
     // Least-squares slope: the cost each further message adds.
     let n = points.len() as f64;
     let (sx, sy) = points
@@ -251,9 +297,7 @@ fn scaling(dir: &Path, quick: bool) -> String {
     let slope = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum::<f64>()
         / points.iter().map(|(x, _)| (x - mx).powi(2)).sum::<f64>();
     out += &format!(
-        "
-Fitted cost per further message: {slope:.2} µs (fixed part {:.0} µs).
-",
+        "\nFitted cost per further message: {slope:.2} µs (fixed part {:.0} µs).\n",
         my - slope * mx
     );
     out
@@ -265,12 +309,7 @@ fn in_process(path: &Path, ids: &[i64]) -> Phase {
     let mut latencies = Vec::with_capacity(ids.len());
     let start = Instant::now();
     for &id in ids {
-        let t = Instant::now();
-        assert!(
-            db.delete_chat(USER, id).unwrap(),
-            "chat {id} was not deleted"
-        );
-        latencies.push(t.elapsed());
+        latencies.push(time_delete(&db, id));
     }
     let elapsed = start.elapsed();
     upkeep.stop();
