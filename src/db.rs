@@ -5,12 +5,12 @@
 //! `Option<String>`, ids) and an [`Error`] that says whether retrying later
 //! could help ([`Error::Busy`]) or not.
 
-use parking_lot::{FairMutex, FairMutexGuard};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use parking_lot::{FairMutex, FairMutexGuard};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
