@@ -103,6 +103,7 @@ struct Phase {
     non_2xx: usize,
     starved: usize,
     lost: usize,
+    reconnects: usize,
 }
 
 impl Phase {
@@ -321,6 +322,7 @@ fn in_process(path: &Path, ids: &[i64]) -> Phase {
         non_2xx: 0,
         starved: 0,
         lost: 0,
+        reconnects: 0,
     }
 }
 
@@ -358,13 +360,14 @@ fn start_server(db_path: &Path) -> Server {
 }
 
 /// Sends one request on a keep-alive connection and reads the answer;
-/// returns the status, or `None` if nothing came back in time.
-fn exchange(stream: &mut BufReader<TcpStream>, request: &[u8]) -> Option<u16> {
+/// returns the status and whether the server closes the connection
+/// (`Connection: close`), or `None` if nothing came back in time.
+fn exchange(stream: &mut BufReader<TcpStream>, request: &[u8]) -> Option<(u16, bool)> {
     stream.get_mut().write_all(request).ok()?;
     let mut line = String::new();
     stream.read_line(&mut line).ok()?;
     let status = line.split(' ').nth(1)?.parse().ok()?;
-    let mut length = 0;
+    let (mut length, mut closes) = (0, false);
     loop {
         line.clear();
         stream.read_line(&mut line).ok()?;
@@ -372,19 +375,42 @@ fn exchange(stream: &mut BufReader<TcpStream>, request: &[u8]) -> Option<u16> {
         if header.is_empty() {
             break;
         }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
+        let Some((name, value)) = header.split_once(':') else {
+            continue;
+        };
+        if name.eq_ignore_ascii_case("content-length") {
             length = value.trim().parse().ok()?;
+        } else if name.eq_ignore_ascii_case("connection") {
+            closes = value.trim().eq_ignore_ascii_case("close");
         }
     }
     let mut body = vec![0; length];
     stream.read_exact(&mut body).ok()?;
-    Some(status)
+    Some((status, closes))
 }
 
-/// Drives `connections` keep-alive connections, each sending its share of
-/// `requests` back to back.
+fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(LOST_AFTER)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    BufReader::new(stream)
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct ClientResult {
+    latencies: Vec<Duration>,
+    non_2xx: usize,
+    /// Connections whose first answer took longer than `STARVED_AFTER`.
+    starved: usize,
+    lost: usize,
+    /// New connections opened because the server closed one.
+    reconnects: usize,
+}
+
+/// Drives `connections` keep-alive clients, each sending its share of
+/// `requests` back to back, on a new connection whenever the server closes
+/// one (as any HTTP client does).
 fn load(name: &str, addr: SocketAddr, connections: usize, requests: Vec<Vec<u8>>) -> Phase {
     let mut shares: Vec<Vec<Vec<u8>>> = vec![Vec::new(); connections];
     let total = requests.len();
@@ -392,29 +418,35 @@ fn load(name: &str, addr: SocketAddr, connections: usize, requests: Vec<Vec<u8>>
         shares[i % connections].push(request);
     }
     let start = Instant::now();
-    let per_connection: Vec<(Vec<Duration>, usize, bool, usize)> = std::thread::scope(|s| {
+    let per_client: Vec<ClientResult> = std::thread::scope(|s| {
         let handles: Vec<_> = shares
             .into_iter()
             .map(|share| {
                 s.spawn(move || {
-                    let stream = TcpStream::connect(addr).unwrap();
-                    stream.set_read_timeout(Some(LOST_AFTER)).unwrap();
-                    stream.set_nodelay(true).unwrap();
-                    let mut stream = BufReader::new(stream);
-                    let (mut latencies, mut non_2xx, mut starved) =
-                        (Vec::with_capacity(share.len()), 0, false);
+                    let mut seen = ClientResult {
+                        latencies: Vec::with_capacity(share.len()),
+                        ..ClientResult::default()
+                    };
+                    let mut stream = connect(addr);
+                    let mut first_on_connection = true;
                     for (i, request) in share.iter().enumerate() {
                         let t = Instant::now();
-                        match exchange(&mut stream, request) {
-                            Some(status) => {
-                                latencies.push(t.elapsed());
-                                non_2xx += usize::from(!(200..300).contains(&status));
-                                starved |= i == 0 && t.elapsed() > STARVED_AFTER;
-                            }
-                            None => return (latencies, non_2xx, true, share.len() - i),
+                        let Some((status, closes)) = exchange(&mut stream, request) else {
+                            seen.starved += usize::from(first_on_connection);
+                            seen.lost = share.len() - i;
+                            return seen;
+                        };
+                        let latency = t.elapsed();
+                        seen.latencies.push(latency);
+                        seen.non_2xx += usize::from(!(200..300).contains(&status));
+                        seen.starved += usize::from(first_on_connection && latency > STARVED_AFTER);
+                        first_on_connection = closes;
+                        if closes && i + 1 < share.len() {
+                            stream = connect(addr);
+                            seen.reconnects += 1;
                         }
                     }
-                    (latencies, non_2xx, starved, 0)
+                    seen
                 })
             })
             .collect();
@@ -429,12 +461,14 @@ fn load(name: &str, addr: SocketAddr, connections: usize, requests: Vec<Vec<u8>>
         non_2xx: 0,
         starved: 0,
         lost: 0,
+        reconnects: 0,
     };
-    for (latencies, non_2xx, starved, lost) in per_connection {
-        phase.latencies.extend(latencies);
-        phase.non_2xx += non_2xx;
-        phase.starved += usize::from(starved);
-        phase.lost += lost;
+    for seen in per_client {
+        phase.latencies.extend(seen.latencies);
+        phase.non_2xx += seen.non_2xx;
+        phase.starved += seen.starved;
+        phase.lost += seen.lost;
+        phase.reconnects += seen.reconnects;
     }
     phase
 }
@@ -503,12 +537,12 @@ fn main() {
         o.messages,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    report += "| phase | requests | req/s | x in-process | p50 ms | p99 ms | max ms | starved conns | lost | non-2xx |\n";
-    report += "|---|---|---|---|---|---|---|---|---|---|\n";
+    report += "| phase | requests | req/s | x in-process | p50 ms | p99 ms | max ms | starved conns | lost | non-2xx | reconnects |\n";
+    report += "|---|---|---|---|---|---|---|---|---|---|---|\n";
     for p in std::iter::once(&limit).chain(&phases).chain([&auth_phase]) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         report += &format!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} |\n",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} |\n",
             p.name,
             p.requests,
             p.rate(),
@@ -518,7 +552,8 @@ fn main() {
             ms(p.percentile(1.0)),
             p.starved,
             p.lost,
-            p.non_2xx
+            p.non_2xx,
+            p.reconnects
         );
     }
     report += &format!(

@@ -19,22 +19,46 @@
 //!   instead (`try_clone().unwrap()`), queueing nothing: see
 //!   [`exit_when_a_transport_thread_panics`]; and the soft descriptor limit
 //!   is raised at start-up ([`raise_open_file_limit`]) to make that rarer.
+//! - a new connection can wait, unanswered, behind threads that each hold a
+//!   keep-alive connection, for as long as those connections stay open:
+//!   so we close keep-alive connections once they are old
+//!   ([`KEEP_ALIVE_LIFETIME`]).
 
-use std::io;
+use std::collections::HashMap;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::http::{ApiError, Request, Response};
+
+/// How long a keep-alive connection is kept: the first answer after this
+/// long tells the client `Connection: close`, and it reconnects.
+///
+/// Why: tiny_http 0.12 gives each connection one thread from a pool for the
+/// connection's whole life, and hands a new connection to a queue instead of
+/// a new thread while it counts a pool thread as idle. Threads count as idle
+/// until they wake, so in a burst of connections several queue behind the
+/// same few idle threads, which then each keep a keep-alive connection. A
+/// queued connection waits until one of those closes, which a busy client
+/// never does (measured: 5–9 of 64 busy connections unanswered for the whole
+/// test). tiny_http decides on its own whether to keep a connection and has
+/// no timeouts, so closing old connections is the one lever its API gives.
+/// Each close frees a thread; the freed thread takes the oldest queued
+/// connection, and reconnecting clients find no idle thread and get a new
+/// one, so the queue drains within about this lifetime. Shorter means a
+/// shorter wait for a queued connection and more reconnects.
+pub const KEEP_ALIVE_LIFETIME: Duration = Duration::from_millis(250);
 
 /// A bound HTTP server, not yet serving.
 pub struct HttpServer {
     inner: Arc<tiny_http::Server>,
     local_addr: SocketAddr,
     stop: Arc<Stop>,
+    connections: Arc<ConnectionAges>,
 }
 
 /// Shared stop state: set once, by a signal or by a fatal transport error.
@@ -79,6 +103,7 @@ impl HttpServer {
                 requested: AtomicBool::new(false),
                 fatal: Mutex::new(None),
             }),
+            connections: Arc::new(ConnectionAges::new(KEEP_ALIVE_LIFETIME)),
         })
     }
 
@@ -108,9 +133,10 @@ impl HttpServer {
             .map(|i| {
                 let handler = Arc::clone(&handler);
                 let shutdown = shutdown.clone();
+                let connections = Arc::clone(&self.connections);
                 thread::Builder::new()
                     .name(format!("worker-{i}"))
-                    .spawn(move || worker_loop(&shutdown, &*handler))
+                    .spawn(move || worker_loop(&shutdown, &connections, &*handler))
             })
             .collect::<io::Result<_>>()?;
         for t in threads {
@@ -131,10 +157,14 @@ impl HttpServer {
     }
 }
 
-fn worker_loop(shutdown: &ShutdownHandle, handler: &(dyn Fn(&Request) -> Response + Sync)) {
+fn worker_loop(
+    shutdown: &ShutdownHandle,
+    connections: &ConnectionAges,
+    handler: &(dyn Fn(&Request) -> Response + Sync),
+) {
     loop {
         match shutdown.inner.recv() {
-            Ok(request) => serve_one(request, handler),
+            Ok(request) => serve_one(request, connections, handler),
             Err(_) if shutdown.stop.requested.load(Ordering::SeqCst) => return,
             Err(e) => {
                 log::error!("the listener stopped accepting connections: {e}");
@@ -150,7 +180,11 @@ fn worker_loop(shutdown: &ShutdownHandle, handler: &(dyn Fn(&Request) -> Respons
     }
 }
 
-fn serve_one(request: tiny_http::Request, handler: &(dyn Fn(&Request) -> Response + Sync)) {
+fn serve_one(
+    request: tiny_http::Request,
+    connections: &ConnectionAges,
+    handler: &(dyn Fn(&Request) -> Response + Sync),
+) {
     let started = Instant::now();
     let ours = Request {
         method: request.method().as_str().to_owned(),
@@ -179,11 +213,99 @@ fn serve_one(request: tiny_http::Request, handler: &(dyn Fn(&Request) -> Respons
         response.status,
         started.elapsed().as_secs_f64() * 1000.0
     );
-    if request.body_length().is_some_and(|n| n > UNDRAINABLE_BODY) {
-        refuse_without_draining(request, response);
-    } else if let Err(e) = request.respond(to_tiny_http(response)) {
+    let result = if request.body_length().is_some_and(|n| n > UNDRAINABLE_BODY) {
+        refuse_without_draining(request, response)
+    } else if request
+        .remote_addr()
+        .is_some_and(|&peer| connections.is_done_after(peer, &ours, Instant::now()))
+    {
+        respond_and_close(request, response)
+    } else {
+        request.respond(to_tiny_http(response))
+    };
+    if let Err(e) = result {
         log::debug!("could not write a response: {e}");
     }
+}
+
+/// When each open keep-alive connection sent its first request, by peer
+/// address (tiny_http tells us nothing else about connections).
+struct ConnectionAges {
+    lifetime: Duration,
+    first_request: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+/// Above this many tracked connections, the ones past their lifetime are
+/// forgotten: their clients closed them, or their next answer closes them
+/// a lifetime later than it would have. Keeps the map small without a
+/// signal for closed connections, which tiny_http does not give.
+const MAX_TRACKED_CONNECTIONS: usize = 1024;
+
+impl ConnectionAges {
+    fn new(lifetime: Duration) -> ConnectionAges {
+        ConnectionAges {
+            lifetime,
+            first_request: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether the answer to `request`, which came from `peer` at `now`,
+    /// should close its connection.
+    fn is_done_after(&self, peer: SocketAddr, request: &Request, now: Instant) -> bool {
+        let mut first_request = self.first_request.lock().unwrap_or_else(|e| e.into_inner());
+        if !keeps_connection(request) {
+            // tiny_http closes it after this answer anyway.
+            first_request.remove(&peer);
+            return false;
+        }
+        if first_request.len() >= MAX_TRACKED_CONNECTIONS {
+            first_request.retain(|_, &mut first| now.duration_since(first) < self.lifetime);
+        }
+        let first = *first_request.entry(peer).or_insert(now);
+        let done = now.duration_since(first) >= self.lifetime;
+        if done {
+            first_request.remove(&peer);
+        }
+        done
+    }
+}
+
+/// Whether tiny_http keeps the connection open after answering `request`
+/// (its rule, from `ClientConnection::next`).
+fn keeps_connection(request: &Request) -> bool {
+    let connection = request
+        .header_values("Connection")
+        .next()
+        .map(str::to_ascii_lowercase);
+    match (request.http_version, connection) {
+        (_, Some(c)) if c.contains("close") || c.contains("upgrade") => false,
+        ((1, 0), Some(c)) => c.contains("keep-alive"),
+        ((1, 0), None) => false,
+        _ => true,
+    }
+}
+
+/// Answers with `Connection: close`, which tiny_http's `respond` cannot send
+/// (it drops that header): tiny_http writes the response into a buffer, we
+/// add the header after the status line and write it through `into_writer`.
+/// tiny_http still reads on until the client closes, which a client told
+/// `close` does (RFC 9112 §9.6).
+fn respond_and_close(request: tiny_http::Request, response: Response) -> io::Result<()> {
+    let head_only = request.method() == &tiny_http::Method::Head;
+    let version = request.http_version().clone();
+    let mut raw = Vec::with_capacity(256 + response.body.len());
+    to_tiny_http(response).raw_print(&mut raw, version, &[], head_only, None)?;
+    let status_line_end = raw
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(0, |i| i + 2);
+    raw.splice(
+        status_line_end..status_line_end,
+        b"Connection: close\r\n".iter().copied(),
+    );
+    let mut writer = request.into_writer();
+    writer.write_all(&raw)?;
+    writer.flush()
 }
 
 /// Declared bodies larger than this are never dropped (see below).
@@ -198,8 +320,7 @@ const UNDRAINABLE_BODY: usize = 16 * 1024 * 1024;
 /// over the connection's streams, and we never drop them. The cost is one
 /// tiny_http connection thread and socket left parked for the life of the
 /// process, per such request.
-fn refuse_without_draining(request: tiny_http::Request, mut response: Response) {
-    use std::io::Write;
+fn refuse_without_draining(request: tiny_http::Request, mut response: Response) -> io::Result<()> {
     log::warn!(
         "refused a request declaring a {} byte body; its connection is parked, not drained",
         request.body_length().unwrap_or_default()
@@ -208,10 +329,9 @@ fn refuse_without_draining(request: tiny_http::Request, mut response: Response) 
     let body = std::mem::take(&mut response.body);
     let response = response.with_header("Content-Length", &body.len().to_string());
     let mut stream = request.upgrade("neptun-refused", to_tiny_http(response));
-    if let Err(e) = stream.write_all(&body).and_then(|()| stream.flush()) {
-        log::debug!("could not write a response: {e}");
-    }
+    let written = stream.write_all(&body).and_then(|()| stream.flush());
     std::mem::forget(stream);
+    written
 }
 
 /// Calls the handler; a panic becomes a JSON 500 instead of a dead worker.
@@ -283,6 +403,79 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    const LIFETIME: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn a_connection_is_closed_by_its_first_answer_past_its_lifetime_and_only_that_one() {
+        let ages = ConnectionAges::new(LIFETIME);
+        let keep_alive = Request::new("GET", "/", &[]);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(!ages.is_done_after(peer(1), &keep_alive, at(0)));
+        assert!(!ages.is_done_after(peer(1), &keep_alive, at(99)));
+        assert!(!ages.is_done_after(peer(2), &keep_alive, at(99)));
+        assert!(ages.is_done_after(peer(1), &keep_alive, at(100)));
+        // The next connection from the same port starts a new life.
+        assert!(!ages.is_done_after(peer(1), &keep_alive, at(101)));
+        assert!(!ages.is_done_after(peer(2), &keep_alive, at(150)));
+        assert!(ages.is_done_after(peer(2), &keep_alive, at(199)));
+    }
+
+    #[test]
+    fn a_connection_that_closes_anyway_is_forgotten_and_not_told_twice() {
+        let ages = ConnectionAges::new(LIFETIME);
+        let t0 = Instant::now();
+        assert!(!ages.is_done_after(peer(1), &Request::new("GET", "/", &[]), t0));
+        let closing = Request::new("GET", "/", &[("Connection", "close")]);
+        assert!(!ages.is_done_after(peer(1), &closing, t0 + LIFETIME * 2));
+        let keep_alive = Request::new("GET", "/", &[]);
+        assert!(!ages.is_done_after(peer(1), &keep_alive, t0 + LIFETIME * 3));
+    }
+
+    #[test]
+    fn connections_past_their_lifetime_are_forgotten_when_too_many_are_tracked() {
+        let ages = ConnectionAges::new(LIFETIME);
+        let keep_alive = Request::new("GET", "/", &[]);
+        let t0 = Instant::now();
+        for port in 0..MAX_TRACKED_CONNECTIONS as u16 {
+            ages.is_done_after(peer(port), &keep_alive, t0);
+        }
+        let young = u16::MAX;
+        ages.is_done_after(peer(young), &keep_alive, t0 + LIFETIME / 2);
+        assert_eq!(
+            ages.first_request.lock().unwrap().len(),
+            MAX_TRACKED_CONNECTIONS + 1
+        );
+        ages.is_done_after(peer(young - 1), &keep_alive, t0 + LIFETIME);
+        let tracked = ages.first_request.lock().unwrap();
+        assert_eq!(tracked.len(), 2, "only the young ones are left");
+    }
+
+    #[test]
+    fn keeps_connection_follows_tiny_http_and_http_1_0_rules() {
+        let with = |version: (u8, u8), connection: Option<&str>| {
+            let mut request = Request::new("GET", "/", &[]);
+            request.http_version = version;
+            if let Some(value) = connection {
+                request
+                    .headers
+                    .push(("connection".to_owned(), value.to_owned()));
+            }
+            keeps_connection(&request)
+        };
+        assert!(with((1, 1), None));
+        assert!(with((1, 1), Some("keep-alive")));
+        assert!(!with((1, 1), Some("Close")));
+        assert!(!with((1, 1), Some("keep-alive, close")));
+        assert!(!with((1, 1), Some("Upgrade")));
+        assert!(!with((1, 0), None));
+        assert!(with((1, 0), Some("Keep-Alive")));
+    }
 
     #[test]
     fn a_panicking_handler_becomes_a_json_500() {

@@ -301,6 +301,25 @@ pub fn try_delete(addr: SocketAddr, path: &str, token: &str) -> Option<HttpRespo
     parse_response(&try_send_raw(addr, raw.as_bytes()).ok()?, false)
 }
 
+/// Reads exactly one response (head and Content-Length body) off a
+/// keep-alive connection, leaving the stream at the start of the next one.
+pub fn read_response(stream: &mut BufReader<TcpStream>) -> std::io::Result<HttpResponse> {
+    let mut raw = Vec::new();
+    while !raw.ends_with(b"\r\n\r\n") {
+        if stream.read_until(b'\n', &mut raw)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    let head = parse_response(&raw, true).ok_or(std::io::ErrorKind::InvalidData)?;
+    let length = head
+        .header("Content-Length")
+        .map_or(Ok(0), str::parse)
+        .map_err(|_| std::io::ErrorKind::InvalidData)?;
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body)?;
+    Ok(HttpResponse { body, ..head })
+}
+
 /// Parses one response (status line, headers, Content-Length body; no body
 /// at all when answering HEAD). `None` if it is incomplete or malformed.
 pub fn parse_response(raw: &[u8], head_request: bool) -> Option<HttpResponse> {
