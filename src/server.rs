@@ -25,8 +25,10 @@
 //!   ([`KEEP_ALIVE_LIFETIME`]).
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::ops::RangeInclusive;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,8 +37,14 @@ use std::time::{Duration, Instant};
 
 use crate::http::{ApiError, Request, Response};
 
-/// How long a keep-alive connection is kept: the first answer after this
-/// long tells the client `Connection: close`, and it reconnects.
+/// How long a keep-alive connection is kept at most: the first answer after
+/// its lifetime tells the client `Connection: close`, and it reconnects.
+/// Each connection's lifetime lies between a tenth of this and this, spread
+/// by its peer address. Spread, because the connections of a burst would
+/// otherwise all close, and reconnect in a new burst, at once (measured at
+/// 64 connections: waits of 270 and 530 ms, two generations, with one fixed
+/// lifetime; 107–191 ms spread over half to all of it; 65–107 ms spread
+/// from a tenth).
 ///
 /// Why: tiny_http 0.12 gives each connection one thread from a pool for the
 /// connection's whole life, and hands a new connection to a queue instead of
@@ -49,8 +57,9 @@ use crate::http::{ApiError, Request, Response};
 /// no timeouts, so closing old connections is the one lever its API gives.
 /// Each close frees a thread; the freed thread takes the oldest queued
 /// connection, and reconnecting clients find no idle thread and get a new
-/// one, so the queue drains within about this lifetime. Shorter means a
-/// shorter wait for a queued connection and more reconnects.
+/// one, so a queued connection waits until the first of the busy ones is
+/// done. Shorter means a shorter wait and more reconnects (a few hundred a
+/// second at 64 busy connections, which cost loopback clients little).
 pub const KEEP_ALIVE_LIFETIME: Duration = Duration::from_millis(250);
 
 /// A bound HTTP server, not yet serving.
@@ -103,7 +112,9 @@ impl HttpServer {
                 requested: AtomicBool::new(false),
                 fatal: Mutex::new(None),
             }),
-            connections: Arc::new(ConnectionAges::new(KEEP_ALIVE_LIFETIME)),
+            connections: Arc::new(ConnectionAges::new(
+                KEEP_ALIVE_LIFETIME / 10..=KEEP_ALIVE_LIFETIME,
+            )),
         })
     }
 
@@ -231,8 +242,9 @@ fn serve_one(
 /// When each open keep-alive connection sent its first request, by peer
 /// address (tiny_http tells us nothing else about connections).
 struct ConnectionAges {
-    lifetime: Duration,
-    first_request: Mutex<HashMap<SocketAddr, Instant>>,
+    lifetimes: RangeInclusive<Duration>,
+    /// When each connection is done, by peer address.
+    done_at: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 /// Above this many tracked connections, the ones past their lifetime are
@@ -242,29 +254,41 @@ struct ConnectionAges {
 const MAX_TRACKED_CONNECTIONS: usize = 1024;
 
 impl ConnectionAges {
-    fn new(lifetime: Duration) -> ConnectionAges {
+    fn new(lifetimes: RangeInclusive<Duration>) -> ConnectionAges {
         ConnectionAges {
-            lifetime,
-            first_request: Mutex::new(HashMap::new()),
+            lifetimes,
+            done_at: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A lifetime in `lifetimes`, the same for the same peer: a hash of the
+    /// address spreads the connections of a burst (they differ by port).
+    fn lifetime_of(&self, peer: SocketAddr) -> Duration {
+        let (shortest, longest) = (*self.lifetimes.start(), *self.lifetimes.end());
+        let span = longest.saturating_sub(shortest).as_micros() as u64;
+        let mut hasher = std::hash::DefaultHasher::new();
+        peer.hash(&mut hasher);
+        shortest + Duration::from_micros(hasher.finish() % (span + 1))
     }
 
     /// Whether the answer to `request`, which came from `peer` at `now`,
     /// should close its connection.
     fn is_done_after(&self, peer: SocketAddr, request: &Request, now: Instant) -> bool {
-        let mut first_request = self.first_request.lock().unwrap_or_else(|e| e.into_inner());
+        let mut done_at = self.done_at.lock().unwrap_or_else(|e| e.into_inner());
         if !keeps_connection(request) {
             // tiny_http closes it after this answer anyway.
-            first_request.remove(&peer);
+            done_at.remove(&peer);
             return false;
         }
-        if first_request.len() >= MAX_TRACKED_CONNECTIONS {
-            first_request.retain(|_, &mut first| now.duration_since(first) < self.lifetime);
+        if done_at.len() >= MAX_TRACKED_CONNECTIONS {
+            done_at.retain(|_, &mut done| now < done);
         }
-        let first = *first_request.entry(peer).or_insert(now);
-        let done = now.duration_since(first) >= self.lifetime;
+        let done = now
+            >= *done_at
+                .entry(peer)
+                .or_insert_with(|| now + self.lifetime_of(peer));
         if done {
-            first_request.remove(&peer);
+            done_at.remove(&peer);
         }
         done
     }
@@ -412,7 +436,7 @@ mod tests {
 
     #[test]
     fn a_connection_is_closed_by_its_first_answer_past_its_lifetime_and_only_that_one() {
-        let ages = ConnectionAges::new(LIFETIME);
+        let ages = ConnectionAges::new(LIFETIME..=LIFETIME);
         let keep_alive = Request::new("GET", "/", &[]);
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
@@ -428,7 +452,7 @@ mod tests {
 
     #[test]
     fn a_connection_that_closes_anyway_is_forgotten_and_not_told_twice() {
-        let ages = ConnectionAges::new(LIFETIME);
+        let ages = ConnectionAges::new(LIFETIME..=LIFETIME);
         let t0 = Instant::now();
         assert!(!ages.is_done_after(peer(1), &Request::new("GET", "/", &[]), t0));
         let closing = Request::new("GET", "/", &[("Connection", "close")]);
@@ -439,7 +463,7 @@ mod tests {
 
     #[test]
     fn connections_past_their_lifetime_are_forgotten_when_too_many_are_tracked() {
-        let ages = ConnectionAges::new(LIFETIME);
+        let ages = ConnectionAges::new(LIFETIME..=LIFETIME);
         let keep_alive = Request::new("GET", "/", &[]);
         let t0 = Instant::now();
         for port in 0..MAX_TRACKED_CONNECTIONS as u16 {
@@ -448,12 +472,38 @@ mod tests {
         let young = u16::MAX;
         ages.is_done_after(peer(young), &keep_alive, t0 + LIFETIME / 2);
         assert_eq!(
-            ages.first_request.lock().unwrap().len(),
+            ages.done_at.lock().unwrap().len(),
             MAX_TRACKED_CONNECTIONS + 1
         );
         ages.is_done_after(peer(young - 1), &keep_alive, t0 + LIFETIME);
-        let tracked = ages.first_request.lock().unwrap();
+        let tracked = ages.done_at.lock().unwrap();
         assert_eq!(tracked.len(), 2, "only the young ones are left");
+    }
+
+    #[test]
+    fn lifetimes_are_spread_over_the_range_and_fixed_per_peer() {
+        let ages = ConnectionAges::new(LIFETIME / 2..=LIFETIME);
+        let lifetimes: Vec<Duration> = (40_000..40_064)
+            .map(|p| ages.lifetime_of(peer(p)))
+            .collect();
+        assert!(
+            lifetimes
+                .iter()
+                .all(|l| (LIFETIME / 2..=LIFETIME).contains(l))
+        );
+        assert_eq!(lifetimes[0], ages.lifetime_of(peer(40_000)));
+        // Consecutive ports, as a burst gets, land in every quarter of the range.
+        for quarter in 0..4 {
+            let from = LIFETIME / 2 + LIFETIME / 8 * quarter;
+            let count = lifetimes
+                .iter()
+                .filter(|&&l| l >= from && l < from + LIFETIME / 8)
+                .count();
+            assert!(
+                count >= 4,
+                "{count} of 64 in quarter {quarter}: {lifetimes:?}"
+            );
+        }
     }
 
     #[test]
