@@ -11,7 +11,8 @@
 //!    distinct existing chat, then the 401 path at 8 connections;
 //! 4. prints a table (req/s, ratio to the in-process limit, client-measured
 //!    p50/p99/max latency, starved connections, lost responses, non-2xx,
-//!    server peak RSS) and writes it, with every latency, to `--out`;
+//!    reconnects after `Connection: close`, server peak RSS) and writes it,
+//!    with every latency, to `--out`;
 //! 5. measures how the delete scales, in-process on fresh databases: with
 //!    and without 1M unrelated messages, and with chats of 10 to 100,000
 //!    messages.

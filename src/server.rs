@@ -60,7 +60,7 @@ use crate::http::{ApiError, Request, Response};
 /// How long, measured with the load bench (64 busy connections; the worst
 /// first answer, and how many of 10,000 requests opened a new connection):
 /// one fixed 250 ms: 537 ms (two generations of the burst); 125–250 ms:
-/// 191 ms; 25–250 ms: 65–107 ms, ~800; 10–100 ms: 30–54 ms, ~1,600; 5–50 ms:
+/// 191 ms; 25–250 ms: 65–107 ms, ~800; 10–100 ms: 30–85 ms, ~1,700; 5–50 ms:
 /// 27–39 ms, ~2,500. Throughput did not move beyond the noise. We take
 /// 10–100 ms: most of the gain, and half the reconnects of 5–50 ms. Every
 /// reconnect leaves a socket in TIME_WAIT on the client, which Linux reuses
