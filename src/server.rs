@@ -233,7 +233,7 @@ fn serve_one(
         refuse_without_draining(request, response)
     } else if request
         .remote_addr()
-        .is_some_and(|&peer| connections.is_done_after(peer, &ours, Instant::now()))
+        .is_some_and(|&peer| connections.should_close(peer, &ours, Instant::now()))
     {
         respond_and_close(request, response)
     } else {
@@ -244,11 +244,10 @@ fn serve_one(
     }
 }
 
-/// When each open keep-alive connection sent its first request, by peer
-/// address (tiny_http tells us nothing else about connections).
+/// When each open keep-alive connection is done, by peer address: the one
+/// thing tiny_http tells us about a request's connection.
 struct ConnectionAges {
     lifetimes: RangeInclusive<Duration>,
-    /// When each connection is done, by peer address.
     done_at: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
@@ -278,7 +277,7 @@ impl ConnectionAges {
 
     /// Whether the answer to `request`, which came from `peer` at `now`,
     /// should close its connection.
-    fn is_done_after(&self, peer: SocketAddr, request: &Request, now: Instant) -> bool {
+    fn should_close(&self, peer: SocketAddr, request: &Request, now: Instant) -> bool {
         let mut done_at = self.done_at.lock().unwrap_or_else(|e| e.into_inner());
         if !keeps_connection(request) {
             // tiny_http closes it after this answer anyway.
@@ -445,25 +444,25 @@ mod tests {
         let keep_alive = Request::new("GET", "/", &[]);
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        assert!(!ages.is_done_after(peer(1), &keep_alive, at(0)));
-        assert!(!ages.is_done_after(peer(1), &keep_alive, at(99)));
-        assert!(!ages.is_done_after(peer(2), &keep_alive, at(99)));
-        assert!(ages.is_done_after(peer(1), &keep_alive, at(100)));
+        assert!(!ages.should_close(peer(1), &keep_alive, at(0)));
+        assert!(!ages.should_close(peer(1), &keep_alive, at(99)));
+        assert!(!ages.should_close(peer(2), &keep_alive, at(99)));
+        assert!(ages.should_close(peer(1), &keep_alive, at(100)));
         // The next connection from the same port starts a new life.
-        assert!(!ages.is_done_after(peer(1), &keep_alive, at(101)));
-        assert!(!ages.is_done_after(peer(2), &keep_alive, at(150)));
-        assert!(ages.is_done_after(peer(2), &keep_alive, at(199)));
+        assert!(!ages.should_close(peer(1), &keep_alive, at(101)));
+        assert!(!ages.should_close(peer(2), &keep_alive, at(150)));
+        assert!(ages.should_close(peer(2), &keep_alive, at(199)));
     }
 
     #[test]
     fn a_connection_that_closes_anyway_is_forgotten_and_not_told_twice() {
         let ages = ConnectionAges::new(LIFETIME..=LIFETIME);
         let t0 = Instant::now();
-        assert!(!ages.is_done_after(peer(1), &Request::new("GET", "/", &[]), t0));
+        assert!(!ages.should_close(peer(1), &Request::new("GET", "/", &[]), t0));
         let closing = Request::new("GET", "/", &[("Connection", "close")]);
-        assert!(!ages.is_done_after(peer(1), &closing, t0 + LIFETIME * 2));
+        assert!(!ages.should_close(peer(1), &closing, t0 + LIFETIME * 2));
         let keep_alive = Request::new("GET", "/", &[]);
-        assert!(!ages.is_done_after(peer(1), &keep_alive, t0 + LIFETIME * 3));
+        assert!(!ages.should_close(peer(1), &keep_alive, t0 + LIFETIME * 3));
     }
 
     #[test]
@@ -472,15 +471,15 @@ mod tests {
         let keep_alive = Request::new("GET", "/", &[]);
         let t0 = Instant::now();
         for port in 0..MAX_TRACKED_CONNECTIONS as u16 {
-            ages.is_done_after(peer(port), &keep_alive, t0);
+            ages.should_close(peer(port), &keep_alive, t0);
         }
         let young = u16::MAX;
-        ages.is_done_after(peer(young), &keep_alive, t0 + LIFETIME / 2);
+        ages.should_close(peer(young), &keep_alive, t0 + LIFETIME / 2);
         assert_eq!(
             ages.done_at.lock().unwrap().len(),
             MAX_TRACKED_CONNECTIONS + 1
         );
-        ages.is_done_after(peer(young - 1), &keep_alive, t0 + LIFETIME);
+        ages.should_close(peer(young - 1), &keep_alive, t0 + LIFETIME);
         let tracked = ages.done_at.lock().unwrap();
         assert_eq!(tracked.len(), 2, "only the young ones are left");
     }

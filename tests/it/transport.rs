@@ -1,5 +1,6 @@
 //! The transport's own failure handling, on a real listener: handler panics,
-//! shutdown of every worker, and a listener that stops accepting.
+//! shutdown of every worker, a listener that stops accepting, and busy
+//! keep-alive connections that must not keep new ones waiting.
 
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
