@@ -26,6 +26,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -336,13 +337,25 @@ struct Server {
 
 fn start_server(db_path: &Path) -> Server {
     let spawned = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_neptun-local"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_neptun-local"));
+    command
         .args(["--addr", "127.0.0.1:0", "--log-level", "warn", "--db"])
         .arg(db_path)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::inherit());
+    // A bench that dies midway (Ctrl-C, or `| head` closing its output) must
+    // not leave a server behind to load the next run's cores.
+    // SAFETY: prctl is async-signal-safe, as pre_exec requires.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = command.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
