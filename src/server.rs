@@ -21,8 +21,7 @@
 //!   is raised at start-up ([`raise_open_file_limit`]) to make that rarer.
 //! - a new connection can wait, unanswered, behind threads that each hold a
 //!   keep-alive connection, for as long as those connections stay open:
-//!   so we close keep-alive connections once they are old
-//!   ([`KEEP_ALIVE_LIFETIME`]).
+//!   so some answers close their connection ([`KeepAlive`]).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -30,32 +29,17 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::ops::RangeInclusive;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::http::{ApiError, Request, Response};
 
-/// How long a keep-alive connection is kept at most: the first answer after
-/// its lifetime tells the client `Connection: close`, and it reconnects.
+/// How long a keep-alive connection is kept at most (why: [`KeepAlive`]).
 /// Each connection's lifetime lies between a tenth of this and this, spread
 /// by its peer address. Spread, because the connections of a burst would
 /// otherwise all close, and reconnect in a new burst, at once.
-///
-/// Why: tiny_http 0.12 gives each connection one thread from a pool for the
-/// connection's whole life, and hands a new connection to a queue instead of
-/// a new thread while it counts a pool thread as idle. Threads count as idle
-/// until they wake, so in a burst of connections several queue behind the
-/// same few idle threads, which then each keep a keep-alive connection. A
-/// queued connection waits until one of those closes, which a busy client
-/// never does (measured: 5–9 of 64 busy connections unanswered for the whole
-/// test). tiny_http decides on its own whether to keep a connection and has
-/// no timeouts, so closing old connections is the one lever its API gives.
-/// Each close frees a thread; the freed thread takes the oldest queued
-/// connection, and reconnecting clients find no idle thread and get a new
-/// one, so a queued connection waits until the first of the busy ones is
-/// done.
 ///
 /// How long, measured with the load bench (64 busy connections; the worst
 /// first answer, and how many of 10,000 requests opened a new connection):
@@ -72,7 +56,7 @@ pub struct HttpServer {
     inner: Arc<tiny_http::Server>,
     local_addr: SocketAddr,
     stop: Arc<Stop>,
-    connections: Arc<ConnectionAges>,
+    keep_alive: Arc<KeepAlive>,
 }
 
 /// Shared stop state: set once, by a signal or by a fatal transport error.
@@ -117,7 +101,7 @@ impl HttpServer {
                 requested: AtomicBool::new(false),
                 fatal: Mutex::new(None),
             }),
-            connections: Arc::new(ConnectionAges::new(
+            keep_alive: Arc::new(KeepAlive::new(
                 KEEP_ALIVE_LIFETIME / 10..=KEEP_ALIVE_LIFETIME,
             )),
         })
@@ -149,10 +133,10 @@ impl HttpServer {
             .map(|i| {
                 let handler = Arc::clone(&handler);
                 let shutdown = shutdown.clone();
-                let connections = Arc::clone(&self.connections);
+                let keep_alive = Arc::clone(&self.keep_alive);
                 thread::Builder::new()
                     .name(format!("worker-{i}"))
-                    .spawn(move || worker_loop(&shutdown, &connections, &*handler))
+                    .spawn(move || worker_loop(&shutdown, &keep_alive, &*handler))
             })
             .collect::<io::Result<_>>()?;
         for t in threads {
@@ -175,12 +159,12 @@ impl HttpServer {
 
 fn worker_loop(
     shutdown: &ShutdownHandle,
-    connections: &ConnectionAges,
+    keep_alive: &KeepAlive,
     handler: &(dyn Fn(&Request) -> Response + Sync),
 ) {
     loop {
         match shutdown.inner.recv() {
-            Ok(request) => serve_one(request, connections, handler),
+            Ok(request) => serve_one(request, keep_alive, handler),
             Err(_) if shutdown.stop.requested.load(Ordering::SeqCst) => return,
             Err(e) => {
                 log::error!("the listener stopped accepting connections: {e}");
@@ -198,10 +182,11 @@ fn worker_loop(
 
 fn serve_one(
     request: tiny_http::Request,
-    connections: &ConnectionAges,
+    keep_alive: &KeepAlive,
     handler: &(dyn Fn(&Request) -> Response + Sync),
 ) {
     let started = Instant::now();
+    keep_alive.request_received();
     let ours = Request {
         method: request.method().as_str().to_owned(),
         target: request.url().to_owned(),
@@ -229,12 +214,10 @@ fn serve_one(
         response.status,
         started.elapsed().as_secs_f64() * 1000.0
     );
+    let closes = keep_alive.answer_closes(request.remote_addr().copied(), &ours, Instant::now());
     let result = if request.body_length().is_some_and(|n| n > UNDRAINABLE_BODY) {
         refuse_without_draining(request, response)
-    } else if request
-        .remote_addr()
-        .is_some_and(|&peer| connections.should_close(peer, &ours, Instant::now()))
-    {
+    } else if closes {
         respond_and_close(request, response)
     } else {
         request.respond(to_tiny_http(response))
@@ -244,11 +227,41 @@ fn serve_one(
     }
 }
 
-/// When each open keep-alive connection is done, by peer address: the one
-/// thing tiny_http tells us about a request's connection.
-struct ConnectionAges {
+/// Decides which answers say `Connection: close`, so that no connection
+/// waits unanswered in tiny_http's queue.
+///
+/// tiny_http 0.12 gives each connection one thread from a pool for the
+/// connection's whole life, and hands a new connection to a queue instead of
+/// a new thread while it counts a pool thread as idle. Threads count as idle
+/// until they wake, so in a burst of connections several queue behind the
+/// same few idle threads, which then each keep a keep-alive connection. A
+/// queued connection waits until one of those closes. tiny_http decides on
+/// its own whether to keep a connection and has no timeouts, so an answer
+/// that tells the client to close is the one lever its API gives: the
+/// client closes, and the freed thread takes the oldest queued connection.
+/// Two rules, each with a test in `tests/it/transport.rs` that fails
+/// without it:
+/// - **Busy connections are closed once old** (their first answer after
+///   their lifetime, [`KEEP_ALIVE_LIFETIME`]). Without it, a busy client
+///   never closes: 5–9 of 64 busy connections went unanswered for 5 s.
+/// - **A new connection's first answer closes it when the server falls idle
+///   with it** (no other request in flight, and other connections open).
+///   This is the browser's case: a page sends a few requests at once on new
+///   connections, then keeps them open and idle, so no lifetime ever ends;
+///   0–12 of a burst went unanswered for 3 s. When the server falls idle,
+///   the last answer frees a thread for whatever queued, and the connection
+///   that thread takes closes the same way. Only first answers, because
+///   with 8 busy clients the server falls idle between two requests for
+///   two answers in three, and closing any connection then drove the 401
+///   path from ~37,000 to ~20,000 answers/s; and only with other
+///   connections open, so that a lone client keeps its connection.
+struct KeepAlive {
     lifetimes: RangeInclusive<Duration>,
+    /// When each open keep-alive connection is done, by peer address: the
+    /// one thing tiny_http tells us about a request's connection.
     done_at: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Requests received from tiny_http and not yet answered.
+    in_flight: AtomicUsize,
 }
 
 /// Above this many tracked connections, the ones past their lifetime are
@@ -257,12 +270,18 @@ struct ConnectionAges {
 /// signal for closed connections, which tiny_http does not give.
 const MAX_TRACKED_CONNECTIONS: usize = 1024;
 
-impl ConnectionAges {
-    fn new(lifetimes: RangeInclusive<Duration>) -> ConnectionAges {
-        ConnectionAges {
+impl KeepAlive {
+    fn new(lifetimes: RangeInclusive<Duration>) -> KeepAlive {
+        KeepAlive {
             lifetimes,
             done_at: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// Called for every request taken from tiny_http.
+    fn request_received(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A lifetime in `lifetimes`, the same for the same peer: a hash of the
@@ -275,9 +294,22 @@ impl ConnectionAges {
         shortest + Duration::from_micros(hasher.finish() % (span + 1))
     }
 
-    /// Whether the answer to `request`, which came from `peer` at `now`,
-    /// should close its connection.
-    fn should_close(&self, peer: SocketAddr, request: &Request, now: Instant) -> bool {
+    /// Called once for every received request, just before its answer is
+    /// written: whether the answer to `request`, which came from `peer` at
+    /// `now`, closes its connection.
+    fn answer_closes(&self, peer: Option<SocketAddr>, request: &Request, now: Instant) -> bool {
+        // Counted down for every request, whatever follows, so that the
+        // count stays exact; fetch_sub makes exactly one of several answers
+        // that finish together the last.
+        let in_flight_before = self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        debug_assert!(
+            in_flight_before > 0,
+            "an answer to a request never received"
+        );
+        let server_falls_idle = in_flight_before == 1;
+        let Some(peer) = peer else {
+            return false;
+        };
         let mut done_at = self.done_at.lock().unwrap_or_else(|e| e.into_inner());
         if !keeps_connection(request) {
             // tiny_http closes it after this answer anyway.
@@ -286,6 +318,10 @@ impl ConnectionAges {
         }
         if done_at.len() >= MAX_TRACKED_CONNECTIONS {
             done_at.retain(|_, &mut done| now < done);
+        }
+        let first_answer = !done_at.contains_key(&peer);
+        if first_answer && server_falls_idle && !done_at.is_empty() {
+            return true;
         }
         let done = now
             >= *done_at
@@ -438,64 +474,103 @@ mod tests {
 
     const LIFETIME: Duration = Duration::from_millis(100);
 
+    /// A policy with one request held in flight, so that the server never
+    /// falls idle and only the lifetime rule acts.
+    fn busy_policy() -> KeepAlive {
+        let policy = KeepAlive::new(LIFETIME..=LIFETIME);
+        policy.request_received();
+        policy
+    }
+
+    /// Receives and answers one request from `port`: whether it closes.
+    fn answer(policy: &KeepAlive, port: u16, request: &Request, at: Instant) -> bool {
+        policy.request_received();
+        policy.answer_closes(Some(peer(port)), request, at)
+    }
+
     #[test]
-    fn a_connection_is_closed_by_its_first_answer_past_its_lifetime_and_only_that_one() {
-        let ages = ConnectionAges::new(LIFETIME..=LIFETIME);
+    fn a_busy_connection_is_closed_by_its_first_answer_past_its_lifetime_and_only_that_one() {
+        let policy = busy_policy();
         let keep_alive = Request::new("GET", "/", &[]);
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        assert!(!ages.should_close(peer(1), &keep_alive, at(0)));
-        assert!(!ages.should_close(peer(1), &keep_alive, at(99)));
-        assert!(!ages.should_close(peer(2), &keep_alive, at(99)));
-        assert!(ages.should_close(peer(1), &keep_alive, at(100)));
+        assert!(!answer(&policy, 1, &keep_alive, at(0)));
+        assert!(!answer(&policy, 1, &keep_alive, at(99)));
+        assert!(!answer(&policy, 2, &keep_alive, at(99)));
+        assert!(answer(&policy, 1, &keep_alive, at(100)));
         // The next connection from the same port starts a new life.
-        assert!(!ages.should_close(peer(1), &keep_alive, at(101)));
-        assert!(!ages.should_close(peer(2), &keep_alive, at(150)));
-        assert!(ages.should_close(peer(2), &keep_alive, at(199)));
+        assert!(!answer(&policy, 1, &keep_alive, at(101)));
+        assert!(!answer(&policy, 2, &keep_alive, at(150)));
+        assert!(answer(&policy, 2, &keep_alive, at(199)));
     }
 
     #[test]
     fn a_connection_that_closes_anyway_is_forgotten_and_not_told_twice() {
-        let ages = ConnectionAges::new(LIFETIME..=LIFETIME);
+        let policy = busy_policy();
         let t0 = Instant::now();
-        assert!(!ages.should_close(peer(1), &Request::new("GET", "/", &[]), t0));
+        assert!(!answer(&policy, 1, &Request::new("GET", "/", &[]), t0));
         let closing = Request::new("GET", "/", &[("Connection", "close")]);
-        assert!(!ages.should_close(peer(1), &closing, t0 + LIFETIME * 2));
+        assert!(!answer(&policy, 1, &closing, t0 + LIFETIME * 2));
         let keep_alive = Request::new("GET", "/", &[]);
-        assert!(!ages.should_close(peer(1), &keep_alive, t0 + LIFETIME * 3));
+        assert!(!answer(&policy, 1, &keep_alive, t0 + LIFETIME * 3));
     }
 
     #[test]
     fn connections_past_their_lifetime_are_forgotten_when_too_many_are_tracked() {
-        let ages = ConnectionAges::new(LIFETIME..=LIFETIME);
+        let policy = busy_policy();
         let keep_alive = Request::new("GET", "/", &[]);
         let t0 = Instant::now();
         for port in 0..MAX_TRACKED_CONNECTIONS as u16 {
-            ages.should_close(peer(port), &keep_alive, t0);
+            answer(&policy, port, &keep_alive, t0);
         }
         let young = u16::MAX;
-        ages.should_close(peer(young), &keep_alive, t0 + LIFETIME / 2);
+        answer(&policy, young, &keep_alive, t0 + LIFETIME / 2);
         assert_eq!(
-            ages.done_at.lock().unwrap().len(),
+            policy.done_at.lock().unwrap().len(),
             MAX_TRACKED_CONNECTIONS + 1
         );
-        ages.should_close(peer(young - 1), &keep_alive, t0 + LIFETIME);
-        let tracked = ages.done_at.lock().unwrap();
+        answer(&policy, young - 1, &keep_alive, t0 + LIFETIME);
+        let tracked = policy.done_at.lock().unwrap();
         assert_eq!(tracked.len(), 2, "only the young ones are left");
     }
 
     #[test]
+    fn a_new_connection_is_closed_by_its_first_answer_when_the_server_falls_idle_with_others_open()
+    {
+        let policy = KeepAlive::new(LIFETIME..=LIFETIME);
+        let keep_alive = Request::new("GET", "/", &[]);
+        let t0 = Instant::now();
+        // A lone client keeps its connection, on every answer.
+        assert!(!answer(&policy, 1, &keep_alive, t0));
+        assert!(!answer(&policy, 1, &keep_alive, t0));
+        // With 1 open, a new connection's first answer closes it when
+        // nothing else is in flight...
+        assert!(answer(&policy, 2, &keep_alive, t0));
+        // ...and it is not tracked, so its port's next connection is new too.
+        assert!(answer(&policy, 2, &keep_alive, t0));
+        // Not while another request is in flight.
+        policy.request_received();
+        assert!(!answer(&policy, 3, &keep_alive, t0));
+        // Of answers that finish together, exactly the last falls idle.
+        policy.request_received();
+        policy.request_received();
+        assert!(!policy.answer_closes(Some(peer(4)), &keep_alive, t0));
+        assert!(!policy.answer_closes(Some(peer(5)), &keep_alive, t0));
+        assert!(policy.answer_closes(Some(peer(6)), &keep_alive, t0));
+    }
+
+    #[test]
     fn lifetimes_are_spread_over_the_range_and_fixed_per_peer() {
-        let ages = ConnectionAges::new(LIFETIME / 2..=LIFETIME);
+        let policy = KeepAlive::new(LIFETIME / 2..=LIFETIME);
         let lifetimes: Vec<Duration> = (40_000..40_064)
-            .map(|p| ages.lifetime_of(peer(p)))
+            .map(|p| policy.lifetime_of(peer(p)))
             .collect();
         assert!(
             lifetimes
                 .iter()
                 .all(|l| (LIFETIME / 2..=LIFETIME).contains(l))
         );
-        assert_eq!(lifetimes[0], ages.lifetime_of(peer(40_000)));
+        assert_eq!(lifetimes[0], policy.lifetime_of(peer(40_000)));
         // Consecutive ports, as a burst gets, land in every quarter of the range.
         for quarter in 0..4 {
             let from = LIFETIME / 2 + LIFETIME / 8 * quarter;

@@ -291,3 +291,57 @@ fn running_out_of_file_descriptors_exits_non_zero_instead_of_lingering() {
         "{stderr}"
     );
 }
+
+/// The browser's case: a page sends several requests at once, each on a new
+/// connection, and then goes quiet, keeping its connections open. Closing
+/// connections at the end of their lifetime frees no tiny_http thread here
+/// (no further request comes), so before first answers said
+/// `Connection: close` when the server fell idle, a connection that queued
+/// in the burst stayed unanswered until the page sent again (0–12 of a
+/// burst in every run of this test).
+#[test]
+fn a_burst_of_new_connections_that_each_send_one_request_and_then_wait_is_answered() {
+    for clients in [6, 8, 16, 64] {
+        let (addr, stop) = start_transport(8);
+        let together = Barrier::new(clients);
+        let unanswered = std::thread::scope(|s| {
+            let clients: Vec<_> = (0..clients)
+                .map(|_| s.spawn(|| send_once_then_wait(addr, &together)))
+                .collect();
+            let answered: Vec<bool> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+            answered.iter().filter(|&&a| !a).count()
+        });
+        stop();
+        assert_eq!(
+            unanswered, 0,
+            "{unanswered} of a burst of {clients} never got an answer"
+        );
+    }
+}
+
+/// Connects, sends one request with the others, and waits for its answer
+/// for 3 s; then keeps the connection open, as a browser does, until every
+/// client is done, unless the answer said `Connection: close`.
+fn send_once_then_wait(addr: SocketAddr, together: &Barrier) -> bool {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut stream = BufReader::new(stream);
+    together.wait();
+    stream
+        .get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let answer = read_response(&mut stream).ok();
+    if let Some(answer) = &answer {
+        assert_eq!((answer.status, answer.text()), (200, "true"));
+    }
+    let closes = answer
+        .as_ref()
+        .is_some_and(|a| a.header("Connection") == Some("close"));
+    let kept = (!closes).then_some(stream);
+    together.wait();
+    drop(kept);
+    answer.is_some()
+}
