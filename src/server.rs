@@ -248,9 +248,10 @@ fn serve_one(
 ///   with it** (no other request in flight, and other connections open).
 ///   This is the browser's case: a page sends a few requests at once on new
 ///   connections, then keeps them open and idle, so no lifetime ever ends;
-///   0–12 of a burst went unanswered for 3 s. When the server falls idle,
-///   the last answer frees a thread for whatever queued, and the connection
-///   that thread takes closes the same way. Only first answers, because
+///   up to 12 of a burst of 16 went unanswered for 3 s. When the server
+///   falls idle, the last answer frees a thread for whatever queued, and the
+///   connection that thread takes closes the same way. Only first answers,
+///   because
 ///   with 8 busy clients the server falls idle between two requests for
 ///   two answers in three, and closing any connection then drove the 401
 ///   path from ~37,000 to ~20,000 answers/s; and only with other
