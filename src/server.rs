@@ -243,7 +243,7 @@ fn serve_one(
 /// without it:
 /// - **Busy connections are closed once old** (their first answer after
 ///   their lifetime, [`KEEP_ALIVE_LIFETIME`]). Without it, a busy client
-///   never closes: 5–9 of 64 busy connections went unanswered for 5 s.
+///   never closes: 2–27 of 64 busy connections went unanswered for 5 s.
 /// - **A new connection's first answer closes it when the server falls idle
 ///   with it** (no other request in flight, and other connections open).
 ///   This is the browser's case: a page sends a few requests at once on new
