@@ -304,13 +304,7 @@ pub fn try_delete(addr: SocketAddr, path: &str, token: &str) -> Option<HttpRespo
 /// Reads exactly one response (head and Content-Length body) off a
 /// keep-alive connection, leaving the stream at the start of the next one.
 pub fn read_response(stream: &mut BufReader<TcpStream>) -> std::io::Result<HttpResponse> {
-    let mut raw = Vec::new();
-    while !raw.ends_with(b"\r\n\r\n") {
-        if stream.read_until(b'\n', &mut raw)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    let head = parse_response(&raw, true).ok_or(std::io::ErrorKind::InvalidData)?;
+    let head = read_head(stream)?;
     let length = head
         .header("Content-Length")
         .map_or(Ok(0), str::parse)
@@ -318,6 +312,18 @@ pub fn read_response(stream: &mut BufReader<TcpStream>) -> std::io::Result<HttpR
     let mut body = vec![0; length];
     stream.read_exact(&mut body)?;
     Ok(HttpResponse { body, ..head })
+}
+
+/// Reads the status line and headers of one response (all there is of an
+/// answer to HEAD) off a keep-alive connection.
+pub fn read_head(stream: &mut BufReader<TcpStream>) -> std::io::Result<HttpResponse> {
+    let mut raw = Vec::new();
+    while !raw.ends_with(b"\r\n\r\n") {
+        if stream.read_until(b'\n', &mut raw)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    parse_response(&raw, true).ok_or_else(|| std::io::ErrorKind::InvalidData.into())
 }
 
 /// Parses one response (status line, headers, Content-Length body; no body

@@ -2,7 +2,7 @@
 //! shutdown of every worker, a listener that stops accepting, and busy
 //! keep-alive connections that must not keep new ones waiting.
 
-use std::io::{BufReader, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -189,31 +189,7 @@ fn keep_sending(
 #[test]
 fn the_server_closes_a_keep_alive_connection_once_it_is_old_with_an_intact_answer() {
     let (addr, stop) = start_transport(2);
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut stream = BufReader::new(stream);
-    let opened = Instant::now();
-    let mut answers = Vec::new();
-    let closing = loop {
-        stream
-            .get_mut()
-            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let response = read_response(&mut stream).unwrap();
-        if response.header("Connection").is_some() {
-            break response;
-        }
-        answers.push(response);
-        assert!(opened.elapsed() < KEEP_ALIVE_LIFETIME + Duration::from_secs(5));
-        std::thread::sleep(KEEP_ALIVE_LIFETIME / 100);
-    };
-    assert!(opened.elapsed() >= KEEP_ALIVE_LIFETIME / 10);
-    assert!(
-        !answers.is_empty(),
-        "the first answer closed the connection"
-    );
+    let (answers, closing, _) = send_until_told_to_close(addr, "GET");
     assert_eq!(closing.header("Connection"), Some("close"));
     // Apart from saying so, the closing answer is the same answer.
     let without = |r: &crate::support::HttpResponse| {
@@ -229,11 +205,69 @@ fn the_server_closes_a_keep_alive_connection_once_it_is_old_with_an_intact_answe
     assert_eq!(without(&closing), without(&answers[0]));
     assert!(closing.header("Date").is_some());
     // A new connection is served as usual.
-    drop(stream);
     let again = request(addr, "GET", "/", &[]);
     assert_eq!((again.status, again.text()), (200, "true"));
     assert_eq!(again.header("Content-Length"), Some("4"));
     stop();
+}
+
+#[test]
+fn a_closing_answer_to_head_has_no_body() {
+    let (addr, stop) = start_transport(2);
+    let (_, closing, mut stream) = send_until_told_to_close(addr, "HEAD");
+    assert_eq!(closing.status, 200);
+    assert_eq!(closing.header("Content-Length"), Some("4"));
+    stream
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut after = [0; 16];
+    match stream.read(&mut after) {
+        Ok(n) => assert_eq!(n, 0, "bytes after the head: {:?}", &after[..n]),
+        Err(e) => assert!(
+            matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "{e}"
+        ),
+    }
+    stop();
+}
+
+/// Sends `method /` back to back on one keep-alive connection until an
+/// answer says `Connection: close`, which must come after a tenth of
+/// [`KEEP_ALIVE_LIFETIME`] and not on the first answer. Returns the answers
+/// before it, that answer, and the connection.
+fn send_until_told_to_close(
+    addr: SocketAddr,
+    method: &str,
+) -> (Vec<HttpResponse>, HttpResponse, BufReader<TcpStream>) {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut stream = BufReader::new(stream);
+    let request = format!("{method} / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let opened = Instant::now();
+    let mut answers = Vec::new();
+    loop {
+        stream.get_mut().write_all(request.as_bytes()).unwrap();
+        let answer = if method == "HEAD" {
+            read_head(&mut stream)
+        } else {
+            read_response(&mut stream)
+        };
+        let answer = answer.unwrap();
+        if answer.header("Connection").is_some() {
+            assert!(opened.elapsed() >= KEEP_ALIVE_LIFETIME / 10);
+            assert!(
+                !answers.is_empty(),
+                "the first answer closed the connection"
+            );
+            return (answers, answer, stream);
+        }
+        answers.push(answer);
+        assert!(opened.elapsed() < KEEP_ALIVE_LIFETIME + Duration::from_secs(5));
+        std::thread::sleep(KEEP_ALIVE_LIFETIME / 100);
+    }
 }
 
 #[test]
