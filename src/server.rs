@@ -251,11 +251,11 @@ fn serve_one(
 ///   up to 12 of a burst of 16 went unanswered for 3 s. When the server
 ///   falls idle, the last answer frees a thread for whatever queued, and the
 ///   connection that thread takes closes the same way. Only first answers,
-///   because
-///   with 8 busy clients the server falls idle between two requests for
-///   two answers in three, and closing any connection then drove the 401
-///   path from ~37,000 to ~20,000 answers/s; and only with other
-///   connections open, so that a lone client keeps its connection. "Open"
+///   because with 8 busy clients the server falls idle between two
+///   requests for two answers in three, and closing any connection then
+///   drove the 401 path from ~37,000 to ~20,000 answers/s; and only with
+///   other connections open, so that a lone client keeps its connection.
+///   "Open"
 ///   means seen and not closed by us: a client's own close is invisible
 ///   here, so its closed connections count until swept, and sequential
 ///   `curl` calls each get `Connection: close`, which costs them nothing.
