@@ -1,0 +1,301 @@
+//! Which answers close their connection, so that no connection waits
+//! unanswered in tiny_http's queue (see [`KeepAlive`]).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::http::Request;
+
+/// How long a keep-alive connection is kept at most (why: [`KeepAlive`]).
+/// Each connection's lifetime lies between a tenth of this and this, spread
+/// by its peer address. Spread, because the connections of a burst would
+/// otherwise all close, and reconnect in a new burst, at once.
+///
+/// How long, measured with the load bench (64 busy connections; the worst
+/// first answer, and how many of 10,000 requests opened a new connection):
+/// one fixed 250 ms: 537 ms (two generations of the burst); 125–250 ms:
+/// 191 ms; 25–250 ms: 65–107 ms, ~800; 10–100 ms: 30–85 ms, ~1,700; 5–50 ms:
+/// 27–39 ms, ~2,500. Throughput did not move beyond the noise. We take
+/// 10–100 ms: most of the gain, and half the reconnects of 5–50 ms. Every
+/// reconnect leaves a socket in TIME_WAIT on the client, which Linux reuses
+/// on loopback but not for a remote client (`--allow-remote`).
+pub const KEEP_ALIVE_LIFETIME: Duration = Duration::from_millis(100);
+
+/// Decides which answers say `Connection: close`, so that no connection
+/// waits unanswered in tiny_http's queue.
+///
+/// tiny_http 0.12 gives each connection one thread from a pool for the
+/// connection's whole life, and hands a new connection to a queue instead of
+/// a new thread while it counts a pool thread as idle. Threads count as idle
+/// until they wake, so in a burst of connections several queue behind the
+/// same few idle threads, which then each keep a keep-alive connection. A
+/// queued connection waits until one of those closes. tiny_http decides on
+/// its own whether to keep a connection and has no timeouts, so an answer
+/// that tells the client to close is the one lever its API gives: the
+/// client closes, and the freed thread takes the oldest queued connection.
+/// Two rules, each with a test in `tests/it/transport.rs` that fails
+/// without it:
+/// - **Busy connections are closed once old** (their first answer after
+///   their lifetime, [`KEEP_ALIVE_LIFETIME`]). Without it, a busy client
+///   never closes: 2–27 of 64 busy connections went unanswered for 5 s.
+/// - **A new connection's first answer closes it when the server falls idle
+///   with it** (no other request in flight, and other connections open).
+///   This is the browser's case: a page sends a few requests at once on new
+///   connections, then keeps them open and idle, so no lifetime ever ends;
+///   up to 12 of a burst of 16 went unanswered for 3 s. When the server
+///   falls idle, the last answer frees a thread for whatever queued, and the
+///   connection that thread takes closes the same way. Only first answers,
+///   because with 8 busy clients the server falls idle between two
+///   requests for two answers in three, and closing any connection then
+///   drove the 401 path from ~37,000 to ~20,000 answers/s; and only with
+///   other connections open, so that a lone client keeps its connection.
+///   "Open"
+///   means seen and not closed by us: a client's own close is invisible
+///   here, so its closed connections count until swept, and sequential
+///   `curl` calls each get `Connection: close`, which costs them nothing.
+pub(super) struct KeepAlive {
+    lifetimes: RangeInclusive<Duration>,
+    /// When each open keep-alive connection is done, by peer address: the
+    /// one thing tiny_http tells us about a request's connection.
+    done_at: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Requests received from tiny_http and not yet answered.
+    in_flight: AtomicUsize,
+}
+
+/// Above this many tracked connections, the ones past their lifetime are
+/// forgotten: their clients closed them, or their next answer closes them
+/// a lifetime later than it would have. Keeps the map small without a
+/// signal for closed connections, which tiny_http does not give.
+const MAX_TRACKED_CONNECTIONS: usize = 1024;
+
+impl KeepAlive {
+    pub(super) fn new(lifetimes: RangeInclusive<Duration>) -> KeepAlive {
+        KeepAlive {
+            lifetimes,
+            done_at: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Called for every request taken from tiny_http.
+    pub(super) fn request_received(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A lifetime in `lifetimes`, the same for the same peer: a hash of the
+    /// address spreads the connections of a burst (they differ by port).
+    fn lifetime_of(&self, peer: SocketAddr) -> Duration {
+        let (shortest, longest) = (*self.lifetimes.start(), *self.lifetimes.end());
+        let span = longest.saturating_sub(shortest).as_micros() as u64;
+        let mut hasher = std::hash::DefaultHasher::new();
+        peer.hash(&mut hasher);
+        shortest + Duration::from_micros(hasher.finish() % (span + 1))
+    }
+
+    /// Called once for every received request, just before its answer is
+    /// written: whether the answer to `request`, which came from `peer` at
+    /// `now`, closes its connection.
+    pub(super) fn answer_closes(
+        &self,
+        peer: Option<SocketAddr>,
+        request: &Request,
+        now: Instant,
+    ) -> bool {
+        // Counted down for every request, whatever follows, so that the
+        // count stays exact; fetch_sub makes exactly one of several answers
+        // that finish together the last.
+        let in_flight_before = self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        debug_assert!(
+            in_flight_before > 0,
+            "an answer to a request never received"
+        );
+        let server_falls_idle = in_flight_before == 1;
+        let Some(peer) = peer else {
+            return false;
+        };
+        let mut done_at = self.done_at.lock().unwrap_or_else(|e| e.into_inner());
+        if !keeps_connection(request) {
+            // tiny_http closes it after this answer anyway.
+            done_at.remove(&peer);
+            return false;
+        }
+        if done_at.len() >= MAX_TRACKED_CONNECTIONS {
+            done_at.retain(|_, &mut done| now < done);
+        }
+        let first_answer = !done_at.contains_key(&peer);
+        if first_answer && server_falls_idle && !done_at.is_empty() {
+            return true;
+        }
+        let done = now
+            >= *done_at
+                .entry(peer)
+                .or_insert_with(|| now + self.lifetime_of(peer));
+        if done {
+            done_at.remove(&peer);
+        }
+        done
+    }
+}
+
+/// Whether tiny_http keeps the connection open after answering `request`
+/// (its rule, from `ClientConnection::next`).
+fn keeps_connection(request: &Request) -> bool {
+    let connection = request
+        .header_values("Connection")
+        .next()
+        .map(str::to_ascii_lowercase);
+    match (request.http_version, connection) {
+        (_, Some(c)) if c.contains("close") || c.contains("upgrade") => false,
+        ((1, 0), Some(c)) => c.contains("keep-alive"),
+        ((1, 0), None) => false,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    const LIFETIME: Duration = Duration::from_millis(100);
+
+    /// A policy with one request held in flight, so that the server never
+    /// falls idle and only the lifetime rule acts.
+    fn busy_policy() -> KeepAlive {
+        let policy = KeepAlive::new(LIFETIME..=LIFETIME);
+        policy.request_received();
+        policy
+    }
+
+    /// Receives and answers one request from `port`: whether it closes.
+    fn answer(policy: &KeepAlive, port: u16, request: &Request, at: Instant) -> bool {
+        policy.request_received();
+        policy.answer_closes(Some(peer(port)), request, at)
+    }
+
+    #[test]
+    fn a_busy_connection_is_closed_by_its_first_answer_past_its_lifetime_and_only_that_one() {
+        let policy = busy_policy();
+        let keep_alive = Request::new("GET", "/", &[]);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(!answer(&policy, 1, &keep_alive, at(0)));
+        assert!(!answer(&policy, 1, &keep_alive, at(99)));
+        assert!(!answer(&policy, 2, &keep_alive, at(99)));
+        assert!(answer(&policy, 1, &keep_alive, at(100)));
+        // The next connection from the same port starts a new life.
+        assert!(!answer(&policy, 1, &keep_alive, at(101)));
+        assert!(!answer(&policy, 2, &keep_alive, at(150)));
+        assert!(answer(&policy, 2, &keep_alive, at(199)));
+    }
+
+    #[test]
+    fn a_connection_that_closes_anyway_is_forgotten_and_not_told_twice() {
+        let policy = busy_policy();
+        let t0 = Instant::now();
+        assert!(!answer(&policy, 1, &Request::new("GET", "/", &[]), t0));
+        let closing = Request::new("GET", "/", &[("Connection", "close")]);
+        assert!(!answer(&policy, 1, &closing, t0 + LIFETIME * 2));
+        let keep_alive = Request::new("GET", "/", &[]);
+        assert!(!answer(&policy, 1, &keep_alive, t0 + LIFETIME * 3));
+    }
+
+    #[test]
+    fn connections_past_their_lifetime_are_forgotten_when_too_many_are_tracked() {
+        let policy = busy_policy();
+        let keep_alive = Request::new("GET", "/", &[]);
+        let t0 = Instant::now();
+        for port in 0..MAX_TRACKED_CONNECTIONS as u16 {
+            answer(&policy, port, &keep_alive, t0);
+        }
+        let young = u16::MAX;
+        answer(&policy, young, &keep_alive, t0 + LIFETIME / 2);
+        assert_eq!(
+            policy.done_at.lock().unwrap().len(),
+            MAX_TRACKED_CONNECTIONS + 1
+        );
+        answer(&policy, young - 1, &keep_alive, t0 + LIFETIME);
+        let tracked = policy.done_at.lock().unwrap();
+        assert_eq!(tracked.len(), 2, "only the young ones are left");
+    }
+
+    #[test]
+    fn a_new_connection_is_closed_by_its_first_answer_when_the_server_falls_idle_with_others_open()
+    {
+        let policy = KeepAlive::new(LIFETIME..=LIFETIME);
+        let keep_alive = Request::new("GET", "/", &[]);
+        let t0 = Instant::now();
+        // A lone client keeps its connection, on every answer.
+        assert!(!answer(&policy, 1, &keep_alive, t0));
+        assert!(!answer(&policy, 1, &keep_alive, t0));
+        // With 1 open, a new connection's first answer closes it when
+        // nothing else is in flight...
+        assert!(answer(&policy, 2, &keep_alive, t0));
+        // ...and it is not tracked, so its port's next connection is new too.
+        assert!(answer(&policy, 2, &keep_alive, t0));
+        // Not while another request is in flight.
+        policy.request_received();
+        assert!(!answer(&policy, 3, &keep_alive, t0));
+        // Of answers that finish together, exactly the last falls idle.
+        policy.request_received();
+        policy.request_received();
+        assert!(!policy.answer_closes(Some(peer(4)), &keep_alive, t0));
+        assert!(!policy.answer_closes(Some(peer(5)), &keep_alive, t0));
+        assert!(policy.answer_closes(Some(peer(6)), &keep_alive, t0));
+    }
+
+    #[test]
+    fn lifetimes_are_spread_over_the_range_and_fixed_per_peer() {
+        let policy = KeepAlive::new(LIFETIME / 2..=LIFETIME);
+        let lifetimes: Vec<Duration> = (40_000..40_064)
+            .map(|p| policy.lifetime_of(peer(p)))
+            .collect();
+        assert!(
+            lifetimes
+                .iter()
+                .all(|l| (LIFETIME / 2..=LIFETIME).contains(l))
+        );
+        assert_eq!(lifetimes[0], policy.lifetime_of(peer(40_000)));
+        // Consecutive ports, as a burst gets, land in every quarter of the range.
+        for quarter in 0..4 {
+            let from = LIFETIME / 2 + LIFETIME / 8 * quarter;
+            let count = lifetimes
+                .iter()
+                .filter(|&&l| l >= from && l < from + LIFETIME / 8)
+                .count();
+            assert!(
+                count >= 4,
+                "{count} of 64 in quarter {quarter}: {lifetimes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keeps_connection_follows_tiny_http_and_http_1_0_rules() {
+        let with = |version: (u8, u8), connection: Option<&str>| {
+            let mut request = Request::new("GET", "/", &[]);
+            request.http_version = version;
+            if let Some(value) = connection {
+                request
+                    .headers
+                    .push(("connection".to_owned(), value.to_owned()));
+            }
+            keeps_connection(&request)
+        };
+        assert!(with((1, 1), None));
+        assert!(with((1, 1), Some("keep-alive")));
+        assert!(!with((1, 1), Some("Close")));
+        assert!(!with((1, 1), Some("keep-alive, close")));
+        assert!(!with((1, 1), Some("Upgrade")));
+        assert!(!with((1, 0), None));
+        assert!(with((1, 0), Some("Keep-Alive")));
+    }
+}
