@@ -20,8 +20,10 @@
 //!   [`exit_when_a_transport_thread_panics`]; and the soft descriptor limit
 //!   is raised at start-up ([`raise_open_file_limit`]) to make that rarer.
 //! - a new connection can wait, unanswered, behind threads that each hold a
-//!   keep-alive connection, for as long as those connections stay open:
-//!   so some answers close their connection ([`KeepAlive`]).
+//!   keep-alive connection, for as long as those connections stay open: so
+//!   idle connection threads are kept ready by connecting to ourselves
+//!   ([`SpareThreads`]), and some answers close their connection
+//!   ([`KeepAlive`]) for bursts larger than that.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -34,9 +36,11 @@ use std::time::Instant;
 use crate::http::{ApiError, Request, Response};
 
 mod keep_alive;
+mod spare_threads;
 
 pub use keep_alive::KEEP_ALIVE_LIFETIME;
 use keep_alive::KeepAlive;
+use spare_threads::{SPARE_CONNECTION_THREADS, SpareThreads};
 
 /// A bound HTTP server, not yet serving.
 pub struct HttpServer {
@@ -44,6 +48,7 @@ pub struct HttpServer {
     local_addr: SocketAddr,
     stop: Arc<Stop>,
     keep_alive: Arc<KeepAlive>,
+    spares: Arc<SpareThreads>,
 }
 
 /// Shared stop state: set once, by a signal or by a fatal transport error.
@@ -59,6 +64,7 @@ struct Stop {
 pub struct ShutdownHandle {
     inner: Arc<tiny_http::Server>,
     stop: Arc<Stop>,
+    spares: Arc<SpareThreads>,
     workers: usize,
 }
 
@@ -67,6 +73,7 @@ impl ShutdownHandle {
         if self.stop.requested.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.spares.stop();
         // Each unblock() wakes exactly one worker, after the requests already
         // queued ahead of it; so every worker finishes what it holds first.
         for _ in 0..self.workers {
@@ -79,6 +86,16 @@ impl HttpServer {
     /// Serves on an already-bound listener (bind first, so that callers and
     /// tests know the real port before anything runs).
     pub fn from_listener(listener: TcpListener) -> io::Result<HttpServer> {
+        HttpServer::from_listener_with_spares(listener, default_spares())
+    }
+
+    /// Like [`HttpServer::from_listener`], keeping `spares` idle connection
+    /// threads ready instead of the default (why: [`SpareThreads`]). Tests
+    /// use 0, to see the keep-alive rules alone.
+    pub fn from_listener_with_spares(
+        listener: TcpListener,
+        spares: usize,
+    ) -> io::Result<HttpServer> {
         let local_addr = listener.local_addr()?;
         let inner = tiny_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
         Ok(HttpServer {
@@ -91,6 +108,7 @@ impl HttpServer {
             keep_alive: Arc::new(KeepAlive::new(
                 KEEP_ALIVE_LIFETIME / 10..=KEEP_ALIVE_LIFETIME,
             )),
+            spares: Arc::new(SpareThreads::new(local_addr, spares)),
         })
     }
 
@@ -103,6 +121,7 @@ impl HttpServer {
         ShutdownHandle {
             inner: Arc::clone(&self.inner),
             stop: Arc::clone(&self.stop),
+            spares: Arc::clone(&self.spares),
             workers,
         }
     }
@@ -121,15 +140,28 @@ impl HttpServer {
                 let handler = Arc::clone(&handler);
                 let shutdown = shutdown.clone();
                 let keep_alive = Arc::clone(&self.keep_alive);
+                let spares = Arc::clone(&self.spares);
                 thread::Builder::new()
                     .name(format!("worker-{i}"))
-                    .spawn(move || worker_loop(&shutdown, &keep_alive, &*handler))
+                    .spawn(move || worker_loop(&shutdown, &keep_alive, &spares, &*handler))
             })
             .collect::<io::Result<_>>()?;
+        let spares = Arc::clone(&self.spares);
+        let refresher = match spares.count() {
+            0 => None,
+            _ => Some(
+                thread::Builder::new()
+                    .name("spare-threads".to_owned())
+                    .spawn(move || spares.run())?,
+            ),
+        };
         for t in threads {
             // A worker never panics (handler panics are caught), but if one
             // did, the others still have to be joined.
             let _ = t.join();
+        }
+        if let Some(refresher) = refresher {
+            let _ = refresher.join();
         }
         match self
             .stop
@@ -147,11 +179,20 @@ impl HttpServer {
 fn worker_loop(
     shutdown: &ShutdownHandle,
     keep_alive: &KeepAlive,
+    spares: &SpareThreads,
     handler: &(dyn Fn(&Request) -> Response + Sync),
 ) {
     loop {
         match shutdown.inner.recv() {
-            Ok(request) => serve_one(request, keep_alive, handler),
+            Ok(request) if spares.is_ours(request.remote_addr()) => {
+                if let Err(e) = request.respond(tiny_http::Response::empty(204)) {
+                    log::debug!("could not answer our own request: {e}");
+                }
+            }
+            Ok(request) => {
+                spares.request_received();
+                serve_one(request, keep_alive, handler)
+            }
             Err(_) if shutdown.stop.requested.load(Ordering::SeqCst) => return,
             Err(e) => {
                 log::error!("the listener stopped accepting connections: {e}");
@@ -310,23 +351,36 @@ pub fn exit_when_a_transport_thread_panics() {
 /// connections does not run the process out of descriptors (which tiny_http
 /// cannot survive). Returns the new soft limit.
 pub fn raise_open_file_limit() -> io::Result<u64> {
+    let mut limit = open_file_limit()?;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+fn open_file_limit() -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
     }
-    Ok(limit.rlim_cur)
+    Ok(limit)
+}
+
+/// [`SPARE_CONNECTION_THREADS`], but no more than an eighth of the open
+/// file limit: each of our connections takes two descriptors while a
+/// refresh holds it (ours and the accepted one), and a process that runs
+/// out of descriptors loses tiny_http's accept thread.
+fn default_spares() -> usize {
+    let limit = open_file_limit().map_or(0, |l| l.rlim_cur);
+    SPARE_CONNECTION_THREADS.min(usize::try_from(limit / 8).unwrap_or(usize::MAX))
 }
 
 #[cfg(test)]

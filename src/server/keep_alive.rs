@@ -1,5 +1,5 @@
 //! Which answers close their connection, so that no connection waits
-//! unanswered in tiny_http's queue (see [`KeepAlive`]).
+//! unanswered in tiny_http's queue for long (see [`KeepAlive`]).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -27,37 +27,39 @@ use crate::http::Request;
 pub const KEEP_ALIVE_LIFETIME: Duration = Duration::from_millis(100);
 
 /// Decides which answers say `Connection: close`, so that no connection
-/// waits unanswered in tiny_http's queue.
+/// waits unanswered in tiny_http's queue for long.
 ///
 /// tiny_http 0.12 gives each connection one thread from a pool for the
 /// connection's whole life, and hands a new connection to a queue instead of
 /// a new thread while it counts a pool thread as idle. Threads count as idle
 /// until they wake, so in a burst of connections several queue behind the
 /// same few idle threads, which then each keep a keep-alive connection. A
-/// queued connection waits until one of those closes. tiny_http decides on
-/// its own whether to keep a connection and has no timeouts, so an answer
-/// that tells the client to close is the one lever its API gives: the
-/// client closes, and the freed thread takes the oldest queued connection.
-/// Two rules, each with a test in `tests/it/transport.rs` that fails
-/// without it:
+/// queued connection waits until one of those closes. Spare threads
+/// (`SpareThreads`) make this rare, but a burst can be larger than the
+/// spares, and there are none after a quiet spell until the first request
+/// has woken their refresh. tiny_http decides on its own whether to keep a
+/// connection and has no timeouts, so an answer that tells the client to
+/// close is the one lever its API gives: the client closes, and the freed
+/// thread takes the oldest queued connection. Two rules, each with a test
+/// in `tests/it/transport.rs` that fails without it (with the spares off):
 /// - **Busy connections are closed once old** (their first answer after
 ///   their lifetime, [`KEEP_ALIVE_LIFETIME`]). Without it, a busy client
-///   never closes: 2–27 of 64 busy connections went unanswered for 5 s.
+///   never closes: 2–45 of 64 busy connections went unanswered for 5 s.
 /// - **A new connection's first answer closes it when the server falls idle
 ///   with it** (no other request in flight, and other connections open).
 ///   This is the browser's case: a page sends a few requests at once on new
 ///   connections, then keeps them open and idle, so no lifetime ever ends;
-///   up to 12 of a burst of 16 went unanswered for 3 s. When the server
+///   up to 60 of a burst of 64 went unanswered for 3 s. When the server
 ///   falls idle, the last answer frees a thread for whatever queued, and the
 ///   connection that thread takes closes the same way. Only first answers,
 ///   because with 8 busy clients the server falls idle between two
 ///   requests for two answers in three, and closing any connection then
 ///   drove the 401 path from ~37,000 to ~20,000 answers/s; and only with
 ///   other connections open, so that a lone client keeps its connection.
-///   "Open"
-///   means seen and not closed by us: a client's own close is invisible
-///   here, so its closed connections count until swept, and sequential
-///   `curl` calls each get `Connection: close`, which costs them nothing.
+///   "Open" means seen and not closed by us: a client's own close is
+///   invisible here, so its closed connections count until swept, and
+///   sequential `curl` calls each get `Connection: close`, which costs them
+///   nothing.
 pub(super) struct KeepAlive {
     lifetimes: RangeInclusive<Duration>,
     /// When each open keep-alive connection is done, by peer address: the

@@ -70,7 +70,23 @@ fn shutdown_releases_every_worker() {
 
 /// Starts the transport alone (no database) with `workers` workers.
 fn start_transport(workers: usize) -> (SocketAddr, impl FnOnce()) {
-    let server = HttpServer::from_listener(TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
+    start(
+        HttpServer::from_listener(TcpListener::bind("127.0.0.1:0").unwrap()).unwrap(),
+        workers,
+    )
+}
+
+/// Like [`start_transport`], with no spare connection threads: the
+/// keep-alive rules alone.
+fn start_transport_without_spares(workers: usize) -> (SocketAddr, impl FnOnce()) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    start(
+        HttpServer::from_listener_with_spares(listener, 0).unwrap(),
+        workers,
+    )
+}
+
+fn start(server: HttpServer, workers: usize) -> (SocketAddr, impl FnOnce()) {
     let addr = server.local_addr();
     let shutdown = server.shutdown_handle(workers);
     let running = std::thread::spawn(move || server.run(workers, answer_or_panic));
@@ -85,8 +101,9 @@ fn start_transport(workers: usize) -> (SocketAddr, impl FnOnce()) {
 /// threads that then each hold a keep-alive connection, and wait until one
 /// of those closes. These clients never close on their own, and a request
 /// held in flight keeps the server from ever falling idle (the other rule),
-/// so a connection that queued is answered only because the server closes
-/// busy keep-alive connections once they are old.
+/// and spare connection threads are off, so a connection that queued is
+/// answered only because the server closes busy keep-alive connections
+/// once they are old.
 #[test]
 fn every_connection_of_a_burst_of_busy_keep_alive_clients_is_answered() {
     // A burst does not always queue a connection, so several rounds.
@@ -103,13 +120,8 @@ fn every_connection_of_a_burst_of_busy_keep_alive_clients_is_answered() {
 /// keep-alive clients connect at once; returns how many got no answer
 /// within 5 s.
 fn busy_burst_while_a_request_is_held(clients: usize) -> usize {
-    let (addr, stop) = start_transport(8);
-    RELEASE_HELD.store(false, Ordering::SeqCst);
-    let mut held = TcpStream::connect(addr).unwrap();
-    held.write_all(b"GET /hold HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    // Time for a worker to take it, so that the burst finds it in flight.
-    std::thread::sleep(Duration::from_millis(50));
+    let (addr, stop) = start_transport_without_spares(8);
+    let held = hold_a_request(addr);
     let deadline = Instant::now() + Duration::from_secs(5);
     let answered = AtomicUsize::new(0);
     let burst = Barrier::new(clients);
@@ -129,13 +141,30 @@ fn busy_burst_while_a_request_is_held(clients: usize) -> usize {
             .filter(|first| first.is_none_or(|t| t >= deadline))
             .count()
     });
+    release(held);
+    stop();
+    unanswered
+}
+
+/// Sends a `/hold` request, which stays in flight until [`release`], so
+/// that the server never falls idle meanwhile.
+fn hold_a_request(addr: SocketAddr) -> TcpStream {
+    RELEASE_HELD.store(false, Ordering::SeqCst);
+    let mut held = TcpStream::connect(addr).unwrap();
+    held.write_all(b"GET /hold HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    // Time for a worker to take it, so that what follows finds it in flight.
+    std::thread::sleep(Duration::from_millis(50));
+    held
+}
+
+/// Ends the held request and checks its answer.
+fn release(held: TcpStream) {
     RELEASE_HELD.store(true, Ordering::SeqCst);
     held.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let held_answer = read_response(&mut BufReader::new(held)).unwrap();
     assert_eq!(held_answer.status, 200);
-    stop();
-    unanswered
 }
 
 /// One of `clients` clients sending `GET /` back to back over keep-alive (on
@@ -360,20 +389,14 @@ fn running_out_of_file_descriptors_exits_non_zero_instead_of_lingering() {
 /// connections at the end of their lifetime frees no tiny_http thread here
 /// (no further request comes), so before first answers said
 /// `Connection: close` when the server fell idle, a connection that queued
-/// in the burst stayed unanswered until the page sent again (up to 12 of a
-/// burst of 16; some burst in each of 3 runs).
+/// in the burst stayed unanswered until the page sent again (with the rule
+/// off, some burst failed in 7 runs of 8, e.g. 2 of 6 or 60 of 64). Spare
+/// connection threads are off here, because they hide this case.
 #[test]
 fn a_burst_of_new_connections_that_each_send_one_request_and_then_wait_is_answered() {
     for clients in [6, 8, 16, 64] {
-        let (addr, stop) = start_transport(8);
-        let together = Barrier::new(clients);
-        let unanswered = std::thread::scope(|s| {
-            let clients: Vec<_> = (0..clients)
-                .map(|_| s.spawn(|| send_once_then_wait(addr, &together)))
-                .collect();
-            let answered: Vec<bool> = clients.into_iter().map(|c| c.join().unwrap()).collect();
-            answered.iter().filter(|&&a| !a).count()
-        });
+        let (addr, stop) = start_transport_without_spares(8);
+        let unanswered = burst_of_clients_that_send_once_then_wait(addr, clients);
         stop();
         assert_eq!(
             unanswered, 0,
@@ -382,11 +405,51 @@ fn a_burst_of_new_connections_that_each_send_one_request_and_then_wait_is_answer
     }
 }
 
-/// Connects, sends one request with the others, and waits for its answer
-/// for 3 s; then keeps the connection open, as a browser does, until every
-/// client is done, unless the answer said `Connection: close`.
-fn send_once_then_wait(addr: SocketAddr, together: &Barrier) -> bool {
-    let stream = TcpStream::connect(addr).unwrap();
+/// Neither keep-alive rule can help here: a request held in flight keeps
+/// the server from falling idle, and each connection of the burst sends
+/// one request and then waits, so none lives to see its lifetime end. A
+/// connection that queued in tiny_http is answered only because the server
+/// keeps idle connection threads ready: without them, 2–29 of the first
+/// burst of 32 went unanswered in 3 runs of 3. The first round may come
+/// while start-up's refresh is still making the spares; what queued then
+/// is picked up when the refresh closes its own connections.
+#[test]
+fn spare_connection_threads_answer_a_burst_that_no_keep_alive_rule_can() {
+    let (addr, stop) = start_transport(8);
+    for round in 1..=4 {
+        let held = hold_a_request(addr);
+        let unanswered = burst_of_clients_that_send_once_then_wait(addr, 32);
+        release(held);
+        assert_eq!(
+            unanswered, 0,
+            "round {round}: {unanswered} of a burst of 32 never got an answer"
+        );
+    }
+    stop();
+}
+
+/// `clients` clients connect, send one request each at once, and wait
+/// (see [`send_once_then_wait`]); returns how many got no answer.
+fn burst_of_clients_that_send_once_then_wait(addr: SocketAddr, clients: usize) -> usize {
+    // Connected in a tight loop, so that they arrive together.
+    let connections: Vec<_> = (0..clients)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let together = Barrier::new(clients);
+    std::thread::scope(|s| {
+        let clients: Vec<_> = connections
+            .into_iter()
+            .map(|stream| s.spawn(|| send_once_then_wait(stream, &together)))
+            .collect();
+        let answered: Vec<bool> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        answered.iter().filter(|&&a| !a).count()
+    })
+}
+
+/// Sends one request with the others, and waits for its answer for 3 s;
+/// then keeps the connection open, as a browser does, until every client
+/// is done, unless the answer said `Connection: close`.
+fn send_once_then_wait(stream: TcpStream, together: &Barrier) -> bool {
     stream
         .set_read_timeout(Some(Duration::from_secs(3)))
         .unwrap();
