@@ -16,15 +16,19 @@ use crate::http::Request;
 /// by its peer address. Spread, because the connections of a burst would
 /// otherwise all close, and reconnect in a new burst, at once.
 ///
-/// How long, measured with the load bench (64 busy connections; the worst
-/// first answer, and how many of 10,000 requests opened a new connection):
-/// one fixed 250 ms: 537 ms (two generations of the burst); 125–250 ms:
-/// 191 ms; 25–250 ms: 65–107 ms, ~800; 10–100 ms: 30–85 ms, ~1,700; 5–50 ms:
-/// 27–39 ms, ~2,500. Throughput did not move beyond the noise. We take
-/// 10–100 ms: most of the gain, and half the reconnects of 5–50 ms. Every
-/// reconnect leaves a socket in TIME_WAIT on the client, which Linux reuses
-/// on loopback but not for a remote client (`--allow-remote`).
-pub const KEEP_ALIVE_LIFETIME: Duration = Duration::from_millis(100);
+/// The lifetime bounds how long a connection waits when a burst is larger
+/// than the spare connection threads, and every reconnect leaves a socket
+/// in TIME_WAIT on the client for 60 s, which Linux reuses on loopback but
+/// not for a remote client (`--allow-remote`): about 28,000 ports allow
+/// some 470 reconnects a second. Measured with the load bench and 64 spare
+/// threads, at 64 busy connections: 10–100 ms gave ~1,600 reconnects per
+/// 10,000 requests (about 1,300 a second), 100 ms–1 s ~200, with the same
+/// worst first answer (23–25 ms) and throughput. Before the spares, 10–100
+/// ms was needed to keep that worst first answer near 30–85 ms (25–250 ms:
+/// 65–107 ms; one fixed 250 ms: 537 ms). We take 50–500 ms: a burst beyond
+/// the spares waits half a second at most, and 64 busy clients reconnect
+/// about 230 times a second.
+pub const KEEP_ALIVE_LIFETIME: Duration = Duration::from_millis(500);
 
 /// Decides which answers say `Connection: close`, so that no connection
 /// waits unanswered in tiny_http's queue for long.
