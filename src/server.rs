@@ -84,7 +84,8 @@ impl ShutdownHandle {
 
 impl HttpServer {
     /// Serves on an already-bound listener (bind first, so that callers and
-    /// tests know the real port before anything runs).
+    /// tests know the real port before anything runs), with the default
+    /// number of spare connection threads.
     pub fn from_listener(listener: TcpListener) -> io::Result<HttpServer> {
         HttpServer::from_listener_with_spares(listener, default_spares())
     }
@@ -149,11 +150,13 @@ impl HttpServer {
         let spares = Arc::clone(&self.spares);
         let refresher = match spares.count() {
             0 => None,
-            _ => Some(
-                thread::Builder::new()
-                    .name("spare-threads".to_owned())
-                    .spawn(move || spares.run())?,
-            ),
+            // Without spares the server still works (the keep-alive rules
+            // bound every wait), so a failed spawn is not fatal.
+            _ => thread::Builder::new()
+                .name("spare-threads".to_owned())
+                .spawn(move || spares.run())
+                .inspect_err(|e| log::warn!("running without spare connection threads: {e}"))
+                .ok(),
         };
         for t in threads {
             // A worker never panics (handler panics are caught), but if one
