@@ -836,26 +836,22 @@ mod tests {
         // A request writer commits back to back; the upkeep thread waiting
         // for the turn must get it next. With std's unfair mutex it waited
         // for hundreds of commits while the WAL grew.
-        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
         let turn = WriteTurn::default();
-        let about_to_wait = Arc::new(AtomicBool::new(false));
+        let waiter_tid = Arc::new(AtomicI32::new(0));
         let waiter_had_turn = Arc::new(AtomicBool::new(false));
         let held = take_turn(&turn);
         let waiter = {
             let turn = Arc::clone(&turn);
-            let (about_to_wait, had_turn) =
-                (Arc::clone(&about_to_wait), Arc::clone(&waiter_had_turn));
+            let (tid, had_turn) = (Arc::clone(&waiter_tid), Arc::clone(&waiter_had_turn));
             std::thread::spawn(move || {
-                about_to_wait.store(true, Ordering::SeqCst);
+                // SAFETY: gettid has no preconditions.
+                tid.store(unsafe { libc::gettid() }, Ordering::SeqCst);
                 let _turn = take_turn(&turn);
                 had_turn.store(true, Ordering::SeqCst);
             })
         };
-        while !about_to_wait.load(Ordering::SeqCst) {
-            std::thread::yield_now();
-        }
-        // Let the waiter get from the flag to parking on the lock.
-        std::thread::sleep(Duration::from_millis(100));
+        wait_until_asleep(&waiter_tid);
         drop(held);
         let again = take_turn(&turn);
         assert!(
@@ -864,6 +860,29 @@ mod tests {
         );
         drop(again);
         waiter.join().unwrap();
+    }
+
+    /// Waits until the thread whose id `tid` will hold is asleep (state `S`
+    /// in /proc): the only place it can sleep is parked on the lock.
+    fn wait_until_asleep(tid: &std::sync::atomic::AtomicI32) {
+        use std::sync::atomic::Ordering;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "never parked");
+            let tid = tid.load(Ordering::SeqCst);
+            if tid != 0 {
+                let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+                    .unwrap_or_default();
+                // The state follows the name, which is in parentheses.
+                let state = stat
+                    .rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next());
+                if state == Some('S') {
+                    return;
+                }
+            }
+            std::thread::yield_now();
+        }
     }
 
     #[test]
