@@ -20,9 +20,15 @@ pub(super) const SPARE_CONNECTION_THREADS: usize = 64;
 /// while the server is in use.
 const REFRESH_EVERY: Duration = Duration::from_secs(4);
 
-/// How long one of our own requests may wait for its answer. It waits
-/// behind the queued requests of clients, so generous.
+/// How long one refresh may take. Its requests wait behind the queued
+/// requests of clients, so generous.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long we wait for the answer on one of our connections before we
+/// open the next anyway (see `hold_connections`). Under load from 64
+/// clients an answer takes about 12 ms, rarely over 30 ms; a connection
+/// held a little longer than needed only makes one more idle thread.
+const PATIENCE: Duration = Duration::from_millis(50);
 
 /// Keeps idle connection threads ready in tiny_http's pool, so that each
 /// connection of a burst finds a thread instead of a queue.
@@ -169,9 +175,23 @@ impl SpareThreads {
 
     /// Opens connections one after another, each held once a request on it
     /// is answered (then a tiny_http thread is busy with it until we close
-    /// it), until `count` are held or we are stopped.
+    /// it), until `count` are answered or we are stopped.
+    ///
+    /// One that gets no answer within [`PATIENCE`] is held too, but we go
+    /// on to the next: it may have queued in tiny_http behind the very burst
+    /// this refresh is to set free, and it would wait there until some
+    /// connection closes. The next one arrives when no thread is idle, and
+    /// gets a thread of its own.
     fn hold_connections(&self, held: &mut Vec<TcpStream>) -> io::Result<()> {
-        while held.len() < self.count {
+        let give_up = Instant::now() + ANSWER_TIMEOUT;
+        let mut answered = 0;
+        while answered < self.count {
+            if held.len() >= 2 * self.count || Instant::now() >= give_up {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{answered} of {} connections answered", held.len()),
+                ));
+            }
             let stream = TcpStream::connect_timeout(&self.target, ANSWER_TIMEOUT)?;
             lock(&self.ours).insert(stream.local_addr()?, stream.as_raw_fd());
             held.push(stream);
@@ -180,26 +200,39 @@ impl SpareThreads {
             if *lock(&self.stopped) {
                 return Ok(());
             }
-            send_and_await_answer(held.last_mut().expect("just pushed"))?;
+            if send_and_await_answer(held.last_mut().expect("just pushed"))? {
+                answered += 1;
+            }
         }
         Ok(())
     }
 }
 
-fn send_and_await_answer(stream: &mut TcpStream) -> io::Result<()> {
+/// Sends one request and waits up to [`PATIENCE`] for the head of its
+/// answer: whether it came.
+fn send_and_await_answer(stream: &mut TcpStream) -> io::Result<bool> {
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    stream.set_read_timeout(Some(PATIENCE))?;
     stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
     stream.write_all(b"HEAD / HTTP/1.1\r\nHost: spare\r\n\r\n")?;
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 256];
     while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut buf)? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => head.extend_from_slice(&buf[..n]),
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
