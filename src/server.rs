@@ -377,13 +377,14 @@ fn open_file_limit() -> io::Result<libc::rlimit> {
     Ok(limit)
 }
 
-/// [`SPARE_CONNECTION_THREADS`], but no more than an eighth of the open
-/// file limit: each of our connections takes two descriptors while a
-/// refresh holds it (ours and the accepted one), and a process that runs
-/// out of descriptors loses tiny_http's accept thread.
+/// [`SPARE_CONNECTION_THREADS`], but no more than one per 16 descriptors
+/// the open file limit allows, so that a refresh takes at most a quarter of
+/// them: it holds up to two connections per spare, and each takes two
+/// descriptors (ours and the accepted one). A process that runs out of
+/// descriptors loses tiny_http's accept thread.
 fn default_spares() -> usize {
     let limit = open_file_limit().map_or(0, |l| l.rlim_cur);
-    SPARE_CONNECTION_THREADS.min(usize::try_from(limit / 8).unwrap_or(usize::MAX))
+    SPARE_CONNECTION_THREADS.min(usize::try_from(limit / 16).unwrap_or(usize::MAX))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ const REFRESH_EVERY: Duration = Duration::from_secs(4);
 
 /// How long one refresh may take. Its requests wait behind the queued
 /// requests of clients, so generous.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long we wait for the answer on one of our connections before we
 /// open the next anyway (see `hold_connections`). Under load from 64
@@ -42,9 +42,10 @@ const PATIENCE: Duration = Duration::from_millis(50);
 /// threads: a connection accepted while no thread is idle gets a new one.
 /// So, at start and every [`REFRESH_EVERY`] while requests come, we open
 /// `count` connections of our own, one after another, each held open until
-/// a request on it is answered (so each holds a thread of its own), and then
-/// close them all: `count` threads are idle, and they pick up anything that
-/// queued meanwhile. Measured with the load bench: the worst first answer at
+/// a request on it is answered (so each holds a thread of its own; see
+/// `hold_connections` for one that queued), and then close them all:
+/// `count` threads are idle, and they pick up anything that queued
+/// meanwhile. Measured with the load bench: the worst first answer at
 /// 8 connections fell from 29–108 ms to 9–11 ms.
 ///
 /// Our own requests are answered by a worker without the handler, the log
@@ -183,7 +184,7 @@ impl SpareThreads {
     /// connection closes. The next one arrives when no thread is idle, and
     /// gets a thread of its own.
     fn hold_connections(&self, held: &mut Vec<TcpStream>) -> io::Result<()> {
-        let give_up = Instant::now() + ANSWER_TIMEOUT;
+        let give_up = Instant::now() + REFRESH_TIMEOUT;
         let mut answered = 0;
         while answered < self.count {
             if held.len() >= 2 * self.count || Instant::now() >= give_up {
@@ -192,7 +193,7 @@ impl SpareThreads {
                     format!("{answered} of {} connections answered", held.len()),
                 ));
             }
-            let stream = TcpStream::connect_timeout(&self.target, ANSWER_TIMEOUT)?;
+            let stream = TcpStream::connect_timeout(&self.target, REFRESH_TIMEOUT)?;
             lock(&self.ours).insert(stream.local_addr()?, stream.as_raw_fd());
             held.push(stream);
             // After registering: `stop` sets the flag before it shuts down
@@ -213,7 +214,7 @@ impl SpareThreads {
 fn send_and_await_answer(stream: &mut TcpStream) -> io::Result<bool> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(PATIENCE))?;
-    stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+    stream.set_write_timeout(Some(REFRESH_TIMEOUT))?;
     stream.write_all(b"HEAD / HTTP/1.1\r\nHost: spare\r\n\r\n")?;
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 256];
@@ -281,7 +282,7 @@ mod tests {
         let spares = SpareThreads::new(listener.local_addr().unwrap(), 4);
         std::thread::scope(|s| {
             let running = s.spawn(|| spares.run());
-            let deadline = Instant::now() + ANSWER_TIMEOUT;
+            let deadline = Instant::now() + REFRESH_TIMEOUT;
             while lock(&spares.ours).is_empty() {
                 assert!(Instant::now() < deadline, "the refresh never connected");
                 std::thread::sleep(Duration::from_millis(1));
@@ -290,7 +291,7 @@ mod tests {
             spares.stop();
             running.join().unwrap();
             assert!(
-                asked.elapsed() < ANSWER_TIMEOUT / 4,
+                asked.elapsed() < REFRESH_TIMEOUT / 4,
                 "{:?}",
                 asked.elapsed()
             );
