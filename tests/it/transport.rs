@@ -7,7 +7,7 @@ use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -335,40 +335,7 @@ fn a_listener_that_stops_accepting_ends_run_with_an_error() {
 #[test]
 fn running_out_of_file_descriptors_exits_non_zero_instead_of_lingering() {
     let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(BIN);
-    command
-        .args(["--addr", "127.0.0.1:0", "--workers", "1", "--db"])
-        .arg(dir.path().join("t.db"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 24,
-                rlim_max: 24,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-    let mut child = command.spawn().unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr: std::net::SocketAddr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut child, addr) = spawn_with_open_file_limit(24, 1, &dir.path().join("t.db"));
 
     // Hold connections open until the server can no longer accept.
     let mut held = Vec::new();
@@ -482,4 +449,77 @@ fn send_once_then_wait(stream: TcpStream, together: &Barrier) -> bool {
     together.wait();
     drop(kept);
     answer.is_some()
+}
+
+/// With a low open file limit the server keeps fewer spare connection
+/// threads: each refresh holds two descriptors per connection, and running
+/// out of them kills tiny_http's accept thread. At 64 descriptors the
+/// server uses 27 by itself; 64 spares would need over 128 more, and
+/// without the cap the server died at start-up (4 runs of 4).
+#[test]
+fn a_low_open_file_limit_leaves_room_for_the_spare_connection_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default 8 workers: with 1, the refresh itself tends to run out of
+    // descriptors first, and gives up cleanly.
+    let (mut child, addr) = spawn_with_open_file_limit(64, 8, &dir.path().join("t.db"));
+    // Requests keep the refreshes going; each must be answered, and the
+    // server must stay up through start-up's refresh and the next ones.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let answer = try_delete(addr, "/api/users/u/chats/1", &"0".repeat(64));
+        let exit = child.try_wait().unwrap();
+        assert_eq!(
+            (answer.map(|a| a.status), exit),
+            (Some(401), None),
+            "the answer's status, and the server's exit"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Starts the real binary with `workers` workers on `db`, with soft and
+/// hard open file limits of `limit`, and waits for its "listening on" line.
+fn spawn_with_open_file_limit(
+    limit: u64,
+    workers: usize,
+    db: &std::path::Path,
+) -> (Child, SocketAddr) {
+    let mut command = Command::new(BIN);
+    command
+        .args(["--addr", "127.0.0.1:0", "--workers", &workers.to_string()])
+        .arg("--db")
+        .arg(db)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    (child, addr)
 }
