@@ -345,7 +345,7 @@ fn serve(
     let workers = usize::from(args.workers);
     let db = open(&db::Settings {
         busy_timeout: args.busy_timeout,
-        pool_size: u32::from(args.workers),
+        pool_size: u32::from(args.workers).min(db::MAX_POOL_SIZE),
         durability: args.synchronous,
     })?;
     if args.synchronous == Durability::Normal {
