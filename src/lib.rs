@@ -5,7 +5,8 @@
 //! `routes` → {`auth`, `db`, `http`}; `server` → `http`. Only `server` knows
 //! tiny_http; SQL lives in `db`, plus the operator checks in `doctor` and the
 //! demo seed in `demo`. `maintenance` keeps the file checkpointed and small;
-//! `group_commit` lets concurrent deletes share one commit.
+//! `group_commit` lets concurrent deletes share one commit; `memory` keeps
+//! the allocator from holding on to memory per thread.
 
 pub mod auth;
 pub mod cli;
@@ -17,5 +18,6 @@ pub mod guard;
 pub mod http;
 pub mod logging;
 pub mod maintenance;
+pub mod memory;
 pub mod routes;
 pub mod server;

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    neptun_local::memory::limit_malloc_arenas();
     let cli = neptun_local::cli::parse();
     match neptun_local::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

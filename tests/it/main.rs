@@ -3,6 +3,7 @@
 mod cli;
 mod contract;
 mod durability;
+mod footprint;
 mod hostile;
 mod openapi;
 mod sessions;
