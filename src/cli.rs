@@ -65,9 +65,10 @@ pub struct ServeArgs {
     #[arg(long, env = "NEPTUN_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
 
-    /// Number of threads answering requests (concurrent deletes are
-    /// committed together, so more workers also means bigger group commits).
-    #[arg(long, env = "NEPTUN_WORKERS", default_value_t = 8,
+    /// Number of threads answering requests. A worker waits while its
+    /// delete commits, and the deletes waiting together share one commit, so
+    /// more workers means bigger group commits.
+    #[arg(long, env = "NEPTUN_WORKERS", default_value_t = 32,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
 

@@ -459,7 +459,7 @@ fn send_once_then_wait(stream: TcpStream, together: &Barrier) -> bool {
 #[test]
 fn a_low_open_file_limit_leaves_room_for_the_spare_connection_threads() {
     let dir = tempfile::tempdir().unwrap();
-    // The default 8 workers: with 1, the refresh itself tends to run out of
+    // 8 workers: with 1, the refresh itself tends to run out of
     // descriptors first, and gives up cleanly.
     let (mut child, addr) = spawn_with_open_file_limit(64, 8, &dir.path().join("t.db"));
     // Requests keep the refreshes going; each must be answered, and the
