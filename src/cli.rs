@@ -68,7 +68,7 @@ pub struct ServeArgs {
     /// Number of threads answering requests. A worker waits while its
     /// delete commits, and the deletes waiting together share one commit, so
     /// more workers means bigger group commits.
-    #[arg(long, env = "NEPTUN_WORKERS", default_value_t = 32,
+    #[arg(long, env = "NEPTUN_WORKERS", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
 
