@@ -1,7 +1,9 @@
 //! Process limits that bound what tiny_http may be asked to do: running out
-//! of file descriptors kills its accept thread.
+//! of file descriptors or of threads kills its accept thread.
 
+use std::fs;
 use std::io;
+use std::path::{Path, PathBuf};
 
 use super::spare_threads::SPARE_CONNECTION_THREADS;
 
@@ -32,12 +34,143 @@ fn open_file_limit() -> io::Result<libc::rlimit> {
     Ok(limit)
 }
 
-/// [`SPARE_CONNECTION_THREADS`], but no more than one per 16 descriptors
-/// the open file limit allows, so that a refresh takes at most a quarter of
-/// them: it holds up to two connections per spare, and each takes two
-/// descriptors (ours and the accepted one). A process that runs out of
-/// descriptors loses tiny_http's accept thread.
+/// [`SPARE_CONNECTION_THREADS`], but at most a quarter of what a refresh
+/// could exhaust, since it holds up to two connections per spare:
+/// - one per 16 descriptors the open file limit allows (each connection
+///   takes two: ours and the accepted one);
+/// - one per 4 tasks that the process's cgroups still allow (each accepted
+///   connection takes a thread).
+///
+/// A process that runs out of either loses tiny_http's accept thread.
 pub(super) fn default_spares() -> usize {
-    let limit = open_file_limit().map_or(0, |l| l.rlim_cur);
-    SPARE_CONNECTION_THREADS.min(usize::try_from(limit / 16).unwrap_or(usize::MAX))
+    let by_descriptors = open_file_limit().map_or(0, |l| l.rlim_cur) / 16;
+    let by_tasks = cgroup_task_headroom().map_or(u64::MAX, |tasks| tasks / 4);
+    let cap = usize::try_from(by_descriptors.min(by_tasks)).unwrap_or(usize::MAX);
+    SPARE_CONNECTION_THREADS.min(cap)
+}
+
+/// How many more tasks (threads count) this process's cgroups allow: the
+/// least `pids.max` − `pids.current` over its pids cgroup and that cgroup's
+/// ancestors, under cgroup v1 or v2. `None` if no limit applies or none can
+/// be read (not Linux, no cgroup file system).
+///
+/// A container runtime may set such a limit (`docker run --pids-limit`,
+/// systemd's `TasksMax`). tiny_http's accept thread panics when it cannot
+/// start a thread, and the process then exits.
+fn cgroup_task_headroom() -> Option<u64> {
+    let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    pids_cgroup_dirs(&cgroups, &mounts)
+        .iter()
+        .filter_map(|dir| task_headroom_in(dir))
+        .min()
+}
+
+/// The directories whose `pids.max` applies to this process: its pids
+/// cgroup and each ancestor up to the mount point, for the cgroup v1
+/// hierarchy with the `pids` controller and for the v2 hierarchy.
+/// `cgroups` is `/proc/self/cgroup`, `mounts` is `/proc/self/mountinfo`.
+fn pids_cgroup_dirs(cgroups: &str, mounts: &str) -> Vec<PathBuf> {
+    let mut dirs = vec![];
+    for line in cgroups.lines() {
+        // hierarchy-ID:controllers:path; v2's controller list is empty.
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let v2 = controllers.is_empty();
+        if !v2 && !controllers.split(',').any(|c| c == "pids") {
+            continue;
+        }
+        let Some((root, mount_point)) = cgroup_mount(mounts, v2) else {
+            continue;
+        };
+        // A mount shows the hierarchy from its root down: a container may
+        // see its own cgroup as the root.
+        let Ok(below_root) = Path::new(path).strip_prefix(root) else {
+            continue;
+        };
+        let mut dir = Path::new(mount_point).join(below_root);
+        while dir.starts_with(mount_point) {
+            dirs.push(dir.clone());
+            if !dir.pop() {
+                break;
+            }
+        }
+    }
+    dirs
+}
+
+/// The root and mount point of the cgroup v2 hierarchy (`v2`), or of the v1
+/// hierarchy that has the `pids` controller, from `/proc/self/mountinfo`.
+fn cgroup_mount(mounts: &str, v2: bool) -> Option<(&str, &str)> {
+    mounts.lines().find_map(|line| {
+        // ID parent major:minor root mount-point options [optional...] - type source super-options
+        let (mount, filesystem) = line.split_once(" - ")?;
+        let mut mount = mount.split(' ').skip(3);
+        let (root, mount_point) = (mount.next()?, mount.next()?);
+        let mut filesystem = filesystem.split(' ');
+        let (kind, options) = (filesystem.next()?, filesystem.nth(1)?);
+        let wanted = if v2 {
+            kind == "cgroup2"
+        } else {
+            kind == "cgroup" && options.split(',').any(|o| o == "pids")
+        };
+        wanted.then_some((root, mount_point))
+    })
+}
+
+/// `pids.max` − `pids.current` in one cgroup directory; `None` without a
+/// limit ("max") or without the files (a root cgroup has none).
+fn task_headroom_in(dir: &Path) -> Option<u64> {
+    let read = |name: &str| -> Option<u64> {
+        fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()
+    };
+    Some(read("pids.max")?.saturating_sub(read("pids.current")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTS: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 /docker/abc /sys/fs/cgroup/pids rw,relatime shared:9 - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate";
+
+    #[test]
+    fn the_pids_cgroup_and_its_ancestors_are_found_under_their_mounts() {
+        let cgroups = "8:pids:/docker/abc/worker\n4:memory:/docker/abc\n0::/user.slice/app";
+        assert_eq!(
+            pids_cgroup_dirs(cgroups, MOUNTS),
+            [
+                "/sys/fs/cgroup/pids/worker",
+                "/sys/fs/cgroup/pids",
+                "/sys/fs/cgroup/unified/user.slice/app",
+                "/sys/fs/cgroup/unified/user.slice",
+                "/sys/fs/cgroup/unified",
+            ]
+            .map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn a_cgroup_outside_its_mount_or_without_a_mount_is_skipped() {
+        let no_v2 = MOUNTS.lines().take(3).collect::<Vec<_>>().join("\n");
+        assert!(pids_cgroup_dirs("8:pids:/elsewhere\n0::/app", &no_v2).is_empty());
+    }
+
+    #[test]
+    fn headroom_is_the_limit_less_the_tasks_and_none_without_a_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(task_headroom_in(dir.path()), None, "no files");
+        fs::write(dir.path().join("pids.current"), "12\n").unwrap();
+        fs::write(dir.path().join("pids.max"), "max\n").unwrap();
+        assert_eq!(task_headroom_in(dir.path()), None, "no limit");
+        fs::write(dir.path().join("pids.max"), "60\n").unwrap();
+        assert_eq!(task_headroom_in(dir.path()), Some(48));
+    }
 }

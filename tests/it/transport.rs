@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -335,7 +336,8 @@ fn a_listener_that_stops_accepting_ends_run_with_an_error() {
 #[test]
 fn running_out_of_file_descriptors_exits_non_zero_instead_of_lingering() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_with_open_file_limit(24, 1, &dir.path().join("t.db"));
+    let command = with_open_file_limit(server_command(1, &dir.path().join("t.db")), 24);
+    let (mut child, addr) = spawn_listening(command);
 
     // Hold connections open until the server can no longer accept.
     let mut held = Vec::new();
@@ -461,13 +463,92 @@ fn a_low_open_file_limit_leaves_room_for_the_spare_connection_threads() {
     let dir = tempfile::tempdir().unwrap();
     // 8 workers: with 1, the refresh itself tends to run out of
     // descriptors first, and gives up cleanly.
-    let (mut child, addr) = spawn_with_open_file_limit(64, 8, &dir.path().join("t.db"));
-    // Requests keep the refreshes going; each must be answered, and the
-    // server must stay up through start-up's refresh and the next ones.
+    let command = server_command(8, &dir.path().join("t.db"));
+    let command = with_open_file_limit(command, 64);
+    assert_stays_up_through_refreshes(command);
+}
+
+/// In a cgroup that allows few tasks, the server keeps fewer spare
+/// connection threads: each connection a refresh holds takes a thread, and
+/// a thread that tiny_http cannot start kills its accept thread. At a
+/// `pids.max` of 60 the server holds 38 tasks after start-up (16 workers,
+/// 14 spares); without the cap it exited 70 right after start-up (3 runs
+/// of 3).
+///
+/// Needs a writable cgroup v1 `pids` hierarchy (root, as on CI); elsewhere
+/// it says so and passes.
+#[test]
+fn a_low_task_limit_leaves_room_for_the_spare_connection_threads() {
+    let Some(cgroup) = PidsCgroup::create(60) else {
+        eprintln!("skipped: no writable cgroup v1 pids hierarchy at {PIDS_HIERARCHY}");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = server_command(16, &dir.path().join("t.db"));
+    let procs =
+        std::ffi::CString::new(cgroup.path.join("cgroup.procs").into_os_string().into_vec())
+            .unwrap();
+    // SAFETY: open, write and close are async-signal-safe, as pre_exec
+    // requires; writing "0" to cgroup.procs moves the writing process.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if written == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    assert_stays_up_through_refreshes(command);
+}
+
+const PIDS_HIERARCHY: &str = "/sys/fs/cgroup/pids";
+
+/// A cgroup of its own with a task limit, removed when dropped (once the
+/// processes in it have exited).
+struct PidsCgroup {
+    path: std::path::PathBuf,
+}
+
+impl PidsCgroup {
+    fn create(max_tasks: u32) -> Option<PidsCgroup> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "neptun-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::path::Path::new(PIDS_HIERARCHY).join(name);
+        std::fs::create_dir(&path).ok()?;
+        let cgroup = PidsCgroup { path };
+        std::fs::write(cgroup.path.join("pids.max"), max_tasks.to_string()).ok()?;
+        Some(cgroup)
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// Spawns `command` and keeps requesting for 5 s, through start-up's
+/// refresh of the spare connection threads and the next ones: every request
+/// must be answered, and the server must stay up.
+fn assert_stays_up_through_refreshes(command: Command) {
+    let (child, addr) = spawn_listening(command);
+    // Killed however the test ends, so that its cgroup can be removed.
+    let mut child = KillOnDrop(child);
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         let answer = try_delete(addr, "/api/users/u/chats/1", &"0".repeat(64));
-        let exit = child.try_wait().unwrap();
+        let exit = child.0.try_wait().unwrap();
         assert_eq!(
             (answer.map(|a| a.status), exit),
             (Some(401), None),
@@ -475,17 +556,19 @@ fn a_low_open_file_limit_leaves_room_for_the_spare_connection_threads() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
-/// Starts the real binary with `workers` workers on `db`, with soft and
-/// hard open file limits of `limit`, and waits for its "listening on" line.
-fn spawn_with_open_file_limit(
-    limit: u64,
-    workers: usize,
-    db: &std::path::Path,
-) -> (Child, SocketAddr) {
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real binary with `workers` workers on `db`, on a free loopback port.
+fn server_command(workers: usize, db: &std::path::Path) -> Command {
     let mut command = Command::new(BIN);
     command
         .args(["--addr", "127.0.0.1:0", "--workers", &workers.to_string()])
@@ -494,6 +577,11 @@ fn spawn_with_open_file_limit(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    command
+}
+
+/// `command` with soft and hard open file limits of `limit`.
+fn with_open_file_limit(mut command: Command, limit: u64) -> Command {
     // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
     unsafe {
         command.pre_exec(move || {
@@ -508,6 +596,11 @@ fn spawn_with_open_file_limit(
             }
         });
     }
+    command
+}
+
+/// Spawns `command` and waits for its "listening on" line.
+fn spawn_listening(mut command: Command) -> (Child, SocketAddr) {
     let mut child = command.spawn().unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(
