@@ -549,10 +549,15 @@ fn assert_stays_up_through_refreshes(command: Command) {
     while Instant::now() < until {
         let answer = try_delete(addr, "/api/users/u/chats/1", &"0".repeat(64));
         let exit = child.0.try_wait().unwrap();
+        // Once it has exited, its stderr says why (a panic message).
+        let stderr = exit
+            .and_then(|_| child.0.stderr.take())
+            .map(|stderr| std::io::read_to_string(stderr).unwrap_or_default())
+            .unwrap_or_default();
         assert_eq!(
             (answer.map(|a| a.status), exit),
             (Some(401), None),
-            "the answer's status, and the server's exit"
+            "the answer's status, and the server's exit; its stderr:\n{stderr}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
