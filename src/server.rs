@@ -39,8 +39,8 @@ mod keep_alive;
 mod limits;
 mod spare_threads;
 
-pub use keep_alive::KEEP_ALIVE_LIFETIME;
 use keep_alive::KeepAlive;
+pub use keep_alive::{KEEP_ALIVE_LIFETIME, RECENTLY_ANSWERED};
 use limits::default_spares;
 pub use limits::raise_open_file_limit;
 use spare_threads::SpareThreads;

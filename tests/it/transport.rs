@@ -14,7 +14,7 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use neptun_local::http::{Request, Response};
-use neptun_local::server::{HttpServer, KEEP_ALIVE_LIFETIME};
+use neptun_local::server::{HttpServer, KEEP_ALIVE_LIFETIME, RECENTLY_ANSWERED};
 use serde_json::Value;
 
 use crate::support::*;
@@ -264,6 +264,40 @@ fn a_closing_answer_to_head_has_no_body() {
             matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
             "{e}"
         ),
+    }
+    stop();
+}
+
+/// A client may close its connection without a word, and tiny_http does not
+/// tell the server, so the idle rule counts it as open for a while. A lone
+/// keep-alive client that comes later must keep its connection. Before the
+/// bound on "a while", every first answer of its connections said close,
+/// and a client that started after another had left made 9,435 of 10,000
+/// requests on new connections.
+#[test]
+fn a_lone_client_keeps_its_connection_after_another_client_left_unannounced() {
+    let (addr, stop) = start_transport(2);
+    let get = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let connect = || {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        BufReader::new(stream)
+    };
+    let mut leaving = connect();
+    leaving.get_mut().write_all(get).unwrap();
+    let answer = read_response(&mut leaving).unwrap();
+    assert_eq!(answer.header("Connection"), None, "a lone client keeps it");
+    drop(leaving);
+
+    std::thread::sleep(RECENTLY_ANSWERED + Duration::from_millis(100));
+    let mut staying = connect();
+    for nth in 1..=2 {
+        staying.get_mut().write_all(get).unwrap();
+        let answer = read_response(&mut staying).unwrap();
+        assert_eq!((answer.status, answer.text()), (200, "true"));
+        assert_eq!(answer.header("Connection"), None, "answer {nth} closed it");
     }
     stop();
 }
