@@ -16,6 +16,15 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 
 use crate::group_commit::GroupCommit;
 
+mod rows;
+mod upkeep;
+
+pub use rows::{
+    Actor, NewFile, NewSession, SessionInfo, insert_chat, insert_file, insert_message,
+    insert_session, insert_share, insert_share_whitelist_entry, insert_user,
+};
+pub use upkeep::{Step, Upkeep};
+
 /// The schema, applied once to a new database file.
 const SCHEMA: &str = include_str!("../schema.sql");
 
@@ -348,15 +357,11 @@ impl Database {
     /// is short, so that upkeep gives way to requests instead of making them
     /// wait: a blocked step reports so and is retried later.
     pub fn upkeep_connection(&self) -> Result<Upkeep> {
-        let mut conn = Connection::open(&self.path)?;
-        configure_connection(&mut conn, UPKEEP_BUSY_TIMEOUT, self.settings.durability)?;
-        // Replaces the busy timeout just set with a finer-grained handler
-        // that keeps to the same limit.
-        conn.busy_handler(Some(upkeep_busy_handler))?;
-        Ok(Upkeep {
-            conn,
-            write_turn: Arc::clone(&self.write_turn),
-        })
+        Upkeep::open(
+            &self.path,
+            self.settings.durability,
+            Arc::clone(&self.write_turn),
+        )
     }
 
     fn conn(&self) -> Result<PooledConnection> {
@@ -501,131 +506,6 @@ impl Database {
     }
 }
 
-/// How long an upkeep step waits for a lock before giving way. Short,
-/// because the step that waits for readers (the WAL truncation) holds the
-/// write lock meanwhile, and with it every request that wants to write.
-const UPKEEP_BUSY_TIMEOUT: Duration = Duration::from_millis(2);
-
-/// How often an upkeep step polls a lock within [`UPKEEP_BUSY_TIMEOUT`].
-const UPKEEP_BUSY_POLL: Duration = Duration::from_micros(50);
-
-/// The upkeep connection's busy handler: poll every [`UPKEEP_BUSY_POLL`]
-/// for up to about [`UPKEEP_BUSY_TIMEOUT`]. SQLite's own handler sleeps
-/// 1 ms, then 2 ms, ...; but what upkeep waits for is a request's read,
-/// which is over in microseconds, while requests wait for upkeep.
-fn upkeep_busy_handler(retries: i32) -> bool {
-    const POLLS: u128 = UPKEEP_BUSY_TIMEOUT.as_micros() / UPKEEP_BUSY_POLL.as_micros();
-    let go_on = u128::from(retries.unsigned_abs()) < POLLS;
-    if go_on {
-        std::thread::sleep(UPKEEP_BUSY_POLL);
-    }
-    go_on
-}
-
-/// Whether a step of upkeep could run.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Step {
-    Done,
-    /// It could not finish now (another connection held a lock it needed,
-    /// or it gave way to requests); try again soon.
-    Blocked,
-}
-
-/// A dedicated connection for background upkeep (see `Database::upkeep_connection`).
-pub struct Upkeep {
-    conn: Connection,
-    /// The steps that take SQLite's write lock take this process's write
-    /// turn first, so that requests wait for them on a mutex, not by polling.
-    write_turn: WriteTurn,
-}
-
-impl Upkeep {
-    /// Copies what it can of the WAL into the database file, without
-    /// blocking writers (a PASSIVE checkpoint).
-    pub fn copy_wal(&self) -> Result<Step> {
-        let passive = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        match passive.map_err(Error::from) {
-            Ok(()) => Ok(Step::Done),
-            Err(Error::Busy(_)) => Ok(Step::Blocked),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Copies the rest of the WAL into the database file and truncates the
-    /// WAL to zero bytes, so that no old page version (deleted content
-    /// included) stays in it. Blocked while a reader still uses old frames.
-    ///
-    /// Writers wait meanwhile, and truncating a file costs time in
-    /// proportion to its size (measured on this project's ext4 disk: about
-    /// 9 ms for a 4 MiB WAL, 24 ms for 14 MiB): run [`Upkeep::copy_wal`]
-    /// first, so that little is left to copy, and keep the WAL short with
-    /// [`Upkeep::restart_wal`].
-    pub fn truncate_wal(&self) -> Result<Step> {
-        self.finish_checkpoint("TRUNCATE")
-    }
-
-    /// Copies the rest of the WAL into the database file and makes the next
-    /// commit write the WAL from its start again, without truncating it
-    /// (about 2 ms of waiting for writers, as measured here).
-    ///
-    /// Under steady writes the WAL is otherwise never fully copied when a
-    /// writer starts, so no writer restarts it and it grows until the next
-    /// truncation, which then costs more (see [`Upkeep::truncate_wal`]).
-    pub fn restart_wal(&self) -> Result<Step> {
-        self.finish_checkpoint("RESTART")
-    }
-
-    fn finish_checkpoint(&self, mode: &str) -> Result<Step> {
-        let _turn = take_turn(&self.write_turn);
-        let result = self
-            .conn
-            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-                r.get::<_, i64>(0)
-            });
-        match result.map_err(Error::from) {
-            Ok(0) => Ok(Step::Done),
-            Ok(_) | Err(Error::Busy(_)) => Ok(Step::Blocked),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Returns the number of pages on the freelist (space the file could give back).
-    pub fn free_pages(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .pragma_query_value(None, "freelist_count", |r| r.get(0))?)
-    }
-
-    /// Gives back up to `max_pages` free pages to the file system, in one
-    /// short write transaction.
-    pub fn vacuum_step(&self, max_pages: u32) -> Result<Step> {
-        // Each row of the pragma's result is one step of its work: all of
-        // them must be read, or only the first page is freed.
-        let run = || -> rusqlite::Result<()> {
-            let mut stmt = self
-                .conn
-                .prepare(&format!("PRAGMA incremental_vacuum({max_pages})"))?;
-            let mut rows = stmt.query([])?;
-            while rows.next()?.is_some() {}
-            Ok(())
-        };
-        let _turn = take_turn(&self.write_turn);
-        match run().map_err(Error::from) {
-            Ok(()) => Ok(Step::Done),
-            Err(Error::Busy(_)) => Ok(Step::Blocked),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Deletes sessions that expired at or before `now`; returns how many.
-    pub fn prune_sessions(&self, now: i64) -> Result<usize> {
-        let _turn = take_turn(&self.write_turn);
-        delete_expired_sessions(&self.conn, now)
-    }
-}
-
 /// Deletes one chat if it belongs to the user; the cascade takes the rest.
 fn delete_one_chat(conn: &Connection, job: &ChatToDelete) -> Result<bool> {
     let mut stmt = conn.prepare_cached("DELETE FROM chats WHERE id = ?1 AND user_id = ?2")?;
@@ -634,133 +514,6 @@ fn delete_one_chat(conn: &Connection, job: &ChatToDelete) -> Result<bool> {
 
 fn delete_expired_sessions(conn: &Connection, now: i64) -> Result<usize> {
     Ok(conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?)
-}
-
-/// What may be shown about a stored session: never the token, which is not
-/// stored, and only a short prefix of its hash, to tell sessions apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionInfo {
-    pub hash_prefix: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-}
-
-/// A session to store. Times are Unix seconds.
-pub struct NewSession<'a> {
-    pub token_hash: [u8; 32],
-    pub user_id: &'a str,
-    pub created_at: i64,
-    pub expires_at: i64,
-}
-
-// The insert_* functions below take a plain connection so that callers can
-// group many of them into one transaction with `Database::write` (seeding a
-// thousand rows with one fsync instead of a thousand).
-
-/// Inserts a user; fails with [`Error::UserExists`] if the id is taken.
-pub fn insert_user(conn: &Connection, id: &str, name: Option<&str>) -> Result<()> {
-    match conn.execute(
-        "INSERT INTO users (id, name) VALUES (?1, ?2)",
-        params![id, name],
-    ) {
-        Ok(_) => Ok(()),
-        Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
-            Err(Error::UserExists(id.to_owned()))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Inserts a session; fails with [`Error::UnknownUser`] if the user does not exist.
-pub fn insert_session(conn: &Connection, s: &NewSession) -> Result<()> {
-    let inserted = conn.execute(
-        "INSERT INTO sessions (token_hash, user_id, created_at, expires_at)
-         SELECT ?1, id, ?3, ?4 FROM users WHERE id = ?2",
-        params![&s.token_hash[..], s.user_id, s.created_at, s.expires_at],
-    )?;
-    if inserted == 1 {
-        Ok(())
-    } else {
-        Err(Error::UnknownUser(s.user_id.to_owned()))
-    }
-}
-
-/// Inserts a chat and returns its id.
-pub fn insert_chat(conn: &Connection, user_id: &str, name: &str, model: &str) -> Result<i64> {
-    conn.prepare_cached("INSERT INTO chats (user_id, name, model) VALUES (?1, ?2, ?3)")?
-        .execute(params![user_id, name, model])?;
-    Ok(conn.last_insert_rowid())
-}
-
-/// Who wrote a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Actor {
-    User,
-    Assistant,
-}
-
-impl Actor {
-    fn as_str(self) -> &'static str {
-        match self {
-            Actor::User => "user",
-            Actor::Assistant => "assistant",
-        }
-    }
-}
-
-/// Inserts a message into a chat and returns its id.
-pub fn insert_message(conn: &Connection, chat_id: i64, actor: Actor, text: &str) -> Result<i64> {
-    conn.prepare_cached("INSERT INTO messages (chat_id, actor, message) VALUES (?1, ?2, ?3)")?
-        .execute(params![chat_id, actor.as_str(), text])?;
-    Ok(conn.last_insert_rowid())
-}
-
-/// An attachment to store with a chat (and optionally one of its messages).
-pub struct NewFile<'a> {
-    pub chat_id: i64,
-    pub message_id: Option<i64>,
-    pub name: &'a str,
-    pub mime_type: &'a str,
-    pub content: &'a [u8],
-}
-
-/// Inserts a file and returns its id.
-pub fn insert_file(conn: &Connection, f: &NewFile) -> Result<i64> {
-    conn.prepare_cached(
-        "INSERT INTO chat_files (chat_id, message_id, name, mime_type, content)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        f.chat_id,
-        f.message_id,
-        f.name,
-        f.mime_type,
-        f.content
-    ])?;
-    Ok(conn.last_insert_rowid())
-}
-
-/// Shares a chat and returns the share's id.
-pub fn insert_share(
-    conn: &Connection,
-    chat_id: i64,
-    share_uuid: &str,
-    is_protected: bool,
-) -> Result<i64> {
-    conn.prepare_cached(
-        "INSERT INTO chat_shares (chat_id, share_uuid, is_protected) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![chat_id, share_uuid, is_protected])?;
-    Ok(conn.last_insert_rowid())
-}
-
-/// Lets a user see a protected share.
-pub fn insert_share_whitelist_entry(conn: &Connection, share_id: i64, user_id: &str) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO chat_share_whitelist_entries (share_id, user_id) VALUES (?1, ?2)",
-    )?
-    .execute(params![share_id, user_id])?;
-    Ok(())
 }
 
 #[cfg(test)]
