@@ -81,7 +81,7 @@ pub struct ServeArgs {
     pub demo: bool,
 
     /// Also accept this name in the Host header (repeatable; comma-separated
-    /// in the env var). localhost, 127.0.0.1 and [::1] always are on loopback.
+    /// in the env var). localhost, 127.0.0.1 and ::1 always are on loopback.
     #[arg(
         long = "allowed-host",
         env = "NEPTUN_ALLOWED_HOSTS",

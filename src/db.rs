@@ -28,8 +28,8 @@ pub use upkeep::{Step, Upkeep};
 /// The schema, applied once to a new database file.
 const SCHEMA: &str = include_str!("../schema.sql");
 
-/// The `PRAGMA user_version` that [`SCHEMA`] produces. Bump it, and teach
-/// [`migrate`] the step from the previous version, whenever the schema changes.
+/// The `PRAGMA user_version` that `SCHEMA` produces. Bump it, and teach
+/// `migrate` the step from the previous version, whenever the schema changes.
 pub const SCHEMA_VERSION: i64 = 1;
 
 type Pool = r2d2::Pool<SqliteConnectionManager>;
@@ -416,7 +416,7 @@ impl Database {
     /// with every row that hangs off it. Returns whether a chat was deleted,
     /// once that is committed (and, with [`Durability::Full`], synced).
     ///
-    /// Concurrent calls are committed together (see [`GroupCommit`]): one
+    /// Concurrent calls are committed together (see `GroupCommit`): one
     /// transaction and one sync for the batch. Each delete is a single
     /// statement, which SQLite applies all or nothing (cascade included), so
     /// one that fails is undone alone and the others still commit.

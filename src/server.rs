@@ -22,8 +22,8 @@
 //! - a new connection can wait, unanswered, behind threads that each hold a
 //!   keep-alive connection, for as long as those connections stay open: so
 //!   idle connection threads are kept ready by connecting to ourselves
-//!   ([`SpareThreads`]), and some answers close their connection
-//!   ([`KeepAlive`]) for bursts larger than that.
+//!   (`SpareThreads`), and some answers close their connection
+//!   (`KeepAlive`) for bursts larger than that.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -94,7 +94,7 @@ impl HttpServer {
     }
 
     /// Like [`HttpServer::from_listener`], keeping `spares` idle connection
-    /// threads ready instead of the default (why: [`SpareThreads`]). Tests
+    /// threads ready instead of the default (why: `SpareThreads`). Tests
     /// use 0, to see the keep-alive rules alone.
     pub fn from_listener_with_spares(
         listener: TcpListener,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::http::Request;
 
-/// How long a keep-alive connection is kept at most (why: [`KeepAlive`]).
+/// How long a keep-alive connection is kept at most (why: `KeepAlive`).
 /// Each connection's lifetime lies between a tenth of this and this, spread
 /// by its peer address. Spread, because the connections of a burst would
 /// otherwise all close, and reconnect in a new burst, at once.
