@@ -8,7 +8,8 @@
 //!    no HTTP;
 //! 3. starts the real `neptun-local` binary and drives it over keep-alive
 //!    HTTP/1.1 at 1, 8 and 64 connections, every request deleting a
-//!    distinct existing chat, then the 401 path at 8 connections;
+//!    distinct existing chat, then the 401 path at 8 connections; each
+//!    phase starts once the server's upkeep is done with the one before;
 //! 4. prints a table (req/s, ratio to the in-process limit, client-measured
 //!    p50/p99/max latency, starved connections, lost responses, answers
 //!    with the wrong status (non-2xx; on the 401 path, non-401),
@@ -193,17 +194,19 @@ fn time_delete(db: &Database, chat: i64) -> Duration {
     t.elapsed()
 }
 
-/// Waits until the upkeep thread has done its work: the WAL truncated and
-/// the free pages given back (up to its threshold).
-fn wait_for_upkeep(db: &Database) {
-    let wal = PathBuf::from(format!("{}-wal", db.path().display()));
+/// Waits until the upkeep thread of whichever process has the database at
+/// `path` open has done its work: the WAL truncated and the free pages
+/// given back (up to its threshold).
+fn wait_for_upkeep(path: &Path) {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
     let threshold = Pacing::default().vacuum_threshold_pages;
     let deadline = Instant::now() + Duration::from_secs(10);
+    let conn = rusqlite::Connection::open(path).unwrap();
     loop {
         thread::sleep(Duration::from_millis(20));
         let wal_empty = std::fs::metadata(&wal).is_ok_and(|m| m.len() == 0);
-        let free: i64 = db
-            .with_connection(|c| Ok(c.pragma_query_value(None, "freelist_count", |r| r.get(0))?))
+        let free: i64 = conn
+            .pragma_query_value(None, "freelist_count", |r| r.get(0))
             .unwrap();
         if (wal_empty && free < threshold) || Instant::now() > deadline {
             return;
@@ -278,7 +281,7 @@ fn scaling(dir: &Path, quick: bool) -> String {
     for round in 0..per_size {
         for (of_size, times) in chats.iter().zip(&mut times) {
             if let Some(&chat) = of_size.get(round) {
-                wait_for_upkeep(&db);
+                wait_for_upkeep(db.path());
                 times.push(time_delete(&db, chat));
             }
         }
@@ -529,6 +532,10 @@ fn main() {
     let server = start_server(&db_path);
     let mut phases = vec![];
     for (&connections, chats) in levels.iter().zip(chunks) {
+        // Each phase starts once the server's upkeep is done with the phase
+        // before (a truncated WAL, free pages given back), so that it does
+        // not pay for that phase's deletes.
+        wait_for_upkeep(&db_path);
         let requests = chats
             .iter()
             .map(|&c| delete_request(server.addr, c, &token))
@@ -545,6 +552,7 @@ fn main() {
     let unauthorized = (0..o.chats * 4)
         .map(|i| delete_request(server.addr, i as i64 + 1, &unknown))
         .collect();
+    wait_for_upkeep(&db_path);
     let auth_phase = load("401 path 8 conn", server.addr, 8, unauthorized, |s| {
         s == 401
     });
