@@ -71,8 +71,7 @@ impl Default for Pacing {
             vacuum_step_pages: 64,
             vacuum_threshold_pages: 1024,
             vacuum_pause: Duration::from_millis(2),
-            // About 4 MiB of WAL, the size it is cut back to when reused
-            // (`journal_size_limit`).
+            // About 4 MiB of WAL between two restarts.
             vacuum_pages_per_restart: 1024,
             truncate_every: Duration::from_millis(250),
             prune_every: Duration::from_secs(15 * 60),
@@ -242,7 +241,7 @@ fn vacuum(db: &Database, upkeep: &Upkeep, pacing: &Pacing, mut free: i64) -> db:
         // the WAL grew to 21-51 MiB while the pages of 10,000 deleted chats
         // were given back, and the truncation that ends the pass then held
         // writers for 10-26 ms while the file system freed the file. Reused
-        // from its start, it stays near `journal_size_limit`. A restart
+        // from its start, it stays near what one interval writes. A restart
         // blocked by a reader only lets the WAL grow until the next one.
         given_back_since_restart += before - free;
         if given_back_since_restart >= pacing.vacuum_pages_per_restart {
