@@ -49,6 +49,7 @@ pub struct Upkeep {
 }
 
 impl Upkeep {
+    /// Opens the connection (why it is its own: `Database::upkeep_connection`).
     pub(super) fn open(
         path: &Path,
         durability: Durability,
