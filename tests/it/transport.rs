@@ -278,21 +278,14 @@ fn a_closing_answer_to_head_has_no_body() {
 fn a_lone_client_keeps_its_connection_after_another_client_left_unannounced() {
     let (addr, stop) = start_transport(2);
     let get = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    let connect = || {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        BufReader::new(stream)
-    };
-    let mut leaving = connect();
+    let mut leaving = connect_for_keep_alive(addr);
     leaving.get_mut().write_all(get).unwrap();
     let answer = read_response(&mut leaving).unwrap();
     assert_eq!(answer.header("Connection"), None, "a lone client keeps it");
     drop(leaving);
 
     std::thread::sleep(RECENTLY_ANSWERED + Duration::from_millis(100));
-    let mut staying = connect();
+    let mut staying = connect_for_keep_alive(addr);
     for nth in 1..=2 {
         staying.get_mut().write_all(get).unwrap();
         let answer = read_response(&mut staying).unwrap();
@@ -300,6 +293,15 @@ fn a_lone_client_keeps_its_connection_after_another_client_left_unannounced() {
         assert_eq!(answer.header("Connection"), None, "answer {nth} closed it");
     }
     stop();
+}
+
+/// A connection to send several requests on, whose reads give up after 10 s.
+fn connect_for_keep_alive(addr: SocketAddr) -> BufReader<TcpStream> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    BufReader::new(stream)
 }
 
 /// Sends `method /` back to back on one keep-alive connection until an
@@ -310,11 +312,7 @@ fn send_until_told_to_close(
     addr: SocketAddr,
     method: &str,
 ) -> (Vec<HttpResponse>, HttpResponse, BufReader<TcpStream>) {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut stream = BufReader::new(stream);
+    let mut stream = connect_for_keep_alive(addr);
     let request = format!("{method} / HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let opened = Instant::now();
     let mut answers = Vec::new();
@@ -518,27 +516,7 @@ fn a_low_task_limit_leaves_room_for_the_spare_connection_threads() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut command = server_command(16, &dir.path().join("t.db"));
-    let procs =
-        std::ffi::CString::new(cgroup.path.join("cgroup.procs").into_os_string().into_vec())
-            .unwrap();
-    // SAFETY: open, write and close are async-signal-safe, as pre_exec
-    // requires; writing "0" to cgroup.procs moves the writing process.
-    unsafe {
-        command.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-            if written == 1 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    let command = cgroup.holding(server_command(16, &dir.path().join("t.db")));
     assert_stays_up_through_refreshes(command);
 }
 
@@ -563,6 +541,31 @@ impl PidsCgroup {
         let cgroup = PidsCgroup { path };
         std::fs::write(cgroup.path.join("pids.max"), max_tasks.to_string()).ok()?;
         Some(cgroup)
+    }
+
+    /// `command`, started in this cgroup.
+    fn holding(&self, mut command: Command) -> Command {
+        let procs =
+            std::ffi::CString::new(self.path.join("cgroup.procs").into_os_string().into_vec())
+                .unwrap();
+        // SAFETY: open, write and close are async-signal-safe, as pre_exec
+        // requires; writing "0" to cgroup.procs moves the writing process.
+        unsafe {
+            command.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written == 1 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        command
     }
 }
 
