@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 /// How many idle connection threads are kept ready while the server is in
 /// use. A browser opens up to 6 connections to one host, and the load
-/// bench's largest burst is 64. They are cheap: a fresh server's RSS was
-/// 7.6 MiB with its 64 spares and 7.2 MiB once they had exited, and the
-/// bench's peak RSS stayed at 12.6–13.4 MiB.
+/// bench's largest burst is 64. A fresh server's RSS was 7.6 MiB with its
+/// 64 spares and 7.2 MiB once they had exited. Under load they cost more:
+/// a refresh while 64 connections are open makes 64 more threads at once,
+/// and the bench's peak RSS was then 14.0–14.8 MiB, against about 12 MiB
+/// in runs whose refresh missed those connections.
 pub(super) const SPARE_CONNECTION_THREADS: usize = 64;
 
 /// Less than tiny_http's 5 s idle timeout, so that the spares never exit
