@@ -5,7 +5,9 @@
 //! 1. seeds a database through the project's own `db` functions;
 //! 2. measures the in-process limit: the project's `Database::delete_chat`,
 //!    its pragmas (synchronous=FULL) and its maintenance thread, one thread,
-//!    no HTTP;
+//!    no HTTP; then the same from 8, 16 and 64 threads, which the group
+//!    commit serves together, so that each HTTP phase can be set beside
+//!    what the database alone does at that concurrency;
 //! 3. starts the real `neptun-local` binary and drives it over keep-alive
 //!    HTTP/1.1 at 1, 8 and 64 connections, every request deleting a
 //!    distinct existing chat, then the 401 path at 8 connections; each
@@ -44,6 +46,13 @@ const USER: &str = "bench";
 const STARVED_AFTER: Duration = Duration::from_secs(1);
 /// A request unanswered for this long is counted as lost.
 const LOST_AFTER: Duration = Duration::from_secs(30);
+/// The keep-alive connections of the HTTP phases.
+const CONNECTIONS: [usize; 3] = [1, 8, 64];
+/// The threads of the in-process phases beyond the single-thread limit: the
+/// HTTP phases' 8 and 64, and the server's default 16 workers (the most
+/// deletes that one of its commits can carry). Set beside the HTTP phases,
+/// they tell what the database costs from what HTTP adds.
+const IN_PROCESS_THREADS: [usize; 3] = [8, 16, 64];
 
 struct Options {
     quick: bool,
@@ -313,18 +322,36 @@ fn scaling(dir: &Path, quick: bool) -> String {
     out
 }
 
-fn in_process(path: &Path, ids: &[i64]) -> Phase {
+/// Deletes `ids` in-process from `threads` threads, each deleting its
+/// share back to back: the project's `Database::delete_chat` (with its group
+/// commit), its pragmas and its maintenance thread, no HTTP.
+fn in_process(path: &Path, ids: &[i64], threads: usize) -> Phase {
     let db = Database::open(path, &db::Settings::default()).unwrap();
     let upkeep = Maintenance::start(db.clone(), Pacing::default()).unwrap();
-    let mut latencies = Vec::with_capacity(ids.len());
     let start = Instant::now();
-    for &id in ids {
-        latencies.push(time_delete(&db, id));
-    }
+    let latencies = thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let db = &db;
+                s.spawn(move || {
+                    let share = ids.iter().skip(t).step_by(threads);
+                    share.map(|&id| time_delete(db, id)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
     let elapsed = start.elapsed();
     upkeep.stop();
     Phase {
-        name: "in-process delete (limit)".into(),
+        name: if threads == 1 {
+            "in-process delete (limit)".into()
+        } else {
+            format!("in-process delete, {threads} threads")
+        },
         requests: ids.len(),
         elapsed,
         latencies,
@@ -518,20 +545,21 @@ fn main() {
     let o = options();
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("bench.db");
-    let levels = [1usize, 8, 64];
-    eprintln!(
-        "seeding {} chats x {} messages ...",
-        o.chats * (levels.len() + 1),
-        o.messages
-    );
-    let (ids, token) = seed(&db_path, o.chats * (levels.len() + 1), o.messages);
+    // One chunk of chats for each phase that deletes.
+    let chats = o.chats * (1 + IN_PROCESS_THREADS.len() + CONNECTIONS.len());
+    eprintln!("seeding {chats} chats x {} messages ...", o.messages);
+    let (ids, token) = seed(&db_path, chats, o.messages);
     let mut chunks = ids.chunks(o.chats);
 
-    let limit = in_process(&db_path, chunks.next().unwrap());
+    let limit = in_process(&db_path, chunks.next().unwrap(), 1);
+    let mut phases = vec![];
+    for threads in IN_PROCESS_THREADS {
+        wait_for_upkeep(&db_path);
+        phases.push(in_process(&db_path, chunks.next().unwrap(), threads));
+    }
     let db_mib = std::fs::metadata(&db_path).map_or(0, |m| m.len()) as f64 / (1024.0 * 1024.0);
     let server = start_server(&db_path);
-    let mut phases = vec![];
-    for (&connections, chats) in levels.iter().zip(chunks) {
+    for (connections, chats) in CONNECTIONS.into_iter().zip(chunks) {
         // Each phase starts once the server's upkeep is done with the phase
         // before (a truncated WAL, free pages given back), so that it does
         // not pay for that phase's deletes.
@@ -553,9 +581,9 @@ fn main() {
         .map(|i| delete_request(server.addr, i as i64 + 1, &unknown))
         .collect();
     wait_for_upkeep(&db_path);
-    let auth_phase = load("401 path 8 conn", server.addr, 8, unauthorized, |s| {
+    phases.push(load("401 path 8 conn", server.addr, 8, unauthorized, |s| {
         s == 401
-    });
+    }));
     let rss = peak_rss_kib(server.child.id());
     let startup = server.startup;
     let mut child = server.child;
@@ -574,7 +602,7 @@ fn main() {
     );
     report += "| phase | requests | req/s | x in-process | p50 ms | p99 ms | max ms | starved conns | lost | wrong status | reconnects |\n";
     report += "|---|---|---|---|---|---|---|---|---|---|---|\n";
-    for p in std::iter::once(&limit).chain(&phases).chain([&auth_phase]) {
+    for p in std::iter::once(&limit).chain(&phases) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         report += &format!(
             "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} |\n",
@@ -602,7 +630,7 @@ fn main() {
     std::fs::create_dir_all(&o.out).unwrap();
     std::fs::write(o.out.join("results.md"), &report).unwrap();
     let mut csv = String::from("phase,latency_ms\n");
-    for p in std::iter::once(&limit).chain(&phases).chain([&auth_phase]) {
+    for p in std::iter::once(&limit).chain(&phases) {
         for l in &p.latencies {
             csv += &format!("{},{:.4}\n", p.name, l.as_secs_f64() * 1000.0);
         }
@@ -628,7 +656,7 @@ fn main() {
         if left != 0 || orphans != 0 {
             problems.push(format!("{left} chats and {orphans} messages left behind"));
         }
-        for p in phases.iter().chain([&auth_phase]) {
+        for p in &phases {
             if p.wrong_status != 0
                 || p.lost != 0
                 || p.starved != 0
