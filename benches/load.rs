@@ -350,7 +350,7 @@ fn in_process(path: &Path, ids: &[i64], threads: usize) -> Phase {
         name: if threads == 1 {
             "in-process delete (limit)".into()
         } else {
-            format!("in-process delete, {threads} threads")
+            format!("in-process delete ({threads} threads)")
         },
         requests: ids.len(),
         elapsed,
@@ -632,7 +632,8 @@ fn main() {
     let mut csv = String::from("phase,latency_ms\n");
     for p in std::iter::once(&limit).chain(&phases) {
         for l in &p.latencies {
-            csv += &format!("{},{:.4}\n", p.name, l.as_secs_f64() * 1000.0);
+            // Quoted: a phase name may hold a comma.
+            csv += &format!("\"{}\",{:.4}\n", p.name, l.as_secs_f64() * 1000.0);
         }
     }
     std::fs::write(o.out.join("latencies.csv"), csv).unwrap();
