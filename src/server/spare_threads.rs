@@ -58,6 +58,8 @@ pub(super) struct SpareThreads {
     /// every address.
     target: SocketAddr,
     count: usize,
+    /// [`REFRESH_EVERY`], shorter in tests.
+    refresh_every: Duration,
     /// Our open connections' descriptors, by local address. No other
     /// socket can have the same address and port while ours is open, so a
     /// request from one of these is ours. [`SpareThreads::stop`] shuts them
@@ -83,6 +85,7 @@ impl SpareThreads {
         SpareThreads {
             target,
             count,
+            refresh_every: REFRESH_EVERY,
             ours: Mutex::new(HashMap::new()),
             refreshing: AtomicBool::new(false),
             used: AtomicBool::new(false),
@@ -139,7 +142,7 @@ impl SpareThreads {
     /// Waits [`REFRESH_EVERY`], and then until a client request came since
     /// the last refresh. False once stopped.
     fn wait_for_next_refresh(&self) -> bool {
-        let due = Instant::now() + REFRESH_EVERY;
+        let due = Instant::now() + self.refresh_every;
         let mut stopped = lock(&self.stopped);
         loop {
             if *stopped {
@@ -266,6 +269,8 @@ fn reset_on_close(stream: &TcpStream) {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
     fn a_server_on_every_address_is_reached_over_loopback() {
@@ -275,6 +280,93 @@ mod tests {
         assert_eq!(v6.target, "[::1]:7150".parse().unwrap());
         let one = SpareThreads::new("192.0.2.1:80".parse().unwrap(), 1);
         assert_eq!(one.target, "192.0.2.1:80".parse().unwrap());
+    }
+
+    /// A listener that answers every request on every connection, and
+    /// counts the connections.
+    fn answering_listener() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().map_while(Result::ok) {
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 256];
+                    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                        if stream.write_all(answer).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Waits up to `within` for `accepted` to reach `count`.
+    fn connections_reach(accepted: &AtomicUsize, count: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while accepted.load(Ordering::SeqCst) < count {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// After a quiet spell tiny_http's extra threads have exited, and the
+    /// next client request must bring the spares back at once, not at the
+    /// next interval: a burst that comes with it would otherwise queue.
+    #[test]
+    fn refreshes_stop_in_a_quiet_spell_and_the_next_request_wakes_them() {
+        let (addr, accepted) = answering_listener();
+        let mut spares = SpareThreads::new(addr, 3);
+        spares.refresh_every = Duration::from_millis(50);
+        std::thread::scope(|s| {
+            s.spawn(|| spares.run());
+            // Stops the spares also when an assertion fails: the scope
+            // waits for `run` before it passes the panic on.
+            let _stop = StopOnDrop(&spares);
+            let patient = Duration::from_secs(5);
+            assert!(
+                connections_reach(&accepted, 3, patient),
+                "the refresh at start"
+            );
+
+            std::thread::sleep(spares.refresh_every * 6);
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                3,
+                "no refresh while nobody asks"
+            );
+
+            let asked = Instant::now();
+            spares.request_received();
+            assert!(
+                connections_reach(&accepted, 6, patient),
+                "no refresh after a request"
+            );
+            // Woken at once: the interval was long over.
+            assert!(asked.elapsed() < patient / 2, "{:?}", asked.elapsed());
+
+            spares.request_received();
+            assert!(
+                connections_reach(&accepted, 9, patient),
+                "no refresh one interval after the next request"
+            );
+        });
+    }
+
+    struct StopOnDrop<'a>(&'a SpareThreads);
+
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.stop();
+        }
     }
 
     #[test]
