@@ -26,7 +26,10 @@ fig, ax = plt.subplots(figsize=(9, 5.5))
 for name, values in phases.items():
     values.sort()
     n = len(values)
+    # In-process phases dashed, so that each stands out from the HTTP
+    # phase at the same concurrency.
     ax.step(values, [(i + 1) / n for i in range(n)], where="post",
+            linestyle="--" if name.startswith("in-process") else "-",
             label=f"{name} (p99 {values[int(0.99 * (n - 1))]:.2f} ms, max {values[-1]:.1f} ms)")
 ax.set_xscale("log")
 ax.set_xlabel("client-measured latency (ms, log scale)")
