@@ -23,12 +23,16 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
 }
 
 fn open_file_limit() -> io::Result<libc::rlimit> {
+    rlimit(libc::RLIMIT_NOFILE)
+}
+
+fn rlimit(resource: libc::__rlimit_resource_t) -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(limit)
@@ -38,13 +42,18 @@ fn open_file_limit() -> io::Result<libc::rlimit> {
 /// could exhaust, since it holds up to two connections per spare:
 /// - one per 16 descriptors the open file limit allows (each connection
 ///   takes two: ours and the accepted one);
-/// - one per 4 tasks that the process's cgroups still allow (each accepted
-///   connection takes a thread).
+/// - one per 4 tasks that the process may still start, by its cgroups and
+///   by `RLIMIT_NPROC` (each accepted connection takes a thread).
 ///
 /// A process that runs out of either loses tiny_http's accept thread.
 pub(super) fn default_spares() -> usize {
     let by_descriptors = open_file_limit().map_or(0, |l| l.rlim_cur) / 16;
-    let by_tasks = cgroup_task_headroom().map_or(u64::MAX, |tasks| tasks / 4);
+    let task_headroom = [cgroup_task_headroom(), user_task_headroom()];
+    let by_tasks = task_headroom
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(u64::MAX, |tasks| tasks / 4);
     let cap = usize::try_from(by_descriptors.min(by_tasks)).unwrap_or(usize::MAX);
     SPARE_CONNECTION_THREADS.min(cap)
 }
@@ -122,6 +131,69 @@ fn cgroup_mount(mounts: &str, v2: bool) -> Option<(&str, &str)> {
     })
 }
 
+/// How many more tasks `RLIMIT_NPROC` (`ulimit -u`) lets this process
+/// start; `None` if it does not bind. The limit counts every thread of
+/// every process of the real user, and does not bind root. Found by hand:
+/// as an unprivileged user with `ulimit -u 40`, the server exited 70 at
+/// start-up, when its first refresh of spares asked for 64 threads.
+fn user_task_headroom() -> Option<u64> {
+    let limit = rlimit(libc::RLIMIT_NPROC).ok()?.rlim_cur;
+    // SAFETY: getuid cannot fail and has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    if limit == libc::RLIM_INFINITY || uid == 0 {
+        return None;
+    }
+    // The usual limit (half the kernel's thread limit) is far above what
+    // a user runs. Then every task on the machine, from one small file,
+    // is close enough; counting the user's own reads a file per process.
+    let all_tasks = fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|loadavg| tasks_in_loadavg(&loadavg));
+    if let Some(all) = all_tasks {
+        let headroom = limit.saturating_sub(all);
+        if headroom / 4 >= SPARE_CONNECTION_THREADS as u64 {
+            return Some(headroom);
+        }
+    }
+    Some(limit.saturating_sub(tasks_of_user(uid)?))
+}
+
+/// The number of tasks on the machine: the 4th field of `/proc/loadavg`
+/// ("running/existing").
+fn tasks_in_loadavg(loadavg: &str) -> Option<u64> {
+    loadavg.split(' ').nth(3)?.split_once('/')?.1.parse().ok()
+}
+
+/// The threads of all processes whose real user is `uid`, from
+/// `/proc/*/status`; `None` without `/proc`.
+fn tasks_of_user(uid: libc::uid_t) -> Option<u64> {
+    let tasks = fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            entry.file_name().to_str()?.parse::<u32>().ok()?;
+            // A process may exit while we look: then it counts no more.
+            let status = fs::read_to_string(entry.path().join("status")).ok()?;
+            let (real_uid, threads) = real_uid_and_threads(&status)?;
+            (real_uid == uid).then_some(threads)
+        })
+        .sum();
+    Some(tasks)
+}
+
+/// The real user id and thread count from a `/proc/PID/status` file.
+fn real_uid_and_threads(status: &str) -> Option<(libc::uid_t, u64)> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.split_whitespace().next())
+    };
+    Some((
+        field("Uid:")?.parse().ok()?,
+        field("Threads:")?.parse().ok()?,
+    ))
+}
+
 /// `pids.max` − `pids.current` in one cgroup directory; `None` without a
 /// limit ("max") or without the files (a root cgroup has none).
 fn task_headroom_in(dir: &Path) -> Option<u64> {
@@ -161,6 +233,29 @@ mod tests {
     fn a_cgroup_outside_its_mount_or_without_a_mount_is_skipped() {
         let no_v2 = MOUNTS.lines().take(3).collect::<Vec<_>>().join("\n");
         assert!(pids_cgroup_dirs("8:pids:/elsewhere\n0::/app", &no_v2).is_empty());
+    }
+
+    #[test]
+    fn the_tasks_on_the_machine_come_from_loadavg() {
+        assert_eq!(tasks_in_loadavg("0.90 1.37 1.43 1/75 16458\n"), Some(75));
+        assert_eq!(tasks_in_loadavg("0.90 1.37"), None);
+    }
+
+    #[test]
+    fn a_status_file_gives_the_real_user_and_the_threads() {
+        let status = "Name:\tneptun-local\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\nThreads:\t23\n";
+        assert_eq!(real_uid_and_threads(status), Some((1000, 23)));
+        assert_eq!(real_uid_and_threads("Name:\tx\nUid:\t1000\n"), None);
+    }
+
+    /// This test's own process is one of its user's, with all its threads.
+    #[test]
+    fn the_users_tasks_include_this_process() {
+        // SAFETY: getuid cannot fail and has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        let own = fs::read_to_string("/proc/self/status").unwrap();
+        let (_, threads) = real_uid_and_threads(&own).unwrap();
+        assert!(tasks_of_user(uid).unwrap() >= threads);
     }
 
     #[test]
