@@ -526,6 +526,100 @@ fn a_full_disk_answers_a_json_error_deletes_nothing_and_recovers() {
     assert_consistent(&sql);
 }
 
+/// A disk that turns read-only under the running server, as ext4 does
+/// after an error (`errors=remount-ro`). Simulated by making the database
+/// file and its WAL immutable (`chattr +i`): writes through the server's
+/// open descriptors then fail, as on a read-only mount. The shared-memory
+/// index stays writable: an immutable mapped file would kill the process
+/// on its next write, which a remount does not do.
+///
+/// Needs root and a file system with the flag (ext4, xfs, btrfs; as on
+/// CI); elsewhere it says so and passes.
+#[test]
+fn a_disk_turned_read_only_answers_a_json_500_deletes_nothing_and_recovers() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let chat = seed_chat(&db, "alice", "bob");
+    let other = seed_chat(&db, "alice", "bob");
+    drop(db);
+    // Let the server checkpoint what the test wrote, so the WAL starts empty.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let files = &database_files(&server.db_path)[..2];
+    let Some(read_only) = Immutable::make(files) else {
+        eprintln!("skipped: cannot make files immutable here (needs root and ext4 or the like)");
+        return;
+    };
+    let path = format!("/api/users/alice/chats/{}", chat.chat);
+    for _ in 0..3 {
+        server
+            .delete(&path, &token)
+            .assert_error(500, "Internal Server Error");
+    }
+    // Still serving: reads work, and so does a request that writes nothing.
+    server
+        .delete(&path, &"0".repeat(64))
+        .assert_error(401, "Unauthorized");
+    assert_fully_present(&server.sql(), &chat);
+
+    drop(read_only);
+    server.delete(&path, &token).assert_true();
+    let sql = server.sql();
+    assert_fully_gone(&sql, &chat);
+    assert_fully_present(&sql, &other);
+    assert_consistent(&sql);
+}
+
+/// Files made immutable (`chattr +i`) until dropped.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    /// `None`, with nothing changed, if a flag could not be set.
+    fn make(files: &[PathBuf]) -> Option<Immutable> {
+        let mut made = Immutable(vec![]);
+        for file in files {
+            set_immutable(file, true).then_some(())?;
+            made.0.push(file.clone());
+        }
+        Some(made)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for file in &self.0 {
+            // Or the temporary directory could not be removed.
+            assert!(
+                set_immutable(file, false),
+                "{} stays immutable",
+                file.display()
+            );
+        }
+    }
+}
+
+/// Sets or clears a file's immutable flag; whether that worked.
+fn set_immutable(file: &Path, on: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    // From linux/fs.h; the libc crate has the ioctls but not the flag.
+    const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+    let Ok(file) = std::fs::File::open(file) else {
+        return false;
+    };
+    let mut flags: libc::c_int = 0;
+    // SAFETY: both ioctls take a pointer to an int, which outlives the calls.
+    unsafe {
+        if libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) != 0 {
+            return false;
+        }
+        flags = if on {
+            flags | FS_IMMUTABLE_FL
+        } else {
+            flags & !FS_IMMUTABLE_FL
+        };
+        libc::ioctl(file.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) == 0
+    }
+}
+
 #[test]
 fn sigterm_under_load_exits_zero_with_a_checkpointed_wal_and_restarts_clean() {
     let (server, db, token) = start_with_alice_and_bob(&[]);
