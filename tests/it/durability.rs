@@ -494,18 +494,14 @@ fn set_file_size_limit(pid: u32, bytes: u64) {
 
 #[test]
 fn a_full_disk_answers_a_json_error_deletes_nothing_and_recovers() {
-    let (server, db, token) = start_with_alice_and_bob(&[]);
-    let chat = seed_chat(&db, "alice", "bob");
-    let other = seed_chat(&db, "alice", "bob");
-    drop(db);
-    // Let the server checkpoint what the test wrote, so the WAL starts empty.
-    std::thread::sleep(Duration::from_millis(300));
+    let setup = FaultSetup::start();
+    let (server, token) = (&setup.server, &setup.token);
 
     // No file of the server's may grow past 4 KiB from now on.
     set_file_size_limit(server.pid(), 4096);
-    let path = format!("/api/users/alice/chats/{}", chat.chat);
+    let path = format!("/api/users/alice/chats/{}", setup.chat.chat);
     for _ in 0..3 {
-        let r = server.delete(&path, &token);
+        let r = server.delete(&path, token);
         assert!(matches!(r.status, 500 | 503), "{r:?}");
         r.assert_error(
             r.status,
@@ -516,14 +512,48 @@ fn a_full_disk_answers_a_json_error_deletes_nothing_and_recovers() {
             },
         );
     }
-    assert_fully_present(&server.sql(), &chat);
+    assert_fully_present(&server.sql(), &setup.chat);
 
     set_file_size_limit(server.pid(), libc::RLIM_INFINITY);
-    server.delete(&path, &token).assert_true();
-    let sql = server.sql();
-    assert_fully_gone(&sql, &chat);
-    assert_fully_present(&sql, &other);
-    assert_consistent(&sql);
+    setup.assert_recovered();
+}
+
+/// A server with two of alice's chats, ready for a fault to be injected.
+struct FaultSetup {
+    server: TestServer,
+    token: String,
+    /// The chat the test tries to delete.
+    chat: SeededChat,
+    /// One that must stay.
+    other: SeededChat,
+}
+
+impl FaultSetup {
+    fn start() -> FaultSetup {
+        let (server, db, token) = start_with_alice_and_bob(&[]);
+        let chat = seed_chat(&db, "alice", "bob");
+        let other = seed_chat(&db, "alice", "bob");
+        drop(db);
+        // Let the server checkpoint what the test wrote, so the WAL starts empty.
+        std::thread::sleep(Duration::from_millis(300));
+        FaultSetup {
+            server,
+            token,
+            chat,
+            other,
+        }
+    }
+
+    /// Once the fault is gone: the delete is answered `true`, the chat is
+    /// gone whole, the other one is all there, and the file is consistent.
+    fn assert_recovered(&self) {
+        let path = format!("/api/users/alice/chats/{}", self.chat.chat);
+        self.server.delete(&path, &self.token).assert_true();
+        let sql = self.server.sql();
+        assert_fully_gone(&sql, &self.chat);
+        assert_fully_present(&sql, &self.other);
+        assert_consistent(&sql);
+    }
 }
 
 /// A disk that turns read-only under the running server, as ext4 does
@@ -537,36 +567,28 @@ fn a_full_disk_answers_a_json_error_deletes_nothing_and_recovers() {
 /// CI); elsewhere it says so and passes.
 #[test]
 fn a_disk_turned_read_only_answers_a_json_500_deletes_nothing_and_recovers() {
-    let (server, db, token) = start_with_alice_and_bob(&[]);
-    let chat = seed_chat(&db, "alice", "bob");
-    let other = seed_chat(&db, "alice", "bob");
-    drop(db);
-    // Let the server checkpoint what the test wrote, so the WAL starts empty.
-    std::thread::sleep(Duration::from_millis(300));
+    let setup = FaultSetup::start();
+    let (server, token) = (&setup.server, &setup.token);
 
     let files = &database_files(&server.db_path)[..2];
     let Some(read_only) = Immutable::make(files) else {
         eprintln!("skipped: cannot make files immutable here (needs root and ext4 or the like)");
         return;
     };
-    let path = format!("/api/users/alice/chats/{}", chat.chat);
+    let path = format!("/api/users/alice/chats/{}", setup.chat.chat);
     for _ in 0..3 {
         server
-            .delete(&path, &token)
+            .delete(&path, token)
             .assert_error(500, "Internal Server Error");
     }
     // Still serving: reads work, and so does a request that writes nothing.
     server
         .delete(&path, &"0".repeat(64))
         .assert_error(401, "Unauthorized");
-    assert_fully_present(&server.sql(), &chat);
+    assert_fully_present(&server.sql(), &setup.chat);
 
     drop(read_only);
-    server.delete(&path, &token).assert_true();
-    let sql = server.sql();
-    assert_fully_gone(&sql, &chat);
-    assert_fully_present(&sql, &other);
-    assert_consistent(&sql);
+    setup.assert_recovered();
 }
 
 /// Files made immutable (`chattr +i`) until dropped.
