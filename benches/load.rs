@@ -15,8 +15,9 @@
 //! 4. prints a table (req/s, ratio to the in-process limit, client-measured
 //!    p50/p99/max latency, starved connections, lost responses, answers
 //!    with the wrong status (non-2xx; on the 401 path, non-401),
-//!    reconnects after `Connection: close`, server peak RSS) and writes it,
-//!    with every latency, to `--out`;
+//!    reconnects after `Connection: close`, CPU time per request of the
+//!    serving process, server peak RSS) and writes it, with every latency,
+//!    to `--out`;
 //! 5. measures how the delete scales, in-process on fresh databases: with
 //!    and without 1M unrelated messages, and with chats of 10 to 100,000
 //!    messages.
@@ -120,6 +121,9 @@ struct Phase {
     starved: usize,
     lost: usize,
     reconnects: usize,
+    /// CPU time used meanwhile by the process that served: the server, or
+    /// this one for the in-process phases.
+    cpu: Duration,
 }
 
 impl Phase {
@@ -328,6 +332,7 @@ fn scaling(dir: &Path, quick: bool) -> String {
 fn in_process(path: &Path, ids: &[i64], threads: usize) -> Phase {
     let db = Database::open(path, &db::Settings::default()).unwrap();
     let upkeep = Maintenance::start(db.clone(), Pacing::default()).unwrap();
+    let cpu_before = cpu_time(std::process::id());
     let start = Instant::now();
     let latencies = thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -345,6 +350,7 @@ fn in_process(path: &Path, ids: &[i64], threads: usize) -> Phase {
             .collect()
     });
     let elapsed = start.elapsed();
+    let cpu = cpu_time(std::process::id()) - cpu_before;
     upkeep.stop();
     Phase {
         name: if threads == 1 {
@@ -359,6 +365,7 @@ fn in_process(path: &Path, ids: &[i64], threads: usize) -> Phase {
         starved: 0,
         lost: 0,
         reconnects: 0,
+        cpu,
     }
 }
 
@@ -462,16 +469,18 @@ struct ClientResult {
 /// `expected` accepts.
 fn load(
     name: &str,
-    addr: SocketAddr,
+    server: &Server,
     connections: usize,
     requests: Vec<Vec<u8>>,
     expected: fn(u16) -> bool,
 ) -> Phase {
+    let addr = server.addr;
     let mut shares: Vec<Vec<Vec<u8>>> = vec![Vec::new(); connections];
     let total = requests.len();
     for (i, request) in requests.into_iter().enumerate() {
         shares[i % connections].push(request);
     }
+    let cpu_before = cpu_time(server.child.id());
     let start = Instant::now();
     let per_client: Vec<ClientResult> = std::thread::scope(|s| {
         let handles: Vec<_> = shares
@@ -508,6 +517,7 @@ fn load(
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let elapsed = start.elapsed();
+    let cpu = cpu_time(server.child.id()) - cpu_before;
     let mut phase = Phase {
         name: name.into(),
         requests: total,
@@ -517,6 +527,7 @@ fn load(
         starved: 0,
         lost: 0,
         reconnects: 0,
+        cpu,
     };
     for seen in per_client {
         phase.latencies.extend(seen.latencies);
@@ -530,6 +541,25 @@ fn load(
 
 fn delete_request(addr: SocketAddr, chat: i64, token: &str) -> Vec<u8> {
     format!("DELETE /api/users/{USER}/chats/{chat} HTTP/1.1\r\nHost: {addr}\r\nCookie: neptun-session={token}\r\n\r\n").into_bytes()
+}
+
+/// The CPU time (user and system) that process `pid` has used so far, from
+/// `/proc/PID/stat`, in clock ticks (10 ms here): a phase of a second or
+/// more gets within a few percent.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name, in parentheses, may hold spaces: count from after it.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    // utime and stime, fields 14 and 15 of the file.
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|field| field.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / per_second)
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -570,7 +600,7 @@ fn main() {
             .collect();
         phases.push(load(
             &format!("DELETE {connections} conn"),
-            server.addr,
+            &server,
             connections,
             requests,
             |s| s == 200,
@@ -581,7 +611,7 @@ fn main() {
         .map(|i| delete_request(server.addr, i as i64 + 1, &unknown))
         .collect();
     wait_for_upkeep(&db_path);
-    phases.push(load("401 path 8 conn", server.addr, 8, unauthorized, |s| {
+    phases.push(load("401 path 8 conn", &server, 8, unauthorized, |s| {
         s == 401
     }));
     let rss = peak_rss_kib(server.child.id());
@@ -600,12 +630,12 @@ fn main() {
         o.messages,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    report += "| phase | requests | req/s | x in-process | p50 ms | p99 ms | max ms | starved conns | lost | wrong status | reconnects |\n";
-    report += "|---|---|---|---|---|---|---|---|---|---|---|\n";
+    report += "| phase | requests | req/s | x in-process | p50 ms | p99 ms | max ms | starved conns | lost | wrong status | reconnects | CPU µs/req |\n";
+    report += "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for p in std::iter::once(&limit).chain(&phases) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         report += &format!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {:.0} |\n",
             p.name,
             p.requests,
             p.rate(),
@@ -616,7 +646,8 @@ fn main() {
             p.starved,
             p.lost,
             p.wrong_status,
-            p.reconnects
+            p.reconnects,
+            p.cpu.as_secs_f64() * 1e6 / p.requests as f64
         );
     }
     report += &format!(
