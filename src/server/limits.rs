@@ -47,15 +47,31 @@ fn rlimit(resource: libc::__rlimit_resource_t) -> io::Result<libc::rlimit> {
 ///
 /// A process that runs out of either loses tiny_http's accept thread.
 pub(super) fn default_spares() -> usize {
-    let by_descriptors = open_file_limit().map_or(0, |l| l.rlim_cur) / 16;
-    let task_headroom = [cgroup_task_headroom(), user_task_headroom()];
-    let by_tasks = task_headroom
+    let descriptors = open_file_limit().map_or(0, |l| l.rlim_cur);
+    let tasks = [cgroup_task_headroom(), user_task_headroom()]
         .into_iter()
         .flatten()
-        .min()
-        .map_or(u64::MAX, |tasks| tasks / 4);
+        .min();
+    let by_descriptors = descriptors / 16;
+    let by_tasks = tasks.map_or(u64::MAX, |tasks| tasks / 4);
     let cap = usize::try_from(by_descriptors.min(by_tasks)).unwrap_or(usize::MAX);
-    SPARE_CONNECTION_THREADS.min(cap)
+    let spares = SPARE_CONNECTION_THREADS.min(cap);
+    if spares < SPARE_CONNECTION_THREADS {
+        // The same limit caps clients' connections, and the server cannot
+        // survive reaching it: worth saying before it happens.
+        let limit = match tasks {
+            Some(tasks) if by_tasks < by_descriptors => format!(
+                "this process may start only {tasks} more threads (`ulimit -u`, or its cgroup's pids.max)"
+            ),
+            _ => format!("the open file limit is {descriptors}"),
+        };
+        log::warn!(
+            "keeping {spares} spare connection threads instead of {SPARE_CONNECTION_THREADS}: \
+             {limit}. Each open connection takes a thread and a descriptor, and the server \
+             exits when it cannot get them"
+        );
+    }
+    spares
 }
 
 /// How many more tasks (threads count) this process's cgroups allow: the

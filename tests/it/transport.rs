@@ -627,7 +627,8 @@ impl Drop for PidsCgroup {
 
 /// Spawns `command` and keeps requesting for 5 s, through start-up's
 /// refresh of the spare connection threads and the next ones: every request
-/// must be answered, and the server must stay up.
+/// must be answered, and the server must stay up, and warn that a limit
+/// keeps its spares fewer.
 fn assert_stays_up_through_refreshes(command: Command) {
     let (child, addr) = spawn_listening(command);
     // Killed however the test ends, so that its cgroup can be removed.
@@ -648,6 +649,14 @@ fn assert_stays_up_through_refreshes(command: Command) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Tells the operator about the limit that clients' connections can
+    // still reach.
+    let _ = child.0.kill();
+    let stderr = std::io::read_to_string(child.0.stderr.take().unwrap()).unwrap();
+    assert!(
+        stderr.contains("spare connection threads instead of 64"),
+        "no warning about the limit; stderr:\n{stderr}"
+    );
 }
 
 struct KillOnDrop(Child);
