@@ -545,19 +545,16 @@ fn a_low_user_process_limit_leaves_room_for_the_spare_connection_threads() {
 
 /// `command`, run as a user id that no one else uses, which may have at
 /// most `limit` tasks (`RLIMIT_NPROC`).
-fn as_user_with_task_limit(mut command: Command, limit: u64) -> Command {
+fn as_user_with_task_limit(command: Command, limit: u64) -> Command {
     const UNUSED_ID: libc::uid_t = 4_242_420;
-    // SAFETY: setrlimit, setgroups, setgid and setuid are
-    // async-signal-safe, as pre_exec requires.
+    // The limit is set first, while the process may still raise it.
+    let mut command = with_limit(command, libc::RLIMIT_NPROC, limit);
+    // SAFETY: setgroups, setgid and setuid are async-signal-safe, as
+    // pre_exec requires.
     unsafe {
-        command.pre_exec(move || {
-            let limit = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
+        command.pre_exec(|| {
             // Groups and group first: a process that gave up root cannot.
-            let done = libc::setrlimit(libc::RLIMIT_NPROC, &limit) == 0
-                && libc::setgroups(0, std::ptr::null()) == 0
+            let done = libc::setgroups(0, std::ptr::null()) == 0
                 && libc::setgid(UNUSED_ID) == 0
                 && libc::setuid(UNUSED_ID) == 0;
             if done {
@@ -682,7 +679,12 @@ fn server_command(workers: usize, db: &std::path::Path) -> Command {
 }
 
 /// `command` with soft and hard open file limits of `limit`.
-fn with_open_file_limit(mut command: Command, limit: u64) -> Command {
+fn with_open_file_limit(command: Command, limit: u64) -> Command {
+    with_limit(command, libc::RLIMIT_NOFILE, limit)
+}
+
+/// `command` with soft and hard limits of `limit` on `resource`.
+fn with_limit(mut command: Command, resource: libc::__rlimit_resource_t, limit: u64) -> Command {
     // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
     unsafe {
         command.pre_exec(move || {
@@ -690,7 +692,7 @@ fn with_open_file_limit(mut command: Command, limit: u64) -> Command {
                 rlim_cur: limit,
                 rlim_max: limit,
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            if libc::setrlimit(resource, &limit) == 0 {
                 Ok(())
             } else {
                 Err(std::io::Error::last_os_error())
