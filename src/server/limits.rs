@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 
 use super::spare_threads::SPARE_CONNECTION_THREADS;
 
-/// Raises the soft limit on open files to the hard limit, so that a burst of
-/// connections does not run the process out of descriptors (which tiny_http
-/// cannot survive). Returns the new soft limit.
+/// Raises the soft limit on open files as far as the system allows, so that
+/// a burst of connections does not run the process out of descriptors
+/// (which tiny_http cannot survive). Returns the new soft limit.
 pub fn raise_open_file_limit() -> io::Result<u64> {
     let mut limit = open_file_limit()?;
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
+    let most = most_open_files_allowed(limit.rlim_max);
+    if limit.rlim_cur < most {
+        limit.rlim_cur = most;
         // SAFETY: setrlimit only reads the struct we pass.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
             return Err(io::Error::last_os_error());
@@ -22,11 +23,50 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// The highest soft limit on open files that the kernel accepts: the hard
+/// limit.
+#[cfg(not(target_os = "macos"))]
+fn most_open_files_allowed(hard: libc::rlim_t) -> libc::rlim_t {
+    hard
+}
+
+/// The highest soft limit on open files that the kernel accepts. macOS
+/// reports an unlimited hard limit but refuses a soft limit above
+/// `kern.maxfilesperproc`, and starts processes at 256 (Go's runtime caps
+/// its own raise the same way).
+#[cfg(target_os = "macos")]
+fn most_open_files_allowed(hard: libc::rlim_t) -> libc::rlim_t {
+    let mut per_process: libc::c_int = 0;
+    let mut size = std::mem::size_of::<libc::c_int>();
+    // SAFETY: the name is NUL-terminated, and the buffer is the size we pass.
+    let read = unsafe {
+        libc::sysctlbyname(
+            c"kern.maxfilesperproc".as_ptr(),
+            (&raw mut per_process).cast(),
+            &mut size,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    match libc::rlim_t::try_from(per_process) {
+        Ok(most) if read == 0 && most > 0 => hard.min(most),
+        // macOS's own OPEN_MAX, which the kernel has always accepted.
+        _ => hard.min(10_240),
+    }
+}
+
 fn open_file_limit() -> io::Result<libc::rlimit> {
     rlimit(libc::RLIMIT_NOFILE)
 }
 
-fn rlimit(resource: libc::__rlimit_resource_t) -> io::Result<libc::rlimit> {
+/// The type of a resource for getrlimit: an enum of glibc's own, a plain
+/// int in other C libraries (musl, macOS).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+type Resource = libc::c_int;
+
+fn rlimit(resource: Resource) -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -152,6 +192,9 @@ fn cgroup_mount(mounts: &str, v2: bool) -> Option<(&str, &str)> {
 /// every process of the real user, and does not bind root. Found by hand:
 /// as an unprivileged user with `ulimit -u 40`, the server exited 70 at
 /// start-up, when its first refresh of spares asked for 64 threads.
+///
+/// Linux only: elsewhere (macOS) the limit counts processes, not threads.
+#[cfg(target_os = "linux")]
 fn user_task_headroom() -> Option<u64> {
     let limit = rlimit(libc::RLIMIT_NPROC).ok()?.rlim_cur;
     // SAFETY: getuid cannot fail and has no preconditions.
@@ -174,14 +217,21 @@ fn user_task_headroom() -> Option<u64> {
     Some(limit.saturating_sub(tasks_of_user(uid)?))
 }
 
+#[cfg(not(target_os = "linux"))]
+fn user_task_headroom() -> Option<u64> {
+    None
+}
+
 /// The number of tasks on the machine: the 4th field of `/proc/loadavg`
 /// ("running/existing").
+#[cfg(target_os = "linux")]
 fn tasks_in_loadavg(loadavg: &str) -> Option<u64> {
     loadavg.split(' ').nth(3)?.split_once('/')?.1.parse().ok()
 }
 
 /// The threads of all processes whose real user is `uid`, from
 /// `/proc/*/status`; `None` without `/proc`.
+#[cfg(target_os = "linux")]
 fn tasks_of_user(uid: libc::uid_t) -> Option<u64> {
     let tasks = fs::read_dir("/proc")
         .ok()?
@@ -198,6 +248,7 @@ fn tasks_of_user(uid: libc::uid_t) -> Option<u64> {
 }
 
 /// The real user id and thread count from a `/proc/PID/status` file.
+#[cfg(target_os = "linux")]
 fn real_uid_and_threads(status: &str) -> Option<(libc::uid_t, u64)> {
     let field = |name: &str| {
         status
@@ -251,12 +302,14 @@ mod tests {
         assert!(pids_cgroup_dirs("8:pids:/elsewhere\n0::/app", &no_v2).is_empty());
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_tasks_on_the_machine_come_from_loadavg() {
         assert_eq!(tasks_in_loadavg("0.90 1.37 1.43 1/75 16458\n"), Some(75));
         assert_eq!(tasks_in_loadavg("0.90 1.37"), None);
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_status_file_gives_the_real_user_and_the_threads() {
         let status = "Name:\tneptun-local\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\nThreads:\t23\n";
@@ -265,6 +318,7 @@ mod tests {
     }
 
     /// This test's own process is one of its user's, with all its threads.
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_users_tasks_include_this_process() {
         // SAFETY: getuid cannot fail and has no preconditions.
