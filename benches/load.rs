@@ -32,7 +32,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -385,9 +384,11 @@ fn start_server(db_path: &Path) -> Server {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     // A bench that dies midway (Ctrl-C, or `| head` closing its output) must
-    // not leave a server behind to load the next run's cores.
+    // not leave a server behind to load the next run's cores. Linux only.
     // SAFETY: prctl is async-signal-safe, as pre_exec requires.
+    #[cfg(target_os = "linux")]
     unsafe {
+        use std::os::unix::process::CommandExt;
         command.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
                 Ok(())
@@ -545,7 +546,7 @@ fn delete_request(addr: SocketAddr, chat: i64, token: &str) -> Vec<u8> {
 
 /// The CPU time (user and system) that process `pid` has used so far, from
 /// `/proc/PID/stat`, in clock ticks (10 ms here): a phase of a second or
-/// more gets within a few percent.
+/// more gets within a few percent. Zero where there is no `/proc` (macOS).
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The command name, in parentheses, may hold spaces: count from after it.

@@ -632,6 +632,8 @@ mod tests {
         );
     }
 
+    /// Linux only: it watches the waiting thread's state in `/proc`.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_writer_that_gives_up_the_turn_cannot_take_it_back_before_a_waiter() {
         // A request writer commits back to back; the upkeep thread waiting
@@ -665,6 +667,7 @@ mod tests {
 
     /// Waits until the thread whose id `tid` will hold is asleep (state `S`
     /// in /proc): the only place it can sleep is parked on the lock.
+    #[cfg(target_os = "linux")]
     fn wait_until_asleep(tid: &std::sync::atomic::AtomicI32) {
         use std::sync::atomic::Ordering;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -1,4 +1,6 @@
-//! The process's memory footprint under many connections.
+//! The process's memory footprint under many connections (glibc's malloc
+//! and `/proc`: Linux only).
+#![cfg(all(target_os = "linux", target_env = "gnu"))]
 
 use std::sync::Barrier;
 
@@ -8,7 +10,6 @@ use crate::support::{TestServer, request};
 /// arena per CPU (glibc's default allows eight per CPU, each keeping the
 /// memory its threads freed): see `memory.rs`. Without the cap, this load
 /// left glibc's maximum of 16 arenas on 2 CPUs (3 runs of 3).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn many_connections_share_a_malloc_arena_per_cpu() {
     const CLIENTS: usize = 32;
@@ -37,7 +38,6 @@ fn many_connections_share_a_malloc_arena_per_cpu() {
 /// Counts glibc's secondary arenas in a process's memory map. Each one is a
 /// heap reserved as 64 MiB at a 64 MiB-aligned address: a read-write part
 /// that has been used so far, followed by the rest, inaccessible.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn arena_heaps(pid: u32) -> usize {
     const HEAP_SIZE: u64 = 64 << 20;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();

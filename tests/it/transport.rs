@@ -5,9 +5,6 @@
 use std::collections::BTreeMap;
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -339,10 +336,13 @@ fn send_until_told_to_close(
     }
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn a_listener_that_stops_accepting_ends_run_with_an_error() {
     // SO_RCVTIMEO on a listening socket makes accept() fail with EAGAIN once
-    // the timeout passes; tiny_http treats any accept error as fatal.
+    // the timeout passes (on Linux); tiny_http treats any accept error as
+    // fatal.
+    use std::os::fd::AsRawFd;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let timeout = libc::timeval {
         tv_sec: 0,
@@ -510,6 +510,7 @@ fn a_low_open_file_limit_leaves_room_for_the_spare_connection_threads() {
 ///
 /// Needs a writable cgroup v1 `pids` hierarchy (root, as on CI); elsewhere
 /// it says so and passes.
+#[cfg(target_os = "linux")]
 #[test]
 fn a_low_task_limit_leaves_room_for_the_spare_connection_threads() {
     let Some(cgroup) = PidsCgroup::create(60) else {
@@ -528,9 +529,11 @@ fn a_low_task_limit_leaves_room_for_the_spare_connection_threads() {
 ///
 /// The limit does not bind root, so the server runs as a user id of its
 /// own, which needs root to set (as on CI); elsewhere it says so and
-/// passes.
+/// passes. Linux only: elsewhere (macOS) the limit counts processes.
+#[cfg(target_os = "linux")]
 #[test]
 fn a_low_user_process_limit_leaves_room_for_the_spare_connection_threads() {
+    use std::os::unix::fs::PermissionsExt;
     // SAFETY: geteuid cannot fail and has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: only root can run the server as another user");
@@ -545,6 +548,7 @@ fn a_low_user_process_limit_leaves_room_for_the_spare_connection_threads() {
 
 /// `command`, run as a user id that no one else uses, which may have at
 /// most `limit` tasks (`RLIMIT_NPROC`).
+#[cfg(target_os = "linux")]
 fn as_user_with_task_limit(command: Command, limit: u64) -> Command {
     const UNUSED_ID: libc::uid_t = 4_242_420;
     // The limit is set first, while the process may still raise it.
@@ -567,14 +571,17 @@ fn as_user_with_task_limit(command: Command, limit: u64) -> Command {
     command
 }
 
+#[cfg(target_os = "linux")]
 const PIDS_HIERARCHY: &str = "/sys/fs/cgroup/pids";
 
 /// A cgroup of its own with a task limit, removed when dropped (once the
 /// processes in it have exited).
+#[cfg(target_os = "linux")]
 struct PidsCgroup {
     path: std::path::PathBuf,
 }
 
+#[cfg(target_os = "linux")]
 impl PidsCgroup {
     fn create(max_tasks: u32) -> Option<PidsCgroup> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -592,6 +599,7 @@ impl PidsCgroup {
 
     /// `command`, started in this cgroup.
     fn holding(&self, mut command: Command) -> Command {
+        use std::os::unix::ffi::OsStringExt;
         let procs =
             std::ffi::CString::new(self.path.join("cgroup.procs").into_os_string().into_vec())
                 .unwrap();
@@ -616,6 +624,7 @@ impl PidsCgroup {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl Drop for PidsCgroup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.path);
@@ -683,8 +692,15 @@ fn with_open_file_limit(command: Command, limit: u64) -> Command {
     with_limit(command, libc::RLIMIT_NOFILE, limit)
 }
 
+/// The type of a resource for setrlimit: an enum of glibc's own, a plain
+/// int in other C libraries (musl, macOS).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+type Resource = libc::c_int;
+
 /// `command` with soft and hard limits of `limit` on `resource`.
-fn with_limit(mut command: Command, resource: libc::__rlimit_resource_t, limit: u64) -> Command {
+fn with_limit(mut command: Command, resource: Resource, limit: u64) -> Command {
     // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
     unsafe {
         command.pre_exec(move || {
