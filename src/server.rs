@@ -112,7 +112,7 @@ impl HttpServer {
             keep_alive: Arc::new(KeepAlive::new(
                 KEEP_ALIVE_LIFETIME / 10..=KEEP_ALIVE_LIFETIME,
             )),
-            spares: Arc::new(SpareThreads::new(local_addr, spares)),
+            spares: Arc::new(SpareThreads::new(local_addr, spares)?),
         })
     }
 
@@ -190,7 +190,7 @@ fn worker_loop(
 ) {
     loop {
         match shutdown.inner.recv() {
-            Ok(request) if spares.is_ours(request.remote_addr()) => {
+            Ok(request) if spares.is_ours(request.url()) => {
                 if let Err(e) = request.respond(tiny_http::Response::empty(204)) {
                     log::debug!("could not answer our own request: {e}");
                 }

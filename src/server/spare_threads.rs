@@ -1,13 +1,15 @@
 //! Idle connection threads kept ready in tiny_http's pool (see
 //! [`SpareThreads`]).
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use rand::TryRng;
+use rand::rngs::SysRng;
 
 /// How many idle connection threads are kept ready while the server is in
 /// use. A browser opens up to 6 connections to one host, and the load
@@ -60,13 +62,16 @@ pub(super) struct SpareThreads {
     count: usize,
     /// [`REFRESH_EVERY`], shorter in tests.
     refresh_every: Duration,
-    /// Our open connections' descriptors, by local address. No other
-    /// socket can have the same address and port while ours is open, so a
-    /// request from one of these is ours. [`SpareThreads::stop`] shuts them
-    /// down to end a wait for an answer that will not come.
-    ours: Mutex<HashMap<SocketAddr, RawFd>>,
-    /// Whether `ours` may hold anything: spares the lock on most requests.
-    refreshing: AtomicBool,
+    /// The target of our own requests: a path no client can guess (128
+    /// random bits), so that a request is known as ours by its target
+    /// alone. By the connection it came on, a request that a worker took
+    /// only after its refresh had ended and closed the connection (one
+    /// that queued behind a burst) was served as a client's: with Host
+    /// checks off (`--allow-remote`) it was logged as `HEAD / 404`.
+    marker: String,
+    /// Our open connections' descriptors: [`SpareThreads::stop`] shuts
+    /// them down to end a wait for an answer that will not come.
+    ours: Mutex<Vec<RawFd>>,
     /// Set by every client request, cleared when a refresh is due.
     used: AtomicBool,
     stopped: Mutex<bool>,
@@ -74,7 +79,9 @@ pub(super) struct SpareThreads {
 }
 
 impl SpareThreads {
-    pub(super) fn new(listening: SocketAddr, count: usize) -> SpareThreads {
+    /// # Errors
+    /// If the operating system's random source fails.
+    pub(super) fn new(listening: SocketAddr, count: usize) -> io::Result<SpareThreads> {
         let mut target = listening;
         if target.ip().is_unspecified() {
             target.set_ip(match target {
@@ -82,26 +89,29 @@ impl SpareThreads {
                 SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
             });
         }
-        SpareThreads {
+        let mut secret = [0u8; 16];
+        SysRng
+            .try_fill_bytes(&mut secret)
+            .map_err(io::Error::other)?;
+        Ok(SpareThreads {
             target,
             count,
             refresh_every: REFRESH_EVERY,
-            ours: Mutex::new(HashMap::new()),
-            refreshing: AtomicBool::new(false),
+            marker: format!("/.spare/{:032x}", u128::from_be_bytes(secret)),
+            ours: Mutex::new(Vec::new()),
             used: AtomicBool::new(false),
             stopped: Mutex::new(false),
             wake: Condvar::new(),
-        }
+        })
     }
 
     pub(super) fn count(&self) -> usize {
         self.count
     }
 
-    /// Whether a request from `peer` came on one of our own connections.
-    pub(super) fn is_ours(&self, peer: Option<&SocketAddr>) -> bool {
-        self.refreshing.load(Ordering::SeqCst)
-            && peer.is_some_and(|peer| lock(&self.ours).contains_key(peer))
+    /// Whether a request for `url` (its request target) is one of our own.
+    pub(super) fn is_ours(&self, url: &str) -> bool {
+        url == self.marker
     }
 
     /// Called for every client request: keeps the refreshes going, and wakes
@@ -120,7 +130,7 @@ impl SpareThreads {
     pub(super) fn stop(&self) {
         *lock(&self.stopped) = true;
         self.wake.notify_one();
-        for &fd in lock(&self.ours).values() {
+        for &fd in lock(&self.ours).iter() {
             // SAFETY: a descriptor stays in `ours` only while its stream is
             // open (see `refresh`), and shutdown(2) does not close it.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
@@ -165,7 +175,6 @@ impl SpareThreads {
     }
 
     fn refresh(&self) -> io::Result<()> {
-        self.refreshing.store(true, Ordering::SeqCst);
         let mut held = Vec::with_capacity(self.count);
         let result = self.hold_connections(&mut held);
         for stream in &held {
@@ -175,7 +184,6 @@ impl SpareThreads {
         // descriptor whose number was reused.
         lock(&self.ours).clear();
         drop(held);
-        self.refreshing.store(false, Ordering::SeqCst);
         result
     }
 
@@ -199,14 +207,15 @@ impl SpareThreads {
                 ));
             }
             let stream = TcpStream::connect_timeout(&self.target, REFRESH_TIMEOUT)?;
-            lock(&self.ours).insert(stream.local_addr()?, stream.as_raw_fd());
+            lock(&self.ours).push(stream.as_raw_fd());
             held.push(stream);
             // After registering: `stop` sets the flag before it shuts down
             // what is registered, so one of the two stops us.
             if *lock(&self.stopped) {
                 return Ok(());
             }
-            if send_and_await_answer(held.last_mut().expect("just pushed"))? {
+            let stream = held.last_mut().expect("just pushed");
+            if send_and_await_answer(stream, &self.marker)? {
                 answered += 1;
             }
         }
@@ -214,13 +223,13 @@ impl SpareThreads {
     }
 }
 
-/// Sends one request and waits up to [`PATIENCE`] for the head of its
-/// answer: whether it came.
-fn send_and_await_answer(stream: &mut TcpStream) -> io::Result<bool> {
+/// Sends one request for `marker` and waits up to [`PATIENCE`] for the head
+/// of its answer: whether it came.
+fn send_and_await_answer(stream: &mut TcpStream, marker: &str) -> io::Result<bool> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(PATIENCE))?;
     stream.set_write_timeout(Some(REFRESH_TIMEOUT))?;
-    stream.write_all(b"HEAD / HTTP/1.1\r\nHost: spare\r\n\r\n")?;
+    stream.write_all(format!("HEAD {marker} HTTP/1.1\r\nHost: spare\r\n\r\n").as_bytes())?;
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 256];
     while !head.ends_with(b"\r\n\r\n") {
@@ -274,12 +283,36 @@ mod tests {
 
     #[test]
     fn a_server_on_every_address_is_reached_over_loopback() {
-        let v4 = SpareThreads::new("0.0.0.0:7150".parse().unwrap(), 1);
+        let v4 = SpareThreads::new("0.0.0.0:7150".parse().unwrap(), 1).unwrap();
         assert_eq!(v4.target, "127.0.0.1:7150".parse().unwrap());
-        let v6 = SpareThreads::new("[::]:7150".parse().unwrap(), 1);
+        let v6 = SpareThreads::new("[::]:7150".parse().unwrap(), 1).unwrap();
         assert_eq!(v6.target, "[::1]:7150".parse().unwrap());
-        let one = SpareThreads::new("192.0.2.1:80".parse().unwrap(), 1);
+        let one = SpareThreads::new("192.0.2.1:80".parse().unwrap(), 1).unwrap();
         assert_eq!(one.target, "192.0.2.1:80".parse().unwrap());
+    }
+
+    /// Our requests are known by their target alone, whenever a worker
+    /// takes them, and each server draws its own.
+    #[test]
+    fn the_refresh_asks_for_a_target_that_only_this_server_knows() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (spares, other) = (
+            SpareThreads::new(addr, 1).unwrap(),
+            SpareThreads::new(addr, 1).unwrap(),
+        );
+        std::thread::scope(|s| {
+            s.spawn(|| spares.run());
+            let _stop = StopOnDrop(&spares);
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = [0u8; 256];
+            let read = stream.read(&mut head).unwrap();
+            let head = String::from_utf8_lossy(&head[..read]);
+            let target = head.split(' ').nth(1).unwrap();
+            assert!(spares.is_ours(target), "{head}");
+            assert!(!other.is_ours(target), "{head}");
+            assert!(!spares.is_ours("/"));
+        });
     }
 
     /// A listener that answers every request on every connection, and
@@ -324,7 +357,7 @@ mod tests {
     #[test]
     fn refreshes_stop_in_a_quiet_spell_and_the_next_request_wakes_them() {
         let (addr, accepted) = answering_listener();
-        let mut spares = SpareThreads::new(addr, 3);
+        let mut spares = SpareThreads::new(addr, 3).unwrap();
         spares.refresh_every = Duration::from_millis(50);
         std::thread::scope(|s| {
             s.spawn(|| spares.run());
@@ -373,7 +406,7 @@ mod tests {
     fn stop_ends_a_refresh_that_waits_for_an_answer_that_never_comes() {
         // Connections complete in the backlog, but nothing ever answers.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let spares = SpareThreads::new(listener.local_addr().unwrap(), 4);
+        let spares = SpareThreads::new(listener.local_addr().unwrap(), 4).unwrap();
         std::thread::scope(|s| {
             let running = s.spawn(|| spares.run());
             let deadline = Instant::now() + REFRESH_TIMEOUT;
@@ -391,6 +424,5 @@ mod tests {
             );
         });
         assert!(lock(&spares.ours).is_empty(), "forgotten once closed");
-        assert!(!spares.refreshing.load(Ordering::SeqCst));
     }
 }

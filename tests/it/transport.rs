@@ -417,6 +417,46 @@ fn a_burst_of_new_connections_that_each_send_one_request_and_then_wait_is_answer
     }
 }
 
+/// The spares' own requests that a worker takes only after their refresh
+/// gave up on them (they queued behind a busy worker) are still known as
+/// theirs: not served and not logged as a client's. Before, each was
+/// served as a client's and logged as `HEAD / 403` (or `HEAD / 404` with
+/// Host checks off, under `--allow-remote`).
+#[test]
+fn spare_thread_requests_taken_after_their_refresh_gave_up_are_not_served() {
+    let server = TestServer::start_with(&["--workers", "1", "--log-level", "debug"]);
+    // The one worker waits for a body that is sent only once a refresh
+    // (the one at start-up, or the next: this request makes it due) has
+    // given up on its connections. A body over 1 KiB, because tiny_http
+    // reads a smaller one itself before it hands the request over.
+    const BODY: usize = 2000;
+    let mut blocking = TcpStream::connect(server.addr).unwrap();
+    let head = format!(
+        "DELETE /api/users/u/chats/1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: {BODY}\r\n\r\n"
+    );
+    blocking.write_all(head.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !server
+        .stderr()
+        .contains("could not refresh the spare connection threads")
+    {
+        assert!(Instant::now() < deadline, "no refresh gave up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    blocking.write_all(&[b' '; BODY]).unwrap();
+    blocking
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let answer = read_response(&mut BufReader::new(blocking)).unwrap();
+    assert_eq!(answer.status, 413);
+    // Answered after every queued request of the refresh.
+    let next = try_delete(server.addr, "/api/users/u/chats/1", &"0".repeat(64));
+    assert_eq!(next.map(|r| r.status), Some(401));
+    let stderr = server.stderr();
+    let served: Vec<&str> = stderr.lines().filter(|l| l.contains("HEAD ")).collect();
+    assert!(served.is_empty(), "served as a client's: {served:?}");
+}
+
 /// Neither keep-alive rule can help here: a request held in flight keeps
 /// the server from falling idle, and each connection of the burst sends
 /// one request and then waits, so none lives to see its lifetime end. A
