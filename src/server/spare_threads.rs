@@ -62,9 +62,9 @@ pub(super) struct SpareThreads {
     count: usize,
     /// [`REFRESH_EVERY`], shorter in tests.
     refresh_every: Duration,
-    /// The target of our own requests: a path no client can guess (128
-    /// random bits), so that a request is known as ours by its target
-    /// alone. By the connection it came on, a request that a worker took
+    /// The path our own requests ask for, which no client can guess (128
+    /// random bits): a request is known as ours by its path alone. By the
+    /// connection it came on, a request that a worker took
     /// only after its refresh had ended and closed the connection (one
     /// that queued behind a burst) was served as a client's: with Host
     /// checks off (`--allow-remote`) it was logged as `HEAD / 404`.
