@@ -7,7 +7,9 @@
 //!    its pragmas (synchronous=FULL) and its maintenance thread, one thread,
 //!    no HTTP; then the same from 8, 16 and 64 threads, which the group
 //!    commit serves together, so that each HTTP phase can be set beside
-//!    what the database alone does at that concurrency;
+//!    what the database alone does at that concurrency; and 8 threads
+//!    once more with the maintenance thread held back until the phase
+//!    ends, which shows what upkeep adds to the latency at 8;
 //! 3. starts the real `neptun-local` binary and drives it over keep-alive
 //!    HTTP/1.1 at 1, 8 and 64 connections, every request deleting a
 //!    distinct existing chat, then the 401 path at 8 connections; each
@@ -53,6 +55,9 @@ const CONNECTIONS: [usize; 3] = [1, 8, 64];
 /// deletes that one of its commits can carry). Set beside the HTTP phases,
 /// they tell what the database costs from what HTTP adds.
 const IN_PROCESS_THREADS: [usize; 3] = [8, 16, 64];
+/// The threads of the in-process phase that runs without upkeep: the
+/// concurrency of the latency target (p99 under 2 ms at 8 connections).
+const FLOOR_THREADS: usize = 8;
 
 struct Options {
     quick: bool,
@@ -325,12 +330,24 @@ fn scaling(dir: &Path, quick: bool) -> String {
     out
 }
 
+/// Whether the maintenance thread runs during an in-process phase.
+#[derive(Clone, Copy, PartialEq)]
+enum Upkeep {
+    During,
+    /// Only once the phase is over. No checkpoint, WAL restart or
+    /// truncation holds the write lock meanwhile, so the phase shows the
+    /// latency of the deletes and their group commit alone: the floor
+    /// under what upkeep costs (the WAL grows by every delete meanwhile).
+    After,
+}
+
 /// Deletes `ids` in-process from `threads` threads, each deleting its
 /// share back to back: the project's `Database::delete_chat` (with its group
 /// commit), its pragmas and its maintenance thread, no HTTP.
-fn in_process(path: &Path, ids: &[i64], threads: usize) -> Phase {
+fn in_process(path: &Path, ids: &[i64], threads: usize, upkeep: Upkeep) -> Phase {
     let db = Database::open(path, &db::Settings::default()).unwrap();
-    let upkeep = Maintenance::start(db.clone(), Pacing::default()).unwrap();
+    let start_upkeep = || Maintenance::start(db.clone(), Pacing::default()).unwrap();
+    let during = (upkeep == Upkeep::During).then(start_upkeep);
     let cpu_before = cpu_time(std::process::id());
     let start = Instant::now();
     let latencies = thread::scope(|s| {
@@ -350,13 +367,15 @@ fn in_process(path: &Path, ids: &[i64], threads: usize) -> Phase {
     });
     let elapsed = start.elapsed();
     let cpu = cpu_time(std::process::id()) - cpu_before;
-    upkeep.stop();
+    // Its last pass checkpoints and truncates the WAL for the next phase.
+    during.unwrap_or_else(start_upkeep).stop();
+    let name = match (threads, upkeep) {
+        (1, Upkeep::During) => "in-process delete (limit)".into(),
+        (_, Upkeep::During) => format!("in-process delete ({threads} threads)"),
+        (_, Upkeep::After) => format!("in-process delete ({threads} threads, no upkeep)"),
+    };
     Phase {
-        name: if threads == 1 {
-            "in-process delete (limit)".into()
-        } else {
-            format!("in-process delete ({threads} threads)")
-        },
+        name,
         requests: ids.len(),
         elapsed,
         latencies,
@@ -577,17 +596,32 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("bench.db");
     // One chunk of chats for each phase that deletes.
-    let chats = o.chats * (1 + IN_PROCESS_THREADS.len() + CONNECTIONS.len());
+    let chats = o.chats * (2 + IN_PROCESS_THREADS.len() + CONNECTIONS.len());
     eprintln!("seeding {chats} chats x {} messages ...", o.messages);
     let (ids, token) = seed(&db_path, chats, o.messages);
     let mut chunks = ids.chunks(o.chats);
 
-    let limit = in_process(&db_path, chunks.next().unwrap(), 1);
+    let limit = in_process(&db_path, chunks.next().unwrap(), 1, Upkeep::During);
     let mut phases = vec![];
     for threads in IN_PROCESS_THREADS {
         wait_for_upkeep(&db_path);
-        phases.push(in_process(&db_path, chunks.next().unwrap(), threads));
+        phases.push(in_process(
+            &db_path,
+            chunks.next().unwrap(),
+            threads,
+            Upkeep::During,
+        ));
     }
+    wait_for_upkeep(&db_path);
+    phases.insert(
+        1,
+        in_process(
+            &db_path,
+            chunks.next().unwrap(),
+            FLOOR_THREADS,
+            Upkeep::After,
+        ),
+    );
     let db_mib = std::fs::metadata(&db_path).map_or(0, |m| m.len()) as f64 / (1024.0 * 1024.0);
     let server = start_server(&db_path);
     for (connections, chats) in CONNECTIONS.into_iter().zip(chunks) {
