@@ -353,14 +353,6 @@ fn serve(
         log::warn!("--synchronous normal: deletes answered just before a power loss may come back");
     }
     log::info!("database {}", db_path.display());
-    let demo_chats = if args.demo {
-        Some(demo::seed(&db).map_err(|source| Error::Database {
-            path: db_path.to_owned(),
-            source,
-        })?)
-    } else {
-        None
-    };
 
     let listener = bind(args)?;
     match server::raise_open_file_limit() {
@@ -382,7 +374,13 @@ fn serve(
         Maintenance::start(db.clone(), maintenance::Pacing::default()).map_err(Error::Io)?;
     stop_on_signals(server.shutdown_handle(workers))?;
 
-    if let Some(chat_ids) = demo_chats {
+    // Only once the server can start: a second demo on a taken address
+    // must not bring back chats that the running one deleted.
+    if args.demo {
+        let chat_ids = demo::seed(&db).map_err(|source| Error::Database {
+            path: db_path.to_owned(),
+            source,
+        })?;
         let token = auth::new_session(&db, demo::DEMO_USER, auth::DEFAULT_SESSION_TTL)
             .map_err(Error::Session)?;
         print_demo_instructions(&base_url, &token, &chat_ids);

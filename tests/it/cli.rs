@@ -81,9 +81,9 @@ fn an_unusable_database_is_reported_with_its_path() {
     }
 }
 
-#[test]
-fn the_demo_prints_a_working_curl_command_and_reseeds_idempotently() {
-    let server = TestServer::start_with(&["--demo"]);
+/// The demo's curl line from the server's log: the line, its token and its
+/// path.
+fn demo_curl(server: &TestServer) -> (String, String, String) {
     let logs = server.stderr();
     let curl = logs
         .lines()
@@ -98,13 +98,20 @@ fn the_demo_prints_a_working_curl_command_and_reseeds_idempotently() {
         .unwrap();
     let url = curl.split_whitespace().last().unwrap();
     let path = &url[url.find("/api/").unwrap()..];
+    (curl.to_owned(), token.to_owned(), path.to_owned())
+}
+
+#[test]
+fn the_demo_prints_a_working_curl_command_and_reseeds_idempotently() {
+    let server = TestServer::start_with(&["--demo"]);
+    let (curl, token, path) = demo_curl(&server);
     assert!(curl.contains("-X DELETE"), "{curl}");
     assert!(
-        url.starts_with(&format!("http://{}/", server.addr)),
-        "{url}"
+        curl.ends_with(&format!("http://{}{path}", server.addr)),
+        "{curl}"
     );
 
-    server.delete(path, token).assert_true();
+    server.delete(&path, &token).assert_true();
     let demo_chats = |sql: &rusqlite::Connection| -> i64 {
         sql.query_row(
             "SELECT count(*) FROM chats WHERE user_id = 'demo'",
@@ -143,6 +150,42 @@ fn the_demo_prints_a_working_curl_command_and_reseeds_idempotently() {
         ("chat_share_whitelist_entries", 1),
     ];
     assert_eq!(tables, expected.map(|(t, n)| (t.to_string(), n)));
+    assert_consistent(&sql);
+}
+
+/// Running `--demo` a second time while the first still serves fails on
+/// the taken address, and must do so before it changes anything: the
+/// running demo keeps the chats its user left (no deleted chat comes back
+/// under a new id), and no session is minted that nobody is shown.
+#[test]
+fn a_demo_start_that_cannot_listen_leaves_the_database_as_it_was() {
+    let server = TestServer::start_with(&["--demo"]);
+    let (_, token, path) = demo_curl(&server);
+    server.delete(&path, &token).assert_true();
+    let state = |sql: &rusqlite::Connection| -> (Vec<i64>, i64) {
+        let chats = sql
+            .prepare("SELECT id FROM chats ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let sessions = sql
+            .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
+            .unwrap();
+        (chats, sessions)
+    };
+    let before = state(&server.sql());
+
+    let addr = server.addr.to_string();
+    let out = run_cli(&server.db_path, &["--demo", "--addr", &addr], None);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(!err.contains("curl"), "{err}");
+
+    let sql = server.sql();
+    assert_eq!(state(&sql), before);
     assert_consistent(&sql);
 }
 
