@@ -163,13 +163,7 @@ fn a_demo_start_that_cannot_listen_leaves_the_database_as_it_was() {
     let (_, token, path) = demo_curl(&server);
     server.delete(&path, &token).assert_true();
     let state = |sql: &rusqlite::Connection| -> (Vec<i64>, i64) {
-        let chats = sql
-            .prepare("SELECT id FROM chats ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let chats = column(sql, "SELECT id FROM chats ORDER BY id");
         let sessions = sql
             .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
             .unwrap();

@@ -69,14 +69,10 @@ fn session_new_honours_the_ttl() {
     cli_ok(&server, &["user", "add", "alice"], None);
     new_session_via_cli(&server, "alice", "90s");
     new_session_via_cli(&server, "alice", "2h");
-    let lifetimes: Vec<i64> = server
-        .sql()
-        .prepare("SELECT expires_at - created_at FROM sessions ORDER BY 1")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let lifetimes: Vec<i64> = column(
+        &server.sql(),
+        "SELECT expires_at - created_at FROM sessions ORDER BY 1",
+    );
     assert_eq!(lifetimes, [90, 7200]);
 }
 

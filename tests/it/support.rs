@@ -528,23 +528,21 @@ pub fn assert_fully_gone(conn: &rusqlite::Connection, chat: &SeededChat) {
     );
 }
 
-/// `integrity_check` is ok and `foreign_key_check` finds nothing.
-pub fn assert_consistent(conn: &rusqlite::Connection) {
-    let integrity: Vec<String> = conn
-        .prepare("PRAGMA integrity_check")
+/// The first column of every row that `sql` returns.
+pub fn column<T: rusqlite::types::FromSql>(conn: &rusqlite::Connection, sql: &str) -> Vec<T> {
+    conn.prepare(sql)
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .collect::<Result<_, _>>()
-        .unwrap();
+        .unwrap()
+}
+
+/// `integrity_check` is ok and `foreign_key_check` finds nothing.
+pub fn assert_consistent(conn: &rusqlite::Connection) {
+    let integrity: Vec<String> = column(conn, "PRAGMA integrity_check");
     assert_eq!(integrity, ["ok"]);
-    let violations: Vec<String> = conn
-        .prepare("PRAGMA foreign_key_check")
-        .unwrap()
-        .query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let violations: Vec<String> = column(conn, "PRAGMA foreign_key_check");
     assert!(
         violations.is_empty(),
         "foreign key violations in {violations:?}"
