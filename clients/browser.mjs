@@ -1,14 +1,21 @@
 // Runs the spec's fetch example in a real headless Chromium (Debian's
 // /usr/bin/chromium, driven by playwright-core) from pages on two other
-// localhost origins: one allowed with --allow-origin, one not.
+// localhost origins: one allowed with --allow-origin, one not. Then from a
+// page that a Vite dev server serves, calling the API through Vite's
+// proxy, as a front end under development does: once with the proxy set
+// up as README says (`changeOrigin: true`), once with Vite's default.
 //
 // Environment: NEPTUN_BASE_URL (http://localhost:PORT), NEPTUN_TOKEN,
-// NEPTUN_USER, ALLOWED_PORT, OTHER_PORT, CHAT_ALLOWED, CHAT_OTHER.
+// NEPTUN_USER, ALLOWED_PORT, OTHER_PORT, VITE_PORT, CHAT_ALLOWED,
+// CHAT_OTHER, CHAT_VITE, CHAT_VITE_DEFAULT.
 // Prints one JSON line with what each page saw; run.py checks the database.
 
 import http from 'node:http';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { createServer as createViteServer } from 'vite';
 
 const env = (name) => {
   const value = process.env[name];
@@ -18,10 +25,11 @@ const env = (name) => {
 const base = env('NEPTUN_BASE_URL');
 const specFetch = readFileSync(new URL('./spec_fetch.js', import.meta.url), 'utf8');
 
-// A page whose script is exactly the spec's example.
-const page = `<!doctype html><meta charset="utf-8"><title>front end</title>
-<script>window.NEPTUN_BASE_URL = ${JSON.stringify(base)};</script>
+// A page whose script is exactly the spec's example, calling the API at `apiBase`.
+const pageFor = (apiBase) => `<!doctype html><meta charset="utf-8"><title>front end</title>
+<script>window.NEPTUN_BASE_URL = ${JSON.stringify(apiBase)};</script>
 <script>${specFetch}</script>`;
+const page = pageFor(base);
 
 function serve(port) {
   const server = http.createServer((_, res) => {
@@ -30,6 +38,28 @@ function serve(port) {
   });
   return new Promise((resolve) => server.listen(Number(port), '127.0.0.1', () => resolve(server)));
 }
+
+// The page calls the API on its own origin: /api/... goes through the
+// proxy set up as README says, /vite-default/api/... through one left at
+// Vite's defaults.
+const viteRoot = mkdtempSync(join(tmpdir(), 'neptun-vite-'));
+writeFileSync(join(viteRoot, 'index.html'), pageFor(''));
+const vite = await createViteServer({
+  configFile: false,
+  root: viteRoot,
+  logLevel: 'error',
+  server: {
+    host: '127.0.0.1',
+    port: Number(env('VITE_PORT')),
+    strictPort: true,
+    hmr: false,
+    proxy: {
+      '/api': { target: base, changeOrigin: true },
+      '/vite-default': { target: base, rewrite: (path) => path.replace(/^\/vite-default/, '') },
+    },
+  },
+});
+await vite.listen();
 
 const pages = [await serve(env('ALLOWED_PORT')), await serve(env('OTHER_PORT'))];
 const browser = await chromium.launch({
@@ -47,23 +77,35 @@ try {
     domain: new URL(base).hostname, path: '/', httpOnly: true, sameSite: 'Lax',
   }]);
   const tab = await context.newPage();
-  const attempt = async (port, chatId) => {
+  // `apiBase`, if given, replaces the page's base URL before the call.
+  const attempt = async (port, chatId, apiBase) => {
     await tab.goto(`http://localhost:${port}/`);
-    return tab.evaluate(async ([user, chat]) => {
+    return tab.evaluate(async ([user, chat, apiBase]) => {
+      if (apiBase !== null) window.NEPTUN_BASE_URL = apiBase;
       try {
         return { resolved: await deleteChat(user, Number(chat)) };
       } catch (error) {
         return { rejected: String(error) };
       }
-    }, [env('NEPTUN_USER'), chatId]);
+    }, [env('NEPTUN_USER'), chatId, apiBase ?? null]);
   };
   const result = {
     allowed: await attempt(env('ALLOWED_PORT'), env('CHAT_ALLOWED')),
     allowedAgain: await attempt(env('ALLOWED_PORT'), env('CHAT_ALLOWED')),
     other: await attempt(env('OTHER_PORT'), env('CHAT_OTHER')),
+    viteProxy: await attempt(env('VITE_PORT'), env('CHAT_VITE')),
+    viteDefaultProxy: await attempt(env('VITE_PORT'), env('CHAT_VITE_DEFAULT'), '/vite-default'),
+    // The spec's example throws on the status alone; this says which check refused it.
+    viteDefaultProxyMessage: await tab.evaluate(async ([user, chat]) => {
+      const response = await fetch(`/vite-default/api/users/${user}/chats/${chat}`,
+        { method: 'DELETE', credentials: 'include' });
+      return (await response.json()).data.message;
+    }, [env('NEPTUN_USER'), env('CHAT_VITE_DEFAULT')]),
   };
   console.log(JSON.stringify(result));
 } finally {
   await browser.close();
   pages.forEach((p) => p.close());
+  await vite.close();
+  rmSync(viteRoot, { recursive: true, force: true });
 }

@@ -4,8 +4,9 @@
 2. the spec's Python httpx function, as written (must return True, and
    raise_for_status must raise on 404 and 401);
 3. the spec's fetch example in headless Chromium, from an allowed origin
-   (must resolve to true and delete the chat) and from another origin
-   (must delete nothing);
+   (must resolve to true and delete the chat), from another origin (must
+   delete nothing), and from a Vite dev server's page through Vite's proxy
+   (README's setup must work; Vite's defaults are refused with 403);
 4. schemathesis against the served OpenAPI document, every check on.
 
 Usage: python run.py PATH/TO/neptun-local
@@ -61,9 +62,10 @@ def seed(binary: str, db: Path, chats: int) -> tuple[str, list[int]]:
     return token, ids
 
 
-def start(binary: str, db: Path, allowed_origin: str, log: Path) -> tuple[subprocess.Popen, int]:
+def start(binary: str, db: Path, allowed_origins: list[str], log: Path) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
-        [binary, "--db", str(db), "--addr", "127.0.0.1:0", "--allow-origin", allowed_origin],
+        [binary, "--db", str(db), "--addr", "127.0.0.1:0"]
+        + [arg for origin in allowed_origins for arg in ("--allow-origin", origin)],
         stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
     )
     line = proc.stdout.readline().strip()
@@ -103,13 +105,14 @@ def run_httpx(port: int, token: str, chat: int, db: Path) -> None:
                   str(e.response.status_code))
 
 
-def run_browser(port: int, token: str, chats: tuple[int, int], db: Path, pages: tuple[int, int]) -> None:
+def run_browser(port: int, token: str, chats: list[int], db: Path, pages: tuple[int, int, int]) -> None:
     import json
 
     env = dict(os.environ,
                NEPTUN_BASE_URL=f"http://localhost:{port}", NEPTUN_TOKEN=token, NEPTUN_USER=USER,
-               ALLOWED_PORT=str(pages[0]), OTHER_PORT=str(pages[1]),
-               CHAT_ALLOWED=str(chats[0]), CHAT_OTHER=str(chats[1]))
+               ALLOWED_PORT=str(pages[0]), OTHER_PORT=str(pages[1]), VITE_PORT=str(pages[2]),
+               CHAT_ALLOWED=str(chats[0]), CHAT_OTHER=str(chats[1]),
+               CHAT_VITE=str(chats[2]), CHAT_VITE_DEFAULT=str(chats[3]))
     out = subprocess.run(["node", str(HERE / "browser.mjs")], capture_output=True, text=True, env=env, timeout=180)
     if out.returncode != 0:
         check("browser: ran", False, out.stderr[-2000:])
@@ -120,6 +123,13 @@ def run_browser(port: int, token: str, chats: tuple[int, int], db: Path, pages: 
     check("browser: deleting it again throws (404)", "status: 404" in seen["allowedAgain"].get("rejected", ""), str(seen))
     check("browser: fetch from another origin is blocked", "rejected" in seen["other"], str(seen))
     check("browser: ...and deletes nothing", chat_exists(db, chats[1]))
+    check("browser: fetch through Vite's proxy with changeOrigin resolves to true",
+          seen["viteProxy"] == {"resolved": True}, str(seen))
+    check("browser: ...and the chat is gone", not chat_exists(db, chats[2]))
+    check("browser: fetch through Vite's default proxy gets 403 (Host not allowed)",
+          "status: 403" in seen["viteDefaultProxy"].get("rejected", "")
+          and seen["viteDefaultProxyMessage"] == "Host not allowed", str(seen))
+    check("browser: ...and deletes nothing", chat_exists(db, chats[3]))
 
 
 def run_schemathesis(port: int, token: str, workdir: Path) -> None:
@@ -142,12 +152,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "clients.db"
         token, chats = seed(binary, db, 40)
-        pages = (free_port(), free_port())
-        server, port = start(binary, db, f"http://localhost:{pages[0]}", Path(tmp) / "server.log")
+        pages = (free_port(), free_port(), free_port())
+        allowed = [f"http://localhost:{pages[0]}", f"http://localhost:{pages[2]}"]
+        server, port = start(binary, db, allowed, Path(tmp) / "server.log")
         try:
             run_curl(port, token, chats[0], db)
             run_httpx(port, token, chats[1], db)
-            run_browser(port, token, (chats[2], chats[3]), db, pages)
+            run_browser(port, token, chats[2:6], db, pages)
             run_schemathesis(port, token, Path(tmp))
             log = (Path(tmp) / "server.log").read_text()
             server_errors = [l for l in log.splitlines() if " 500 " in l or "panicked" in l]
