@@ -252,10 +252,8 @@ impl Policy {
     pub fn decorate(&self, request: &Request, mut response: Response) -> Response {
         // A preflight's answer carries exactly what `preflight` decided.
         let preflight = request.method == "OPTIONS";
-        if !preflight
-            && let Some(origin) = request.header_values("Origin").next()
-            && self.origin_allowed(origin)
-        {
+        let origin = request.header_values("Origin").next();
+        if let Some(origin) = origin.filter(|o| !preflight && self.origin_allowed(o)) {
             response = response
                 .with_header("Access-Control-Allow-Origin", origin)
                 .with_header("Access-Control-Allow-Credentials", "true");
