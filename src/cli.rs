@@ -168,7 +168,14 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Database { path, source } => write!(f, "{}: {source}", path.display()),
-            Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Error::Bind { addr, source } => {
+                write!(f, "cannot listen on {addr}: {source}")?;
+                if source.kind() == io::ErrorKind::AddrInUse {
+                    // Most often a server started earlier is still running.
+                    write!(f, "; stop what runs there, or choose a port with --addr")?;
+                }
+                Ok(())
+            }
             Error::NotLoopback(addr) => write!(
                 f,
                 "{addr} is not a loopback address; pass --allow-remote to listen there \

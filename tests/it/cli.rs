@@ -175,7 +175,10 @@ fn a_demo_start_that_cannot_listen_leaves_the_database_as_it_was() {
     let out = run_cli(&server.db_path, &["--demo", "--addr", &addr], None);
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && err.contains("--addr"),
+        "{err}"
+    );
     assert!(!err.contains("curl"), "{err}");
 
     let sql = server.sql();
