@@ -50,14 +50,18 @@ const STARVED_AFTER: Duration = Duration::from_secs(1);
 const LOST_AFTER: Duration = Duration::from_secs(30);
 /// The keep-alive connections of the HTTP phases.
 const CONNECTIONS: [usize; 3] = [1, 8, 64];
-/// The threads of the in-process phases beyond the single-thread limit: the
-/// HTTP phases' 8 and 64, and the server's default 16 workers (the most
-/// deletes that one of its commits can carry). Set beside the HTTP phases,
-/// they tell what the database costs from what HTTP adds.
-const IN_PROCESS_THREADS: [usize; 3] = [8, 16, 64];
-/// The threads of the in-process phase that runs without upkeep: the
-/// concurrency of the latency target (p99 under 2 ms at 8 connections).
-const FLOOR_THREADS: usize = 8;
+/// The in-process phases beyond the single-thread limit: the HTTP phases'
+/// 8 and 64 threads, and the server's default 16 workers (the most deletes
+/// that one of its commits can carry). Set beside the HTTP phases, they
+/// tell what the database costs from what HTTP adds. 8 threads also run
+/// without upkeep: the concurrency of the latency target (p99 under 2 ms
+/// at 8 connections).
+const IN_PROCESS_PHASES: [(usize, Upkeep); 4] = [
+    (8, Upkeep::During),
+    (8, Upkeep::After),
+    (16, Upkeep::During),
+    (64, Upkeep::During),
+];
 
 struct Options {
     quick: bool,
@@ -343,7 +347,8 @@ enum Upkeep {
 
 /// Deletes `ids` in-process from `threads` threads, each deleting its
 /// share back to back: the project's `Database::delete_chat` (with its group
-/// commit), its pragmas and its maintenance thread, no HTTP.
+/// commit), its pragmas and its maintenance thread (during the phase or
+/// only after it), no HTTP.
 fn in_process(path: &Path, ids: &[i64], threads: usize, upkeep: Upkeep) -> Phase {
     let db = Database::open(path, &db::Settings::default()).unwrap();
     let start_upkeep = || Maintenance::start(db.clone(), Pacing::default()).unwrap();
@@ -596,32 +601,22 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("bench.db");
     // One chunk of chats for each phase that deletes.
-    let chats = o.chats * (2 + IN_PROCESS_THREADS.len() + CONNECTIONS.len());
+    let chats = o.chats * (1 + IN_PROCESS_PHASES.len() + CONNECTIONS.len());
     eprintln!("seeding {chats} chats x {} messages ...", o.messages);
     let (ids, token) = seed(&db_path, chats, o.messages);
     let mut chunks = ids.chunks(o.chats);
 
     let limit = in_process(&db_path, chunks.next().unwrap(), 1, Upkeep::During);
     let mut phases = vec![];
-    for threads in IN_PROCESS_THREADS {
+    for (threads, upkeep) in IN_PROCESS_PHASES {
         wait_for_upkeep(&db_path);
         phases.push(in_process(
             &db_path,
             chunks.next().unwrap(),
             threads,
-            Upkeep::During,
+            upkeep,
         ));
     }
-    wait_for_upkeep(&db_path);
-    phases.insert(
-        1,
-        in_process(
-            &db_path,
-            chunks.next().unwrap(),
-            FLOOR_THREADS,
-            Upkeep::After,
-        ),
-    );
     let db_mib = std::fs::metadata(&db_path).map_or(0, |m| m.len()) as f64 / (1024.0 * 1024.0);
     let server = start_server(&db_path);
     for (connections, chats) in CONNECTIONS.into_iter().zip(chunks) {
