@@ -55,6 +55,9 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// Why an error was answered, for the request's log line: in a browser,
+    /// a refused cross-origin answer hides its body from the page.
+    pub reason: Option<&'static str>,
 }
 
 impl Response {
@@ -70,6 +73,7 @@ impl Response {
                 ("X-Content-Type-Options", "nosniff".to_owned()),
             ],
             body: value.to_string().into_bytes(),
+            reason: None,
         }
     }
 
@@ -83,6 +87,7 @@ impl Response {
                 ("X-Content-Type-Options", "nosniff".to_owned()),
             ],
             body: Vec::new(),
+            reason: None,
         }
     }
 
@@ -174,7 +179,10 @@ impl ApiError {
             "statusMessage": self.status_message(),
             "data": { "message": self.message() },
         });
-        let response = Response::json(self.status(), &body);
+        let response = Response {
+            reason: Some(self.message()),
+            ..Response::json(self.status(), &body)
+        };
         match self {
             ApiError::MethodNotAllowed { allow } => response.with_header("Allow", allow),
             ApiError::ServiceUnavailable => {

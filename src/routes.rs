@@ -69,6 +69,7 @@ fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
                 ("X-Content-Type-Options", "nosniff".to_owned()),
             ],
             body: OPENAPI.as_bytes().to_vec(),
+            reason: None,
         }),
         (_, ["openapi.yaml"]) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         _ => Err(ApiError::NotFound("Route not found")),

@@ -240,13 +240,17 @@ fn serve_one(
         },
     };
     let response = call_catching_panics(handler, &ours);
-    // Path only: the query is the client's business, and cookies are never logged.
+    // Path only: the query is the client's business, and cookies are never
+    // logged. An error's reason is one of the API's fixed messages.
     log::info!(
-        "{} {} {} {:.1}ms",
+        "{} {} {} {:.1}ms{}",
         ours.method,
         ours.path(),
         response.status,
-        started.elapsed().as_secs_f64() * 1000.0
+        started.elapsed().as_secs_f64() * 1000.0,
+        response
+            .reason
+            .map_or(String::new(), |reason| format!(" ({reason})"))
     );
     let closes = keep_alive.answer_closes(request.remote_addr().copied(), &ours, Instant::now());
     let result = if request.body_length().is_some_and(|n| n > UNDRAINABLE_BODY) {

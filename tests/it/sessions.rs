@@ -134,6 +134,15 @@ fn tokens_and_cookies_never_reach_the_logs() {
         logs.contains(&format!("DELETE {path} 200")),
         "requests are logged: {logs}"
     );
+    // An error's line says why, in the API's own words.
+    for (status, reason) in [(404, "Chat not found"), (401, "Invalid or expired session")] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(&format!("DELETE {path} {status} "))
+                    && l.ends_with(&format!("ms ({reason})"))),
+            "the {status} is logged with its reason: {logs}"
+        );
+    }
     for secret in [token.as_str(), unknown.as_str(), "neptun-session", "zzz"] {
         assert!(
             !logs.contains(secret),
