@@ -44,6 +44,8 @@ function serve(port) {
 // Vite's defaults.
 const viteRoot = mkdtempSync(join(tmpdir(), 'neptun-vite-'));
 writeFileSync(join(viteRoot, 'index.html'), pageFor(''));
+// As README's vite.config.js: the proxy's target is the server's address.
+const target = `http://127.0.0.1:${new URL(base).port}`;
 const vite = await createViteServer({
   configFile: false,
   root: viteRoot,
@@ -54,8 +56,8 @@ const vite = await createViteServer({
     strictPort: true,
     hmr: false,
     proxy: {
-      '/api': { target: base, changeOrigin: true },
-      '/vite-default': { target: base, rewrite: (path) => path.replace(/^\/vite-default/, '') },
+      '/api': { target, changeOrigin: true },
+      '/vite-default': { target, rewrite: (path) => path.replace(/^\/vite-default/, '') },
     },
   },
 });
