@@ -377,12 +377,9 @@ fn serve(
         &args.allow_origins,
     )
     .map_err(Error::Policy)?;
-    let upkeep =
-        Maintenance::start(db.clone(), maintenance::Pacing::default()).map_err(Error::Io)?;
-    stop_on_signals(server.shutdown_handle(workers))?;
-
-    // Only once the server can start: a second demo on a taken address
-    // must not bring back chats that the running one deleted.
+    // Only once the server can start (a second demo on a taken address
+    // must not bring back chats that the running one deleted), and before
+    // the upkeep thread, so that a failed seed leaves no thread behind.
     if args.demo {
         let chat_ids = demo::seed(&db).map_err(|source| Error::Database {
             path: db_path.to_owned(),
@@ -392,6 +389,9 @@ fn serve(
             .map_err(Error::Session)?;
         print_demo_instructions(&base_url, &token, &chat_ids);
     }
+    let upkeep =
+        Maintenance::start(db.clone(), maintenance::Pacing::default()).map_err(Error::Io)?;
+    stop_on_signals(server.shutdown_handle(workers))?;
     // The one line on stdout: scripts and tests wait for it.
     println!("listening on {base_url}");
     io::stdout().flush().map_err(Error::Io)?;
