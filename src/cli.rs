@@ -377,6 +377,10 @@ fn serve(
         &args.allow_origins,
     )
     .map_err(Error::Policy)?;
+    // Before the upkeep thread starts, so that a failure leaves no thread
+    // behind. A signal from here on is kept until the workers run, which
+    // then finish at once.
+    stop_on_signals(server.shutdown_handle(workers))?;
     // Only once the server can start (a second demo on a taken address
     // must not bring back chats that the running one deleted), and before
     // the upkeep thread, so that a failed seed leaves no thread behind.
@@ -391,7 +395,6 @@ fn serve(
     }
     let upkeep =
         Maintenance::start(db.clone(), maintenance::Pacing::default()).map_err(Error::Io)?;
-    stop_on_signals(server.shutdown_handle(workers))?;
     // The one line on stdout: scripts and tests wait for it.
     println!("listening on {base_url}");
     io::stdout().flush().map_err(Error::Io)?;
