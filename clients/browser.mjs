@@ -73,12 +73,14 @@ const browser = await chromium.launch({
 });
 try {
   const context = await browser.newContext();
-  // The session cookie, set in the browser for the server's host.
-  await context.addCookies([{
-    name: 'neptun-session', value: env('NEPTUN_TOKEN'),
-    domain: new URL(base).hostname, path: '/', httpOnly: true, sameSite: 'Lax',
-  }]);
   const tab = await context.newPage();
+  // The session cookie, set as README and the demo tell a developer to:
+  // this line, run in the console of a page on localhost. A cookie does not
+  // depend on the port, so every page below and the server get it.
+  await tab.goto(`http://localhost:${env('ALLOWED_PORT')}/`);
+  await tab.evaluate((token) => {
+    document.cookie = `neptun-session=${token}; path=/`;
+  }, env('NEPTUN_TOKEN'));
   // `apiBase`, if given, replaces the page's base URL before the call.
   const attempt = async (port, chatId, apiBase) => {
     await tab.goto(`http://localhost:${port}/`);

@@ -469,13 +469,14 @@ fn print_demo_instructions(base_url: &str, token: &Token, chat_ids: &[i64]) {
         .collect::<Vec<_>>()
         .join(", ");
     let first = chat_ids.first().copied().unwrap_or(1);
+    let token = token.expose();
     // stderr, because stdout carries only the "listening on" line.
     eprintln!(
         "demo user {user:?} owns chats {chats}\n\
-         demo session token: {}\n\
-         try:\n  curl -i -X DELETE -H \"Cookie: neptun-session={}\" {base_url}/api/users/{user}/chats/{first}",
-        token.expose(),
-        token.expose(),
+         demo session token: {token}\n\
+         try:\n  curl -i -X DELETE -H \"Cookie: neptun-session={token}\" {base_url}/api/users/{user}/chats/{first}\n\
+         for a front end on localhost, paste this in its browser console (see README, \"From a front end in development\"):\n  \
+         document.cookie = \"neptun-session={token}; path=/\""
     );
 }
 

@@ -110,6 +110,14 @@ fn the_demo_prints_a_working_curl_command_and_reseeds_idempotently() {
         curl.ends_with(&format!("http://{}{path}", server.addr)),
         "{curl}"
     );
+    // The line for a front end's browser console carries the same token, in
+    // the form the client checks set it in Chromium.
+    let console_line = format!("document.cookie = \"neptun-session={token}; path=/\"");
+    let logs = server.stderr();
+    assert!(
+        logs.lines().any(|l| l.trim() == console_line),
+        "no {console_line:?} in:\n{logs}"
+    );
 
     server.delete(&path, &token).assert_true();
     let demo_chats = |sql: &rusqlite::Connection| -> i64 {
