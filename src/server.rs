@@ -255,6 +255,8 @@ fn serve_one(
     let closes = keep_alive.answer_closes(request.remote_addr().copied(), &ours, Instant::now());
     let result = if request.body_length().is_some_and(|n| n > UNDRAINABLE_BODY) {
         refuse_without_draining(request, response)
+    } else if body_left_unread(&request) {
+        answer_off_the_worker(request, response)
     } else if closes {
         respond_and_close(request, response)
     } else {
@@ -262,6 +264,55 @@ fn serve_one(
     };
     if let Err(e) = result {
         log::debug!("could not write a response: {e}");
+    }
+}
+
+/// tiny_http reads a body of up to this many bytes along with the request.
+const PREREAD_BODY: usize = 1024;
+
+/// Whether dropping the request will make tiny_http read the rest of its
+/// body: one larger than it reads along with the request, or one the client
+/// waits to send until told `100 Continue` (which tiny_http sends only if
+/// the body is read, and this API reads none).
+fn body_left_unread(request: &tiny_http::Request) -> bool {
+    request.body_length().is_some_and(|length| {
+        length > PREREAD_BODY
+            || (length > 0 && request.headers().iter().any(|h| h.field.equiv("Expect")))
+    })
+}
+
+/// Answers on a thread of its own, so that the worker goes straight back
+/// to the queue. After the answer, tiny_http reads the rest of the body,
+/// and that read waits for as long as the client neither sends it nor
+/// closes: on a worker, `--workers` such requests would stall the server.
+/// The thread ends with the read. If it cannot be started, the worker
+/// answers.
+///
+/// Never with `Connection: close`: `into_writer`, which that answer needs,
+/// drops the request, and so reads the body, before the answer is written.
+fn answer_off_the_worker(request: tiny_http::Request, response: Response) -> io::Result<()> {
+    let slot = Arc::new(Mutex::new(Some((request, response))));
+    let theirs = Arc::clone(&slot);
+    let spawned = thread::Builder::new()
+        .name("body-drain".to_owned())
+        .spawn(move || {
+            let taken = theirs.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let answered = taken.map_or(Ok(()), |(request, response)| {
+                request.respond(to_tiny_http(response))
+            });
+            if let Err(e) = answered {
+                log::debug!("could not write a response: {e}");
+            }
+        });
+    match spawned {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            log::warn!("answering on the worker, which waits for the unread body: {e}");
+            let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            taken.map_or(Ok(()), |(request, response)| {
+                request.respond(to_tiny_http(response))
+            })
+        }
     }
 }
 

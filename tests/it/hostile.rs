@@ -456,6 +456,63 @@ fn bodies_beyond_the_limit_get_413_unread_and_the_server_lives_on() {
     assert_eq!(r.status, 401, "the server must still serve");
 }
 
+/// Reads one response from a connection that stays open, within `wait`.
+fn read_one_response(stream: &mut TcpStream, wait: Duration) -> Option<HttpResponse> {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(r) = parse_response(&raw, false) {
+            return Some(r);
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// After an answer, tiny_http reads the rest of a request's body, and
+/// waits for as long as the client neither sends it nor closes. On the
+/// workers, as many such requests as there are workers stalled the server.
+#[test]
+fn declared_bodies_that_never_arrive_do_not_hold_the_workers() {
+    let w = World::new(&["--workers", "2"]);
+    let path = w.chat_path();
+    // Without a cookie: the small one is answered 401, whoever gets it.
+    let never_sent = [
+        (
+            format!("DELETE {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000\r\n\r\n"),
+            413,
+        ),
+        (
+            format!(
+                "DELETE {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+            ),
+            401,
+        ),
+    ];
+    // Three of each, on six connections that stay open: three times the workers.
+    let mut held = Vec::new();
+    for (raw, status) in never_sent.iter().cycle().take(6) {
+        let mut stream = TcpStream::connect(w.server.addr).unwrap();
+        stream.write_all(raw.as_bytes()).unwrap();
+        let answer = read_one_response(&mut stream, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no answer within 5 s to {raw:?}"));
+        assert_eq!(answer.status, *status, "{raw:?}");
+        held.push(stream);
+    }
+    // And an ordinary request, while they are all still open.
+    let raw = format!(
+        "DELETE /api/users/alice/chats/999999 HTTP/1.1\r\nHost: localhost\r\nCookie: neptun-session={}\r\nConnection: close\r\n\r\n",
+        w.token
+    );
+    let x = exchange(w.server.addr, raw.as_bytes(), Duration::from_secs(5));
+    only_response(&x).assert_error(404, "Not Found");
+    drop(held);
+    w.assert_unharmed();
+}
+
 #[test]
 fn odd_paths_get_a_clear_4xx_and_never_match_by_accident() {
     let w = World::new(&[]);
