@@ -35,6 +35,16 @@ const ORDINARY_REQUEST_HEADERS: [&str; 7] = [
 /// The largest request body accepted (and ignored), in bytes.
 const MAX_BODY: u32 = 1024;
 
+/// The longest request-target accepted, in bytes: the default limit of
+/// Apache's and nginx's request line.
+const MAX_TARGET: usize = 8192;
+/// The most header fields accepted: hyper's and Apache's default.
+const MAX_HEADER_FIELDS: usize = 100;
+/// The largest header section accepted, in bytes. Four times Node's default
+/// (16 KiB), which front-end dev servers already impose on a browser's
+/// requests, the cookies of every other app on `localhost` included.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// How long a browser may cache a preflight answer, in seconds.
 const PREFLIGHT_MAX_AGE: &str = "600";
 
@@ -97,6 +107,26 @@ impl Policy {
             own_origins,
             allowed_origins,
         })
+    }
+
+    /// Refuses a request whose target (414) or header section (431) is
+    /// larger than any client of this API sends. tiny_http has read and
+    /// stored the whole head by then, so this bounds no memory; it answers
+    /// the status a client can act on, instead of acting on the request.
+    pub fn check_head_size(&self, request: &Request) -> Result<(), ApiError> {
+        if request.target.len() > MAX_TARGET {
+            return Err(ApiError::UriTooLong);
+        }
+        // As sent: "name: value" and CRLF.
+        let header_bytes: usize = request
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + 4)
+            .sum();
+        if request.headers.len() > MAX_HEADER_FIELDS || header_bytes > MAX_HEADER_BYTES {
+            return Err(ApiError::HeaderFieldsTooLarge);
+        }
+        Ok(())
     }
 
     /// Refuses a request whose body framing is ambiguous (RFC 9112 §6.3):
@@ -429,6 +459,32 @@ mod tests {
         );
         let get = Request::new("GET", "/", &[("Origin", "http://evil.example")]);
         assert!(p.check_origin(&get).is_ok());
+    }
+
+    #[test]
+    fn heads_over_the_limits_get_414_or_431_and_those_at_them_pass() {
+        let p = loopback();
+        let status = |target: &str, headers: &[(String, String)]| {
+            let request = Request {
+                headers: headers.to_vec(),
+                ..Request::new("DELETE", target, &[])
+            };
+            p.check_head_size(&request).map_err(|e| e.status())
+        };
+        let target = |len: usize| format!("/{}", "a".repeat(len - 1));
+        assert_eq!(status(&target(MAX_TARGET), &[]), Ok(()));
+        assert_eq!(status(&target(MAX_TARGET + 1), &[]), Err(414));
+
+        let fields = |n: usize| -> Vec<(String, String)> {
+            (0..n).map(|i| (format!("X-{i}"), "v".into())).collect()
+        };
+        assert_eq!(status("/", &fields(MAX_HEADER_FIELDS)), Ok(()));
+        assert_eq!(status("/", &fields(MAX_HEADER_FIELDS + 1)), Err(431));
+
+        // "Cookie: " plus CRLF is 10 bytes of the section.
+        let cookie = |len: usize| vec![("Cookie".to_owned(), "c".repeat(len - 10))];
+        assert_eq!(status("/", &cookie(MAX_HEADER_BYTES)), Ok(()));
+        assert_eq!(status("/", &cookie(MAX_HEADER_BYTES + 1)), Err(431));
     }
 }
 

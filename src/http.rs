@@ -120,6 +120,11 @@ pub enum ApiError {
     NotFound(&'static str),
     /// 413: the request carries a body larger than we accept.
     PayloadTooLarge,
+    /// 414: the request-target is longer than any this API uses.
+    UriTooLong,
+    /// 431: more header fields, or more header bytes, than any client of
+    /// this API sends.
+    HeaderFieldsTooLarge,
     /// 405: the route exists but not with this method.
     MethodNotAllowed { allow: &'static str },
     /// 503: the database is busy; the client may retry after a moment.
@@ -140,6 +145,8 @@ impl ApiError {
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::PayloadTooLarge => 413,
+            ApiError::UriTooLong => 414,
+            ApiError::HeaderFieldsTooLarge => 431,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Internal => 500,
             ApiError::ServiceUnavailable => 503,
@@ -154,6 +161,8 @@ impl ApiError {
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::NotFound(_) => "Not Found",
             ApiError::PayloadTooLarge => "Payload Too Large",
+            ApiError::UriTooLong => "URI Too Long",
+            ApiError::HeaderFieldsTooLarge => "Request Header Fields Too Large",
             ApiError::MethodNotAllowed { .. } => "Method Not Allowed",
             ApiError::Internal => "Internal Server Error",
             ApiError::ServiceUnavailable => "Service Unavailable",
@@ -168,6 +177,10 @@ impl ApiError {
             | ApiError::NotFound(m) => m,
             ApiError::MethodNotAllowed { .. } => "Method not allowed on this route",
             ApiError::PayloadTooLarge => "Request bodies over 1024 bytes are not accepted",
+            ApiError::UriTooLong => "Request targets over 8192 bytes are not accepted",
+            ApiError::HeaderFieldsTooLarge => {
+                "Requests with over 100 header fields or 64 KiB of headers are not accepted"
+            }
             ApiError::Internal => "Internal server error",
             ApiError::ServiceUnavailable => "The database is busy; retry shortly",
         }

@@ -1,7 +1,8 @@
 //! The route table and the delete-chat handler.
 //!
 //! Order of checks, and why:
-//! 0. the `Host` and, for state-changing methods, the `Origin` (see
+//! 0. the size of the head (414/431) and the body's framing (400/413), then
+//!    the `Host` and, for state-changing methods, the `Origin` (see
 //!    `guard`): a request a foreign page made the browser send is refused
 //!    before anything else (400/403); CORS preflights are answered here too;
 //! 1. the path is decoded strictly and matched exactly (a malformed target is
@@ -40,6 +41,7 @@ pub fn handle(app: &App, request: &Request) -> Response {
 }
 
 fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
+    app.policy.check_head_size(request)?;
     app.policy.check_framing(request)?;
     app.policy.check_host(request)?;
     app.policy.check_origin(request)?;

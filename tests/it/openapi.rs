@@ -154,6 +154,18 @@ fn every_status_the_chat_route_produces_is_documented_and_vice_versa() {
             "DELETE",
             server.request("DELETE", &path(1), &[("Transfer-Encoding", "chunked")]),
         ), // 413
+        (
+            "DELETE",
+            server.request("DELETE", &format!("{}?{}", path(1), "a".repeat(9000)), &[]),
+        ), // 414
+        (
+            "DELETE",
+            server.request(
+                "DELETE",
+                &path(1),
+                &[("Cookie", "c".repeat(70_000).as_str())],
+            ),
+        ), // 431
         ("GET", server.request("GET", &path(1), &[])),       // 405
         ("PATCH", server.request("PATCH", &path(1), &[])),   // 405
         ("OPTIONS", server.request("OPTIONS", &path(1), &[])), // 204 + Allow
