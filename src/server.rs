@@ -19,6 +19,10 @@
 //!   instead (`try_clone().unwrap()`), queueing nothing: see
 //!   [`exit_when_a_transport_thread_panics`]; and the soft descriptor limit
 //!   is raised at start-up ([`raise_open_file_limit`]) to make that rarer.
+//! - after answering a request whose body it has not read, tiny_http waits
+//!   for that body until the client sends it or closes: such requests are
+//!   answered on a thread of their own (`answer_off_the_worker`), so that
+//!   no worker waits;
 //! - a new connection can wait, unanswered, behind threads that each hold a
 //!   keep-alive connection, for as long as those connections stay open: so
 //!   idle connection threads are kept ready by connecting to ourselves
