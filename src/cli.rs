@@ -28,7 +28,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7150";
 #[derive(Parser, Debug)]
 #[command(name = "neptun-local", version)]
 pub struct Cli {
-    /// The SQLite database file; created, with the schema, if missing.
+    /// The SQLite database file; serve and user add create it, with the schema, if missing.
     #[arg(long, env = "NEPTUN_DB", default_value = "neptun.db", global = true)]
     pub db: PathBuf,
 
@@ -151,8 +151,14 @@ pub enum SessionCommand {
 /// Everything that makes the command fail.
 #[derive(Debug)]
 pub enum Error {
-    Database { path: PathBuf, source: db::Error },
-    Bind { addr: String, source: io::Error },
+    Database {
+        path: PathBuf,
+        source: db::Error,
+    },
+    Bind {
+        addr: String,
+        source: io::Error,
+    },
     NotLoopback(String),
     Policy(String),
     Transport(io::Error),
@@ -161,6 +167,14 @@ pub enum Error {
     MalformedToken,
     NoSuchSession,
     Unhealthy(usize),
+    /// A command that only reads or changes existing data was pointed at a
+    /// file that does not exist.
+    NoDatabase(PathBuf),
+    /// The database file would be created in a directory that does not exist.
+    NoDirectory {
+        path: PathBuf,
+        dir: PathBuf,
+    },
     Io(io::Error),
 }
 
@@ -190,6 +204,18 @@ impl fmt::Display for Error {
                 f.write_str("no session has that token (already revoked or expired?)")
             }
             Error::Unhealthy(n) => write!(f, "the doctor found {n} problem(s)"),
+            Error::NoDatabase(path) => write!(
+                f,
+                "{}: no database file there (is --db right?); `neptun-local serve` or \
+                 `neptun-local user add` creates one",
+                path.display()
+            ),
+            Error::NoDirectory { path, dir } => write!(
+                f,
+                "{}: the directory {} does not exist; create it first, or choose another --db",
+                path.display(),
+                dir.display()
+            ),
             Error::Io(e) => e.fmt(f),
         }
     }
@@ -240,11 +266,29 @@ where
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), Error> {
     logging::init(cli.log_level);
+    // Serving and adding a user create the file if it is missing; SQLite
+    // would refuse a missing directory with only "unable to open database
+    // file".
     let open = |settings: &db::Settings| {
+        let dir = cli.db.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir.filter(|d| !d.exists()) {
+            return Err(Error::NoDirectory {
+                path: cli.db.clone(),
+                dir: dir.to_owned(),
+            });
+        }
         Database::open(&cli.db, settings).map_err(|source| Error::Database {
             path: cli.db.clone(),
             source,
         })
+    };
+    // The other commands read or change what is there: run on a mistyped
+    // path, they would create an empty file and report on it.
+    let open_existing = || {
+        if !cli.db.exists() {
+            return Err(Error::NoDatabase(cli.db.clone()));
+        }
+        open(&db::Settings::default())
     };
     let db_error = |source| Error::Database {
         path: cli.db.clone(),
@@ -262,14 +306,14 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Some(Command::Session(SessionCommand::New { ref user_id, ttl })) => {
-            let db = open(&db::Settings::default())?;
+            let db = open_existing()?;
             let token = auth::new_session(&db, user_id, ttl).map_err(Error::Session)?;
             println!("{}", token.expose());
             Ok(())
         }
         Some(Command::Session(SessionCommand::Revoke { ref token })) => {
             let token = read_token_argument(token)?;
-            let db = open(&db::Settings::default())?;
+            let db = open_existing()?;
             if db.delete_session(&token.hash()).map_err(db_error)? {
                 eprintln!("session revoked");
                 Ok(())
@@ -278,7 +322,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Some(Command::Session(SessionCommand::List { ref user_id })) => {
-            let db = open(&db::Settings::default())?;
+            let db = open_existing()?;
             let now = auth::now_unix();
             println!(
                 "{:<10} {:<20} {:<20} state",
@@ -300,13 +344,13 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Some(Command::Session(SessionCommand::Prune)) => {
-            let db = open(&db::Settings::default())?;
+            let db = open_existing()?;
             let pruned = db.prune_sessions(auth::now_unix()).map_err(db_error)?;
             println!("pruned {pruned} expired session(s)");
             Ok(())
         }
         Some(Command::Doctor) => {
-            let db = open(&db::Settings::default())?;
+            let db = open_existing()?;
             let report = doctor::examine(&db).map_err(db_error)?;
             println!("{:<13}{}", "database", cli.db.display());
             for (topic, finding) in &report.facts {

@@ -70,7 +70,7 @@ fn an_unusable_database_is_reported_with_its_path() {
     let not_a_db = dir.path().join("garbage.db");
     std::fs::write(&not_a_db, vec![b'x'; 4096]).unwrap();
     let missing_dir = dir.path().join("no/such/dir/t.db");
-    for path in [dir.path().to_path_buf(), not_a_db, missing_dir] {
+    for path in [dir.path().to_path_buf(), not_a_db, missing_dir.clone()] {
         let out = run_cli(&path, &["user", "add", "alice"], None);
         assert_eq!(out.status.code(), Some(1), "{path:?}");
         let err = stderr_of(&out);
@@ -78,6 +78,39 @@ fn an_unusable_database_is_reported_with_its_path() {
         // Serving refuses to start, too, rather than answer 500s.
         let out = run_cli(&path, &["--addr", "127.0.0.1:0"], None);
         assert_eq!(out.status.code(), Some(1), "{path:?}");
+    }
+    let out = run_cli(&missing_dir, &["--addr", "127.0.0.1:0"], None);
+    let err = stderr_of(&out);
+    let parent = missing_dir.parent().unwrap().display().to_string();
+    assert!(
+        err.contains(&format!("the directory {parent} does not exist")),
+        "{err}"
+    );
+}
+
+/// A command that only reads or changes what is in the file, pointed at a
+/// path with no file, says so and creates nothing: before, `doctor` created
+/// an empty database there and reported it healthy.
+#[test]
+fn commands_on_existing_data_refuse_a_missing_file_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo.db");
+    let token = "0".repeat(64);
+    let commands: &[&[&str]] = &[
+        &["doctor"],
+        &["session", "list", "alice"],
+        &["session", "prune"],
+        &["session", "new", "alice"],
+        &["session", "revoke", &token],
+    ];
+    for args in commands {
+        let out = run_cli(&missing, args, None);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr_of(&out);
+        assert!(err.contains("no database file there"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+        let created: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(created.is_empty(), "{args:?} created {created:?}");
     }
 }
 
