@@ -136,7 +136,7 @@ impl Policy {
     /// it from parsing the bytes that follow; it does keep us from acting on
     /// a request that two parsers would read differently.
     pub fn check_framing(&self, request: &Request) -> Result<(), ApiError> {
-        const BAD: ApiError = ApiError::BadRequest("Ambiguous message framing");
+        const BAD: ApiError = ApiError::AmbiguousFraming;
         let lengths: Vec<&str> = request.header_values("Content-Length").collect();
         let codings: Vec<&str> = request.header_values("Transfer-Encoding").collect();
         let numeric = |v: &&str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());

@@ -58,6 +58,9 @@ pub struct Response {
     /// Why an error was answered, for the request's log line: in a browser,
     /// a refused cross-origin answer hides its body from the page.
     pub reason: Option<&'static str>,
+    /// Whether the connection must not carry another request after this
+    /// answer, because where the request ended is in doubt (RFC 9112 §6.3).
+    pub close_connection: bool,
 }
 
 impl Response {
@@ -74,6 +77,7 @@ impl Response {
             ],
             body: value.to_string().into_bytes(),
             reason: None,
+            close_connection: false,
         }
     }
 
@@ -88,6 +92,7 @@ impl Response {
             ],
             body: Vec::new(),
             reason: None,
+            close_connection: false,
         }
     }
 
@@ -112,6 +117,9 @@ impl Response {
 pub enum ApiError {
     /// 400: the request is malformed (bad id, bad percent-encoding, ...).
     BadRequest(&'static str),
+    /// 400: two parsers could read the request's length differently
+    /// (request smuggling), so neither it nor its connection is trusted.
+    AmbiguousFraming,
     /// 401: no valid session.
     Unauthorized(&'static str),
     /// 403: refused for where it came from (Host, Origin), whoever asks.
@@ -140,7 +148,7 @@ pub const RETRY_AFTER_SECS: u32 = 1;
 impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
-            ApiError::BadRequest(_) => 400,
+            ApiError::BadRequest(_) | ApiError::AmbiguousFraming => 400,
             ApiError::Unauthorized(_) => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
@@ -156,7 +164,7 @@ impl ApiError {
     /// The reason phrase, used as the body's `statusMessage`.
     pub fn status_message(&self) -> &'static str {
         match self {
-            ApiError::BadRequest(_) => "Bad Request",
+            ApiError::BadRequest(_) | ApiError::AmbiguousFraming => "Bad Request",
             ApiError::Unauthorized(_) => "Unauthorized",
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::NotFound(_) => "Not Found",
@@ -175,6 +183,7 @@ impl ApiError {
             | ApiError::Unauthorized(m)
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m) => m,
+            ApiError::AmbiguousFraming => "Ambiguous message framing",
             ApiError::MethodNotAllowed { .. } => "Method not allowed on this route",
             ApiError::PayloadTooLarge => "Request bodies over 1024 bytes are not accepted",
             ApiError::UriTooLong => "Request targets over 8192 bytes are not accepted",
@@ -194,6 +203,12 @@ impl ApiError {
         });
         let response = Response {
             reason: Some(self.message()),
+            // Unread or mis-framed body bytes would be read as the next
+            // request: ask the client to close (tiny_http would not).
+            close_connection: matches!(
+                self,
+                ApiError::AmbiguousFraming | ApiError::PayloadTooLarge
+            ),
             ..Response::json(self.status(), &body)
         };
         match self {
@@ -237,6 +252,26 @@ mod tests {
         assert_eq!(r.header("Retry-After"), Some("1"));
         let r = ApiError::Unauthorized("x").into_response();
         assert!(r.header("WWW-Authenticate").unwrap().starts_with("Cookie "));
+    }
+
+    #[test]
+    fn only_answers_about_a_body_ask_to_close_the_connection() {
+        for (error, closes) in [
+            (ApiError::AmbiguousFraming, true),
+            (ApiError::PayloadTooLarge, true),
+            (ApiError::BadRequest("x"), false),
+            (ApiError::Unauthorized("x"), false),
+            (ApiError::HeaderFieldsTooLarge, false),
+            (ApiError::Internal, false),
+        ] {
+            let r = error.clone().into_response();
+            assert_eq!(r.close_connection, closes, "{error:?}");
+        }
+        let r = ApiError::AmbiguousFraming.into_response();
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            r#"{"statusCode":400,"statusMessage":"Bad Request","data":{"message":"Ambiguous message framing"}}"#
+        );
     }
 
     #[test]

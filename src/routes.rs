@@ -72,6 +72,7 @@ fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
             ],
             body: OPENAPI.as_bytes().to_vec(),
             reason: None,
+            close_connection: false,
         }),
         (_, ["openapi.yaml"]) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         _ => Err(ApiError::NotFound("Route not found")),

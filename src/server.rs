@@ -256,7 +256,9 @@ fn serve_one(
             .reason
             .map_or(String::new(), |reason| format!(" ({reason})"))
     );
-    let closes = keep_alive.answer_closes(request.remote_addr().copied(), &ours, Instant::now());
+    // Asked first, always: the keep-alive rules count every answer.
+    let closes = keep_alive.answer_closes(request.remote_addr().copied(), &ours, Instant::now())
+        || response.close_connection;
     let result = if request.body_length().is_some_and(|n| n > UNDRAINABLE_BODY) {
         refuse_without_draining(request, response)
     } else if body_left_unread(&request) {

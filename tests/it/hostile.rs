@@ -419,6 +419,46 @@ fn ambiguous_framing_is_refused_before_anything_is_deleted() {
     w.assert_unharmed();
 }
 
+/// tiny_http keeps a connection open after any answer and reads what
+/// follows a mis-framed or refused body as the next request (README,
+/// Limits). The answer at least asks the client, or a proxy in front, to
+/// close (RFC 9112 §6.3). Each case runs on a fresh server, so that no
+/// keep-alive rule closes the connection for its own reasons; the control
+/// shows that an ordinary keep-alive answer does not say `close`.
+#[test]
+fn answers_to_mis_framed_or_refused_bodies_say_connection_close() {
+    let cases = [
+        ("control", "Content-Length: 0\r\n\r\n", 404, None),
+        (
+            "CL + TE",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            Some("close"),
+        ),
+        (
+            "chunked body",
+            "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            413,
+            Some("close"),
+        ),
+    ];
+    for (case, framing, status, connection) in cases {
+        let w = World::new(&[]);
+        let raw = format!(
+            "DELETE /api/users/alice/chats/999999 HTTP/1.1\r\nHost: localhost\r\nCookie: neptun-session={}\r\n{framing}",
+            w.token
+        );
+        let x = exchange(w.server.addr, raw.as_bytes(), Duration::from_millis(500));
+        let first = x
+            .responses
+            .first()
+            .unwrap_or_else(|| panic!("{case}: no answer"));
+        assert_eq!(first.status, status, "{case}");
+        assert_eq!(first.header("Connection"), connection, "{case}");
+        w.assert_unharmed();
+    }
+}
+
 #[test]
 fn bodies_beyond_the_limit_get_413_unread_and_the_server_lives_on() {
     let w = World::new(&[]);
