@@ -136,18 +136,17 @@ impl Policy {
     /// it from parsing the bytes that follow; it does keep us from acting on
     /// a request that two parsers would read differently.
     pub fn check_framing(&self, request: &Request) -> Result<(), ApiError> {
-        const BAD: ApiError = ApiError::AmbiguousFraming;
         let lengths: Vec<&str> = request.header_values("Content-Length").collect();
         let codings: Vec<&str> = request.header_values("Transfer-Encoding").collect();
         let numeric = |v: &&str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
         if lengths.len() > 1 || !lengths.iter().all(numeric) {
-            return Err(BAD);
+            return Err(ApiError::AmbiguousFraming);
         }
         if !codings.is_empty() {
             let only_chunked =
                 codings.len() == 1 && codings[0].trim().eq_ignore_ascii_case("chunked");
             if !lengths.is_empty() || !only_chunked {
-                return Err(BAD);
+                return Err(ApiError::AmbiguousFraming);
             }
             // A chunked body's size is unknown until it is read, and this
             // API reads no body.
