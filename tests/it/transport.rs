@@ -454,7 +454,9 @@ fn spare_thread_requests_taken_after_their_refresh_gave_up_are_not_served() {
         .unwrap()
         .expect("the held delete is answered");
     answer.assert_true();
-    assert_fully_gone(&server.sql(), &chat);
+    let sql = server.sql();
+    assert_fully_gone(&sql, &chat);
+    assert_consistent(&sql);
     // Answered after every queued request of the refresh.
     let next = try_delete(server.addr, "/api/users/u/chats/1", &"0".repeat(64));
     assert_eq!(next.map(|r| r.status), Some(401));
