@@ -2,7 +2,7 @@
 //! framing, bodies, odd paths and cookies. Every case checks the exact
 //! answer, that nothing was deleted, and that the server still serves.
 
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -496,22 +496,6 @@ fn bodies_beyond_the_limit_get_413_unread_and_the_server_lives_on() {
     assert_eq!(r.status, 401, "the server must still serve");
 }
 
-/// Reads one response from a connection that stays open, within `wait`.
-fn read_one_response(stream: &mut TcpStream, wait: Duration) -> Option<HttpResponse> {
-    stream.set_read_timeout(Some(wait)).unwrap();
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(r) = parse_response(&raw, false) {
-            return Some(r);
-        }
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 /// After an answer, tiny_http reads the rest of a request's body, and
 /// waits for as long as the client neither sends it nor closes. On the
 /// workers, as many such requests as there are workers stalled the server.
@@ -536,9 +520,13 @@ fn declared_bodies_that_never_arrive_do_not_hold_the_workers() {
     let mut held = Vec::new();
     for (raw, status) in never_sent.iter().cycle().take(6) {
         let mut stream = TcpStream::connect(w.server.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         stream.write_all(raw.as_bytes()).unwrap();
-        let answer = read_one_response(&mut stream, Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("no answer within 5 s to {raw:?}"));
+        let mut stream = BufReader::new(stream);
+        let answer = read_response(&mut stream)
+            .unwrap_or_else(|e| panic!("no answer within 5 s to {raw:?}: {e}"));
         assert_eq!(answer.status, *status, "{raw:?}");
         held.push(stream);
     }
