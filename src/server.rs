@@ -303,10 +303,7 @@ fn answer_off_the_worker(request: tiny_http::Request, response: Response) -> io:
         .name("body-drain".to_owned())
         .spawn(move || {
             let taken = theirs.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let answered = taken.map_or(Ok(()), |(request, response)| {
-                request.respond(to_tiny_http(response))
-            });
-            if let Err(e) = answered {
+            if let Err(e) = taken.map_or(Ok(()), respond) {
                 log::debug!("could not write a response: {e}");
             }
         });
@@ -315,11 +312,13 @@ fn answer_off_the_worker(request: tiny_http::Request, response: Response) -> io:
         Err(e) => {
             log::warn!("answering on the worker, which waits for the unread body: {e}");
             let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            taken.map_or(Ok(()), |(request, response)| {
-                request.respond(to_tiny_http(response))
-            })
+            taken.map_or(Ok(()), respond)
         }
     }
+}
+
+fn respond((request, response): (tiny_http::Request, Response)) -> io::Result<()> {
+    request.respond(to_tiny_http(response))
 }
 
 /// Answers with `Connection: close`, which tiny_http's `respond` cannot send
