@@ -2,10 +2,9 @@
 //! [`SpareThreads`]).
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::TryRng;
@@ -69,9 +68,9 @@ pub(super) struct SpareThreads {
     /// that queued behind a burst) was served as a client's: with Host
     /// checks off (`--allow-remote`) it was logged as `HEAD / 404`.
     marker: String,
-    /// Our open connections' descriptors: [`SpareThreads::stop`] shuts
-    /// them down to end a wait for an answer that will not come.
-    ours: Mutex<Vec<RawFd>>,
+    /// Our open connections: [`SpareThreads::stop`] shuts them down to end
+    /// a wait for an answer that will not come.
+    ours: Mutex<Vec<Arc<TcpStream>>>,
     /// Set by every client request, cleared when a refresh is due.
     used: AtomicBool,
     stopped: Mutex<bool>,
@@ -130,10 +129,9 @@ impl SpareThreads {
     pub(super) fn stop(&self) {
         *lock(&self.stopped) = true;
         self.wake.notify_one();
-        for &fd in lock(&self.ours).iter() {
-            // SAFETY: a descriptor stays in `ours` only while its stream is
-            // open (see `refresh`), and shutdown(2) does not close it.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        for stream in lock(&self.ours).iter() {
+            // Not connected any more is as good as shut down.
+            let _ = stream.shutdown(Shutdown::Both);
         }
     }
 
@@ -180,8 +178,7 @@ impl SpareThreads {
         for stream in &held {
             reset_on_close(stream);
         }
-        // Forgotten before they close, so that `stop` never shuts down a
-        // descriptor whose number was reused.
+        // Closed when the last of the two references goes.
         lock(&self.ours).clear();
         drop(held);
         result
@@ -196,7 +193,7 @@ impl SpareThreads {
     /// this refresh is to set free, and it would wait there until some
     /// connection closes. The next one arrives when no thread is idle, and
     /// gets a thread of its own.
-    fn hold_connections(&self, held: &mut Vec<TcpStream>) -> io::Result<()> {
+    fn hold_connections(&self, held: &mut Vec<Arc<TcpStream>>) -> io::Result<()> {
         let give_up = Instant::now() + REFRESH_TIMEOUT;
         let mut answered = 0;
         while answered < self.count {
@@ -206,16 +203,15 @@ impl SpareThreads {
                     format!("{answered} of {} connections answered", held.len()),
                 ));
             }
-            let stream = TcpStream::connect_timeout(&self.target, REFRESH_TIMEOUT)?;
-            lock(&self.ours).push(stream.as_raw_fd());
-            held.push(stream);
+            let stream = Arc::new(TcpStream::connect_timeout(&self.target, REFRESH_TIMEOUT)?);
+            lock(&self.ours).push(Arc::clone(&stream));
+            held.push(Arc::clone(&stream));
             // After registering: `stop` sets the flag before it shuts down
             // what is registered, so one of the two stops us.
             if *lock(&self.stopped) {
                 return Ok(());
             }
-            let stream = held.last_mut().expect("just pushed");
-            if send_and_await_answer(stream, &self.marker)? {
+            if send_and_await_answer(&stream, &self.marker)? {
                 answered += 1;
             }
         }
@@ -225,7 +221,7 @@ impl SpareThreads {
 
 /// Sends one request for `marker` and waits up to [`PATIENCE`] for the head
 /// of its answer: whether it came.
-fn send_and_await_answer(stream: &mut TcpStream, marker: &str) -> io::Result<bool> {
+fn send_and_await_answer(mut stream: &TcpStream, marker: &str) -> io::Result<bool> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(PATIENCE))?;
     stream.set_write_timeout(Some(REFRESH_TIMEOUT))?;
@@ -257,21 +253,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Makes closing `stream` send a reset (SO_LINGER 0), so that our own
 /// short connections leave no socket in TIME_WAIT.
 fn reset_on_close(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt only reads the struct we pass, and the descriptor
-    // is open for as long as `stream` lives.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    // A connection that cannot take the option closes the usual way.
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 #[cfg(test)]
