@@ -483,26 +483,23 @@ fn ignore_file_size_signal() {
     }
 }
 
-/// First SIGINT/SIGTERM: stop accepting work, finish what is in flight, exit 0.
-/// A second one: exit at once (for a shutdown stuck behind a slow client).
+/// First SIGINT, SIGTERM or SIGHUP (Ctrl+C, Ctrl+Break or a closed console
+/// window on Windows): stop accepting work, finish what is in flight, exit
+/// 0. A second one: exit at once (for a shutdown stuck behind a slow client).
 fn stop_on_signals(shutdown: ShutdownHandle) -> Result<(), Error> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(Error::Io)?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut signals = signals.forever();
-            if signals.next().is_some() {
-                log::info!("shutting down: finishing requests in flight");
-                shutdown.shutdown();
-            }
-            if signals.next().is_some() {
-                log::warn!("second signal: exiting without waiting");
-                std::process::exit(130);
-            }
-        })
-        .map_err(Error::Io)?;
-    Ok(())
+    // ctrlc calls this on a thread of its own, one signal after another.
+    let mut signals_seen = 0;
+    ctrlc::set_handler(move || {
+        signals_seen += 1;
+        if signals_seen == 1 {
+            log::info!("shutting down: finishing requests in flight");
+            shutdown.shutdown();
+        } else {
+            log::warn!("second signal: exiting without waiting");
+            std::process::exit(130);
+        }
+    })
+    .map_err(|e| Error::Io(io::Error::other(e)))
 }
 
 fn print_demo_instructions(base_url: &str, token: &Token, chat_ids: &[i64]) {

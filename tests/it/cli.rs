@@ -267,6 +267,40 @@ fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
     assert_consistent(&locker);
 }
 
+/// A shutdown stuck behind a request (here one waiting for the write lock)
+/// is cut short by a second signal: exit 130 at once, and the request's
+/// transaction never committed, so its chat is whole.
+#[test]
+fn a_second_signal_exits_at_once_with_130() {
+    let (server, db, token) = start_with_alice_and_bob(&["--busy-timeout", "30s"]);
+    let chat = seed_chat(&db, "alice", "bob");
+    let path = format!("/api/users/alice/chats/{}", chat.chat);
+    let locker = server.sql();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let addr = server.addr;
+    let in_flight = std::thread::spawn(move || try_delete(addr, &path, &token));
+    std::thread::sleep(Duration::from_millis(500));
+    // SIGHUP (a closed terminal) counts as the first, not as a kill.
+    signal(server.pid(), libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(server.pid(), libc::SIGINT);
+    let started = std::time::Instant::now();
+    let Stopped { status, .. } = server.wait_for_exit();
+    assert_eq!(status.code(), Some(130), "exit status {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}, not at once",
+        started.elapsed()
+    );
+    assert!(
+        in_flight.join().unwrap().is_none(),
+        "the delete was answered"
+    );
+    locker.execute_batch("ROLLBACK").unwrap();
+    assert_fully_present(&locker, &chat);
+    assert_consistent(&locker);
+}
+
 #[test]
 fn stdout_carries_exactly_the_listening_line() {
     let server = TestServer::start();
