@@ -407,7 +407,8 @@ fn serve(
 
     let listener = bind(args)?;
     match server::raise_open_file_limit() {
-        Ok(limit) => log::debug!("open file limit {limit}"),
+        Ok(Some(limit)) => log::debug!("open file limit {limit}"),
+        Ok(None) => {}
         Err(e) => log::warn!("could not raise the open file limit: {e}"),
     }
     server::exit_when_a_transport_thread_panics();
@@ -476,12 +477,17 @@ fn bind(args: &ServeArgs) -> Result<TcpListener, Error> {
 /// which by default kills the process. Ignored, the write fails with EFBIG
 /// instead: the request gets an error answer, nothing is half-written, and
 /// the server keeps running until the limit is lifted.
+#[cfg(unix)]
 fn ignore_file_size_signal() {
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
+
+/// Windows has no such signal: a write past a quota just fails.
+#[cfg(not(unix))]
+fn ignore_file_size_signal() {}
 
 /// First SIGINT, SIGTERM or SIGHUP (Ctrl+C, Ctrl+Break or a closed console
 /// window on Windows): stop accepting work, finish what is in flight, exit
@@ -502,6 +508,11 @@ fn stop_on_signals(shutdown: ShutdownHandle) -> Result<(), Error> {
     .map_err(|e| Error::Io(io::Error::other(e)))
 }
 
+/// Windows PowerShell 5.1 takes a bare `curl` for its own Invoke-WebRequest,
+/// which refuses curl's options; `curl.exe` (in Windows since 10 1803)
+/// works there, in PowerShell 7 and in cmd.
+const CURL: &str = if cfg!(windows) { "curl.exe" } else { "curl" };
+
 fn print_demo_instructions(base_url: &str, token: &Token, chat_ids: &[i64]) {
     let user = demo::DEMO_USER;
     let chats = chat_ids
@@ -515,7 +526,7 @@ fn print_demo_instructions(base_url: &str, token: &Token, chat_ids: &[i64]) {
     eprintln!(
         "demo user {user:?} owns chats {chats}\n\
          demo session token: {token}\n\
-         try:\n  curl -i -X DELETE -H \"Cookie: neptun-session={token}\" {base_url}/api/users/{user}/chats/{first}\n\
+         try:\n  {CURL} -i -X DELETE -H \"Cookie: neptun-session={token}\" {base_url}/api/users/{user}/chats/{first}\n\
          for a front end on localhost, paste this in its browser console (see README, \"From a front end in development\"):\n  \
          document.cookie = \"neptun-session={token}; path=/\""
     );

@@ -9,9 +9,11 @@ use super::spare_threads::SPARE_CONNECTION_THREADS;
 
 /// Raises the soft limit on open files as far as the system allows, so that
 /// a burst of connections does not run the process out of descriptors
-/// (which tiny_http cannot survive). Returns the new soft limit.
-pub fn raise_open_file_limit() -> io::Result<u64> {
-    let mut limit = open_file_limit()?;
+/// (which tiny_http cannot survive). Returns the new soft limit, `None`
+/// where there is no such limit.
+#[cfg(unix)]
+pub fn raise_open_file_limit() -> io::Result<Option<u64>> {
+    let mut limit = rlimit(libc::RLIMIT_NOFILE)?;
     let most = most_open_files_allowed(limit.rlim_max);
     if limit.rlim_cur < most {
         limit.rlim_cur = most;
@@ -20,12 +22,18 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok(limit.rlim_cur)
+    Ok(Some(limit.rlim_cur))
+}
+
+/// Windows has no limit on open sockets or files to raise.
+#[cfg(not(unix))]
+pub fn raise_open_file_limit() -> io::Result<Option<u64>> {
+    Ok(None)
 }
 
 /// The highest soft limit on open files that the kernel accepts: the hard
 /// limit.
-#[cfg(not(target_os = "macos"))]
+#[cfg(all(unix, not(target_os = "macos")))]
 fn most_open_files_allowed(hard: libc::rlim_t) -> libc::rlim_t {
     hard
 }
@@ -55,17 +63,25 @@ fn most_open_files_allowed(hard: libc::rlim_t) -> libc::rlim_t {
     }
 }
 
-fn open_file_limit() -> io::Result<libc::rlimit> {
-    rlimit(libc::RLIMIT_NOFILE)
+/// The soft limit on open files; `None` where there is none (Windows).
+#[cfg(unix)]
+fn open_file_soft_limit() -> Option<u64> {
+    rlimit(libc::RLIMIT_NOFILE).ok().map(|l| l.rlim_cur)
+}
+
+#[cfg(not(unix))]
+fn open_file_soft_limit() -> Option<u64> {
+    None
 }
 
 /// The type of a resource for getrlimit: an enum of glibc's own, a plain
 /// int in other C libraries (musl, macOS).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 type Resource = libc::__rlimit_resource_t;
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(all(unix, not(all(target_os = "linux", target_env = "gnu"))))]
 type Resource = libc::c_int;
 
+#[cfg(unix)]
 fn rlimit(resource: Resource) -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -87,12 +103,12 @@ fn rlimit(resource: Resource) -> io::Result<libc::rlimit> {
 ///
 /// A process that runs out of either loses tiny_http's accept thread.
 pub(super) fn default_spares() -> usize {
-    let descriptors = open_file_limit().map_or(0, |l| l.rlim_cur);
+    let descriptors = open_file_soft_limit();
     let tasks = [cgroup_task_headroom(), user_task_headroom()]
         .into_iter()
         .flatten()
         .min();
-    let by_descriptors = descriptors / 16;
+    let by_descriptors = descriptors.map_or(u64::MAX, |descriptors| descriptors / 16);
     let by_tasks = tasks.map_or(u64::MAX, |tasks| tasks / 4);
     let cap = usize::try_from(by_descriptors.min(by_tasks)).unwrap_or(usize::MAX);
     let spares = SPARE_CONNECTION_THREADS.min(cap);
@@ -103,7 +119,7 @@ pub(super) fn default_spares() -> usize {
             Some(tasks) if by_tasks < by_descriptors => format!(
                 "this process may start only {tasks} more threads (`ulimit -u`, or its cgroup's pids.max)"
             ),
-            _ => format!("the open file limit is {descriptors}"),
+            _ => format!("the open file limit is {}", descriptors.unwrap_or_default()),
         };
         log::warn!(
             "keeping {spares} spare connection threads instead of {SPARE_CONNECTION_THREADS}: \

@@ -134,6 +134,7 @@ fn demo_curl(server: &TestServer) -> (String, String, String) {
     (curl.to_owned(), token.to_owned(), path.to_owned())
 }
 
+#[cfg(unix)]
 #[test]
 fn the_demo_prints_a_working_curl_command_and_reseeds_idempotently() {
     let server = TestServer::start_with(&["--demo"]);
@@ -227,6 +228,7 @@ fn a_demo_start_that_cannot_listen_leaves_the_database_as_it_was() {
     assert_consistent(&sql);
 }
 
+#[cfg(unix)]
 #[test]
 fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
     let (server, db, token) = start_with_alice_and_bob(&["--busy-timeout", "10s"]);
@@ -270,6 +272,7 @@ fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
 /// A shutdown stuck behind a request (here one waiting for the write lock)
 /// is cut short by a second signal: exit 130 at once, and the request's
 /// transaction never committed, so its chat is whole.
+#[cfg(unix)]
 #[test]
 fn a_second_signal_exits_at_once_with_130() {
     let (server, db, token) = start_with_alice_and_bob(&["--busy-timeout", "30s"]);
@@ -301,6 +304,7 @@ fn a_second_signal_exits_at_once_with_130() {
     assert_consistent(&locker);
 }
 
+#[cfg(unix)]
 #[test]
 fn stdout_carries_exactly_the_listening_line() {
     let server = TestServer::start();

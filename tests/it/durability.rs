@@ -478,6 +478,7 @@ fn delete_until_gone(addr: std::net::SocketAddr, batch: &[SeededChat], token: &s
     acknowledged
 }
 
+#[cfg(unix)]
 #[test]
 fn sigterm_under_load_exits_zero_with_a_checkpointed_wal_and_restarts_clean() {
     let (server, db, token) = start_with_alice_and_bob(&[]);

@@ -125,17 +125,18 @@ impl TestServer {
         self.child.as_ref().unwrap().id()
     }
 
-    /// Kills the server with SIGKILL (no chance to clean up) and returns its
+    /// Kills the server (SIGKILL: no chance to clean up) and returns its
     /// directory, to start another on the same files.
     pub fn kill(mut self) -> tempfile::TempDir {
         let mut child = self.child.take().unwrap();
-        signal(child.id(), libc::SIGKILL);
+        child.kill().unwrap();
         child.wait().unwrap();
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     /// Stops the server (asserting a clean exit) and starts a new one on the
     /// same database with `extra` arguments.
+    #[cfg(unix)]
     pub fn restart(mut self, extra: &[&str]) -> TestServer {
         let mut child = self.child.take().unwrap();
         signal(child.id(), libc::SIGTERM);
@@ -147,6 +148,7 @@ impl TestServer {
 
     /// Sends SIGTERM, waits for the process to exit, and returns its exit
     /// status and anything it printed on stdout after the listening line.
+    #[cfg(unix)]
     pub fn stop(self) -> Stopped {
         signal(self.pid(), libc::SIGTERM);
         self.wait_for_exit()
@@ -180,6 +182,7 @@ fn wait_with_deadline(child: &mut Child) -> ExitStatus {
     }
 }
 
+#[cfg(unix)]
 pub fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };

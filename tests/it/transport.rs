@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+#[cfg(unix)]
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -366,6 +367,7 @@ fn a_listener_that_stops_accepting_ends_run_with_an_error() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+#[cfg(unix)]
 #[test]
 fn running_out_of_file_descriptors_exits_non_zero_instead_of_lingering() {
     let dir = tempfile::tempdir().unwrap();
@@ -539,6 +541,7 @@ fn send_once_then_wait(stream: TcpStream, together: &Barrier) -> bool {
 /// out of them kills tiny_http's accept thread. At 64 descriptors the
 /// server uses 27 by itself; 64 spares would need over 128 more, and
 /// without the cap the server died at start-up (4 runs of 4).
+#[cfg(unix)]
 #[test]
 fn a_low_open_file_limit_leaves_room_for_the_spare_connection_threads() {
     let dir = tempfile::tempdir().unwrap();
@@ -736,6 +739,7 @@ fn server_command(workers: usize, db: &std::path::Path) -> Command {
 }
 
 /// `command` with soft and hard open file limits of `limit`.
+#[cfg(unix)]
 fn with_open_file_limit(command: Command, limit: u64) -> Command {
     with_limit(command, libc::RLIMIT_NOFILE, limit)
 }
@@ -744,10 +748,11 @@ fn with_open_file_limit(command: Command, limit: u64) -> Command {
 /// int in other C libraries (musl, macOS).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 type Resource = libc::__rlimit_resource_t;
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(all(unix, not(all(target_os = "linux", target_env = "gnu"))))]
 type Resource = libc::c_int;
 
 /// `command` with soft and hard limits of `limit` on `resource`.
+#[cfg(unix)]
 fn with_limit(mut command: Command, resource: Resource, limit: u64) -> Command {
     // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
     unsafe {
