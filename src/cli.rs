@@ -489,13 +489,34 @@ fn ignore_file_size_signal() {
 #[cfg(not(unix))]
 fn ignore_file_size_signal() {}
 
-/// First SIGINT, SIGTERM or SIGHUP (Ctrl+C, Ctrl+Break or a closed console
-/// window on Windows): stop accepting work, finish what is in flight, exit
-/// 0. A second one: exit at once (for a shutdown stuck behind a slow client).
+/// Stops the server on SIGINT, SIGTERM or SIGHUP (see [`on_stop_signal`]).
+#[cfg(unix)]
 fn stop_on_signals(shutdown: ShutdownHandle) -> Result<(), Error> {
-    // ctrlc calls this on a thread of its own, one signal after another.
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(Error::Io)?;
+    let mut on_signal = on_stop_signal(shutdown);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || signals.forever().for_each(|_| on_signal()))
+        .map_err(Error::Io)?;
+    Ok(())
+}
+
+/// Stops the server on Ctrl+C, Ctrl+Break or the closing of its console
+/// (see [`on_stop_signal`]).
+#[cfg(windows)]
+fn stop_on_signals(shutdown: ShutdownHandle) -> Result<(), Error> {
+    // ctrlc calls it on a thread of its own, one event after another.
+    ctrlc::set_handler(on_stop_signal(shutdown)).map_err(|e| Error::Io(io::Error::other(e)))
+}
+
+/// What a stop signal does. The first: stop accepting work, finish what is
+/// in flight, exit 0. A second one: exit at once (for a shutdown stuck
+/// behind a slow client).
+fn on_stop_signal(shutdown: ShutdownHandle) -> impl FnMut() + Send + 'static {
     let mut signals_seen = 0;
-    ctrlc::set_handler(move || {
+    move || {
         signals_seen += 1;
         if signals_seen == 1 {
             log::info!("shutting down: finishing requests in flight");
@@ -504,8 +525,7 @@ fn stop_on_signals(shutdown: ShutdownHandle) -> Result<(), Error> {
             log::warn!("second signal: exiting without waiting");
             std::process::exit(130);
         }
-    })
-    .map_err(|e| Error::Io(io::Error::other(e)))
+    }
 }
 
 /// Windows PowerShell 5.1 takes a bare `curl` for its own Invoke-WebRequest,
