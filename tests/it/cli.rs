@@ -115,12 +115,14 @@ fn commands_on_existing_data_refuse_a_missing_file_and_create_nothing() {
 }
 
 /// The demo's curl line from the server's log: the line, its token and its
-/// path.
+/// path. On Windows it calls `curl.exe`, which PowerShell 5.1 does not
+/// take for its own Invoke-WebRequest.
 fn demo_curl(server: &TestServer) -> (String, String, String) {
+    let command = if cfg!(windows) { "curl.exe " } else { "curl " };
     let logs = server.stderr();
     let curl = logs
         .lines()
-        .find(|l| l.trim_start().starts_with("curl "))
+        .find(|l| l.trim_start().starts_with(command))
         .unwrap_or_else(|| panic!("no curl line in:\n{logs}"));
     let token = curl
         .split("neptun-session=")
