@@ -68,8 +68,10 @@ pub(super) struct SpareThreads {
     /// that queued behind a burst) was served as a client's: with Host
     /// checks off (`--allow-remote`) it was logged as `HEAD / 404`.
     marker: String,
-    /// Our open connections: [`SpareThreads::stop`] shuts them down to end
-    /// a wait for an answer that will not come.
+    /// The connections a refresh holds open, until it closes them all:
+    /// [`SpareThreads::stop`] shuts them down to end a wait for an answer
+    /// that will not come. Shared, so that the refresh can wait for an
+    /// answer without the lock.
     ours: Mutex<Vec<Arc<TcpStream>>>,
     /// Set by every client request, cleared when a refresh is due.
     used: AtomicBool,
@@ -173,44 +175,43 @@ impl SpareThreads {
     }
 
     fn refresh(&self) -> io::Result<()> {
-        let mut held = Vec::with_capacity(self.count);
-        let result = self.hold_connections(&mut held);
+        let result = self.hold_connections();
+        let held = std::mem::take(&mut *lock(&self.ours));
         for stream in &held {
             reset_on_close(stream);
         }
-        // Closed when the last of the two references goes.
-        lock(&self.ours).clear();
-        drop(held);
         result
     }
 
-    /// Opens connections one after another, each held once a request on it
-    /// is answered (then a tiny_http thread is busy with it until we close
-    /// it), until `count` are answered or we are stopped.
+    /// Opens connections one after another, each held (in `ours`) once a
+    /// request on it is answered (then a tiny_http thread is busy with it
+    /// until we close it), until `count` are answered or we are stopped.
     ///
     /// One that gets no answer within [`PATIENCE`] is held too, but we go
     /// on to the next: it may have queued in tiny_http behind the very burst
     /// this refresh is to set free, and it would wait there until some
     /// connection closes. The next one arrives when no thread is idle, and
     /// gets a thread of its own.
-    fn hold_connections(&self, held: &mut Vec<Arc<TcpStream>>) -> io::Result<()> {
+    fn hold_connections(&self) -> io::Result<()> {
         let give_up = Instant::now() + REFRESH_TIMEOUT;
         let mut answered = 0;
         while answered < self.count {
-            if held.len() >= 2 * self.count || Instant::now() >= give_up {
+            let held = lock(&self.ours).len();
+            if held >= 2 * self.count || Instant::now() >= give_up {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("{answered} of {} connections answered", held.len()),
+                    format!("{answered} of {held} connections answered"),
                 ));
             }
             let stream = Arc::new(TcpStream::connect_timeout(&self.target, REFRESH_TIMEOUT)?);
             lock(&self.ours).push(Arc::clone(&stream));
-            held.push(Arc::clone(&stream));
             // After registering: `stop` sets the flag before it shuts down
             // what is registered, so one of the two stops us.
             if *lock(&self.stopped) {
                 return Ok(());
             }
+            // Not under the lock: the answer may take PATIENCE, and `stop`
+            // must not wait for it.
             if send_and_await_answer(&stream, &self.marker)? {
                 answered += 1;
             }
