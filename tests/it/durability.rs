@@ -277,7 +277,7 @@ fn erasure_holds_while_requests_keep_writing() {
         // in 41 ms once, in CI on a busy machine).
         assert!(
             before >= 5,
-            "only {before} deletes before the doomed one: the load never got going"
+            "only {before} deletes by the time the doomed one was answered: the load never got going"
         );
         took
     });
