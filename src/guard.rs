@@ -5,11 +5,15 @@
 //! - **DNS rebinding** makes `evil.example` resolve to 127.0.0.1. The
 //!   browser then talks to us but sends `Host: evil.example`, so when bound
 //!   to loopback only the loopback names and names added by the operator are
-//!   served. Matching is exact and never by suffix.
+//!   served. Matching is exact and never by suffix. The port is not part of
+//!   the check (as in Jupyter and Vite): the attacker's name is, and a dev
+//!   server's proxy passes on `Host: localhost:<its port>`.
 //! - **CSRF**: cookies on `localhost` are shared across ports (RFC 6265 §8.5),
 //!   so a page on any localhost port carries our session cookie. A
-//!   state-changing request whose `Origin` is neither ours nor allowed is
-//!   refused, and so is `Sec-Fetch-Site: cross-site` without an allowed Origin.
+//!   state-changing request that the browser marks `same-site` or
+//!   `cross-site` (`Sec-Fetch-Site`) is refused unless its `Origin` is
+//!   allowed; without that header, unless its `Origin` is ours, allowed,
+//!   or that of the `Host` it was sent to (as Go's `CrossOriginProtection`).
 //! - **CORS** lets a front-end dev server on another port (an allowed origin)
 //!   make credentialed DELETEs: preflights are answered without a cookie, and
 //!   real responses echo the origin. Never `*`: credentials are involved.
@@ -54,8 +58,6 @@ pub struct Policy {
     /// Lower-case host names accepted in `Host`, or `None` to accept any
     /// (bound to a non-loopback address with no names given).
     hosts: Option<Vec<String>>,
-    /// The port we listen on; a port in `Host` must be this one.
-    port: u16,
     /// Our own origins: same-origin requests need no CORS.
     own_origins: Vec<String>,
     /// Cross-origin front ends allowed to send credentialed requests.
@@ -103,7 +105,6 @@ impl Policy {
             .collect::<Result<_, _>>()?;
         Ok(Policy {
             hosts,
-            port,
             own_origins,
             allowed_origins,
         })
@@ -184,7 +185,9 @@ impl Policy {
     }
 
     /// Returns true if and only if `value` (a `Host` header) names an allowed
-    /// host, with no port or with our port.
+    /// host, with no port or with any port. Any: a front end's dev server
+    /// that proxies to us passes on the browser's `Host: localhost:5173`,
+    /// and DNS rebinding is told apart by the name, never by the port.
     pub fn host_allowed(&self, value: &str) -> bool {
         let Some(hosts) = &self.hosts else {
             return true;
@@ -192,7 +195,7 @@ impl Policy {
         let (name, port) = split_host_port(value.trim());
         let port_ok = match port {
             None => true,
-            Some(p) => p.parse::<u16>() == Ok(self.port) && p.bytes().all(|b| b.is_ascii_digit()),
+            Some(p) => p.parse::<u16>().is_ok() && p.bytes().all(|b| b.is_ascii_digit()),
         };
         port_ok && !name.is_empty() && hosts.iter().any(|h| h.eq_ignore_ascii_case(name))
     }
@@ -211,9 +214,37 @@ impl Policy {
             .any(|o| o.eq_ignore_ascii_case(origin))
     }
 
-    /// The CSRF check: refuses a state-changing request from a foreign
-    /// origin. Safe methods pass (they change nothing, and CORS keeps their
-    /// answers from foreign pages).
+    /// Returns true if `origin` is the origin of the allowed `Host` the
+    /// request was sent to, as when a front end's dev server proxies its
+    /// page's calls to us and passes on their `Host`. A browser takes `Host`
+    /// from the URL it requests, so a page can send this pair only to a
+    /// server at its own origin: us, or a proxy there that forwards to us.
+    /// Go, Django and Rails check Origin against Host the same way. Without
+    /// a Host allowlist, Host proves nothing.
+    fn is_host_origin(&self, origin: &str, request: &Request) -> bool {
+        let mut hosts = request.header_values("Host");
+        let host = match (hosts.next(), hosts.next()) {
+            (Some(host), None) if self.hosts.is_some() && self.host_allowed(host) => host.trim(),
+            _ => return false,
+        };
+        origin.split_once("://").is_some_and(|(scheme, rest)| {
+            (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+                && rest.eq_ignore_ascii_case(host)
+        })
+    }
+
+    /// The CSRF check: refuses a state-changing request that a page on a
+    /// foreign origin made the browser send. Safe methods pass (they change
+    /// nothing, and CORS keeps their answers from foreign pages).
+    ///
+    /// The design is Go's `net/http` `CrossOriginProtection`. A browser's
+    /// `Sec-Fetch-Site` (which no page can set) decides first: `same-origin`
+    /// means the page called its own origin, which is us or a proxy there
+    /// that the user set up to reach us (a front end's dev server), so it
+    /// passes whatever the `Origin`. A `same-site` or `cross-site` request
+    /// passes only from an allowed origin. Without `Sec-Fetch-Site` (an
+    /// older browser, or not a browser) the `Origin` decides: none, ours,
+    /// allowed, or that of the `Host` the request was sent to.
     pub fn check_origin(&self, request: &Request) -> Result<(), ApiError> {
         if matches!(request.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
             return Ok(());
@@ -223,14 +254,24 @@ impl Policy {
             (_, Some(_)) => return Err(ApiError::Forbidden("Origin not allowed")),
             (origin, None) => origin,
         };
-        let origin_ok = origin.map(|o| self.is_own_origin(o) || self.origin_allowed(o));
-        let cross_site = request
-            .header_values("Sec-Fetch-Site")
-            .any(|v| v.trim().eq_ignore_ascii_case("cross-site"));
-        match origin_ok {
-            Some(false) => Err(ApiError::Forbidden("Origin not allowed")),
-            None if cross_site => Err(ApiError::Forbidden("Cross-site request not allowed")),
-            _ => Ok(()),
+        let trusted = origin.is_some_and(|o| self.is_own_origin(o) || self.origin_allowed(o));
+        let mut sites = request.header_values("Sec-Fetch-Site");
+        let site = match (sites.next(), sites.next()) {
+            (None, _) => None,
+            (Some(site), None) => Some(site.trim().to_ascii_lowercase()),
+            // Browsers send one; of several, none is believed.
+            (Some(_), Some(_)) => Some(String::new()),
+        };
+        match (site.as_deref(), origin) {
+            (Some("same-origin" | "none"), _) => Ok(()),
+            (Some(_), _) if trusted => Ok(()),
+            (Some("cross-site"), None) => {
+                Err(ApiError::Forbidden("Cross-site request not allowed"))
+            }
+            (Some(_), _) => Err(ApiError::Forbidden("Origin not allowed")),
+            (None, None) => Ok(()),
+            (None, Some(o)) if trusted || self.is_host_origin(o, request) => Ok(()),
+            (None, Some(_)) => Err(ApiError::Forbidden("Origin not allowed")),
         }
     }
 
@@ -361,16 +402,20 @@ mod tests {
     }
 
     #[test]
-    fn only_exact_allowed_hosts_with_our_port_pass() {
+    fn only_exact_allowed_hosts_with_any_port_pass() {
         let p = loopback();
         for ok in [
             "localhost",
             "LOCALHOST:7150",
+            "localhost:5173",
             "127.0.0.1",
             "127.0.0.1:7150",
+            "127.0.0.1:3000",
             "[::1]",
             "[::1]:7150",
+            "[::1]:8080",
             "myhost.local:7150",
+            "myhost.local",
         ] {
             assert!(p.host_allowed(ok), "{ok}");
         }
@@ -380,9 +425,12 @@ mod tests {
             "evil.example",
             "localhost.evil.example",
             "evil-localhost",
-            "localhost:7151",
+            "evil.example:7150",
             "localhost:",
             "localhost:+7150",
+            "localhost:65536",
+            "localhost:7150:7150",
+            "localhost:x",
             "127.0.0.2",
             "[::1",
             "[::2]",
@@ -425,39 +473,100 @@ mod tests {
     }
 
     #[test]
-    fn csrf_checks_state_changing_requests_only() {
+    fn fetch_metadata_decides_first_and_the_origin_only_without_it() {
         let p = loopback();
-        let delete =
-            |headers: &[(&str, &str)]| p.check_origin(&Request::new("DELETE", "/", headers));
-        assert!(delete(&[]).is_ok());
-        assert!(delete(&[("Origin", "http://localhost:7150")]).is_ok());
-        assert!(delete(&[("Origin", "http://localhost:3000")]).is_ok());
-        assert!(delete(&[("Origin", "http://evil.example")]).is_err());
-        assert!(delete(&[("Origin", "null")]).is_err());
-        assert!(
-            delete(&[
-                ("Origin", "http://localhost:3000"),
-                ("Origin", "http://evil.example")
-            ])
-            .is_err()
-        );
-        assert!(delete(&[("Sec-Fetch-Site", "cross-site")]).is_err());
-        assert!(
-            delete(&[
-                ("Sec-Fetch-Site", "same-site"),
-                ("Origin", "http://localhost:4000")
-            ])
-            .is_err()
-        );
-        assert!(
-            delete(&[
-                ("Sec-Fetch-Site", "cross-site"),
-                ("Origin", "http://localhost:3000")
-            ])
-            .is_ok()
-        );
+        let passes = |site: Option<&str>, origin: Option<&str>| {
+            let mut headers = vec![("Host", "localhost:7150")];
+            headers.extend(site.map(|s| ("Sec-Fetch-Site", s)));
+            headers.extend(origin.map(|o| ("Origin", o)));
+            p.check_origin(&Request::new("DELETE", "/", &headers))
+                .is_ok()
+        };
+        let (ours, allowed) = (Some("http://localhost:7150"), Some("http://localhost:3000"));
+        let (other_port, evil) = (Some("http://localhost:4000"), Some("http://evil.example"));
+        for (site, origin, expected) in [
+            // The page called its own origin: us, or a dev server's proxy.
+            (Some("same-origin"), None, true),
+            (Some("Same-Origin"), other_port, true),
+            (Some("none"), None, true),
+            // Another origin, even on the same site: only an allowed one.
+            (Some("same-site"), allowed, true),
+            (Some("cross-site"), allowed, true),
+            (Some("same-site"), ours, true),
+            (Some("same-site"), other_port, false),
+            (Some("cross-site"), evil, false),
+            (Some("cross-site"), None, false),
+            (Some("same-site"), None, false),
+            (Some("no-such-value"), None, false),
+            // An older browser, or not a browser: the Origin decides.
+            (None, None, true),
+            (None, ours, true),
+            (None, allowed, true),
+            (None, other_port, false),
+            (None, evil, false),
+            (None, Some("null"), false),
+        ] {
+            assert_eq!(passes(site, origin), expected, "{site:?} {origin:?}");
+        }
+        let several = |headers: &[(&str, &str)]| {
+            p.check_origin(&Request::new("DELETE", "/", headers))
+                .is_ok()
+        };
+        assert!(!several(&[
+            ("Sec-Fetch-Site", "same-origin"),
+            ("Sec-Fetch-Site", "cross-site")
+        ]));
+        assert!(!several(&[
+            ("Origin", "http://localhost:3000"),
+            ("Origin", "http://evil.example")
+        ]));
+        // Safe methods change nothing and pass.
         let get = Request::new("GET", "/", &[("Origin", "http://evil.example")]);
         assert!(p.check_origin(&get).is_ok());
+    }
+
+    #[test]
+    fn the_origin_of_an_allowed_host_passes_as_through_a_dev_servers_proxy() {
+        let p = loopback();
+        let delete = |host: &str, origin: &str| {
+            p.check_origin(&Request::new(
+                "DELETE",
+                "/",
+                &[("Host", host), ("Origin", origin)],
+            ))
+        };
+        // With no Sec-Fetch-Site (an older browser), a proxy that passes
+        // on its page's Host and Origin.
+        assert!(delete("localhost:5173", "http://localhost:5173").is_ok());
+        assert!(delete("LocalHost:5173", "HTTP://localhost:5173").is_ok());
+        assert!(delete("localhost:5173", "https://localhost:5173").is_ok());
+        assert!(delete("myhost.local:8080", "http://myhost.local:8080").is_ok());
+        // A page elsewhere that calls the server (or the proxy) directly.
+        assert!(delete("localhost:7150", "http://localhost:5173").is_err());
+        assert!(delete("localhost:5173", "http://localhost:4000").is_err());
+        assert!(delete("localhost:5173", "http://localhost").is_err());
+        assert!(delete("localhost:5173", "ftp://localhost:5173").is_err());
+        assert!(delete("localhost:5173", "localhost:5173").is_err());
+        // A Host off the allowlist proves nothing, even when it matches.
+        assert!(delete("evil.example", "http://evil.example").is_err());
+        let twice = Request::new(
+            "DELETE",
+            "/",
+            &[
+                ("Host", "localhost:5173"),
+                ("Host", "localhost:5173"),
+                ("Origin", "http://localhost:5173"),
+            ],
+        );
+        assert!(p.check_origin(&twice).is_err());
+        // Nor does any Host when bound beyond loopback with no names given.
+        let open = Policy::new("0.0.0.0:80".parse().unwrap(), &[], &[]).unwrap();
+        let rebound = Request::new(
+            "DELETE",
+            "/",
+            &[("Host", "evil.example"), ("Origin", "http://evil.example")],
+        );
+        assert!(open.check_origin(&rebound).is_err());
     }
 
     #[test]
@@ -525,17 +634,20 @@ mod properties {
 
     proptest! {
         #[test]
-        fn a_host_passes_only_if_it_is_exactly_an_allowed_name_with_our_port(value in host_like()) {
+        fn a_host_passes_only_if_it_is_exactly_an_allowed_name_with_a_port_or_none(value in host_like()) {
             let p = Policy::new("127.0.0.1:7150".parse().unwrap(), &["myhost.local".into()], &[]).unwrap();
             if p.host_allowed(&value) {
                 let lower = value.trim().to_ascii_lowercase();
-                let name = lower.strip_suffix(":7150").unwrap_or(&lower);
+                let name = match lower.rsplit_once(':') {
+                    Some((name, port)) if !name.ends_with(':') && port.parse::<u16>().is_ok() => name,
+                    _ => &lower,
+                };
                 prop_assert!(["localhost", "127.0.0.1", "[::1]", "myhost.local"].contains(&name), "{value:?}");
             }
         }
 
         #[test]
-        fn an_origin_passes_only_if_it_equals_an_allowed_one(origin in "(https?://)?[a-z0-9.:]{0,20}/?|\\PC{0,30}") {
+        fn an_origin_passes_only_if_allowed_ours_or_the_hosts(origin in "(https?://)?[a-z0-9.:]{0,20}/?|\\PC{0,30}") {
             let allowed = ["http://localhost:3000", "http://127.0.0.1:5173"];
             let p = Policy::new("127.0.0.1:7150".parse().unwrap(), &[], &allowed.map(String::from)).unwrap();
             if p.origin_allowed(&origin) {
@@ -544,7 +656,8 @@ mod properties {
             let request = Request::new("DELETE", "/", &[("Origin", &origin), ("Host", "localhost")]);
             if p.check_origin(&request).is_ok() {
                 let own = ["http://localhost:7150", "http://127.0.0.1:7150", "http://[::1]:7150"];
-                prop_assert!(allowed.iter().chain(&own).any(|a| a.eq_ignore_ascii_case(&origin)), "{origin:?}");
+                let host = ["http://localhost", "https://localhost"];
+                prop_assert!(allowed.iter().chain(&own).chain(&host).any(|a| a.eq_ignore_ascii_case(&origin)), "{origin:?}");
             }
         }
     }
