@@ -647,6 +647,30 @@ mod properties {
         }
 
         #[test]
+        fn a_request_marked_as_from_elsewhere_passes_only_from_an_allowed_origin(
+            site in "same-origin|none|same-site|cross-site|\\PC{0,12}",
+            origin in prop::option::of("https?://(localhost|evil\\.example)(:[0-9]{1,5})?|\\PC{0,20}"),
+            host in "localhost(:[0-9]{1,5})?",
+            host_of_origin in any::<bool>(),
+        ) {
+            // Half the time the Host agrees with the Origin, as through a proxy.
+            let host = match origin.as_deref().and_then(|o| o.split_once("://")) {
+                Some((_, authority)) if host_of_origin => authority.to_owned(),
+                _ => host,
+            };
+            let allowed = ["http://localhost:3000"];
+            let p = Policy::new("127.0.0.1:7150".parse().unwrap(), &[], &allowed.map(String::from)).unwrap();
+            let mut headers = vec![("Host", host.as_str()), ("Sec-Fetch-Site", site.as_str())];
+            headers.extend(origin.as_deref().map(|o| ("Origin", o)));
+            if p.check_origin(&Request::new("DELETE", "/", &headers)).is_ok() {
+                let own = ["http://localhost:7150", "http://127.0.0.1:7150", "http://[::1]:7150"];
+                let marked_ours = ["same-origin", "none"].contains(&site.trim().to_ascii_lowercase().as_str());
+                let trusted = origin.as_deref().is_some_and(|o| allowed.iter().chain(&own).any(|a| a.eq_ignore_ascii_case(o)));
+                prop_assert!(marked_ours || trusted, "{site:?} {origin:?}");
+            }
+        }
+
+        #[test]
         fn an_origin_passes_only_if_allowed_ours_or_the_hosts(origin in "(https?://)?[a-z0-9.:]{0,20}/?|\\PC{0,30}") {
             let allowed = ["http://localhost:3000", "http://127.0.0.1:5173"];
             let p = Policy::new("127.0.0.1:7150".parse().unwrap(), &[], &allowed.map(String::from)).unwrap();
