@@ -91,6 +91,7 @@ pub struct ServeArgs {
 
     /// Let a front end served from this exact origin (e.g. http://localhost:3000)
     /// make credentialed cross-origin requests (repeatable; comma-separated in the env var).
+    /// Not needed when the front end's dev server proxies the API.
     #[arg(
         long = "allow-origin",
         env = "NEPTUN_ALLOW_ORIGINS",
