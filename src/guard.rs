@@ -5,17 +5,17 @@
 //! - **DNS rebinding** makes `evil.example` resolve to 127.0.0.1. The
 //!   browser then talks to us but sends `Host: evil.example`, so when bound
 //!   to loopback only the loopback names and names added by the operator are
-//!   served. Matching is exact and never by suffix. The port is not part of
-//!   the check (as in Jupyter and Vite): the attacker's name is, and a dev
-//!   server's proxy passes on `Host: localhost:<its port>`.
+//!   served. Matching is exact and never by suffix. The port is not checked
+//!   (as in Jupyter and Vite): a rebinding attacker is told apart by the
+//!   name, and a dev server's proxy passes on `Host: localhost:<its port>`.
 //! - **CSRF**: cookies on `localhost` are shared across ports (RFC 6265 §8.5),
 //!   so a page on any localhost port carries our session cookie. A
 //!   state-changing request that the browser marks `same-site` or
 //!   `cross-site` (`Sec-Fetch-Site`) is refused unless its `Origin` is
 //!   allowed; without that header, unless its `Origin` is ours, allowed,
 //!   or that of the `Host` it was sent to (as Go's `CrossOriginProtection`).
-//! - **CORS** lets a front-end dev server on another port (an allowed origin)
-//!   make credentialed DELETEs: preflights are answered without a cookie, and
+//! - **CORS** lets a front end on another port (an allowed origin) call us
+//!   directly with credentialed DELETEs: preflights are answered without a cookie, and
 //!   real responses echo the origin. Never `*`: credentials are involved.
 
 use std::net::SocketAddr;
