@@ -20,7 +20,7 @@
 
 use std::net::SocketAddr;
 
-use crate::http::{ApiError, Request, Response};
+use crate::http::{ApiError, Lone, Request, Response};
 
 /// Names always accepted in `Host` when bound to loopback.
 const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
@@ -167,15 +167,13 @@ impl Policy {
     /// Refuses a request whose `Host` is missing (on HTTP/1.1), repeated, or
     /// not on the allowlist.
     pub fn check_host(&self, request: &Request) -> Result<(), ApiError> {
-        let mut values = request.header_values("Host");
-        let (first, second) = (values.next(), values.next());
-        let host = match (first, second) {
-            (_, Some(_)) => return Err(ApiError::BadRequest("Duplicate Host header")),
-            (None, None) if request.http_version >= (1, 1) => {
+        let host = match request.lone_header("Host") {
+            Lone::Repeated => return Err(ApiError::BadRequest("Duplicate Host header")),
+            Lone::Missing if request.http_version >= (1, 1) => {
                 return Err(ApiError::BadRequest("Missing Host header"));
             }
-            (None, None) => return Ok(()), // HTTP/1.0 without Host: not a browser
-            (Some(host), None) => host,
+            Lone::Missing => return Ok(()), // HTTP/1.0 without Host: not a browser
+            Lone::One(host) => host,
         };
         if self.host_allowed(host) {
             Ok(())
@@ -222,9 +220,8 @@ impl Policy {
     /// Go, Django and Rails check Origin against Host the same way. Without
     /// a Host allowlist, Host proves nothing.
     fn is_host_origin(&self, origin: &str, request: &Request) -> bool {
-        let mut hosts = request.header_values("Host");
-        let host = match (hosts.next(), hosts.next()) {
-            (Some(host), None) if self.hosts.is_some() && self.host_allowed(host) => host.trim(),
+        let host = match request.lone_header("Host") {
+            Lone::One(host) if self.hosts.is_some() && self.host_allowed(host) => host.trim(),
             _ => return false,
         };
         origin.split_once("://").is_some_and(|(scheme, rest)| {
@@ -249,29 +246,30 @@ impl Policy {
         if matches!(request.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
             return Ok(());
         }
-        let mut origins = request.header_values("Origin");
-        let origin = match (origins.next(), origins.next()) {
-            (_, Some(_)) => return Err(ApiError::Forbidden("Origin not allowed")),
-            (origin, None) => origin,
+        let origin = match request.lone_header("Origin") {
+            Lone::Repeated => return Err(ApiError::Forbidden("Origin not allowed")),
+            Lone::One(origin) => Some(origin),
+            Lone::Missing => None,
         };
         let trusted = origin.is_some_and(|o| self.is_own_origin(o) || self.origin_allowed(o));
-        let mut sites = request.header_values("Sec-Fetch-Site");
-        let site = match (sites.next(), sites.next()) {
-            (None, _) => None,
-            (Some(site), None) => Some(site.trim().to_ascii_lowercase()),
-            // Browsers send one; of several, none is believed.
-            (Some(_), Some(_)) => Some(String::new()),
-        };
-        match (site.as_deref(), origin) {
-            (Some("same-origin" | "none"), _) => Ok(()),
-            (Some(_), _) if trusted => Ok(()),
-            (Some("cross-site"), None) => {
-                Err(ApiError::Forbidden("Cross-site request not allowed"))
-            }
-            (Some(_), _) => Err(ApiError::Forbidden("Origin not allowed")),
-            (None, None) => Ok(()),
-            (None, Some(o)) if trusted || self.is_host_origin(o, request) => Ok(()),
-            (None, Some(_)) => Err(ApiError::Forbidden("Origin not allowed")),
+        // Browsers send one Sec-Fetch-Site; of several, none is believed.
+        let site = request.lone_header("Sec-Fetch-Site");
+        let site_is =
+            |value: &str| matches!(site, Lone::One(s) if s.trim().eq_ignore_ascii_case(value));
+        if site == Lone::Missing {
+            // An older browser, or not a browser: the Origin decides.
+            return match origin {
+                None => Ok(()),
+                Some(o) if trusted || self.is_host_origin(o, request) => Ok(()),
+                Some(_) => Err(ApiError::Forbidden("Origin not allowed")),
+            };
+        }
+        if site_is("same-origin") || site_is("none") || trusted {
+            Ok(())
+        } else if site_is("cross-site") && origin.is_none() {
+            Err(ApiError::Forbidden("Cross-site request not allowed"))
+        } else {
+            Err(ApiError::Forbidden("Origin not allowed"))
         }
     }
 

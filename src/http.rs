@@ -18,6 +18,14 @@ pub struct Request {
     pub http_version: (u8, u8),
 }
 
+/// How a header that may appear at most once appears in a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lone<'a> {
+    Missing,
+    One(&'a str),
+    Repeated,
+}
+
 impl Request {
     /// Builds an HTTP/1.1 request (for tests).
     pub fn new(method: &str, target: &str, headers: &[(&str, &str)]) -> Request {
@@ -38,6 +46,17 @@ impl Request {
             .iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of a header that a well-formed request sends at most once
+    /// (`Host`, `Origin`, `Sec-Fetch-Site`), or that it was sent more often.
+    pub fn lone_header<'a>(&'a self, name: &'a str) -> Lone<'a> {
+        let mut values = self.header_values(name);
+        match (values.next(), values.next()) {
+            (None, _) => Lone::Missing,
+            (Some(value), None) => Lone::One(value),
+            (Some(_), Some(_)) => Lone::Repeated,
+        }
     }
 
     /// The path part of the target, without the query: safe to log (it never
