@@ -170,6 +170,11 @@ fn decode_segment(raw: &str) -> Result<String, ApiError> {
     while let Some((&b, tail)) = rest.split_first() {
         if b == b'%' {
             let hex = tail.get(..2).ok_or(BAD_ESCAPE)?;
+            // Two hex digits exactly: `from_str_radix` alone would also take
+            // a sign, as in `%+4`.
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(BAD_ESCAPE);
+            }
             let hex = std::str::from_utf8(hex).map_err(|_| BAD_ESCAPE)?;
             bytes.push(u8::from_str_radix(hex, 16).map_err(|_| BAD_ESCAPE)?);
             rest = &tail[2..];
@@ -239,6 +244,17 @@ mod tests {
             "/api/users/a%0Ab/chats/1",
         ] {
             assert_eq!(segments(target), Err(400), "{target:?}");
+        }
+    }
+
+    #[test]
+    fn a_percent_escape_is_exactly_two_hex_digits() {
+        for target in ["/api/users/%+4/chats/1", "/api/users/%-0/chats/1"] {
+            assert_eq!(
+                path_segments(target),
+                Err(ApiError::BadRequest("Malformed percent-encoding in path")),
+                "{target:?}"
+            );
         }
     }
 
