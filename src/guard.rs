@@ -96,8 +96,8 @@ impl Policy {
         let own_origins = hosts
             .iter()
             .flatten()
-            .map(|h| format!("http://{h}:{port}"))
-            .chain([format!("http://{}", addr)])
+            .map(|h| serialize_origin("http", h, Some(port)))
+            .chain([serialize_origin("http", &host_literal(addr), Some(port))])
             .collect();
         let allowed_origins = allowed_origins
             .iter()
@@ -377,13 +377,29 @@ fn normalize_origin(text: &str) -> Result<String, String> {
         return bad("the scheme must be http or https");
     }
     let (host, port) = split_host_port(rest);
-    if host.is_empty()
-        || rest.contains(['/', '?', '#', '@', ' '])
-        || port.is_some_and(|p| p.parse::<u16>().is_err())
-    {
+    let port = match port {
+        None => None,
+        // Digits only: `parse` alone would also take a sign.
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => match p.parse::<u16>() {
+            Ok(n) => Some(n),
+            Err(_) => return bad("the port must be a number from 0 to 65535"),
+        },
+        Some(_) => return bad("the port must be a number from 0 to 65535"),
+    };
+    if host.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
         return bad("expected scheme://host[:port] with nothing after it");
     }
-    Ok(origin)
+    Ok(serialize_origin(scheme, host, port))
+}
+
+/// An origin as a browser sends it: the port written as a number, and
+/// left out when it is the scheme's default.
+fn serialize_origin(scheme: &str, host: &str, port: Option<u16>) -> String {
+    let default = if scheme == "https" { 443 } else { 80 };
+    match port {
+        Some(port) if port != default => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
+    }
 }
 
 #[cfg(test)]
@@ -468,6 +484,44 @@ mod tests {
         assert!(p.origin_allowed("http://localhost:3000"));
         assert!(!p.origin_allowed("http://localhost:3001"));
         assert!(!p.origin_allowed("http://localhost:3000.evil.example"));
+    }
+
+    /// A browser writes an origin's port as a number and leaves out the
+    /// scheme's default one, so the flag is normalized the same way, or it
+    /// would never match.
+    #[test]
+    fn allowed_origins_are_written_as_browsers_write_origins() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let allows = |flag: &str, origin: &str| {
+            Policy::new(addr, &[], &[flag.into()])
+                .unwrap()
+                .origin_allowed(origin)
+        };
+        assert!(allows("http://localhost:80", "http://localhost"));
+        assert!(allows("https://app.local:443/", "https://app.local"));
+        assert!(allows("http://localhost:03000", "http://localhost:3000"));
+        assert!(allows("http://[::1]:3000", "http://[::1]:3000"));
+        assert!(!allows("http://localhost:443", "http://localhost"));
+        for bad_port in [
+            "http://localhost:+3000",
+            "http://localhost:-1",
+            "http://localhost:",
+        ] {
+            assert!(
+                Policy::new(addr, &[], &[bad_port.into()]).is_err(),
+                "{bad_port}"
+            );
+        }
+        // So are our own origins, for a server on port 80.
+        let on_80 = Policy::new("127.0.0.1:80".parse().unwrap(), &[], &[]).unwrap();
+        let from = |origin: &str| {
+            let headers = [("Host", "127.0.0.1"), ("Origin", origin)];
+            on_80
+                .check_origin(&Request::new("DELETE", "/", &headers))
+                .is_ok()
+        };
+        assert!(from("http://localhost"));
+        assert!(!from("http://localhost:8080"));
     }
 
     #[test]
