@@ -396,6 +396,10 @@ fn serve(
     open: impl FnOnce(&db::Settings) -> Result<Database, Error>,
 ) -> Result<(), Error> {
     let workers = usize::from(args.workers);
+    // Before the database is opened, which creates the file if it is
+    // missing: a start that cannot listen leaves nothing behind (a
+    // mistyped --db that meets a taken port).
+    let listener = bind(args)?;
     let db = open(&db::Settings {
         busy_timeout: args.busy_timeout,
         pool_size: u32::from(args.workers).min(db::MAX_POOL_SIZE),
@@ -406,7 +410,6 @@ fn serve(
     }
     log::info!("database {}", db_path.display());
 
-    let listener = bind(args)?;
     match server::raise_open_file_limit() {
         Ok(Some(limit)) => log::debug!("open file limit {limit}"),
         Ok(None) => {}
