@@ -601,17 +601,19 @@ fn a_low_user_process_limit_leaves_room_for_the_spare_connection_threads() {
 /// most `limit` tasks (`RLIMIT_NPROC`).
 #[cfg(target_os = "linux")]
 fn as_user_with_task_limit(command: Command, limit: u64) -> Command {
-    const UNUSED_ID: libc::uid_t = 4_242_420;
+    // One per test process: the limit counts every thread of the user, so
+    // two test runs at once (two checkouts) would share one budget.
+    let unused_id: libc::uid_t = 1 << 30 | std::process::id();
     // The limit is set first, while the process may still raise it.
     let mut command = with_limit(command, libc::RLIMIT_NPROC, limit);
     // SAFETY: setgroups, setgid and setuid are async-signal-safe, as
     // pre_exec requires.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             // Groups and group first: a process that gave up root cannot.
             let done = libc::setgroups(0, std::ptr::null()) == 0
-                && libc::setgid(UNUSED_ID) == 0
-                && libc::setuid(UNUSED_ID) == 0;
+                && libc::setgid(unused_id) == 0
+                && libc::setuid(unused_id) == 0;
             if done {
                 Ok(())
             } else {
