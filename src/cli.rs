@@ -397,9 +397,15 @@ fn serve(
 ) -> Result<(), Error> {
     let workers = usize::from(args.workers);
     // Before the database is opened, which creates the file if it is
-    // missing: a start that cannot listen leaves nothing behind (a
-    // mistyped --db that meets a taken port).
+    // missing: a start refused for its address or flags leaves nothing
+    // behind (a mistyped --db that meets a taken port).
     let listener = bind(args)?;
+    let policy = Policy::new(
+        listener.local_addr().map_err(Error::Transport)?,
+        &args.allowed_hosts,
+        &args.allow_origins,
+    )
+    .map_err(Error::Policy)?;
     let db = open(&db::Settings {
         busy_timeout: args.busy_timeout,
         pool_size: u32::from(args.workers).min(db::MAX_POOL_SIZE),
@@ -420,15 +426,9 @@ fn serve(
     let server = HttpServer::from_listener(listener).map_err(Error::Transport)?;
     let base_url = format!("http://{}", server.local_addr());
     // Everything that can still fail comes before the "listening on" line.
-    let policy = Policy::new(
-        server.local_addr(),
-        &args.allowed_hosts,
-        &args.allow_origins,
-    )
-    .map_err(Error::Policy)?;
-    // Before the upkeep thread starts, so that a failure leaves no thread
-    // behind. A signal from here on is kept until the workers run, which
-    // then finish at once.
+    // The signal handlers go in before the upkeep thread starts, so that a
+    // failure leaves no thread behind. A signal from here on is kept until
+    // the workers run, which then finish at once.
     stop_on_signals(server.shutdown_handle(workers))?;
     // Only once the server can start (a second demo on a taken address
     // must not bring back chats that the running one deleted), and before

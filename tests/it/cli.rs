@@ -231,18 +231,24 @@ fn a_demo_start_that_cannot_listen_leaves_the_database_as_it_was() {
 }
 
 /// A start that fails on its address (taken, or not loopback without
-/// `--allow-remote`) must not leave a new, empty database behind, as it
-/// would where a mistyped `--db` met a port already in use.
+/// `--allow-remote`) or on a flag must not leave a new, empty database
+/// behind, as it would where a mistyped `--db` met a port already in use.
 #[test]
-fn a_start_that_cannot_listen_creates_no_database_file() {
+fn a_start_refused_for_its_address_or_flags_creates_no_database_file() {
     let server = TestServer::start();
     let dir = tempfile::tempdir().unwrap();
     let taken = server.addr.to_string();
-    for addr in [taken.as_str(), "0.0.0.0:0"] {
-        let out = run_cli(&dir.path().join("new.db"), &["--addr", addr], None);
-        assert_eq!(out.status.code(), Some(1), "{addr}: {}", stderr_of(&out));
+    let starts: &[&[&str]] = &[
+        &["--addr", &taken],
+        &["--addr", "0.0.0.0:0"],
+        &["--addr", "127.0.0.1:0", "--allow-origin", "*"],
+        &["--addr", "127.0.0.1:0", "--allowed-host", "a/b"],
+    ];
+    for args in starts {
+        let out = run_cli(&dir.path().join("new.db"), args, None);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr_of(&out));
         let created: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert!(created.is_empty(), "{addr}: created {created:?}");
+        assert!(created.is_empty(), "{args:?}: created {created:?}");
     }
 }
 
