@@ -38,6 +38,7 @@ use std::thread;
 use std::time::Instant;
 
 use crate::http::{ApiError, Request, Response};
+use crate::logging::printable;
 
 mod keep_alive;
 mod limits;
@@ -248,8 +249,8 @@ fn serve_one(
     // logged. An error's reason is one of the API's fixed messages.
     log::info!(
         "{} {} {} {:.1}ms{}",
-        ours.method,
-        ours.path(),
+        printable(&ours.method),
+        printable(ours.path()),
         response.status,
         started.elapsed().as_secs_f64() * 1000.0,
         response
@@ -379,7 +380,11 @@ pub fn call_catching_panics(
     // a connection dropped mid-transaction by rolling it back) and immutable
     // configuration, so no broken invariant outlives the panic.
     panic::catch_unwind(AssertUnwindSafe(|| handler(request))).unwrap_or_else(|_| {
-        log::error!("handler panicked on {} {}", request.method, request.path());
+        log::error!(
+            "handler panicked on {} {}",
+            printable(&request.method),
+            printable(request.path())
+        );
         ApiError::Internal.into_response()
     })
 }

@@ -616,6 +616,21 @@ fn odd_paths_get_a_clear_4xx_and_never_match_by_accident() {
         "DELETE /api/users/alice/chats/{id}\0 HTTP/1.1\r\nHost: localhost\r\n{cookie}Connection: close\r\n\r\n"
     );
     assert_eq!(only_response(&w.send(raw.as_bytes())).status, 400);
+    // The log shows such bytes escaped: a raw ESC would reach the terminal
+    // of whoever reads the log as a command (here, to clear the screen).
+    let raw = format!(
+        "DELETE /api/users/alice\x1b[2J/chats/{id} HTTP/1.1\r\nHost: localhost\r\n{cookie}Connection: close\r\n\r\n"
+    );
+    assert_eq!(only_response(&w.send(raw.as_bytes())).status, 400);
+    let log = w.server.stderr();
+    assert!(
+        !log.chars().any(|c| c.is_control() && c != '\n'),
+        "raw control characters in the log: {log:?}"
+    );
+    assert!(
+        log.contains(r"DELETE /api/users/alice\x1b[2J/chats/") && log.contains(r"\x00"),
+        "{log}"
+    );
     w.assert_unharmed();
 }
 
