@@ -696,6 +696,54 @@ fn a_non_ascii_header_byte_closes_the_connection_unanswered_and_harms_nothing() 
     w.assert_unharmed();
 }
 
+/// Heads that tiny_http answers itself, before the request reaches us, so
+/// not with the API's JSON error: pinned, so that a change of transport
+/// shows here. Each carries alice's cookie, and nothing is deleted.
+#[test]
+fn malformed_heads_get_tiny_https_own_bare_answers_and_harm_nothing() {
+    let w = World::new(&[]);
+    let (path, token) = (w.chat_path(), w.token.clone());
+    let cookie = format!("Cookie: neptun-session={token}\r\n");
+    let bare: [(String, u16); 4] = [
+        (format!("DELETE\r\nHost: localhost\r\n{cookie}\r\n"), 400),
+        (
+            format!("DELETE {path} HTTP/9.9\r\nHost: localhost\r\n{cookie}\r\n"),
+            400,
+        ),
+        (
+            format!("DELETE {path} HTTP/1.1\r\nHost localhost\r\n{cookie}\r\n"),
+            400,
+        ),
+        (
+            format!("DELETE {path} HTTP/1.1\r\nHost: localhost\r\n{cookie}Expect: x\r\n\r\n"),
+            417,
+        ),
+    ];
+    for (raw, status) in &bare {
+        let x = w.send(raw.as_bytes());
+        let r = only_response(&x);
+        assert_eq!(
+            (r.status, r.body.is_empty(), x.closed),
+            (*status, true, true),
+            "tiny_http changed for {raw:?}: {}",
+            r.text()
+        );
+    }
+    // An HTTP/2.0 request line (as `curl --http2-prior-knowledge` sends
+    // after its preface) gets no answer at all: tiny_http's 505 waits
+    // for the writer of the request it refuses, which never finishes, and
+    // the connection's thread waits with it for the life of the process.
+    let raw = format!("DELETE {path} HTTP/2.0\r\nHost: localhost\r\n{cookie}\r\n");
+    let x = exchange(w.server.addr, raw.as_bytes(), Duration::from_secs(1));
+    assert!(
+        x.responses.is_empty() && !x.closed,
+        "tiny_http changed for HTTP/2.0: {} responses, closed: {}",
+        x.responses.len(),
+        x.closed
+    );
+    w.assert_unharmed();
+}
+
 /// tiny_http has no limits of its own: it reads and stores a head of any
 /// size. What it hands over beyond any real client's gets the status that
 /// says so, and nothing is acted on: the DELETEs carry alice's cookie.
