@@ -775,3 +775,172 @@ fn oversized_heads_get_414_or_431_and_delete_nothing() {
     }
     w.assert_unharmed();
 }
+
+/// End to end, whatever bytes arrive: mutations of alice's valid DELETE
+/// (bytes inserted, removed or replaced, lines repeated) never get a 5xx
+/// or a malformed answer, and never harm the server or half-delete the
+/// chat. An answer is the API's JSON error, its `true`, or one of
+/// tiny_http's own bare `400`/`417` (see the test above). Some go
+/// unanswered: tiny_http closes on a non-ASCII byte or an unfinished head.
+#[test]
+fn mutated_requests_never_get_a_5xx_or_a_malformed_answer() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+    /// Bytes that parsers trip on, with whole lines that change framing.
+    const SPECIALS: &[&[u8]] = &[
+        b"\0",
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b" ",
+        b"\t",
+        b":",
+        b";",
+        b",",
+        b"%",
+        b"%00",
+        b"%2F",
+        b"..",
+        b"/",
+        b"?",
+        b"#",
+        b"\"",
+        b"\xff",
+        b"\xc3\xa9",
+        b"0",
+        b"99999999999999999999",
+        b"HTTP/1.0",
+        b"HEAD",
+        b"OPTIONS",
+        b"\r\n\r\n",
+        b"Host: evil.example\r\n",
+        b"Content-Length: 5\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Origin: http://evil.example\r\n",
+        b"Expect: 100-continue\r\n",
+    ];
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Insert(prop::sample::Index, &'static [u8]),
+        Remove(prop::sample::Index, usize),
+        Replace(prop::sample::Index, u8),
+        RepeatLine(prop::sample::Index),
+    }
+    fn apply(mut raw: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+        for edit in edits {
+            let at = |i: &prop::sample::Index| i.index(raw.len() + 1);
+            match edit {
+                Edit::Insert(i, bytes) => {
+                    let at = at(i);
+                    raw.splice(at..at, bytes.iter().copied());
+                }
+                Edit::Remove(i, n) => {
+                    let at = at(i).min(raw.len());
+                    raw.drain(at..(at + n).min(raw.len()));
+                }
+                Edit::Replace(i, byte) => {
+                    let at = at(i).min(raw.len().saturating_sub(1));
+                    if let Some(b) = raw.get_mut(at) {
+                        *b = *byte;
+                    }
+                }
+                Edit::RepeatLine(i) => {
+                    let mut lines: Vec<&[u8]> = raw.split(|&b| b == b'\n').collect();
+                    let line = lines[i.index(lines.len())];
+                    lines.insert(i.index(lines.len()), line);
+                    raw = lines.join(&b'\n');
+                }
+            }
+        }
+        raw
+    }
+
+    let w = World::new(&[]);
+    let valid = w.raw_delete(Some("localhost"), "");
+    let edit = prop_oneof![
+        (any::<prop::sample::Index>(), prop::sample::select(SPECIALS))
+            .prop_map(|(i, b)| Edit::Insert(i, b)),
+        (any::<prop::sample::Index>(), 1..8usize).prop_map(|(i, n)| Edit::Remove(i, n)),
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Edit::Replace(i, b)),
+        any::<prop::sample::Index>().prop_map(Edit::RepeatLine),
+    ];
+    /// Bytes whose `Debug` a person can read, for a failing case.
+    #[derive(Clone)]
+    struct Raw(Vec<u8>);
+    impl std::fmt::Debug for Raw {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "\"{}\"", self.0.escape_ascii())
+        }
+    }
+    let requests =
+        prop::collection::vec(edit, 1..4).prop_map(move |e| Raw(apply(valid.clone(), &e)));
+    let config = Config {
+        cases: 1000,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    // Deterministic: the same 1,000 requests on every run.
+    let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    let deleted = std::cell::Cell::new(0);
+    TestRunner::new_with_rng(config, rng)
+        .run(&requests, |Raw(raw)| {
+            let mut stream = TcpStream::connect(w.server.addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            stream.write_all(&raw).unwrap();
+            // The server sees the end, so an unfinished head costs no wait.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            let Some(head_end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                prop_assert!(answer.is_empty(), "a partial answer: {answer:?}");
+                return Ok(());
+            };
+            let head = String::from_utf8_lossy(&answer[..head_end]).to_ascii_lowercase();
+            let status: u16 = head
+                .strip_prefix("http/1.")
+                .and_then(|h| h.get(2..5))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_default();
+            prop_assert!((200..500).contains(&status), "{head}");
+            let body = &answer[head_end + 4..];
+            if status == 200 {
+                deleted.set(deleted.get() + 1);
+                prop_assert!(body.is_empty() || body.starts_with(b"true"), "{body:?}");
+            } else if head.contains("content-type: application/json") && !body.is_empty() {
+                // The first answer's JSON (a second one may follow).
+                let json: serde_json::Value = serde_json::Deserializer::from_slice(body)
+                    .into_iter()
+                    .next()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                prop_assert_eq!(
+                    &json["statusCode"],
+                    &serde_json::json!(status),
+                    "{:?}",
+                    body
+                );
+                prop_assert!(json["data"]["message"].is_string(), "{body:?}");
+            } else {
+                prop_assert!(matches!(status, 400 | 417 | 204), "bare {status}: {head}");
+            }
+            Ok(())
+        })
+        .unwrap();
+
+    // The chat went at most once, whole, and only with a 200.
+    let sql = w.server.sql();
+    assert!(deleted.get() <= 1, "{} deletes answered 200", deleted.get());
+    if deleted.get() == 1 {
+        assert_fully_gone(&sql, &w.chat);
+    } else {
+        assert_fully_present(&sql, &w.chat);
+    }
+    assert_consistent(&sql);
+    let r = w
+        .server
+        .request("DELETE", "/api/users/alice/chats/999999", &[]);
+    assert_eq!(r.status, 401, "the server must still serve: {r:?}");
+}
