@@ -191,10 +191,7 @@ impl Policy {
             return true;
         };
         let (name, port) = split_host_port(value.trim());
-        let port_ok = match port {
-            None => true,
-            Some(p) => p.parse::<u16>().is_ok() && p.bytes().all(|b| b.is_ascii_digit()),
-        };
+        let port_ok = port.is_none_or(|p| parse_port(p).is_some());
         port_ok && !name.is_empty() && hosts.iter().any(|h| h.eq_ignore_ascii_case(name))
     }
 
@@ -377,19 +374,24 @@ fn normalize_origin(text: &str) -> Result<String, String> {
         return bad("the scheme must be http or https");
     }
     let (host, port) = split_host_port(rest);
-    let port = match port {
+    let port = match port.map(parse_port) {
         None => None,
-        // Digits only: `parse` alone would also take a sign.
-        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => match p.parse::<u16>() {
-            Ok(n) => Some(n),
-            Err(_) => return bad("the port must be a number from 0 to 65535"),
-        },
-        Some(_) => return bad("the port must be a number from 0 to 65535"),
+        Some(Some(port)) => Some(port),
+        Some(None) => return bad("the port must be a number from 0 to 65535"),
     };
     if host.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
         return bad("expected scheme://host[:port] with nothing after it");
     }
     Ok(serialize_origin(scheme, host, port))
+}
+
+/// A port as written in `Host` or an origin: digits only (`parse` alone
+/// would also take a sign), at most 65535.
+fn parse_port(text: &str) -> Option<u16> {
+    text.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| text.parse().ok())
+        .flatten()
 }
 
 /// An origin as a browser sends it: the port written as a number, and
