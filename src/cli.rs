@@ -176,6 +176,9 @@ pub enum Error {
         path: PathBuf,
         dir: PathBuf,
     },
+    /// `--db` names a directory, which SQLite reports only as "unable to
+    /// open database file".
+    IsDirectory(PathBuf),
     Io(io::Error),
 }
 
@@ -216,6 +219,12 @@ impl fmt::Display for Error {
                 "{}: the directory {} does not exist; create it first, or choose another --db",
                 path.display(),
                 dir.display()
+            ),
+            Error::IsDirectory(path) => write!(
+                f,
+                "{}: that is a directory; --db takes the database file, for example {}",
+                path.display(),
+                path.join("neptun.db").display()
             ),
             Error::Io(e) => e.fmt(f),
         }
@@ -271,6 +280,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     // would refuse a missing directory with only "unable to open database
     // file".
     let open = |settings: &db::Settings| {
+        if cli.db.is_dir() {
+            return Err(Error::IsDirectory(cli.db.clone()));
+        }
         let dir = cli.db.parent().filter(|d| !d.as_os_str().is_empty());
         if let Some(dir) = dir.filter(|d| !d.exists()) {
             return Err(Error::NoDirectory {

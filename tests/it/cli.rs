@@ -86,6 +86,12 @@ fn an_unusable_database_is_reported_with_its_path() {
         err.contains(&format!("the directory {parent} does not exist")),
         "{err}"
     );
+    // SQLite alone says only "unable to open database file" of a directory.
+    for args in [&["--addr", "127.0.0.1:0"][..], &["doctor"]] {
+        let out = run_cli(dir.path(), args, None);
+        let err = stderr_of(&out);
+        assert!(err.contains("that is a directory"), "{args:?}: {err}");
+    }
 }
 
 /// A command that only reads or changes what is in the file, pointed at a
