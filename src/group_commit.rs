@@ -11,7 +11,8 @@
 //!
 //! The same scheme as LevelDB's write queue (`DBImpl::Write`). This module
 //! knows nothing about SQL: the batch runner decides what a batch means
-//! (for deletes: one transaction, one savepoint per job).
+//! (for deletes: one transaction, in which each job is one statement that
+//! SQLite applies or undoes whole).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
