@@ -1,4 +1,5 @@
-//! The command line: `serve` (the default), `user add`, `session new|revoke`.
+//! The command line: `serve` (the default), `user add`,
+//! `session new|revoke|list|prune`, `doctor` and `backup`.
 //!
 //! Every option has an environment-variable fallback, so that the server can
 //! be configured the same way from a shell, a service file or a test.
@@ -18,7 +19,7 @@ use crate::guard::Policy;
 use crate::maintenance::{self, Maintenance};
 use crate::routes::{self, App};
 use crate::server::{self, HttpServer, ShutdownHandle};
-use crate::{demo, doctor, logging};
+use crate::{backup, demo, doctor, logging};
 
 /// Loopback only: a browser on this machine can reach it, nobody else can.
 /// Not 3000, which front-end dev servers usually take.
@@ -57,6 +58,12 @@ pub enum Command {
     /// Check the database file (integrity, foreign keys, settings, sizes);
     /// exits non-zero if something is wrong.
     Doctor,
+    /// Write a consistent copy of the database to a new file, safe while the
+    /// server runs (copying the file with cp is not); then check the copy.
+    Backup {
+        /// Where to write the copy; must not exist yet.
+        out: PathBuf,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -164,6 +171,7 @@ pub enum Error {
     Policy(String),
     Transport(io::Error),
     Session(auth::NewSessionError),
+    Backup(backup::Error),
     InvalidUserId(&'static str),
     MalformedToken,
     NoSuchSession,
@@ -202,6 +210,7 @@ impl fmt::Display for Error {
             Error::Policy(why) => f.write_str(why),
             Error::Transport(e) => write!(f, "the HTTP server failed: {e}"),
             Error::Session(e) => e.fmt(f),
+            Error::Backup(e) => e.fmt(f),
             Error::InvalidUserId(why) => write!(f, "invalid user id: {why}"),
             Error::MalformedToken => f.write_str("that is not a neptun-local session token"),
             Error::NoSuchSession => {
@@ -377,6 +386,17 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             } else {
                 Err(Error::Unhealthy(report.problems.len()))
             }
+        }
+        Some(Command::Backup { ref out }) => {
+            let db = open_existing()?;
+            let copy = backup::back_up(&db, out).map_err(Error::Backup)?;
+            eprintln!(
+                "backed up {} chat(s), {} bytes, to {}; integrity and foreign keys checked",
+                copy.chats,
+                copy.bytes,
+                out.display()
+            );
+            Ok(())
         }
     }
 }

@@ -504,6 +504,15 @@ impl Database {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Writes the snapshot of one read transaction, live rows only, into a
+    /// new database file at `out` (SQLite refuses a file that exists and is
+    /// not empty). Writers go on meanwhile; upkeep cannot finish a
+    /// checkpoint, nor cut the WAL, until it ends.
+    pub fn vacuum_into(&self, out: &str) -> Result<()> {
+        self.conn()?.execute("VACUUM INTO ?1", [out])?;
+        Ok(())
+    }
+
     /// Deletes the session with this token hash; returns whether one existed.
     pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
         self.write(|tx| {

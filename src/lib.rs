@@ -3,12 +3,13 @@
 //!
 //! Dependencies point one way: `cli` → {`server`, `routes`, `db`, `auth`};
 //! `routes` → {`auth`, `db`, `http`}; `server` → `http`. Only `server` knows
-//! tiny_http; SQL lives in `db`, plus the operator checks in `doctor` and the
-//! demo seed in `demo`. `maintenance` keeps the file checkpointed and small;
+//! tiny_http; SQL lives in `db`, plus the operator checks in `doctor`, the
+//! read-back of a copy in `backup` and the demo seed in `demo`. `maintenance` keeps the file checkpointed and small;
 //! `group_commit` lets concurrent deletes share one commit; `memory` keeps
 //! the allocator from holding on to memory per thread.
 
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod db;
 pub mod demo;

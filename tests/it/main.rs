@@ -4,6 +4,7 @@
 //! only; elsewhere (Windows) the helpers that serve only them are unused.
 #![cfg_attr(not(unix), allow(dead_code, unused_imports))]
 
+mod backup;
 mod cli;
 mod contract;
 mod durability;

@@ -1,0 +1,146 @@
+//! `neptun-local backup OUT`: a consistent copy of the database, taken while
+//! the server goes on serving.
+//!
+//! Copying the file with `cp` while the server runs is not safe: the upkeep
+//! thread may be writing a checkpoint into it, and the newest commits may
+//! still be in the `-wal` file, so the copy can be torn or stale. SQLite's
+//! `VACUUM INTO` instead writes the snapshot of one read transaction into a
+//! new file. It copies only live rows, so deleted chats leave no trace in
+//! it, and the file is in rollback-journal mode: one file, nothing beside
+//! it. The copy is synced and then checked before the command reports
+//! success, because a backup nobody has read back is a hope, not a backup.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::db::{self, Database};
+
+/// What a finished backup holds.
+pub struct Backup {
+    pub chats: i64,
+    pub bytes: u64,
+}
+
+/// Why a backup was not made (or not confirmed).
+#[derive(Debug)]
+pub enum Error {
+    /// A backup never replaces a file.
+    Exists(PathBuf),
+    /// The directory to write into does not exist.
+    NoDirectory(PathBuf),
+    /// SQLite takes the output path as text.
+    NotUtf8(PathBuf),
+    /// The file could not be created for another reason.
+    Create(PathBuf, io::Error),
+    /// Copying failed; whatever was written is not a backup.
+    Copy(db::Error),
+    /// The copy was written but could not be synced or read back.
+    Unconfirmed { out: PathBuf, why: String },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Exists(out) => write!(
+                f,
+                "{} already exists; a backup never replaces a file, so choose a new name",
+                out.display()
+            ),
+            Error::NoDirectory(dir) => {
+                write!(
+                    f,
+                    "the directory {} does not exist; create it first",
+                    dir.display()
+                )
+            }
+            Error::NotUtf8(out) => write!(f, "{}: the backup path must be UTF-8", out.display()),
+            Error::Create(out, e) => write!(f, "cannot create {}: {e}", out.display()),
+            Error::Copy(e) => write!(f, "the backup failed: {e}"),
+            Error::Unconfirmed { out, why } => write!(
+                f,
+                "{} was written but is not a confirmed backup ({why}); delete it and try again",
+                out.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Writes a consistent copy of `db` to `out`, a path where no file is yet,
+/// syncs it to disk, and checks it (integrity and foreign keys).
+pub fn back_up(db: &Database, out: &Path) -> Result<Backup, Error> {
+    let out_text = out.to_str().ok_or_else(|| Error::NotUtf8(out.to_owned()))?;
+    let dir = out.parent().filter(|d| !d.as_os_str().is_empty());
+    // Created here, exclusively, so that no file is ever replaced, and
+    // readable by its owner only, like the database: SQLite writes into an
+    // empty file.
+    create_private(out).map_err(|e| match (e.kind(), dir) {
+        (io::ErrorKind::AlreadyExists, _) => Error::Exists(out.to_owned()),
+        (io::ErrorKind::NotFound, Some(dir)) if !dir.is_dir() => Error::NoDirectory(dir.to_owned()),
+        _ => Error::Create(out.to_owned(), e),
+    })?;
+    if let Err(e) = db.vacuum_into(out_text) {
+        // The file is ours, and what it holds is not a backup.
+        let _ = std::fs::remove_file(out);
+        return Err(Error::Copy(e));
+    }
+
+    let unconfirmed = |why: String| Error::Unconfirmed {
+        out: out.to_owned(),
+        why,
+    };
+    sync(out, dir).map_err(|e| unconfirmed(format!("sync: {e}")))?;
+    let chats = check(out).map_err(unconfirmed)?;
+    let bytes = std::fs::metadata(out)
+        .map_err(|e| unconfirmed(e.to_string()))?
+        .len();
+    Ok(Backup { chats, bytes })
+}
+
+/// Creates an empty file that must not exist yet; on Unix, with mode 0600.
+fn create_private(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Makes the new file, and its name in the directory, durable.
+fn sync(out: &Path, dir: Option<&Path>) -> io::Result<()> {
+    // Write access: Windows flushes only a handle that may write.
+    OpenOptions::new().write(true).open(out)?.sync_all()?;
+    if cfg!(unix) {
+        File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Reads the copy back, without changing it; returns its number of chats.
+fn check(out: &Path) -> Result<i64, String> {
+    let read = || -> rusqlite::Result<(Vec<String>, usize, i64)> {
+        let conn = Connection::open_with_flags(out, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let integrity = conn
+            .prepare("PRAGMA integrity_check")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let orphans = conn
+            .prepare("PRAGMA foreign_key_check")?
+            .query_map([], |_| Ok(()))?
+            .count();
+        let chats = conn.query_row("SELECT count(*) FROM chats", [], |r| r.get(0))?;
+        Ok((integrity, orphans, chats))
+    };
+    match read().map_err(|e| format!("reading it back: {e}"))? {
+        (integrity, _, _) if integrity != ["ok"] => {
+            Err(format!("integrity_check: {}", integrity.join("; ")))
+        }
+        (_, orphans, _) if orphans > 0 => Err(format!("{orphans} orphaned rows")),
+        (_, _, chats) => Ok(chats),
+    }
+}

@@ -1,0 +1,126 @@
+//! `neptun-local backup`: a consistent, checked copy of the database, taken
+//! while the server deletes, that a server started on it serves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::support::*;
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_backup_taken_while_the_server_deletes_is_whole_and_serves_when_restored() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let chats: Vec<SeededChat> = (0..300).map(|_| seed_chat(&db, "alice", "bob")).collect();
+    let path = |chat: &SeededChat| format!("/api/users/alice/chats/{}", chat.chat);
+    // Answered just before the backup starts: their commits may still be
+    // only in the WAL, which a copy of the file alone would miss.
+    let (gone_before, racing) = chats[..200].split_at(20);
+    for chat in gone_before {
+        server.delete(&path(chat), &token).assert_true();
+    }
+    let backup_done = Arc::new(AtomicBool::new(false));
+    let deleter = {
+        let (addr, token, done) = (server.addr, token.clone(), Arc::clone(&backup_done));
+        let paths: Vec<String> = racing.iter().map(path).collect();
+        std::thread::spawn(move || {
+            let mut deleted_during_backup = 0;
+            for path in paths {
+                let answer = try_delete(addr, &path, &token).expect("the server answers");
+                answer.assert_true();
+                deleted_during_backup += usize::from(!done.load(Ordering::SeqCst));
+            }
+            deleted_during_backup
+        })
+    };
+
+    let out = server.dir.path().join("backup.db");
+    let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
+    backup_done.store(true, Ordering::SeqCst);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    assert!(
+        stderr_of(&ran).contains("integrity and foreign keys checked"),
+        "{}",
+        stderr_of(&ran)
+    );
+    assert!(
+        deleter.join().unwrap() > 0,
+        "no delete ran during the backup"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the copy holds every chat");
+    }
+
+    let copy = rusqlite::Connection::open(&out).unwrap();
+    assert_consistent(&copy);
+    for chat in gone_before {
+        assert_fully_gone(&copy, chat);
+    }
+    for chat in &chats[200..] {
+        assert_fully_present(&copy, chat);
+    }
+    // Each chat deleted while the copy was taken is in it whole, or not at all.
+    for chat in racing {
+        let rows = remaining_rows(&copy, chat);
+        if rows[0].1 == 1 {
+            assert_fully_present(&copy, chat);
+        } else {
+            assert_fully_gone(&copy, chat);
+        }
+    }
+    drop(copy);
+
+    // Restoring is copying the backup into place; the sessions come with it.
+    let restored_dir = tempfile::tempdir().unwrap();
+    let restored = restored_dir.path().join("neptun.db");
+    std::fs::copy(&out, &restored).unwrap();
+    let server = TestServer::start_in(restored_dir, restored.clone(), &[]);
+    server.delete(&path(&chats[299]), &token).assert_true();
+    server
+        .delete(&path(&gone_before[0]), &token)
+        .assert_error(404, "Not Found");
+    let doctor = run_cli(&restored, &["doctor"], None);
+    assert!(doctor.status.success(), "{}", stderr_of(&doctor));
+}
+
+#[test]
+fn a_backup_never_replaces_a_file_and_names_what_is_wrong() {
+    let server = TestServer::start();
+    let dir = server.dir.path();
+    let existing = dir.join("precious.txt");
+    std::fs::write(&existing, "keep me").unwrap();
+    let missing_dir = dir.join("no/such/dir/b.db");
+    let cases = [
+        (existing.clone(), "already exists".to_owned()),
+        (server.db_path.clone(), "already exists".to_owned()),
+        (
+            missing_dir.clone(),
+            format!(
+                "the directory {} does not exist",
+                missing_dir.parent().unwrap().display()
+            ),
+        ),
+    ];
+    for (out, message) in cases {
+        let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
+        assert_eq!(ran.status.code(), Some(1), "{out:?}");
+        assert!(stderr_of(&ran).contains(&message), "{}", stderr_of(&ran));
+    }
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep me");
+    assert!(!missing_dir.exists());
+    // The server's own file is untouched and still served.
+    assert_consistent(&server.sql());
+    server
+        .request("DELETE", "/api/users/u/chats/1", &[])
+        .assert_error(401, "Unauthorized");
+
+    let typo = dir.join("typo.db");
+    let ran = run_cli(&typo, &["backup", "x.db"], None);
+    assert!(stderr_of(&ran).contains("no database file there"));
+    assert!(!typo.exists());
+}
