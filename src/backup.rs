@@ -77,9 +77,8 @@ pub fn back_up(db: &Database, out: &Path) -> Result<Backup, Error> {
     let out_text = out.to_str().ok_or_else(|| Error::NotUtf8(out.to_owned()))?;
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty());
     // Created here, exclusively, so that no file is ever replaced, and
-    // readable by its owner only, like the database: SQLite writes into an
-    // empty file.
-    create_private(out).map_err(|e| match (e.kind(), dir) {
+    // readable by its owner only, like the database.
+    db::create_owner_only(out).map_err(|e| match (e.kind(), dir) {
         (io::ErrorKind::AlreadyExists, _) => Error::Exists(out.to_owned()),
         (io::ErrorKind::NotFound, Some(dir)) if !dir.is_dir() => Error::NoDirectory(dir.to_owned()),
         _ => Error::Create(out.to_owned(), e),
@@ -100,15 +99,6 @@ pub fn back_up(db: &Database, out: &Path) -> Result<Backup, Error> {
         .map_err(|e| unconfirmed(e.to_string()))?
         .len();
     Ok(Backup { chats, bytes })
-}
-
-/// Creates an empty file that must not exist yet; on Unix, with mode 0600.
-fn create_private(path: &Path) -> io::Result<File> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)
 }
 
 /// Makes the new file, and its name in the directory, durable.

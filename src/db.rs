@@ -6,6 +6,8 @@
 //! could help ([`Error::Busy`]) or not.
 
 use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -205,6 +207,18 @@ const JOURNAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 /// this keeps the server's footprint small with several pooled connections.
 const CACHE_KIB: u32 = 1024;
 
+/// Creates an empty file that must not exist yet, readable and writable by
+/// its owner only on Unix (mode 0600): it will hold every chat. SQLite
+/// treats an empty file as a new database, and gives its `-wal` and `-shm`
+/// files the database file's mode.
+pub fn create_owner_only(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 /// Brings a database file to [`SCHEMA_VERSION`].
 ///
 /// Rules: version 0 is a new file and gets the whole schema; the current
@@ -291,6 +305,11 @@ impl Database {
     /// Opens (creating if needed) the database at `path`, migrates it, and
     /// checks that pooled connections enforce foreign keys.
     pub fn open(path: &Path, settings: &Settings) -> Result<Database> {
+        if !path.exists() {
+            // SQLite would create it readable by every user of the machine.
+            // If this fails, SQLite's own attempt below reports why.
+            let _ = create_owner_only(path);
+        }
         let mut conn = Connection::open(path)?;
         configure_connection(&mut conn, settings.busy_timeout, settings.durability)?;
         migrate(&mut conn)?;

@@ -25,6 +25,7 @@ pub fn examine(db: &Database) -> db::Result<Report> {
         problems: Vec::new(),
     };
     report.facts.push(("files", file_sizes(db.path())));
+    check_access(db.path(), &mut report);
     db.with_connection(|conn| {
         check_settings(conn, &mut report)?;
         count_pages(conn, &mut report)?;
@@ -176,6 +177,28 @@ fn check_integrity(conn: &Connection, report: &mut Report) -> db::Result<()> {
             .push(format!("orphaned rows: {}", shown.join(", ")));
     }
     Ok(())
+}
+
+/// On Unix, a database file that other users of the machine may read or
+/// write is a problem: it holds every chat. New files are created 0600.
+fn check_access(db_path: &Path, report: &mut Report) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(mode) = std::fs::metadata(db_path).map(|m| m.permissions().mode() & 0o777) else {
+            return;
+        };
+        report.facts.push(("mode", format!("{mode:04o}")));
+        if mode & 0o077 != 0 {
+            report.problems.push(format!(
+                "other users of this machine can open the database file (mode {mode:04o}); \
+                 `chmod 600 {}` keeps it to you",
+                db_path.display()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (db_path, report);
 }
 
 fn file_sizes(db_path: &Path) -> String {

@@ -94,6 +94,57 @@ fn an_unusable_database_is_reported_with_its_path() {
     }
 }
 
+/// A database holds every chat, so a new one (and the `-wal` and `-shm`
+/// files SQLite makes beside it) is for its owner only; SQLite alone would
+/// make it readable by every user of the machine. `doctor` flags one that
+/// is not.
+#[cfg(unix)]
+#[test]
+fn a_new_database_and_its_wal_are_for_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode();
+        format!("{:04o}", mode & 0o777)
+    };
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let chat = seed_chat(&db, "alice", "bob");
+    server
+        .delete(&format!("/api/users/alice/chats/{}", chat.chat), &token)
+        .assert_true();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = server.db_path.clone().into_os_string();
+        path.push(suffix);
+        assert_eq!(mode(path.as_ref()), "0600", "neptun.db{suffix}");
+    }
+    let added = server.dir.path().join("added.db");
+    assert!(
+        run_cli(&added, &["user", "add", "carol"], None)
+            .status
+            .success()
+    );
+    assert_eq!(mode(&added), "0600");
+
+    let doctor = |path| {
+        let out = run_cli(path, &["doctor"], None);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = doctor(&added);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("mode         0600"), "{text}");
+    std::fs::set_permissions(&added, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, text) = doctor(&added);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(
+            "PROBLEM      other users of this machine can open the database file (mode 0644)"
+        ),
+        "{text}"
+    );
+}
+
 /// A command that only reads or changes what is in the file, pointed at a
 /// path with no file, says so and creates nothing: before, `doctor` created
 /// an empty database there and reported it healthy.
