@@ -22,19 +22,26 @@ fn a_backup_taken_while_the_server_deletes_is_whole_and_serves_when_restored() {
         server.delete(&path(chat), &token).assert_true();
     }
     let backup_done = Arc::new(AtomicBool::new(false));
+    let (first_answered, deleting) = std::sync::mpsc::channel();
     let deleter = {
         let (addr, token, done) = (server.addr, token.clone(), Arc::clone(&backup_done));
         let paths: Vec<String> = racing.iter().map(path).collect();
         std::thread::spawn(move || {
             let mut deleted_during_backup = 0;
-            for path in paths {
-                let answer = try_delete(addr, &path, &token).expect("the server answers");
+            for (i, path) in paths.iter().enumerate() {
+                let answer = try_delete(addr, path, &token).expect("the server answers");
                 answer.assert_true();
-                deleted_during_backup += usize::from(!done.load(Ordering::SeqCst));
+                if i == 0 {
+                    first_answered.send(()).unwrap();
+                } else if !done.load(Ordering::SeqCst) {
+                    deleted_during_backup += 1;
+                }
             }
             deleted_during_backup
         })
     };
+    // The backup starts while deletes are being answered.
+    deleting.recv().unwrap();
 
     let out = server.dir.path().join("backup.db");
     let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
