@@ -189,7 +189,7 @@ fn check_access(db_path: &Path, report: &mut Report) {
             return;
         };
         report.facts.push(("mode", format!("{mode:04o}")));
-        if mode & 0o077 != 0 {
+        if mode & 0o066 != 0 {
             report.problems.push(format!(
                 "other users of this machine can open the database file (mode {mode:04o}); \
                  `chmod 600 {}` keeps it to you",
