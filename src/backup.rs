@@ -74,7 +74,10 @@ impl std::error::Error for Error {}
 /// Writes a consistent copy of `db` to `out`, a path where no file is yet,
 /// syncs it to disk, and checks it (integrity and foreign keys).
 pub fn back_up(db: &Database, out: &Path) -> Result<Backup, Error> {
-    let out_text = out.to_str().ok_or_else(|| Error::NotUtf8(out.to_owned()))?;
+    let for_sqlite = db::sqlite_path(out);
+    let out_text = for_sqlite
+        .to_str()
+        .ok_or_else(|| Error::NotUtf8(out.to_owned()))?;
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty());
     // Created here, exclusively, so that no file is ever replaced, and
     // readable by its owner only, like the database.
@@ -114,7 +117,8 @@ fn sync(out: &Path, dir: Option<&Path>) -> io::Result<()> {
 /// Reads the copy back, without changing it; returns its number of chats.
 fn check(out: &Path) -> Result<i64, String> {
     let read = || -> rusqlite::Result<(Vec<String>, usize, i64)> {
-        let conn = Connection::open_with_flags(out, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let conn =
+            Connection::open_with_flags(db::sqlite_path(out), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let integrity = conn
             .prepare("PRAGMA integrity_check")?
             .query_map([], |r| r.get(0))?

@@ -5,6 +5,7 @@
 //! `Option<String>`, ids) and an [`Error`] that says whether retrying later
 //! could help ([`Error::Busy`]) or not.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -207,6 +208,19 @@ const JOURNAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 /// this keeps the server's footprint small with several pooled connections.
 const CACHE_KIB: u32 = 1024;
 
+/// `path` as SQLite must be given it to open that file. This build of SQLite
+/// reads any name that begins with `file:` as a URI (`file:a.db` opens
+/// `a.db`, and `?` starts its parameters), so such a relative path is
+/// written `./file:…`, which SQLite takes as it is.
+pub fn sqlite_path(path: &Path) -> Cow<'_, Path> {
+    let uri_like = path.to_str().is_some_and(|p| p.starts_with("file:"));
+    if uri_like && path.is_relative() {
+        Cow::Owned(Path::new(".").join(path))
+    } else {
+        Cow::Borrowed(path)
+    }
+}
+
 /// Creates an empty file that must not exist yet, readable and writable by
 /// its owner only on Unix (mode 0600): it will hold every chat. SQLite
 /// treats an empty file as a new database, and gives its `-wal` and `-shm`
@@ -310,13 +324,13 @@ impl Database {
             // If this fails, SQLite's own attempt below reports why.
             let _ = create_owner_only(path);
         }
-        let mut conn = Connection::open(path)?;
+        let mut conn = Connection::open(sqlite_path(path))?;
         configure_connection(&mut conn, settings.busy_timeout, settings.durability)?;
         migrate(&mut conn)?;
         drop(conn);
 
         let (busy_timeout, durability) = (settings.busy_timeout, settings.durability);
-        let manager = SqliteConnectionManager::file(path)
+        let manager = SqliteConnectionManager::file(sqlite_path(path))
             .with_init(move |conn| configure_connection(conn, busy_timeout, durability));
         let pool = r2d2::Pool::builder()
             .max_size(settings.pool_size.max(1))
@@ -715,6 +729,20 @@ mod tests {
             }
             std::thread::yield_now();
         }
+    }
+
+    #[test]
+    fn a_relative_name_that_sqlite_would_read_as_a_uri_is_made_plain() {
+        let plain = |p: &str| sqlite_path(Path::new(p)).into_owned();
+        assert_eq!(plain("file:a.db"), Path::new(".").join("file:a.db"));
+        assert_eq!(
+            plain("file:a.db?mode=ro"),
+            Path::new(".").join("file:a.db?mode=ro")
+        );
+        assert_eq!(plain("neptun.db"), Path::new("neptun.db"));
+        assert_eq!(plain("files/a.db"), Path::new("files/a.db"));
+        let absolute = std::env::temp_dir().join("file:a.db");
+        assert_eq!(sqlite_path(&absolute), absolute.as_path());
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Upkeep {
         durability: Durability,
         write_turn: WriteTurn,
     ) -> Result<Upkeep> {
-        let mut conn = Connection::open(path)?;
+        let mut conn = Connection::open(super::sqlite_path(path))?;
         configure_connection(&mut conn, UPKEEP_BUSY_TIMEOUT, durability)?;
         // Replaces the busy timeout just set with a finer-grained handler
         // that keeps to the same limit.

@@ -131,3 +131,33 @@ fn a_backup_never_replaces_a_file_and_names_what_is_wrong() {
     assert!(stderr_of(&ran).contains("no database file there"));
     assert!(!typo.exists());
 }
+
+/// SQLite reads a name that begins with `file:` as a URI (`file:y.db`
+/// would open `y.db`); `--db` and `backup` take file names, as written.
+/// Before, `backup file:y.db` wrote the copy to `y.db` (mode 0644) and
+/// reported success for the empty `file:y.db`. (Unix: such names are not
+/// valid on Windows.)
+#[cfg(unix)]
+#[test]
+fn names_that_look_like_uris_are_plain_file_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+    };
+    run(&["--db", "file:x.db", "user", "add", "alice"]);
+    run(&["--db", "file:x.db", "backup", "file:y.db"]);
+    run(&["--db", "file:y.db", "doctor"]);
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["file:x.db", "file:y.db"]);
+    let copy = rusqlite::Connection::open(dir.path().join("file:y.db")).unwrap();
+    assert_eq!(column::<String>(&copy, "SELECT id FROM users"), ["alice"]);
+}
