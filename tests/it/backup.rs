@@ -6,10 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::support::*;
 
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn a_backup_taken_while_the_server_deletes_is_whole_and_serves_when_restored() {
     let (server, db, token) = start_with_alice_and_bob(&[]);

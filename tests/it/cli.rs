@@ -5,10 +5,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
     let dir = tempfile::tempdir().unwrap();

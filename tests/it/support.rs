@@ -379,6 +379,11 @@ pub fn run_cli(db_path: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// What a finished command wrote on stderr.
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Every row id that belongs to one seeded chat, table by table.
 #[derive(Debug, Clone)]
 pub struct SeededChat {
