@@ -10,12 +10,13 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::Duration;
 
 use parking_lot::{FairMutex, FairMutexGuard};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use scheduled_thread_pool::ScheduledThreadPool;
 
 use crate::group_commit::GroupCommit;
 
@@ -276,6 +277,40 @@ pub struct Database {
     writes: Arc<WriteSignal>,
     write_turn: WriteTurn,
     deletes: Arc<GroupCommit<ChatToDelete, Result<bool>>>,
+    /// After `pool`: fields are dropped in order, and this waits for the
+    /// pool's connections to close once the last handle is gone.
+    _pool_tasks: Arc<PoolTasks>,
+}
+
+/// The thread on which r2d2 opens the pool's connections.
+///
+/// The task that opened a connection holds the pool for a moment after
+/// handing it over. If the last handle is dropped meanwhile, that task is
+/// what closes the connections, and a process that exits first leaves the
+/// `-wal` and `-shm` files behind (14 `doctor` runs in 100). With one thread of
+/// ours, the last handle can wait for the tasks before it to finish.
+struct PoolTasks(Arc<ScheduledThreadPool>);
+
+impl PoolTasks {
+    fn new() -> PoolTasks {
+        PoolTasks(Arc::new(
+            ScheduledThreadPool::builder()
+                .num_threads(1)
+                .thread_name_pattern("sqlite-pool")
+                .build(),
+        ))
+    }
+}
+
+impl Drop for PoolTasks {
+    fn drop(&mut self) {
+        let (done, finished) = mpsc::channel();
+        self.0.execute(move || {
+            let _ = done.send(());
+        });
+        // Bounded: a connection stuck opening must not hold up the exit.
+        let _ = finished.recv_timeout(Duration::from_secs(5));
+    }
 }
 
 /// Serializes this process's write transactions (requests and upkeep).
@@ -330,6 +365,7 @@ impl Database {
         drop(conn);
 
         let (busy_timeout, durability) = (settings.busy_timeout, settings.durability);
+        let pool_tasks = Arc::new(PoolTasks::new());
         let manager = SqliteConnectionManager::file(sqlite_path(path))
             .with_init(move |conn| configure_connection(conn, busy_timeout, durability));
         let pool = r2d2::Pool::builder()
@@ -340,6 +376,7 @@ impl Database {
             .test_on_check_out(false)
             .idle_timeout(None)
             .max_lifetime(None)
+            .thread_pool(Arc::clone(&pool_tasks.0))
             .build(manager)?;
         let db = Database {
             pool,
@@ -348,6 +385,7 @@ impl Database {
             writes: Arc::default(),
             write_turn: WriteTurn::default(),
             deletes: Arc::new(GroupCommit::new(MAX_DELETES_PER_COMMIT)),
+            _pool_tasks: pool_tasks,
         };
         db.check_foreign_keys_enforced()?;
         Ok(db)

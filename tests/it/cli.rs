@@ -141,6 +141,53 @@ fn a_new_database_and_its_wal_are_for_their_owner_only() {
     );
 }
 
+/// A command leaves no `-wal` or `-shm` file behind: SQLite deletes them
+/// when the last connection closes, and the process waits for that. Before,
+/// 14 `doctor` runs in 100 exited while r2d2's thread was still closing the
+/// connections, and left both files. Four files at once, so that the runs
+/// compete for the CPU, which widens that window.
+#[test]
+fn commands_leave_no_wal_or_shm_file_behind() {
+    const RUNS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let leftovers: usize = std::thread::scope(|scope| {
+        let runners: Vec<_> = (0..4)
+            .map(|i| {
+                let db = dir.path().join(format!("t{i}.db"));
+                scope.spawn(move || {
+                    assert!(
+                        run_cli(&db, &["user", "add", "alice"], None)
+                            .status
+                            .success()
+                    );
+                    let with_suffix = |suffix: &str| {
+                        let mut path = db.clone().into_os_string();
+                        path.push(suffix);
+                        std::path::PathBuf::from(path)
+                    };
+                    let mut left = 0;
+                    for _ in 0..RUNS {
+                        assert!(run_cli(&db, &["doctor"], None).status.success());
+                        if with_suffix("-wal").exists() || with_suffix("-shm").exists() {
+                            left += 1;
+                            let _ = std::fs::remove_file(with_suffix("-wal"));
+                            let _ = std::fs::remove_file(with_suffix("-shm"));
+                        }
+                    }
+                    left
+                })
+            })
+            .collect();
+        runners.into_iter().map(|r| r.join().unwrap()).sum()
+    });
+    assert_eq!(
+        leftovers,
+        0,
+        "runs of doctor that left files, of {}",
+        4 * RUNS
+    );
+}
+
 /// A command that only reads or changes what is in the file, pointed at a
 /// path with no file, says so and creates nothing: before, `doctor` created
 /// an empty database there and reported it healthy.
