@@ -80,7 +80,7 @@ pub struct ServeArgs {
     pub workers: u16,
 
     /// How long a request waits for a database lock before answering 503 (e.g. 5s, 250ms).
-    #[arg(long, env = "NEPTUN_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "NEPTUN_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_busy_timeout)]
     pub busy_timeout: Duration,
 
     /// Seed a demo user with chats, mint a session, and print a ready-to-paste curl command.
@@ -116,6 +116,19 @@ pub struct ServeArgs {
     /// OS crash may come back.
     #[arg(long, env = "NEPTUN_SYNCHRONOUS", default_value = "full", value_parser = parse_durability)]
     pub synchronous: Durability,
+}
+
+/// The longest `--busy-timeout`. SQLite takes it in milliseconds as a C
+/// `int`, so about 24 days at most (rusqlite panics beyond that), and a
+/// request held longer than an hour is better answered with the 503.
+const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+fn parse_busy_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if timeout > MAX_BUSY_TIMEOUT {
+        return Err(format!("{text:?} is too long: at most 1h"));
+    }
+    Ok(timeout)
 }
 
 fn parse_durability(text: &str) -> Result<Durability, String> {

@@ -44,7 +44,8 @@ type PooledConnection = r2d2::PooledConnection<SqliteConnectionManager>;
 pub struct Settings {
     /// How long a statement waits for another writer's lock, and how long a
     /// caller waits for a free pooled connection, before giving up with
-    /// [`Error::Busy`].
+    /// [`Error::Busy`]. At most `i32::MAX` milliseconds (about 24 days):
+    /// rusqlite panics beyond that, so the command line allows 1 hour.
     pub busy_timeout: Duration,
     /// The number of pooled connections. A request holds one only for its
     /// session lookup, and a group commit's leader one for the commit, so a

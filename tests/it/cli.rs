@@ -32,6 +32,9 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
             "not a neptun-local session token",
         ),
         (&["--workers", "0"], 2, "workers"),
+        // SQLite's busy timeout is a C int of milliseconds (rusqlite panicked).
+        (&["--busy-timeout", "25d"], 2, "at most 1h"),
+        (&["--busy-timeout", "61m"], 2, "at most 1h"),
         (
             &["--addr", "127.0.0.1:0", "user", "add", "x"],
             2,
