@@ -209,9 +209,16 @@ impl fmt::Display for Error {
             Error::Database { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Bind { addr, source } => {
                 write!(f, "cannot listen on {addr}: {source}")?;
-                if source.kind() == io::ErrorKind::AddrInUse {
+                match source.kind() {
                     // Most often a server started earlier is still running.
-                    write!(f, "; stop what runs there, or choose a port with --addr")?;
+                    io::ErrorKind::AddrInUse => {
+                        write!(f, "; stop what runs there, or choose a port with --addr")?
+                    }
+                    // A missing or malformed port ("127.0.0.1", "x:99999").
+                    io::ErrorKind::InvalidInput => {
+                        write!(f, "; --addr takes HOST:PORT, for example {DEFAULT_ADDR}")?
+                    }
+                    _ => {}
                 }
                 Ok(())
             }

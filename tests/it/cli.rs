@@ -36,6 +36,11 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
         (&["--busy-timeout", "25d"], 2, "at most 1h"),
         (&["--busy-timeout", "61m"], 2, "at most 1h"),
         (
+            &["--addr", "127.0.0.1"],
+            1,
+            "--addr takes HOST:PORT, for example 127.0.0.1:7150",
+        ),
+        (
             &["--addr", "127.0.0.1:0", "user", "add", "x"],
             2,
             "is a serve option",
