@@ -288,8 +288,9 @@ pub struct Database {
 /// The task that opened a connection holds the pool for a moment after
 /// handing it over. If the last handle is dropped meanwhile, that task is
 /// what closes the connections, and a process that exits first leaves the
-/// `-wal` and `-shm` files behind (14 `doctor` runs in 100). With one thread of
-/// ours, the last handle can wait for the tasks before it to finish.
+/// `-wal` and `-shm` files behind (14 `doctor` runs in 100). With one
+/// thread of ours, the last handle can wait for the tasks before it to
+/// finish.
 struct PoolTasks(Arc<ScheduledThreadPool>);
 
 impl PoolTasks {
