@@ -28,6 +28,10 @@
 //!   idle connection threads are kept ready by connecting to ourselves
 //!   (`SpareThreads`), and some answers close their connection
 //!   (`KeepAlive`) for bursts larger than that.
+//! - tiny_http queues a connection's next request as soon as it is read,
+//!   so two requests pipelined on one connection would run at the same
+//!   time, and the second could take effect first: a connection's requests
+//!   are handled one after another, in order (`InOrder`).
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -40,10 +44,12 @@ use std::time::Instant;
 use crate::http::{ApiError, Request, Response};
 use crate::logging::printable;
 
+mod in_order;
 mod keep_alive;
 mod limits;
 mod spare_threads;
 
+use in_order::{InOrder, Next};
 use keep_alive::KeepAlive;
 pub use keep_alive::{KEEP_ALIVE_LIFETIME, RECENTLY_ANSWERED};
 use limits::default_spares;
@@ -57,6 +63,7 @@ pub struct HttpServer {
     stop: Arc<Stop>,
     keep_alive: Arc<KeepAlive>,
     spares: Arc<SpareThreads>,
+    in_order: Arc<InOrder<tiny_http::Request>>,
 }
 
 /// Shared stop state: set once, by a signal or by a fatal transport error.
@@ -118,6 +125,7 @@ impl HttpServer {
                 KEEP_ALIVE_LIFETIME / 10..=KEEP_ALIVE_LIFETIME,
             )),
             spares: Arc::new(SpareThreads::new(local_addr, spares)?),
+            in_order: Arc::default(),
         })
     }
 
@@ -150,9 +158,12 @@ impl HttpServer {
                 let shutdown = shutdown.clone();
                 let keep_alive = Arc::clone(&self.keep_alive);
                 let spares = Arc::clone(&self.spares);
+                let in_order = Arc::clone(&self.in_order);
                 thread::Builder::new()
                     .name(format!("worker-{i}"))
-                    .spawn(move || worker_loop(&shutdown, &keep_alive, &spares, &*handler))
+                    .spawn(move || {
+                        worker_loop(&shutdown, &in_order, &keep_alive, &spares, &*handler)
+                    })
             })
             .collect::<io::Result<_>>()?;
         let spares = Arc::clone(&self.spares);
@@ -189,23 +200,35 @@ impl HttpServer {
 
 fn worker_loop(
     shutdown: &ShutdownHandle,
+    in_order: &InOrder<tiny_http::Request>,
     keep_alive: &KeepAlive,
     spares: &SpareThreads,
     handler: &(dyn Fn(&Request) -> Response + Sync),
 ) {
+    // Our own requests are answered at once, whatever their connection.
+    let connection = |r: &tiny_http::Request| {
+        (!spares.is_ours(r.url()))
+            .then(|| r.remote_addr().copied())
+            .flatten()
+    };
     loop {
-        match shutdown.inner.recv() {
-            Ok(request) if spares.is_ours(request.url()) => {
+        match in_order.next(|| shutdown.inner.recv(), connection) {
+            Next::Handle(request, _) if spares.is_ours(request.url()) => {
                 if let Err(e) = request.respond(tiny_http::Response::empty(204)) {
                     log::debug!("could not answer our own request: {e}");
                 }
             }
-            Ok(request) => {
+            Next::Handle(mut request, peer) => loop {
                 spares.request_received();
-                serve_one(request, keep_alive, handler)
-            }
-            Err(_) if shutdown.stop.requested.load(Ordering::SeqCst) => return,
-            Err(e) => {
+                serve_one(request, keep_alive, handler);
+                // Then whatever that connection pipelined behind it.
+                match peer.and_then(|peer| in_order.after(peer)) {
+                    Some(next) => request = next,
+                    None => break,
+                }
+            },
+            Next::Stop(_) if shutdown.stop.requested.load(Ordering::SeqCst) => return,
+            Next::Stop(e) => {
                 log::error!("the listener stopped accepting connections: {e}");
                 *shutdown
                     .stop

@@ -790,3 +790,34 @@ fn spawn_listening(mut command: Command) -> (Child, SocketAddr) {
         .unwrap();
     (child, addr)
 }
+
+/// Requests pipelined on one connection take effect in the order they were
+/// sent, not only are answered in it (RFC 9112 §9.3.2: only safe methods
+/// may be handled in parallel). tiny_http queues each request for the next
+/// free worker as soon as it is read, so before, the second of two
+/// pipelined DELETEs of one chat sometimes ran first: 26 connections in 200
+/// got `404` for the first and `200` for the second.
+#[test]
+fn pipelined_requests_take_effect_in_the_order_they_were_sent() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let chats: Vec<i64> = (0..100)
+        .map(|_| seed_chat(&db, "alice", "bob").chat)
+        .collect();
+    for chat in chats {
+        let delete = format!(
+            "DELETE /api/users/alice/chats/{chat} HTTP/1.1\r\nHost: localhost\r\n\
+             Cookie: neptun-session={token}\r\n\r\n"
+        );
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+            .write_all(format!("{delete}{delete}").as_bytes())
+            .unwrap();
+        let mut answers = BufReader::new(stream);
+        let first = read_response(&mut answers).unwrap();
+        let second = read_response(&mut answers).unwrap();
+        assert_eq!((first.status, second.status), (200, 404), "chat {chat}");
+    }
+}
