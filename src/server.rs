@@ -205,22 +205,17 @@ fn worker_loop(
     spares: &SpareThreads,
     handler: &(dyn Fn(&Request) -> Response + Sync),
 ) {
-    // Our own requests are answered at once, whatever their connection.
-    let connection = |r: &tiny_http::Request| {
-        (!spares.is_ours(r.url()))
-            .then(|| r.remote_addr().copied())
-            .flatten()
-    };
     loop {
-        match in_order.next(|| shutdown.inner.recv(), connection) {
-            Next::Handle(request, _) if spares.is_ours(request.url()) => {
-                if let Err(e) = request.respond(tiny_http::Response::empty(204)) {
-                    log::debug!("could not answer our own request: {e}");
-                }
-            }
+        match in_order.next(|| shutdown.inner.recv(), |r| r.remote_addr().copied()) {
             Next::Handle(mut request, peer) => loop {
-                spares.request_received();
-                serve_one(request, keep_alive, handler);
+                if spares.is_ours(request.url()) {
+                    if let Err(e) = request.respond(tiny_http::Response::empty(204)) {
+                        log::debug!("could not answer our own request: {e}");
+                    }
+                } else {
+                    spares.request_received();
+                    serve_one(request, keep_alive, handler);
+                }
                 // Then whatever that connection pipelined behind it.
                 match peer.and_then(|peer| in_order.after(peer)) {
                     Some(next) => request = next,

@@ -50,8 +50,8 @@ impl<R> Default for InOrder<R> {
 
 impl<R> InOrder<R> {
     /// Takes requests off the queue with `take` until one can be handled
-    /// now. `peer` names a request's connection; a request without one (our
-    /// own spare-thread requests) is always handled at once.
+    /// now. `peer` names a request's connection; a request without one is
+    /// always handled at once.
     pub fn next<E>(
         &self,
         take: impl Fn() -> Result<R, E>,
