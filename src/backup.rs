@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::db::{self, Database};
+use crate::doctor;
 
 /// What a finished backup holds.
 pub struct Backup {
@@ -114,27 +115,21 @@ fn sync(out: &Path, dir: Option<&Path>) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads the copy back, without changing it; returns its number of chats.
+/// Reads the copy back, without changing it, with `doctor`'s integrity and
+/// foreign-key checks; returns its number of chats.
 fn check(out: &Path) -> Result<i64, String> {
-    let read = || -> rusqlite::Result<(Vec<String>, usize, i64)> {
+    let read = || -> db::Result<(doctor::Report, i64)> {
         let conn =
             Connection::open_with_flags(db::sqlite_path(out), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let integrity = conn
-            .prepare("PRAGMA integrity_check")?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        let orphans = conn
-            .prepare("PRAGMA foreign_key_check")?
-            .query_map([], |_| Ok(()))?
-            .count();
+        let mut report = doctor::Report::default();
+        doctor::check_integrity(&conn, &mut report)?;
         let chats = conn.query_row("SELECT count(*) FROM chats", [], |r| r.get(0))?;
-        Ok((integrity, orphans, chats))
+        Ok((report, chats))
     };
-    match read().map_err(|e| format!("reading it back: {e}"))? {
-        (integrity, _, _) if integrity != ["ok"] => {
-            Err(format!("integrity_check: {}", integrity.join("; ")))
-        }
-        (_, orphans, _) if orphans > 0 => Err(format!("{orphans} orphaned rows")),
-        (_, _, chats) => Ok(chats),
+    let (report, chats) = read().map_err(|e| format!("reading it back: {e}"))?;
+    if report.problems.is_empty() {
+        Ok(chats)
+    } else {
+        Err(report.problems.join("; "))
     }
 }

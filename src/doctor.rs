@@ -11,6 +11,7 @@ use rusqlite::Connection;
 use crate::db::{self, Database};
 
 /// What the doctor found.
+#[derive(Default)]
 pub struct Report {
     /// (topic, finding), in the order they should be printed.
     pub facts: Vec<(&'static str, String)>,
@@ -20,10 +21,7 @@ pub struct Report {
 
 /// Examines the database behind `db`.
 pub fn examine(db: &Database) -> db::Result<Report> {
-    let mut report = Report {
-        facts: Vec::new(),
-        problems: Vec::new(),
-    };
+    let mut report = Report::default();
     report.facts.push(("files", file_sizes(db.path())));
     check_access(db.path(), &mut report);
     db.with_connection(|conn| {
@@ -131,7 +129,9 @@ fn count_rows(conn: &Connection, report: &mut Report) -> db::Result<()> {
     Ok(())
 }
 
-fn check_integrity(conn: &Connection, report: &mut Report) -> db::Result<()> {
+/// `integrity_check` and `foreign_key_check`; also what `backup` reads a
+/// copy back with.
+pub fn check_integrity(conn: &Connection, report: &mut Report) -> db::Result<()> {
     let integrity: Vec<String> = conn
         .prepare("PRAGMA integrity_check")?
         .query_map([], |r| r.get(0))?
