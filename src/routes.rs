@@ -169,14 +169,14 @@ fn decode_segment(raw: &str) -> Result<String, ApiError> {
     let mut rest = raw.as_bytes();
     while let Some((&b, tail)) = rest.split_first() {
         if b == b'%' {
-            let hex = tail.get(..2).ok_or(BAD_ESCAPE)?;
-            // Two hex digits exactly: `from_str_radix` alone would also take
-            // a sign, as in `%+4`.
-            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                return Err(BAD_ESCAPE);
-            }
-            let hex = std::str::from_utf8(hex).map_err(|_| BAD_ESCAPE)?;
-            bytes.push(u8::from_str_radix(hex, 16).map_err(|_| BAD_ESCAPE)?);
+            // Two hex digits exactly (`from_str_radix` would also take a
+            // sign, as in `%+4`).
+            let digit = |b: &u8| char::from(*b).to_digit(16);
+            let byte = match tail {
+                [high, low, ..] => digit(high).zip(digit(low)).map(|(h, l)| (h * 16 + l) as u8),
+                _ => None,
+            };
+            bytes.push(byte.ok_or(BAD_ESCAPE)?);
             rest = &tail[2..];
         } else {
             bytes.push(b);
