@@ -138,6 +138,9 @@ fn a_new_database_and_its_wal_are_for_their_owner_only() {
     let (code, text) = doctor(&added);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("mode         0600"), "{text}");
+    // An execute bit opens nothing.
+    std::fs::set_permissions(&added, std::fs::Permissions::from_mode(0o611)).unwrap();
+    assert_eq!(doctor(&added).0, Some(0));
     std::fs::set_permissions(&added, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (code, text) = doctor(&added);
     assert_eq!(code, Some(1), "{text}");
