@@ -267,39 +267,57 @@ pub fn parse() -> Cli {
     parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
 }
 
-/// Parses `args`. Serve options written before a subcommand are refused
-/// rather than silently ignored (`neptun-local --addr X user add U`).
+/// The ids of [`ServeArgs`]' options, as clap names them.
+const SERVE_OPTIONS: [&str; 8] = [
+    "addr",
+    "workers",
+    "busy_timeout",
+    "demo",
+    "synchronous",
+    "allowed_hosts",
+    "allow_origins",
+    "allow_remote",
+];
+
+/// Parses `args`. Serve options may be written before `serve` as well as
+/// after it (`neptun-local --addr X serve`), but not on both sides, and not
+/// before another subcommand (`neptun-local --addr X user add U`), where
+/// they would otherwise be silently ignored.
 pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
     use clap::parser::ValueSource;
-    use clap::{CommandFactory, FromArgMatches};
+    use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
+    let given = |matches: &ArgMatches| -> Vec<String> {
+        SERVE_OPTIONS
+            .into_iter()
+            .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect()
+    };
     let mut command = Cli::command();
     let matches = command.try_get_matches_from_mut(args)?;
-    if let Some(subcommand) = matches.subcommand_name() {
-        for id in [
-            "addr",
-            "workers",
-            "busy_timeout",
-            "demo",
-            "synchronous",
-            "allowed_hosts",
-            "allow_origins",
-            "allow_remote",
-        ] {
-            if matches.value_source(id) == Some(ValueSource::CommandLine) {
-                let flag = id.replace('_', "-");
-                return Err(command.error(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    format!("--{flag} is a serve option and cannot be used with '{subcommand}'"),
-                ));
-            }
-        }
-    }
-    Cli::from_arg_matches(&matches)
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let before = given(&matches);
+    let Some((subcommand, sub_matches)) = matches.subcommand() else {
+        return Ok(cli);
+    };
+    let Some(first) = before.first() else {
+        return Ok(cli);
+    };
+    let message = if subcommand != "serve" {
+        format!("{first} is a serve option and cannot be used with '{subcommand}'")
+    } else if let Some(after) = given(sub_matches).first() {
+        format!("{first} before 'serve' and {after} after it: write serve options on one side")
+    } else {
+        // `neptun-local --addr X serve` is `neptun-local --addr X`.
+        cli.command = None;
+        return Ok(cli);
+    };
+    Err(command.error(clap::error::ErrorKind::ArgumentConflict, message))
 }
 
 /// Runs the parsed command line.
@@ -715,7 +733,7 @@ mod tests {
     #[test]
     fn serve_options_before_another_subcommand_are_refused_but_globals_are_not() {
         assert!(parse_from(["neptun-local", "--addr", "x", "user", "add", "u"]).is_err());
-        assert!(parse_from(["neptun-local", "--demo", "serve"]).is_err());
+        assert!(parse_from(["neptun-local", "--demo", "doctor"]).is_err());
         let cli = parse_from(["neptun-local", "--db", "x.db", "user", "add", "u"]).unwrap();
         assert_eq!(cli.db, std::path::Path::new("x.db"));
         let cli = parse_from(["neptun-local", "session", "new", "u", "--db", "y.db"]).unwrap();
@@ -725,5 +743,28 @@ mod tests {
             cli.command,
             Some(Command::Serve(ServeArgs { demo: true, .. }))
         ));
+    }
+
+    #[test]
+    fn serve_options_apply_before_serve_but_not_on_both_sides_of_it() {
+        let cli = parse_from(["neptun-local", "--addr", "127.0.0.1:0", "--demo", "serve"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.addr, "127.0.0.1:0");
+        assert!(cli.serve.demo);
+
+        let err = parse_from([
+            "neptun-local",
+            "--addr",
+            "127.0.0.1:0",
+            "serve",
+            "--workers",
+            "2",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--addr before 'serve' and --workers after it"),
+            "{err}"
+        );
     }
 }
