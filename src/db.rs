@@ -20,6 +20,7 @@ use scheduled_thread_pool::ScheduledThreadPool;
 
 use crate::group_commit::GroupCommit;
 
+mod access;
 mod rows;
 mod upkeep;
 
@@ -111,6 +112,9 @@ pub enum Error {
     UserExists(String),
     /// The file was written by a newer neptun-local whose schema we do not know.
     SchemaTooNew { found: i64 },
+    /// This user may not read or write the file, or create SQLite's files
+    /// beside it; the text says which (SQLite's own message does not).
+    NoAccess(String),
     /// A pooled connection does not enforce foreign keys, so deleting a chat
     /// would leave its messages behind. Refuse to run rather than do that.
     ForeignKeysOff,
@@ -132,6 +136,7 @@ impl fmt::Display for Error {
                 "the database has schema version {found}, but this neptun-local only knows \
                  versions up to {SCHEMA_VERSION}; use a newer neptun-local"
             ),
+            Error::NoAccess(why) => f.write_str(why),
             Error::ForeignKeysOff => write!(
                 f,
                 "SQLite did not enable foreign keys on a connection; refusing to run, \
@@ -143,6 +148,16 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl Error {
+    /// SQLite's primary result code, for a failure that is not one of ours.
+    fn sqlite_code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Sqlite(e) => e.sqlite_error_code(),
+            _ => None,
+        }
+    }
+}
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {
@@ -361,10 +376,17 @@ impl Database {
             // If this fails, SQLite's own attempt below reports why.
             let _ = create_owner_only(path);
         }
-        let mut conn = Connection::open(sqlite_path(path))?;
-        configure_connection(&mut conn, settings.busy_timeout, settings.durability)?;
-        migrate(&mut conn)?;
-        drop(conn);
+        let set_up = || -> Result<()> {
+            let mut conn = Connection::open(sqlite_path(path))?;
+            configure_connection(&mut conn, settings.busy_timeout, settings.durability)?;
+            migrate(&mut conn)
+        };
+        set_up().map_err(|e| match e.sqlite_code() {
+            Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly) => {
+                access::problem(path).map_or(e, Error::NoAccess)
+            }
+            _ => e,
+        })?;
 
         let (busy_timeout, durability) = (settings.busy_timeout, settings.durability);
         let pool_tasks = Arc::new(PoolTasks::new());

@@ -98,6 +98,73 @@ fn an_unusable_database_is_reported_with_its_path() {
     }
 }
 
+/// SQLite reports a file this user may not write, or a directory it may not
+/// create the `-wal` file in, as "attempt to write a readonly database",
+/// naming neither. The message says which permission is missing, and where.
+#[cfg(unix)]
+#[test]
+fn a_missing_permission_is_named_with_the_file_or_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    use std::path::Path;
+    let set_mode = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // Root may do anything, so as root the commands run as nobody.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let run = |db: &Path, args: &[&str]| {
+        let mut command = std::process::Command::new(BIN);
+        command.arg("--db").arg(db).args(args);
+        if as_root {
+            command.uid(65534).gid(65534);
+        }
+        let out = command.output().unwrap();
+        (out.status.code(), stderr_of(&out))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    set_mode(dir.path(), 0o755);
+
+    let read_only = dir.path().join("read-only.db");
+    assert!(
+        run_cli(&read_only, &["user", "add", "alice"], None)
+            .status
+            .success()
+    );
+    set_mode(&read_only, 0o444);
+    let (code, err) = run(&read_only, &["doctor"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("permission denied: this user cannot read and write the file"),
+        "{err}"
+    );
+
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    let inside = locked.join("t.db");
+    assert!(
+        run_cli(&inside, &["user", "add", "alice"], None)
+            .status
+            .success()
+    );
+    set_mode(&inside, 0o666);
+    set_mode(&locked, 0o555);
+    let cannot_create = format!(
+        "permission denied: this user cannot create files in {}",
+        locked.display()
+    );
+    for (db, args) in [
+        (&inside, &["doctor"][..]),
+        (&inside, &["user", "add", "bob"]),
+        (&locked.join("new.db"), &["user", "add", "bob"]),
+    ] {
+        let (code, err) = run(db, args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(&cannot_create), "{args:?}: {err}");
+    }
+    set_mode(&locked, 0o755);
+    assert!(!locked.join("new.db").exists());
+}
+
 /// A database holds every chat, so a new one (and the `-wal` and `-shm`
 /// files SQLite makes beside it) is for its owner only; SQLite alone would
 /// make it readable by every user of the machine. `doctor` flags one that

@@ -1,0 +1,89 @@
+//! Says what stops SQLite from opening a database file for writing.
+//!
+//! SQLite reports a file this user cannot read as "unable to open database
+//! file", and a file or directory it cannot write as "attempt to write a
+//! readonly database", which names neither the file nor the directory. Both
+//! happen to a file made by another user (`sudo`, a service account), or in
+//! a directory such as `/var/lib` that only root may write to.
+
+use std::path::{Path, PathBuf};
+
+/// What keeps this process from using the database at `path`, in words;
+/// `None` if nothing does (or, outside Unix, if we cannot tell).
+#[cfg(unix)]
+pub fn problem(path: &Path) -> Option<String> {
+    use std::ffi::OsString;
+
+    // In WAL mode SQLite keeps two more files beside the database, and
+    // creates and removes them as it opens and closes it.
+    let beside = |suffix| {
+        let mut name = OsString::from(path.as_os_str());
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    for file in [path.to_owned(), beside("-wal"), beside("-shm")] {
+        if !file.exists() {
+            continue;
+        }
+        if let Err(e) = access(&file, libc::R_OK | libc::W_OK) {
+            let what = if file == path {
+                "read and write the file".to_owned()
+            } else {
+                format!("read and write {}, beside the database", file.display())
+            };
+            return Some(explain(
+                &what,
+                "run as its owner, or give this user access",
+                &e,
+            ));
+        }
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if let Err(e) = access(dir, libc::W_OK | libc::X_OK) {
+        let what = format!(
+            "create files in {}, where the database and SQLite's -wal and -shm files \
+             beside it go",
+            dir.display()
+        );
+        return Some(explain(
+            &what,
+            "choose a directory this user may write to",
+            &e,
+        ));
+    }
+    None
+}
+
+#[cfg(not(unix))]
+pub fn problem(_path: &Path) -> Option<String> {
+    None
+}
+
+/// Whether this process may access `path` in `mode` (`access(2)`, which
+/// also knows about root, ACLs, read-only mounts and immutable files).
+#[cfg(unix)]
+fn access(path: &Path, mode: libc::c_int) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    if unsafe { libc::access(path.as_ptr(), mode) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `cannot {what}`, worded for the cause, with `hint` for a plain lack of
+/// permission.
+#[cfg(unix)]
+fn explain(what: &str, hint: &str, e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EACCES) => format!("permission denied: this user cannot {what}; {hint}"),
+        Some(libc::EROFS) => format!("cannot {what}: the file system is read-only"),
+        _ => format!("cannot {what}: {e}"),
+    }
+}
