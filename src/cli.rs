@@ -384,11 +384,14 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Some(Command::Session(SessionCommand::List { ref user_id })) => {
             let db = open_existing()?;
             let now = auth::now_unix();
+            // Queried first: an unknown user gets the error alone, not a
+            // table header on stdout before it.
+            let sessions = db.list_sessions(user_id).map_err(db_error)?;
             println!(
                 "{:<10} {:<20} {:<20} state",
                 "hash", "created (UTC)", "expires (UTC)"
             );
-            for s in db.list_sessions(user_id).map_err(db_error)? {
+            for s in sessions {
                 let state = if s.expires_at > now {
                     "active"
                 } else {

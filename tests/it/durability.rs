@@ -585,6 +585,7 @@ fn sessions_can_be_listed_without_tokens_and_expired_ones_pruned() {
     );
     let out = run_cli(&db_path, &["session", "list", "ghost"], None);
     assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "the error alone, no table header");
 
     let out = run_cli(&db_path, &["session", "prune"], None);
     assert_eq!(
