@@ -161,8 +161,16 @@ pub enum SessionCommand {
         ttl: Duration,
     },
     /// Revoke the session with this token ("-" reads it from stdin, which
-    /// keeps it out of the process list and shell history).
-    Revoke { token: String },
+    /// keeps it out of the process list and shell history), or with --user
+    /// every session of a user.
+    Revoke {
+        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        token: Option<String>,
+        /// Revoke every session of this user instead: signs them out
+        /// everywhere, without their tokens.
+        #[arg(long, value_name = "USER_ID")]
+        user: Option<String>,
+    },
     /// List a user's sessions (never their tokens).
     List { user_id: String },
     /// Delete expired sessions (the server also does this every 15 minutes).
@@ -371,16 +379,29 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             println!("{}", token.expose());
             Ok(())
         }
-        Some(Command::Session(SessionCommand::Revoke { ref token })) => {
-            let token = read_token_argument(token)?;
-            let db = open_existing()?;
-            if db.delete_session(&token.hash()).map_err(db_error)? {
-                eprintln!("session revoked");
+        Some(Command::Session(SessionCommand::Revoke {
+            ref token,
+            ref user,
+        })) => match (token, user) {
+            (_, Some(user_id)) => {
+                let revoked = open_existing()?
+                    .delete_sessions_of(user_id)
+                    .map_err(db_error)?;
+                eprintln!("revoked {revoked} session(s) of user {user_id:?}");
                 Ok(())
-            } else {
-                Err(Error::NoSuchSession)
             }
-        }
+            (Some(token), None) => {
+                let token = read_token_argument(token)?;
+                let db = open_existing()?;
+                if db.delete_session(&token.hash()).map_err(db_error)? {
+                    eprintln!("session revoked");
+                    Ok(())
+                } else {
+                    Err(Error::NoSuchSession)
+                }
+            }
+            (None, None) => unreachable!("clap requires a token or --user"),
+        },
         Some(Command::Session(SessionCommand::List { ref user_id })) => {
             let db = open_existing()?;
             let now = auth::now_unix();

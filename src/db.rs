@@ -617,6 +617,18 @@ impl Database {
             )? == 1)
         })
     }
+
+    /// Deletes every session of the user; returns how many there were.
+    /// Fails with [`Error::UnknownUser`] if there is no such user.
+    pub fn delete_sessions_of(&self, user_id: &str) -> Result<usize> {
+        self.write(|tx| {
+            let mut known = tx.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
+            if !known.exists([user_id])? {
+                return Err(Error::UnknownUser(user_id.to_owned()));
+            }
+            Ok(tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?)
+        })
+    }
 }
 
 /// Deletes one chat if it belongs to the user; the cascade takes the rest.

@@ -105,6 +105,61 @@ fn a_revoked_session_no_longer_authenticates() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no session has that token"));
 }
 
+/// `revoke --user` signs a user out everywhere without their tokens (after
+/// a restore, say, which brings back sessions revoked since).
+#[test]
+fn all_of_a_users_sessions_can_be_revoked_at_once() {
+    let (server, db, first) = start_with_alice_and_bob(&[]);
+    let second = login(&db, "alice");
+    let bobs = login(&db, "bob");
+    let alices_chat = seed_chat(&db, "alice", "bob");
+    let bobs_chat = seed_chat(&db, "bob", "alice");
+
+    let out = run_cli(
+        &server.db_path,
+        &["session", "revoke", "--user", "alice"],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("revoked 2 session(s) of user \"alice\""));
+    for token in [&first, &second] {
+        server
+            .delete(
+                &format!("/api/users/alice/chats/{}", alices_chat.chat),
+                token,
+            )
+            .assert_error(401, "Unauthorized");
+    }
+    assert_fully_present(&server.sql(), &alices_chat);
+    server
+        .delete(&format!("/api/users/bob/chats/{}", bobs_chat.chat), &bobs)
+        .assert_true();
+
+    let refused: [(&[&str], i32, &str); 3] = [
+        (&["--user", "ghost"], 1, "no user with id \"ghost\""),
+        (&[], 2, "required"),
+        (&[&first, "--user", "alice"], 2, "cannot be used with"),
+    ];
+    for (args, code, message) in refused {
+        let out = run_cli(
+            &server.db_path,
+            &[&["session", "revoke"][..], args].concat(),
+            None,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        assert!(
+            stderr_of(&out).contains(message),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+    }
+}
+
 #[test]
 fn tokens_and_cookies_never_reach_the_logs() {
     let (server, db, token) = start_with_alice_and_bob(&["--log-level", "trace"]);
