@@ -6,13 +6,14 @@
 //! happen to a file made by another user (`sudo`, a service account), or in
 //! a directory such as `/var/lib` that only root may write to.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What keeps this process from using the database at `path`, in words;
 /// `None` if nothing does (or, outside Unix, if we cannot tell).
 #[cfg(unix)]
 pub fn problem(path: &Path) -> Option<String> {
     use std::ffi::OsString;
+    use std::path::PathBuf;
 
     // In WAL mode SQLite keeps two more files beside the database, and
     // creates and removes them as it opens and closes it.
