@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `user add`,
+//! The command line: `serve` (the default), `user add|list`,
 //! `session new|revoke|list|prune`, `doctor` and `backup`.
 //!
 //! Every option has an environment-variable fallback, so that the server can
@@ -149,6 +149,8 @@ pub enum UserCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// List the users, with how many chats and active sessions each has.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -373,6 +375,13 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             eprintln!("added user {id:?}");
             Ok(())
         }
+        Some(Command::User(UserCommand::List)) => {
+            let users = open_existing()?
+                .list_users(auth::now_unix())
+                .map_err(db_error)?;
+            print!("{}", users_table(&users));
+            Ok(())
+        }
         Some(Command::Session(SessionCommand::New { ref user_id, ttl })) => {
             let db = open_existing()?;
             let token = auth::new_session(&db, user_id, ttl).map_err(Error::Session)?;
@@ -464,6 +473,39 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 }
 
 /// Formats Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
+/// `user list`'s output: one line per user under a header, the id and
+/// name columns as wide as their longest entry. Ids and names are shown
+/// with control characters escaped, as in the log.
+fn users_table(users: &[db::UserInfo]) -> String {
+    let rows: Vec<[String; 4]> = users
+        .iter()
+        .map(|u| {
+            [
+                logging::printable(&u.id).into_owned(),
+                logging::printable(u.name.as_deref().unwrap_or("-")).into_owned(),
+                u.chats.to_string(),
+                u.active_sessions.to_string(),
+            ]
+        })
+        .collect();
+    let width = |column: usize, title: &str| {
+        rows.iter()
+            .map(|row| row[column].chars().count())
+            .chain([title.len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (id_width, name_width) = (width(0, "id"), width(1, "name"));
+    let mut out = format!(
+        "{:<id_width$}  {:<name_width$}  {:>6}  active sessions\n",
+        "id", "name", "chats"
+    );
+    for [id, name, chats, sessions] in rows {
+        out += &format!("{id:<id_width$}  {name:<name_width$}  {chats:>6}  {sessions:>15}\n");
+    }
+    out
+}
+
 fn utc_timestamp(unix: i64) -> String {
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
     // Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
@@ -713,6 +755,26 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_users_table_lines_up_and_escapes_control_characters() {
+        let user = |id: &str, name: Option<&str>, chats, active_sessions| db::UserInfo {
+            id: id.to_owned(),
+            name: name.map(str::to_owned),
+            chats,
+            active_sessions,
+        };
+        let table = users_table(&[
+            user("alice", Some("Alice Liddell"), 12, 1),
+            user("b\x1b[2Jb", None, 0, 0),
+        ]);
+        assert_eq!(
+            table,
+            "id         name            chats  active sessions\n\
+             alice      Alice Liddell      12                1\n\
+             b\\x1b[2Jb  -                   0                0\n"
+        );
     }
 
     #[test]

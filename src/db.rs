@@ -25,7 +25,7 @@ mod rows;
 mod upkeep;
 
 pub use rows::{
-    Actor, NewFile, NewSession, SessionInfo, insert_chat, insert_file, insert_message,
+    Actor, NewFile, NewSession, SessionInfo, UserInfo, insert_chat, insert_file, insert_message,
     insert_session, insert_share, insert_share_whitelist_entry, insert_user,
 };
 pub use upkeep::{Step, Upkeep};
@@ -576,6 +576,28 @@ impl Database {
     /// Deletes sessions that expired at or before `now`; returns how many.
     pub fn prune_sessions(&self, now: i64) -> Result<usize> {
         self.write(|tx| delete_expired_sessions(tx, now))
+    }
+
+    /// Every user, by id, with counts of chats and of sessions that have
+    /// not expired at `now`.
+    pub fn list_users(&self, now: i64) -> Result<Vec<UserInfo>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT id, name,
+                    (SELECT count(*) FROM chats WHERE user_id = users.id),
+                    (SELECT count(*) FROM sessions
+                     WHERE user_id = users.id AND expires_at > ?1)
+             FROM users ORDER BY id",
+        )?;
+        let rows = stmt.query_map([now], |r| {
+            Ok(UserInfo {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                chats: r.get(2)?,
+                active_sessions: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The user's sessions, newest first; fails with [`Error::UnknownUser`]

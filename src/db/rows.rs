@@ -14,6 +14,15 @@ pub struct SessionInfo {
     pub expires_at: i64,
 }
 
+/// A user, with how many chats and unexpired sessions it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub chats: i64,
+    pub active_sessions: i64,
+}
+
 /// A session to store. Times are Unix seconds.
 pub struct NewSession<'a> {
     pub token_hash: [u8; 32],

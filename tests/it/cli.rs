@@ -266,6 +266,40 @@ fn commands_leave_no_wal_or_shm_file_behind() {
     );
 }
 
+/// `user list` shows every user with its chats and unexpired sessions, so
+/// that the ids for paths and `session new` need no SQL to find.
+#[test]
+fn user_list_shows_each_user_with_chats_and_active_sessions() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let first = seed_chat(&db, "alice", "bob");
+    seed_chat(&db, "alice", "bob");
+    seed_chat(&db, "bob", "alice");
+    expired_session(&db, "bob");
+    let list = || {
+        let out = run_cli(&server.db_path, &["user", "list"], None);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rows: Vec<Vec<String>> = text
+            .lines()
+            .map(|line| line.split_whitespace().map(str::to_owned).collect())
+            .collect();
+        rows
+    };
+    let row = |id: &str, chats: &str, sessions: &str| -> Vec<String> {
+        [id, "Test", "User", chats, sessions]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let rows = list();
+    assert_eq!(rows[0], ["id", "name", "chats", "active", "sessions"]);
+    assert_eq!(rows[1..], [row("alice", "2", "1"), row("bob", "1", "0")]);
+
+    server
+        .delete(&format!("/api/users/alice/chats/{}", first.chat), &token)
+        .assert_true();
+    assert_eq!(list()[1], row("alice", "1", "1"));
+}
+
 /// A command that only reads or changes what is in the file, pointed at a
 /// path with no file, says so and creates nothing: before, `doctor` created
 /// an empty database there and reported it healthy.
@@ -280,6 +314,8 @@ fn commands_on_existing_data_refuse_a_missing_file_and_create_nothing() {
         &["session", "prune"],
         &["session", "new", "alice"],
         &["session", "revoke", &token],
+        &["session", "revoke", "--user", "alice"],
+        &["user", "list"],
     ];
     for args in commands {
         let out = run_cli(&missing, args, None);
