@@ -110,6 +110,9 @@ pub enum Error {
     UnknownUser(String),
     /// A user with this id already exists.
     UserExists(String),
+    /// The file is an SQLite database of another application: it has
+    /// tables, but no neptun-local schema version. It is left as it was.
+    Foreign,
     /// The file was written by a newer neptun-local whose schema we do not know.
     SchemaTooNew { found: i64 },
     /// This user may not read or write the file, or create SQLite's files
@@ -131,6 +134,10 @@ impl fmt::Display for Error {
             Error::StorageFull(cause) => write!(f, "storage full: {cause}"),
             Error::UnknownUser(id) => write!(f, "no user with id {id:?}"),
             Error::UserExists(id) => write!(f, "a user with id {id:?} already exists"),
+            Error::Foreign => f.write_str(
+                "this SQLite database is not a neptun-local one (it has tables, but no \
+                 neptun-local schema version); it was left as it was: choose another --db",
+            ),
             Error::SchemaTooNew { found } => write!(
                 f,
                 "the database has schema version {found}, but this neptun-local only knows \
@@ -252,14 +259,17 @@ pub fn create_owner_only(path: &Path) -> io::Result<File> {
 
 /// Brings a database file to [`SCHEMA_VERSION`].
 ///
-/// Rules: version 0 is a new file and gets the whole schema; the current
-/// version is left alone; a newer version is refused. The check and the change
-/// run in one IMMEDIATE transaction, so two processes opening a new file at
-/// once cannot both apply the schema.
+/// Rules: version 0 with nothing in it is a new file and gets the whole
+/// schema; version 0 with tables is another application's database and is
+/// refused before anything in it changes; the current version is left
+/// alone; a newer version is refused. The check and the change run in one
+/// IMMEDIATE transaction, so two processes opening a new file at once
+/// cannot both apply the schema.
 fn migrate(conn: &mut Connection) -> Result<()> {
     // auto_vacuum only takes effect before the first table is created, and the
     // journal mode is stored in the file, so both are set here, once.
     if user_version(conn)? == 0 {
+        refuse_foreign(conn)?;
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     }
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -270,6 +280,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     match user_version(&tx)? {
         0 => {
+            refuse_foreign(&tx)?;
             tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
@@ -278,6 +289,18 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Fails with [`Error::Foreign`] if a file without our schema version has
+/// anything in it: the schema would clash with its tables, and switching it
+/// to WAL mode would change another application's file.
+fn refuse_foreign(conn: &Connection) -> Result<()> {
+    let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    if objects == 0 {
+        Ok(())
+    } else {
+        Err(Error::Foreign)
+    }
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
@@ -870,6 +893,40 @@ mod tests {
             Err(Error::SchemaTooNew { found }) => assert_eq!(found, SCHEMA_VERSION + 1),
             other => panic!("expected SchemaTooNew, got {:?}", other.map(|_| ())),
         }
+    }
+
+    /// A `--db` that names another application's SQLite file by mistake must
+    /// not be changed: before, it was switched to WAL mode, and the schema
+    /// failed on its `users` table with an error quoting all of schema.sql.
+    #[test]
+    fn another_applications_database_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE users (id TEXT); INSERT INTO users VALUES ('x');")
+            .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        match Database::open(&path, &Settings::default()) {
+            Err(Error::Foreign) => {}
+            other => panic!("expected Foreign, got {:?}", other.map(|_| ())),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before, "the file changed");
+        let journal: String = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "delete");
+
+        // An SQLite file with nothing in it yet is as good as a new one.
+        let empty = dir.path().join("empty.db");
+        Connection::open(&empty)
+            .unwrap()
+            .execute_batch("VACUUM")
+            .unwrap();
+        let db = Database::open(&empty, &Settings::default()).unwrap();
+        db.with_connection(|c| Ok(assert_eq!(user_version(c)?, SCHEMA_VERSION)))
+            .unwrap();
     }
 
     /// Every foreign key's child column must lead some index; otherwise each

@@ -90,6 +90,23 @@ fn an_unusable_database_is_reported_with_its_path() {
         err.contains(&format!("the directory {parent} does not exist")),
         "{err}"
     );
+    // Another application's SQLite file is named as such, and left alone.
+    let foreign = dir.path().join("other-app.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE users (id TEXT)")
+        .unwrap();
+    for args in [
+        &["--addr", "127.0.0.1:0"][..],
+        &["doctor"],
+        &["user", "add", "a"],
+    ] {
+        let out = run_cli(&foreign, args, None);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr_of(&out);
+        assert!(err.contains("is not a neptun-local one"), "{args:?}: {err}");
+        assert!(!err.contains("CREATE TABLE"), "schema.sql quoted: {err}");
+    }
     // SQLite alone says only "unable to open database file" of a directory.
     for args in [&["--addr", "127.0.0.1:0"][..], &["doctor"]] {
         let out = run_cli(dir.path(), args, None);
