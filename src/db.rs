@@ -925,8 +925,8 @@ mod tests {
             .execute_batch("VACUUM")
             .unwrap();
         let db = Database::open(&empty, &Settings::default()).unwrap();
-        db.with_connection(|c| Ok(assert_eq!(user_version(c)?, SCHEMA_VERSION)))
-            .unwrap();
+        let version = db.with_connection(|c| Ok(user_version(c)?)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     /// Every foreign key's child column must lead some index; otherwise each
