@@ -111,7 +111,8 @@ pub enum Error {
     /// A user with this id already exists.
     UserExists(String),
     /// The file is an SQLite database of another application: it has
-    /// tables, but no neptun-local schema version. It is left as it was.
+    /// tables, but not a neptun-local schema version and our tables. It is
+    /// left as it was.
     Foreign,
     /// The file was written by a newer neptun-local whose schema we do not know.
     SchemaTooNew { found: i64 },
@@ -135,8 +136,8 @@ impl fmt::Display for Error {
             Error::UnknownUser(id) => write!(f, "no user with id {id:?}"),
             Error::UserExists(id) => write!(f, "a user with id {id:?} already exists"),
             Error::Foreign => f.write_str(
-                "this SQLite database is not a neptun-local one (it has tables, but no \
-                 neptun-local schema version); it was left as it was: choose another --db",
+                "this SQLite database is not a neptun-local one (it has tables, but not \
+                 neptun-local's); it was left as it was: choose another --db",
             ),
             Error::SchemaTooNew { found } => write!(
                 f,
@@ -259,17 +260,15 @@ pub fn create_owner_only(path: &Path) -> io::Result<File> {
 
 /// Brings a database file to [`SCHEMA_VERSION`].
 ///
-/// Rules: version 0 with nothing in it is a new file and gets the whole
-/// schema; version 0 with tables is another application's database and is
-/// refused before anything in it changes; the current version is left
-/// alone; a newer version is refused. The check and the change run in one
-/// IMMEDIATE transaction, so two processes opening a new file at once
-/// cannot both apply the schema.
+/// Rules: a file with nothing in it is new and gets the whole schema; the
+/// current version is left alone; a newer version is refused; and another
+/// application's database is refused before anything in it changes. The
+/// check and the change run in one IMMEDIATE transaction, so two processes
+/// opening a new file at once cannot both apply the schema.
 fn migrate(conn: &mut Connection) -> Result<()> {
     // auto_vacuum only takes effect before the first table is created, and the
     // journal mode is stored in the file, so both are set here, once.
-    if user_version(conn)? == 0 {
-        refuse_foreign(conn)?;
+    if ours(conn)? == Found::Empty {
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     }
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -278,28 +277,44 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     }
 
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    match user_version(&tx)? {
-        0 => {
-            refuse_foreign(&tx)?;
+    match ours(&tx)? {
+        Found::Empty => {
             tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
-        SCHEMA_VERSION => {}
-        found => return Err(Error::SchemaTooNew { found }),
+        Found::Version(SCHEMA_VERSION) => {}
+        Found::Version(found) => return Err(Error::SchemaTooNew { found }),
     }
     tx.commit()?;
     Ok(())
 }
 
-/// Fails with [`Error::Foreign`] if a file without our schema version has
-/// anything in it: the schema would clash with its tables, and switching it
-/// to WAL mode would change another application's file.
-fn refuse_foreign(conn: &Connection) -> Result<()> {
-    let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
-    if objects == 0 {
-        Ok(())
-    } else {
-        Err(Error::Foreign)
+/// What [`ours`] found in a database file.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// Nothing at all: a new file.
+    Empty,
+    /// Our tables, at this schema version.
+    Version(i64),
+}
+
+/// Tells a new file and one of ours apart from another application's
+/// SQLite database (which fails with [`Error::Foreign`]): the schema would
+/// clash with its tables, switching it to WAL mode would change it, and a
+/// schema version of its own must not be read as one of ours.
+fn ours(conn: &Connection) -> Result<Found> {
+    let (objects, our_tables): (i64, i64) = conn.query_row(
+        "SELECT count(*),
+                count(*) FILTER (WHERE type = 'table'
+                                   AND name IN ('users', 'sessions', 'chats', 'messages'))
+         FROM sqlite_schema",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    match user_version(conn)? {
+        0 if objects == 0 => Ok(Found::Empty),
+        version if version > 0 && our_tables == 4 => Ok(Found::Version(version)),
+        _ => Err(Error::Foreign),
     }
 }
 
@@ -901,22 +916,29 @@ mod tests {
     #[test]
     fn another_applications_database_is_refused_and_left_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("other.db");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch("CREATE TABLE users (id TEXT); INSERT INTO users VALUES ('x');")
-            .unwrap();
-        let before = std::fs::read(&path).unwrap();
-        match Database::open(&path, &Settings::default()) {
-            Err(Error::Foreign) => {}
-            other => panic!("expected Foreign, got {:?}", other.map(|_| ())),
+        // Without a schema version, and with one of its own (as Firefox's
+        // places.sqlite has, for one), which is not ours.
+        for (name, version) in [("other.db", 0), ("versioned.db", 70)] {
+            let path = dir.path().join(name);
+            Connection::open(&path)
+                .unwrap()
+                .execute_batch(&format!(
+                    "CREATE TABLE users (id TEXT); INSERT INTO users VALUES ('x');
+                     PRAGMA user_version = {version};"
+                ))
+                .unwrap();
+            let before = std::fs::read(&path).unwrap();
+            match Database::open(&path, &Settings::default()) {
+                Err(Error::Foreign) => {}
+                other => panic!("{name}: expected Foreign, got {:?}", other.map(|_| ())),
+            }
+            assert_eq!(std::fs::read(&path).unwrap(), before, "{name} changed");
+            let journal: String = Connection::open(&path)
+                .unwrap()
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            assert_eq!(journal, "delete", "{name}");
         }
-        assert_eq!(std::fs::read(&path).unwrap(), before, "the file changed");
-        let journal: String = Connection::open(&path)
-            .unwrap()
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
-        assert_eq!(journal, "delete");
 
         // An SQLite file with nothing in it yet is as good as a new one.
         let empty = dir.path().join("empty.db");
