@@ -373,14 +373,19 @@ fn normalize_origin(text: &str) -> Result<String, String> {
     if scheme != "http" && scheme != "https" {
         return bad("the scheme must be http or https");
     }
+    // Before the port: in `http://localhost:3000/app` the port would
+    // otherwise be read as `3000/app`, and refused as not a number.
+    if rest.contains(['/', '?', '#', '@', ' ']) {
+        return bad("an origin is scheme://host[:port], with no path, query or user after it");
+    }
     let (host, port) = split_host_port(rest);
     let port = match port.map(parse_port) {
         None => None,
         Some(Some(port)) => Some(port),
         Some(None) => return bad("the port must be a number from 0 to 65535"),
     };
-    if host.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
-        return bad("expected scheme://host[:port] with nothing after it");
+    if host.is_empty() {
+        return bad("expected an origin like http://localhost:3000");
     }
     Ok(serialize_origin(scheme, host, port))
 }
@@ -480,7 +485,11 @@ mod tests {
         assert!(Policy::new(addr, &[], &["null".into()]).is_err());
         assert!(Policy::new(addr, &[], &["localhost:3000".into()]).is_err());
         assert!(Policy::new(addr, &[], &["ftp://localhost".into()]).is_err());
-        assert!(Policy::new(addr, &[], &["http://localhost:3000/app".into()]).is_err());
+        for with_path in ["http://localhost:3000/app", "http://localhost:3000/?x"] {
+            let why = Policy::new(addr, &[], &[with_path.into()]).err().unwrap();
+            assert!(why.contains("with no path, query or user"), "{why}");
+        }
+        assert!(Policy::new(addr, &[], &["http://:3000".into()]).is_err());
         assert!(Policy::new(addr, &[], &["http://localhost:99999".into()]).is_err());
         let p = Policy::new(addr, &[], &["HTTP://LocalHost:3000/".into()]).unwrap();
         assert!(p.origin_allowed("http://localhost:3000"));
