@@ -76,7 +76,12 @@ impl Policy {
         let mut hosts: Vec<String> = Vec::new();
         for host in extra_hosts {
             let host = host.trim().to_ascii_lowercase();
-            if host.is_empty() || host.contains(['/', ':', ' ']) && !host.starts_with('[') {
+            if host.contains('*') {
+                return Err(format!(
+                    "--allowed-host {host:?}: there are no wildcards; name each host"
+                ));
+            }
+            if !is_host_name(&host) {
                 return Err(format!(
                     "--allowed-host {host:?}: give a bare host name, like myhost.local"
                 ));
@@ -390,6 +395,21 @@ fn normalize_origin(text: &str) -> Result<String, String> {
     Ok(serialize_origin(scheme, host, port))
 }
 
+/// Whether `host` is a name as `Host` carries it, without a port: letters,
+/// digits, `-`, `.` and `_`, or an IPv6 address in brackets. Anything else
+/// could never match a `Host` header, and would be a silent mistake.
+fn is_host_name(host: &str) -> bool {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(ipv6) => ipv6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        }
+    }
+}
+
 /// A port as written in `Host` or an origin: digits only (`parse` alone
 /// would also take a sign), at most 65535.
 fn parse_port(text: &str) -> Option<u16> {
@@ -476,6 +496,40 @@ mod tests {
         .unwrap();
         assert!(p.host_allowed("api.example") && p.host_allowed("192.0.2.1:80"));
         assert!(!p.host_allowed("evil.example"));
+    }
+
+    #[test]
+    fn allowed_hosts_must_be_bare_names() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let refusal = |host: &str| Policy::new(addr, &[host.into()], &[]).err();
+        for good in [
+            "myhost.local",
+            "MyHost.Local",
+            "my-host_1",
+            "192.0.2.1",
+            "[::1]",
+            "[fe80::1]",
+        ] {
+            assert_eq!(refusal(good), None, "{good}");
+        }
+        for bad in [
+            "",
+            " ",
+            "myhost.local:7150",
+            "http://myhost.local",
+            "my host",
+            "[::1",
+            "[nope]",
+            "a/b",
+            "é.local",
+        ] {
+            let why = refusal(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(why.contains("give a bare host name"), "{bad:?}: {why}");
+        }
+        for wildcard in ["*", "*.local"] {
+            let why = refusal(wildcard).unwrap();
+            assert!(why.contains("there are no wildcards"), "{why}");
+        }
     }
 
     #[test]
