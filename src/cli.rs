@@ -8,6 +8,7 @@ use std::fmt;
 use std::io::{self, BufRead, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -15,6 +16,7 @@ use log::LevelFilter;
 
 use crate::auth::{self, Token};
 use crate::db::{self, Database, Durability};
+use crate::file_watch::{self, FileWatch};
 use crate::guard::Policy;
 use crate::maintenance::{self, Maintenance};
 use crate::routes::{self, App};
@@ -210,6 +212,11 @@ pub enum Error {
     /// `--db` names a directory, which SQLite reports only as "unable to
     /// open database file".
     IsDirectory(PathBuf),
+    /// The database file was deleted or replaced while the server ran.
+    DatabaseGone {
+        path: PathBuf,
+        what: &'static str,
+    },
     Io(io::Error),
 }
 
@@ -264,6 +271,12 @@ impl fmt::Display for Error {
                 "{}: that is a directory; --db takes the database file, for example {}",
                 path.display(),
                 path.join("neptun.db").display()
+            ),
+            Error::DatabaseGone { path, what } => write!(
+                f,
+                "{}: the database file {what} while the server ran; start the server \
+                 again to serve the file that is there now",
+                path.display()
             ),
             Error::Io(e) => e.fmt(f),
         }
@@ -578,6 +591,20 @@ fn serve(
             .map_err(Error::Session)?;
         print_demo_instructions(&base_url, &token, &chat_ids);
     }
+    let gone = Arc::new(Mutex::new(None));
+    let watch = {
+        let (gone, shutdown) = (Arc::clone(&gone), server.shutdown_handle(workers));
+        let path = db_path.display().to_string();
+        FileWatch::start(db_path, file_watch::CHECK_EVERY, move |what| {
+            log::error!(
+                "{path} {what} while the server ran; stopping, so that no answer comes \
+                 from a file that no one else sees"
+            );
+            *gone.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
+            shutdown.shutdown();
+        })
+        .map_err(Error::Io)?
+    };
     let upkeep =
         Maintenance::start(db.clone(), maintenance::Pacing::default()).map_err(Error::Io)?;
     // The one line on stdout: scripts and tests wait for it.
@@ -586,9 +613,16 @@ fn serve(
 
     let app = App { db, policy };
     let served = server.run(workers, move |request| routes::handle(&app, request));
+    watch.stop();
     // Also after a transport failure: leave the file checkpointed and clean.
     upkeep.stop();
     served.map_err(Error::Transport)?;
+    if let Some(what) = gone.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(Error::DatabaseGone {
+            path: db_path.to_owned(),
+            what,
+        });
+    }
     log::info!("stopped");
     Ok(())
 }

@@ -6,7 +6,8 @@
 //! tiny_http; SQL lives in `db`, plus the operator checks in `doctor`, the
 //! read-back of a copy in `backup` and the demo seed in `demo`. `maintenance` keeps the file checkpointed and small;
 //! `group_commit` lets concurrent deletes share one commit; `memory` keeps
-//! the allocator from holding on to memory per thread.
+//! the allocator from holding on to memory per thread; `file_watch` stops
+//! the server if its database file is deleted or replaced under it.
 
 pub mod auth;
 pub mod backup;
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod db;
 pub mod demo;
 pub mod doctor;
+mod file_watch;
 mod group_commit;
 pub mod guard;
 pub mod http;

@@ -524,6 +524,44 @@ fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
     assert_consistent(&locker);
 }
 
+/// `rm neptun.db` (to start over, say), or `mv` of another file onto it,
+/// while the server runs: the server stops with exit 1, and says why,
+/// rather than answer from a file that no one else sees while the CLI
+/// writes users and sessions to the new one.
+#[cfg(unix)]
+#[test]
+fn a_database_file_deleted_or_replaced_under_the_server_stops_it() {
+    for replace in [false, true] {
+        let (server, db, token) = start_with_alice_and_bob(&[]);
+        let chat = seed_chat(&db, "alice", "bob");
+        drop(db);
+        server
+            .delete(&format!("/api/users/alice/chats/{}", chat.chat), &token)
+            .assert_true();
+        let what = if replace {
+            let copy = server.dir.path().join("copy.db");
+            let out = run_cli(&server.db_path, &["backup", copy.to_str().unwrap()], None);
+            assert!(out.status.success(), "{}", stderr_of(&out));
+            std::fs::rename(&copy, &server.db_path).unwrap();
+            "was replaced by another file"
+        } else {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = server.db_path.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
+            "was deleted"
+        };
+        let stopped = server.wait_for_exit();
+        let stderr = std::fs::read_to_string(stopped.dir.path().join("stderr.log")).unwrap();
+        assert_eq!(stopped.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("the database file {what} while the server ran")),
+            "{stderr}"
+        );
+    }
+}
+
 /// A shutdown stuck behind a request (here one waiting for the write lock)
 /// is cut short by a second signal: exit 130 at once, and the request's
 /// transaction never committed, so its chat is whole.
