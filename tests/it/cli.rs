@@ -27,6 +27,17 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
             "greater than zero",
         ),
         (
+            &["session", "revoke", "--user", "ghost"],
+            1,
+            "no user with id \"ghost\"",
+        ),
+        (&["session", "revoke"], 2, "required"),
+        (
+            &["session", "revoke", "x", "--user", "alice"],
+            2,
+            "cannot be used with",
+        ),
+        (
             &["session", "revoke", "not-a-token"],
             1,
             "not a neptun-local session token",
