@@ -314,15 +314,21 @@ where
     use clap::parser::ValueSource;
     use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
-    let given = |matches: &ArgMatches| -> Vec<String> {
-        SERVE_OPTIONS
-            .into_iter()
-            .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
-            .map(|id| format!("--{}", id.replace('_', "-")))
-            .collect()
-    };
     let mut command = Cli::command();
     let matches = command.try_get_matches_from_mut(args)?;
+    // As written on the command line: `allowed_hosts` is `--allowed-host`.
+    let flags: Vec<(&str, String)> = command
+        .get_arguments()
+        .filter(|arg| SERVE_OPTIONS.contains(&arg.get_id().as_str()))
+        .filter_map(|arg| Some((arg.get_id().as_str(), format!("--{}", arg.get_long()?))))
+        .collect();
+    let given = |matches: &ArgMatches| -> Vec<String> {
+        flags
+            .iter()
+            .filter(|(id, _)| matches.value_source(id) == Some(ValueSource::CommandLine))
+            .map(|(_, flag)| flag.clone())
+            .collect()
+    };
     let mut cli = Cli::from_arg_matches(&matches)?;
     let before = given(&matches);
     let Some((subcommand, sub_matches)) = matches.subcommand() else {
@@ -853,6 +859,10 @@ mod tests {
     #[test]
     fn serve_options_before_another_subcommand_are_refused_but_globals_are_not() {
         assert!(parse_from(["neptun-local", "--addr", "x", "user", "add", "u"]).is_err());
+        let err = parse_from(["neptun-local", "--allowed-host", "h", "doctor"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--allowed-host is a serve option"), "{err}");
         assert!(parse_from(["neptun-local", "--demo", "doctor"]).is_err());
         let cli = parse_from(["neptun-local", "--db", "x.db", "user", "add", "u"]).unwrap();
         assert_eq!(cli.db, std::path::Path::new("x.db"));
@@ -863,6 +873,16 @@ mod tests {
             cli.command,
             Some(Command::Serve(ServeArgs { demo: true, .. }))
         ));
+    }
+
+    #[test]
+    fn serve_options_names_every_serve_argument() {
+        let serve = ServeArgs::augment_args(clap::Command::new("serve"));
+        let mut ids: Vec<&str> = serve.get_arguments().map(|a| a.get_id().as_str()).collect();
+        ids.sort_unstable();
+        let mut listed = SERVE_OPTIONS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(ids, listed);
     }
 
     #[test]
