@@ -111,8 +111,7 @@ pub enum Error {
     /// A user with this id already exists.
     UserExists(String),
     /// The file is an SQLite database of another application: it has
-    /// tables, but not a neptun-local schema version and our tables. It is
-    /// left as it was.
+    /// tables, but not ours with a schema version. It is left as it was.
     Foreign,
     /// The file was written by a newer neptun-local whose schema we do not know.
     SchemaTooNew { found: i64 },
