@@ -1,0 +1,218 @@
+//! `serve`: binds, opens the database, starts the background threads, and
+//! answers requests until a stop signal (or until the database file is
+//! deleted or replaced under it).
+
+use std::io::{self, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::{Error, ServeArgs};
+use crate::auth::{self, Token};
+use crate::db::{self, Database, Durability};
+use crate::demo;
+use crate::file_watch::{self, FileWatch};
+use crate::guard::Policy;
+use crate::maintenance::{self, Maintenance};
+use crate::routes::{self, App};
+use crate::server::{self, HttpServer, ShutdownHandle};
+
+pub(super) fn serve(
+    db_path: &Path,
+    args: &ServeArgs,
+    open: impl FnOnce(&db::Settings) -> Result<Database, Error>,
+) -> Result<(), Error> {
+    let workers = usize::from(args.workers);
+    // Before the database is opened, which creates the file if it is
+    // missing: a start refused for its address or flags leaves nothing
+    // behind (a mistyped --db that meets a taken port).
+    let listener = bind(args)?;
+    let policy = Policy::new(
+        listener.local_addr().map_err(Error::Transport)?,
+        &args.allowed_hosts,
+        &args.allow_origins,
+    )
+    .map_err(Error::Policy)?;
+    let db = open(&db::Settings {
+        busy_timeout: args.busy_timeout,
+        pool_size: u32::from(args.workers).min(db::MAX_POOL_SIZE),
+        durability: args.synchronous,
+    })?;
+    if args.synchronous == Durability::Normal {
+        log::warn!("--synchronous normal: deletes answered just before a power loss may come back");
+    }
+    log::info!("database {}", db_path.display());
+
+    match server::raise_open_file_limit() {
+        Ok(Some(limit)) => log::debug!("open file limit {limit}"),
+        Ok(None) => {}
+        Err(e) => log::warn!("could not raise the open file limit: {e}"),
+    }
+    server::exit_when_a_transport_thread_panics();
+    ignore_file_size_signal();
+    let server = HttpServer::from_listener(listener).map_err(Error::Transport)?;
+    let base_url = format!("http://{}", server.local_addr());
+    // Everything that can still fail comes before the "listening on" line.
+    // The signal handlers go in before the upkeep thread starts, so that a
+    // failure leaves no thread behind. A signal from here on is kept until
+    // the workers run, which then finish at once.
+    stop_on_signals(server.shutdown_handle(workers))?;
+    // Only once the server can start (a second demo on a taken address
+    // must not bring back chats that the running one deleted), and before
+    // the upkeep thread, so that a failed seed leaves no thread behind.
+    if args.demo {
+        let chat_ids = demo::seed(&db).map_err(|source| Error::Database {
+            path: db_path.to_owned(),
+            source,
+        })?;
+        let token = auth::new_session(&db, demo::DEMO_USER, auth::DEFAULT_SESSION_TTL)
+            .map_err(Error::Session)?;
+        print_demo_instructions(&base_url, &token, &chat_ids);
+    }
+    let (watch, gone) = watch_database_file(db_path, server.shutdown_handle(workers))?;
+    let upkeep =
+        Maintenance::start(db.clone(), maintenance::Pacing::default()).map_err(Error::Io)?;
+    // The one line on stdout: scripts and tests wait for it.
+    println!("listening on {base_url}");
+    io::stdout().flush().map_err(Error::Io)?;
+
+    let app = App { db, policy };
+    let served = server.run(workers, move |request| routes::handle(&app, request));
+    watch.stop();
+    // Also after a transport failure: leave the file checkpointed and clean.
+    upkeep.stop();
+    served.map_err(Error::Transport)?;
+    if let Some(what) = gone.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(Error::DatabaseGone {
+            path: db_path.to_owned(),
+            what,
+        });
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+/// What happened to the database file, once [`FileWatch`] saw it.
+type Gone = Arc<Mutex<Option<&'static str>>>;
+
+/// Shuts the server down if its database file is deleted or replaced; the
+/// returned slot then says which (see `file_watch`).
+fn watch_database_file(
+    db_path: &Path,
+    shutdown: ShutdownHandle,
+) -> Result<(FileWatch, Gone), Error> {
+    let gone = Gone::default();
+    let watch = {
+        let gone = Arc::clone(&gone);
+        let path = db_path.display().to_string();
+        FileWatch::start(db_path, file_watch::CHECK_EVERY, move |what| {
+            log::error!(
+                "{path} {what} while the server ran; stopping, so that no answer comes \
+                 from a file that no one else sees"
+            );
+            *gone.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
+            shutdown.shutdown();
+        })
+        .map_err(Error::Io)?
+    };
+    Ok((watch, gone))
+}
+
+/// Binds the listener; a non-loopback address needs `--allow-remote`.
+fn bind(args: &ServeArgs) -> Result<TcpListener, Error> {
+    use std::net::ToSocketAddrs;
+    let bind_error = |source| Error::Bind {
+        addr: args.addr.clone(),
+        source,
+    };
+    let addrs: Vec<_> = args.addr.to_socket_addrs().map_err(bind_error)?.collect();
+    if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        if !args.allow_remote {
+            return Err(Error::NotLoopback(remote.to_string()));
+        }
+        log::warn!(
+            "listening on non-loopback {remote}: session tokens travel in clear text and \
+             tiny_http has no timeouts or size limits; put a TLS reverse proxy in front"
+        );
+    }
+    TcpListener::bind(&addrs[..]).map_err(bind_error)
+}
+
+/// Under a file-size limit (`ulimit -f`), a write past it sends SIGXFSZ,
+/// which by default kills the process. Ignored, the write fails with EFBIG
+/// instead: the request gets an error answer, nothing is half-written, and
+/// the server keeps running until the limit is lifted.
+#[cfg(unix)]
+fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+/// Windows has no such signal: a write past a quota just fails.
+#[cfg(not(unix))]
+fn ignore_file_size_signal() {}
+
+/// Stops the server on SIGINT, SIGTERM or SIGHUP (see [`on_stop_signal`]).
+#[cfg(unix)]
+fn stop_on_signals(shutdown: ShutdownHandle) -> Result<(), Error> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(Error::Io)?;
+    let mut on_signal = on_stop_signal(shutdown);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || signals.forever().for_each(|_| on_signal()))
+        .map_err(Error::Io)?;
+    Ok(())
+}
+
+/// Stops the server on Ctrl+C, Ctrl+Break or the closing of its console
+/// (see [`on_stop_signal`]).
+#[cfg(windows)]
+fn stop_on_signals(shutdown: ShutdownHandle) -> Result<(), Error> {
+    // ctrlc calls it on a thread of its own, one event after another.
+    ctrlc::set_handler(on_stop_signal(shutdown)).map_err(|e| Error::Io(io::Error::other(e)))
+}
+
+/// What a stop signal does. The first: stop accepting work, finish what is
+/// in flight, exit 0. A second one: exit at once (for a shutdown stuck
+/// behind a slow client).
+fn on_stop_signal(shutdown: ShutdownHandle) -> impl FnMut() + Send + 'static {
+    let mut signals_seen = 0;
+    move || {
+        signals_seen += 1;
+        if signals_seen == 1 {
+            log::info!("shutting down: finishing requests in flight");
+            shutdown.shutdown();
+        } else {
+            log::warn!("second signal: exiting without waiting");
+            std::process::exit(130);
+        }
+    }
+}
+
+/// Windows PowerShell 5.1 takes a bare `curl` for its own Invoke-WebRequest,
+/// which refuses curl's options; `curl.exe` (in Windows since 10 1803)
+/// works there, in PowerShell 7 and in cmd.
+const CURL: &str = if cfg!(windows) { "curl.exe" } else { "curl" };
+
+fn print_demo_instructions(base_url: &str, token: &Token, chat_ids: &[i64]) {
+    let user = demo::DEMO_USER;
+    let chats = chat_ids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let first = chat_ids.first().copied().unwrap_or(1);
+    let token = token.expose();
+    // stderr, because stdout carries only the "listening on" line.
+    eprintln!(
+        "demo user {user:?} owns chats {chats}\n\
+         demo session token: {token}\n\
+         try:\n  {CURL} -i -X DELETE -H \"Cookie: neptun-session={token}\" {base_url}/api/users/{user}/chats/{first}\n\
+         for a front end on localhost, paste this in its browser console (see README, \"From a front end in development\"):\n  \
+         document.cookie = \"neptun-session={token}; path=/\""
+    );
+}
