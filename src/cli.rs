@@ -17,7 +17,9 @@ use crate::db::{self, Database, Durability};
 use crate::{backup, doctor, logging};
 
 mod serve;
+mod table;
 use serve::serve;
+use table::Align;
 
 /// Loopback only: a browser on this machine can reach it, nobody else can.
 /// Not 3000, which front-end dev servers usually take.
@@ -428,27 +430,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         },
         Some(Command::Session(SessionCommand::List { ref user_id })) => {
             let db = open_existing()?;
-            let now = auth::now_unix();
             // Queried first: an unknown user gets the error alone, not a
             // table header on stdout before it.
             let sessions = db.list_sessions(user_id).map_err(db_error)?;
-            println!(
-                "{:<10} {:<20} {:<20} state",
-                "hash", "created (UTC)", "expires (UTC)"
-            );
-            for s in sessions {
-                let state = if s.expires_at > now {
-                    "active"
-                } else {
-                    "expired"
-                };
-                println!(
-                    "{:<10} {:<20} {:<20} {state}",
-                    s.hash_prefix,
-                    utc_timestamp(s.created_at),
-                    utc_timestamp(s.expires_at)
-                );
-            }
+            print!("{}", sessions_table(&sessions, auth::now_unix()));
             Ok(())
         }
         Some(Command::Session(SessionCommand::Prune)) => {
@@ -487,15 +472,13 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
-/// Formats Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
-/// `user list`'s output: one line per user under a header, the id and
-/// name columns as wide as their longest entry. Ids and names are shown
-/// with control characters escaped, as in the log.
+/// `user list`'s output. Ids and names are shown with control characters
+/// escaped, as in the log.
 fn users_table(users: &[db::UserInfo]) -> String {
-    let rows: Vec<[String; 4]> = users
+    let rows: Vec<Vec<String>> = users
         .iter()
         .map(|u| {
-            [
+            vec![
                 logging::printable(&u.id).into_owned(),
                 logging::printable(u.name.as_deref().unwrap_or("-")).into_owned(),
                 u.chats.to_string(),
@@ -503,24 +486,47 @@ fn users_table(users: &[db::UserInfo]) -> String {
             ]
         })
         .collect();
-    let width = |column: usize, title: &str| {
-        rows.iter()
-            .map(|row| row[column].chars().count())
-            .chain([title.len()])
-            .max()
-            .unwrap_or(0)
-    };
-    let (id_width, name_width) = (width(0, "id"), width(1, "name"));
-    let mut out = format!(
-        "{:<id_width$}  {:<name_width$}  {:>6}  active sessions\n",
-        "id", "name", "chats"
-    );
-    for [id, name, chats, sessions] in rows {
-        out += &format!("{id:<id_width$}  {name:<name_width$}  {chats:>6}  {sessions:>15}\n");
-    }
-    out
+    table::render(
+        &[
+            ("id", Align::Left),
+            ("name", Align::Left),
+            ("chats", Align::Right),
+            ("active sessions", Align::Right),
+        ],
+        &rows,
+    )
 }
 
+/// `session list`'s output, at `now`.
+fn sessions_table(sessions: &[db::SessionInfo], now: i64) -> String {
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            let state = if s.expires_at > now {
+                "active"
+            } else {
+                "expired"
+            };
+            vec![
+                s.hash_prefix.clone(),
+                utc_timestamp(s.created_at),
+                utc_timestamp(s.expires_at),
+                state.to_owned(),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            ("hash", Align::Left),
+            ("created (UTC)", Align::Left),
+            ("expires (UTC)", Align::Left),
+            ("state", Align::Left),
+        ],
+        &rows,
+    )
+}
+
+/// Formats Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
 fn utc_timestamp(unix: i64) -> String {
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
     // Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
@@ -607,7 +613,7 @@ mod tests {
     }
 
     #[test]
-    fn the_users_table_lines_up_and_escapes_control_characters() {
+    fn the_users_table_escapes_control_characters() {
         let user = |id: &str, name: Option<&str>, chats, active_sessions| db::UserInfo {
             id: id.to_owned(),
             name: name.map(str::to_owned),
@@ -620,9 +626,9 @@ mod tests {
         ]);
         assert_eq!(
             table,
-            "id         name            chats  active sessions\n\
-             alice      Alice Liddell      12                1\n\
-             b\\x1b[2Jb  -                   0                0\n"
+            "id         name           chats  active sessions\n\
+             alice      Alice Liddell     12                1\n\
+             b\\x1b[2Jb  -                  0                0\n"
         );
     }
 
