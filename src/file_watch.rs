@@ -61,6 +61,8 @@ impl FileWatch {
     }
 }
 
+/// Looks at `path` every `every` until it is no longer the file `first`
+/// (returns what happened) or `stop` is set (returns `None`).
 fn wait_for_change(
     path: &Path,
     first: Option<(u64, u64)>,
