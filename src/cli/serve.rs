@@ -41,7 +41,10 @@ pub(super) fn serve(
     if args.synchronous == Durability::Normal {
         log::warn!("--synchronous normal: deletes answered just before a power loss may come back");
     }
-    log::info!("database {}", db_path.display());
+    // In full: a relative --db is relative to the working directory, and
+    // "where is my neptun.db?" is the usual question.
+    let full_path = std::path::absolute(db_path).unwrap_or_else(|_| db_path.to_owned());
+    log::info!("database {}", full_path.display());
 
     match server::raise_open_file_limit() {
         Ok(Some(limit)) => log::debug!("open file limit {limit}"),
