@@ -600,9 +600,7 @@ impl Database {
 
     /// Returns whether a user with this id exists.
     pub fn user_exists(&self, id: &str) -> Result<bool> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
-        Ok(stmt.exists([id])?)
+        user_exists(&*self.conn()?, id)
     }
 
     /// Stores a session (by token hash) for an existing user.
@@ -681,13 +679,17 @@ impl Database {
     /// Fails with [`Error::UnknownUser`] if there is no such user.
     pub fn delete_sessions_of(&self, user_id: &str) -> Result<usize> {
         self.write(|tx| {
-            let mut known = tx.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
-            if !known.exists([user_id])? {
+            if !user_exists(tx, user_id)? {
                 return Err(Error::UnknownUser(user_id.to_owned()));
             }
             Ok(tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?)
         })
     }
+}
+
+fn user_exists(conn: &Connection, id: &str) -> Result<bool> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
+    Ok(stmt.exists([id])?)
 }
 
 /// Deletes one chat if it belongs to the user; the cascade takes the rest.
