@@ -166,6 +166,25 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
         "{err}"
     );
 
+    // A -wal file left by another user (run once with sudo, say).
+    let wal_left = dir.path().join("wal-left.db");
+    assert!(
+        run_cli(&wal_left, &["user", "add", "alice"], None)
+            .status
+            .success()
+    );
+    set_mode(&wal_left, 0o666);
+    let wal = dir.path().join("wal-left.db-wal");
+    std::fs::write(&wal, b"").unwrap();
+    set_mode(&wal, 0o444);
+    let (code, err) = run(&wal_left, &["doctor"]);
+    assert_eq!(code, Some(1), "{err}");
+    let cannot_use_wal = format!(
+        "permission denied: this user cannot read and write {}, beside the database",
+        wal.display()
+    );
+    assert!(err.contains(&cannot_use_wal), "{err}");
+
     let locked = dir.path().join("locked");
     std::fs::create_dir(&locked).unwrap();
     let inside = locked.join("t.db");
@@ -306,12 +325,10 @@ fn user_list_shows_each_user_with_chats_and_active_sessions() {
     let list = || {
         let out = run_cli(&server.db_path, &["user", "list"], None);
         assert!(out.status.success(), "{}", stderr_of(&out));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let rows: Vec<Vec<String>> = text
+        String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|line| line.split_whitespace().map(str::to_owned).collect())
-            .collect();
-        rows
+            .collect::<Vec<Vec<String>>>()
     };
     let row = |id: &str, chats: &str, sessions: &str| -> Vec<String> {
         [id, "Test", "User", chats, sessions]
