@@ -1,10 +1,11 @@
 //! neptun-local: the Neptun chat API's delete-chat endpoint, served from one
 //! local SQLite file.
 //!
-//! Dependencies point one way: `cli` → {`server`, `routes`, `db`, `auth`};
-//! `routes` → {`auth`, `db`, `http`}; `server` → `http`. Only `server` knows
-//! tiny_http; SQL lives in `db`, plus the operator checks in `doctor`, the
-//! read-back of a copy in `backup` and the demo seed in `demo`. `maintenance` keeps the file checkpointed and small;
+//! Dependencies point one way: `cli` → {`server`, `routes`, `db`, `auth`,
+//! `file_watch`}; `routes` → {`auth`, `db`, `http`}; `server` → `http`.
+//! Only `server` knows tiny_http; SQL lives in `db`, plus the operator
+//! checks in `doctor`, the read-back of a copy in `backup` and the demo
+//! seed in `demo`. `maintenance` keeps the file checkpointed and small;
 //! `group_commit` lets concurrent deletes share one commit; `memory` keeps
 //! the allocator from holding on to memory per thread; `file_watch` stops
 //! the server if its database file is deleted or replaced under it.
