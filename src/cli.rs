@@ -14,7 +14,7 @@ use log::LevelFilter;
 
 use crate::auth::{self, Token};
 use crate::db::{self, Database, Durability};
-use crate::{backup, doctor, logging};
+use crate::{backup, doctor, logging, utc};
 
 mod serve;
 mod table;
@@ -509,8 +509,8 @@ fn sessions_table(sessions: &[db::SessionInfo], now: i64) -> String {
             };
             vec![
                 s.hash_prefix.clone(),
-                utc_timestamp(s.created_at),
-                utc_timestamp(s.expires_at),
+                utc::date_time(s.created_at),
+                utc::date_time(s.expires_at),
                 state.to_owned(),
             ]
         })
@@ -523,27 +523,6 @@ fn sessions_table(sessions: &[db::SessionInfo], now: i64) -> String {
             ("state", Align::Left),
         ],
         &rows,
-    )
-}
-
-/// Formats Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
-fn utc_timestamp(unix: i64) -> String {
-    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
-    // Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
     )
 }
 
@@ -630,14 +609,6 @@ mod tests {
              alice      Alice Liddell     12                1\n\
              b\\x1b[2Jb  -                  0                0\n"
         );
-    }
-
-    #[test]
-    fn utc_timestamps_format() {
-        assert_eq!(utc_timestamp(0), "1970-01-01 00:00:00");
-        assert_eq!(utc_timestamp(951_782_400), "2000-02-29 00:00:00");
-        assert_eq!(utc_timestamp(1_795_000_000), "2026-11-18 11:06:40");
-        assert_eq!(utc_timestamp(-1), "1969-12-31 23:59:59");
     }
 
     #[test]

@@ -25,3 +25,4 @@ pub mod maintenance;
 pub mod memory;
 pub mod routes;
 pub mod server;
+pub mod utc;

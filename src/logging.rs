@@ -2,14 +2,26 @@
 //!
 //! Small enough not to warrant a dependency. Callers are responsible for never
 //! passing secrets (tokens, cookies) into a log record.
+//!
+//! Each line starts with the time in UTC, so that a log kept in a file says
+//! when a chat was deleted. Under systemd, whose journal stamps every line
+//! itself, it starts instead with the record's priority in the form the
+//! journal reads (`<3>` for an error), so that `journalctl -p warning`
+//! finds the warnings and errors.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write;
+use std::sync::OnceLock;
+use std::time::SystemTime;
 
-use log::{LevelFilter, Log, Metadata, Record};
+use log::{Level, LevelFilter, Log, Metadata, Record};
 
-struct StderrLogger;
+use crate::utc;
+
+struct StderrLogger {
+    to_journal: bool,
+}
 
 impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
@@ -18,13 +30,63 @@ impl Log for StderrLogger {
 
     fn log(&self, record: &Record) {
         if self.enabled(record.metadata()) {
+            let line = if self.to_journal {
+                format!(
+                    "<{}>{:<5} {}\n",
+                    journal_priority(record.level()),
+                    record.level(),
+                    record.args()
+                )
+            } else {
+                format!(
+                    "{} {:<5} {}\n",
+                    utc::rfc3339_millis(SystemTime::now()),
+                    record.level(),
+                    record.args()
+                )
+            };
             // One write per line, so lines from different threads never interleave.
-            let line = format!("{:<5} {}\n", record.level(), record.args());
             let _ = std::io::stderr().lock().write_all(line.as_bytes());
         }
     }
 
     fn flush(&self) {}
+}
+
+/// syslog's priorities, which the journal reads from a line's `<N>` prefix.
+fn journal_priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// Whether stderr is the systemd journal. systemd says so in
+/// `JOURNAL_STREAM` (`device:inode` of the stream it connected); the
+/// variable alone is not enough, since child processes inherit it whatever
+/// their stderr has become.
+#[cfg(unix)]
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(stderr) = std::fs::File::from(fd).metadata() else {
+        return false;
+    };
+    stream.to_str() == Some(format!("{}:{}", stderr.dev(), stderr.ino()).as_str())
+}
+
+#[cfg(not(unix))]
+fn stderr_is_journal() -> bool {
+    false
 }
 
 /// Text a client sent, made safe for a log line: control characters and
@@ -51,7 +113,11 @@ pub fn printable(text: &str) -> Cow<'_, str> {
 
 /// Installs the logger. Later calls only change the level.
 pub fn init(level: LevelFilter) {
-    let _ = log::set_logger(&StderrLogger);
+    static LOGGER: OnceLock<StderrLogger> = OnceLock::new();
+    let logger = LOGGER.get_or_init(|| StderrLogger {
+        to_journal: stderr_is_journal(),
+    });
+    let _ = log::set_logger(logger);
     log::set_max_level(level);
 }
 

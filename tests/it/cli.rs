@@ -625,6 +625,95 @@ fn a_second_signal_exits_at_once_with_130() {
     assert_consistent(&locker);
 }
 
+/// Log lines start with the time, so that a log kept in a file says when
+/// each request came. Under systemd, whose journal stamps every line itself,
+/// they start instead with their priority as the journal reads it (`<4>`
+/// for a warning); systemd names the journal's stream in `JOURNAL_STREAM`,
+/// and a stream that is not that one keeps the time.
+#[cfg(unix)]
+#[test]
+fn log_lines_start_with_the_time_or_for_the_journal_with_the_priority() {
+    use std::os::unix::fs::MetadataExt;
+    use std::process::{Command, Stdio};
+    use std::time::SystemTime;
+
+    use neptun_local::utc::rfc3339_millis;
+
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let serve_one_request = |journal_stream: Option<&dyn Fn(&str) -> String>| {
+        let log = std::fs::File::create(&log_path).unwrap();
+        let identity = log.metadata().map(|m| format!("{}:{}", m.dev(), m.ino()));
+        let mut command = Command::new(BIN);
+        command
+            .args(["--addr", "127.0.0.1:0", "--synchronous", "normal", "--db"])
+            .arg(dir.path().join("neptun.db"))
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        if let Some(value_for) = journal_stream {
+            command.env("JOURNAL_STREAM", value_for(&identity.unwrap()));
+        }
+        let mut child = command.spawn().unwrap();
+        let mut first_line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut first_line,
+        )
+        .unwrap();
+        let addr = first_line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap();
+        request(addr.parse().unwrap(), "GET", "/nowhere", &[]).assert_error(404, "Not Found");
+        signal(child.id(), libc::SIGTERM);
+        assert!(wait_with_deadline(&mut child).success());
+        std::fs::read_to_string(&log_path).unwrap()
+    };
+
+    let same_stream = |identity: &str| identity.to_owned();
+    let another_stream = |identity: &str| format!("{identity}0");
+    for journal_stream in [None, Some(&another_stream as &dyn Fn(&str) -> String)] {
+        let before = rfc3339_millis(SystemTime::now());
+        let log = serve_one_request(journal_stream);
+        let after = rfc3339_millis(SystemTime::now());
+        let mut levels = Vec::new();
+        for line in log.lines() {
+            let (time, rest) = line.split_once(' ').unwrap();
+            assert!(
+                time.len() == before.len() && (before.as_str()..=after.as_str()).contains(&time),
+                "{time:?} is not a time between {before} and {after}:\n{log}"
+            );
+            levels.push(rest.split_whitespace().next().unwrap().to_owned());
+        }
+        assert!(
+            log.contains(" INFO  GET /nowhere 404 "),
+            "the request is logged:\n{log}"
+        );
+        assert_eq!(levels.first().map(String::as_str), Some("WARN"), "{log}");
+    }
+
+    let log = serve_one_request(Some(&same_stream));
+    assert!(
+        log.lines()
+            .next()
+            .unwrap()
+            .starts_with("<4>WARN  --synchronous normal"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<6>INFO  GET /nowhere 404 ")),
+        "{log}"
+    );
+    let priority_then_level = ["<3>ERROR ", "<4>WARN  ", "<6>INFO  ", "<7>DEBUG "];
+    assert!(
+        log.lines()
+            .all(|l| priority_then_level.iter().any(|p| l.starts_with(p))),
+        "every line starts with its priority, and none with a time:\n{log}"
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn stdout_carries_exactly_the_listening_line() {

@@ -168,7 +168,7 @@ impl TestServer {
     }
 }
 
-fn wait_with_deadline(child: &mut Child) -> ExitStatus {
+pub fn wait_with_deadline(child: &mut Child) -> ExitStatus {
     let deadline = Instant::now() + IO_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
