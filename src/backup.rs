@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::db::{self, Database};
-use crate::doctor;
+use crate::{auth, doctor, utc};
 
 /// What a finished backup holds.
 pub struct Backup {
@@ -31,6 +31,8 @@ pub struct Backup {
 pub enum Error {
     /// A backup never replaces a file.
     Exists(PathBuf),
+    /// A directory was given where the new file's path belongs.
+    IsDirectory(PathBuf),
     /// The directory to write into does not exist.
     NoDirectory(PathBuf),
     /// SQLite takes the output path as text.
@@ -50,6 +52,16 @@ impl fmt::Display for Error {
                 f,
                 "{} already exists; a backup never replaces a file, so choose a new name",
                 out.display()
+            ),
+            Error::IsDirectory(dir) => write!(
+                f,
+                "{} is a directory; give the path of a new file in it, for example {}",
+                dir.display(),
+                dir.join(format!(
+                    "neptun-{}.db",
+                    &utc::date_time(auth::now_unix())[..10]
+                ))
+                .display()
             ),
             Error::NoDirectory(dir) => {
                 write!(
@@ -83,6 +95,7 @@ pub fn back_up(db: &Database, out: &Path) -> Result<Backup, Error> {
     // Created here, exclusively, so that no file is ever replaced, and
     // readable by its owner only, like the database.
     db::create_owner_only(out).map_err(|e| match (e.kind(), dir) {
+        _ if out.is_dir() => Error::IsDirectory(out.to_owned()),
         (io::ErrorKind::AlreadyExists, _) => Error::Exists(out.to_owned()),
         (io::ErrorKind::NotFound, Some(dir)) if !dir.is_dir() => Error::NoDirectory(dir.to_owned()),
         _ => Error::Create(out.to_owned(), e),

@@ -401,7 +401,11 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         Some(Command::Session(SessionCommand::New { ref user_id, ttl })) => {
             let db = open_existing()?;
-            let token = auth::new_session(&db, user_id, ttl).map_err(Error::Session)?;
+            let token = auth::new_session(&db, user_id, ttl).map_err(|e| match e {
+                // Named with the file, as the other commands' database errors are.
+                auth::NewSessionError::Db(source) => db_error(source),
+                random => Error::Session(random),
+            })?;
             println!("{}", token.expose());
             Ok(())
         }
@@ -531,6 +535,8 @@ fn check_user_id(id: &str) -> Result<(), Error> {
         Err(Error::InvalidUserId("it is empty"))
     } else if id.chars().count() > 256 {
         Err(Error::InvalidUserId("it is longer than 256 characters"))
+    } else if id.trim() != id {
+        Err(Error::InvalidUserId("it begins or ends with white space"))
     } else if id.chars().any(char::is_control) {
         Err(Error::InvalidUserId("it contains control characters"))
     } else if id == "." || id == ".." {
@@ -559,18 +565,35 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 7d, 12h, 30m, 90s or 250ms"))?;
+    let n: u64 = match number.parse() {
+        Ok(n) => n,
+        // Digits alone that do not fit in a u64.
+        Err(_) if !number.is_empty() => return Err(format!("{text:?} is too long")),
+        Err(_) => {
+            return Err(format!(
+                "{text:?} is not a duration like 7d, 12h, 30m, 90s or 250ms"
+            ));
+        }
+    };
     let unit_ms: u64 = match unit {
         "ms" => 1,
         "s" => 1000,
         "m" => 60 * 1000,
         "h" => 60 * 60 * 1000,
         "d" => 24 * 60 * 60 * 1000,
-        _ => {
+        "" => {
             return Err(format!(
                 "{text:?} has no unit; use ms, s, m, h or d (e.g. 7d)"
+            ));
+        }
+        _ if unit.starts_with(['.', ',']) => {
+            return Err(format!(
+                "{text:?}: the number must be whole; use a smaller unit (90m rather than 1.5h)"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit; use ms, s, m, h or d (e.g. 7d)"
             ));
         }
     };
@@ -616,18 +639,20 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        for bad in [
-            "",
-            "7",
-            "d",
-            "0s",
-            "-1s",
-            "1.5h",
-            "7 d",
-            "7w",
-            "99999999999999999999d",
+        for (bad, says) in [
+            ("", "is not a duration"),
+            ("d", "is not a duration"),
+            ("-1s", "is not a duration"),
+            ("7", "has no unit"),
+            ("0s", "greater than zero"),
+            ("1.5h", "the number must be whole"),
+            ("7 d", "unknown unit"),
+            ("7w", "unknown unit"),
+            ("99999999999999999999d", "too long"),
+            ("9999999999999999999d", "too long"),
         ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
+            let error = parse_duration(bad).unwrap_err();
+            assert!(error.contains(says), "{bad:?}: {error}");
         }
     }
 

@@ -132,7 +132,12 @@ impl fmt::Display for Error {
         match self {
             Error::Busy(cause) => write!(f, "database busy: {cause}"),
             Error::StorageFull(cause) => write!(f, "storage full: {cause}"),
-            Error::UnknownUser(id) => write!(f, "no user with id {id:?}"),
+            Error::UnknownUser(id) => {
+                write!(
+                    f,
+                    "no user with id {id:?} (`user list` shows the users there are)"
+                )
+            }
             Error::UserExists(id) => write!(f, "a user with id {id:?} already exists"),
             Error::Foreign => f.write_str(
                 "this SQLite database is not a neptun-local one (it has tables, but not \

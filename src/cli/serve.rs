@@ -128,6 +128,14 @@ fn bind(args: &ServeArgs) -> Result<TcpListener, Error> {
         addr: args.addr.clone(),
         source,
     };
+    if args.addr.starts_with(':') {
+        // Else looked up as the host name "", which fails as "Name or service not known".
+        let missing = io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "there is no host before the port",
+        );
+        return Err(bind_error(missing));
+    }
     let addrs: Vec<_> = args.addr.to_socket_addrs().map_err(bind_error)?.collect();
     if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
         if !args.allow_remote {

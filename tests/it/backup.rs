@@ -101,6 +101,14 @@ fn a_backup_never_replaces_a_file_and_names_what_is_wrong() {
     let cases = [
         (existing.clone(), "already exists".to_owned()),
         (server.db_path.clone(), "already exists".to_owned()),
+        // As cp would take it, into the directory: no, a name is needed.
+        (
+            dir.to_owned(),
+            format!(
+                "{} is a directory; give the path of a new file in it",
+                dir.display()
+            ),
+        ),
         (
             missing_dir.clone(),
             format!(

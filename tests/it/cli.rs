@@ -19,8 +19,23 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
         (&["user", "add", "alice"], 1, "already exists"),
         (&["user", "add", ""], 1, "invalid user id"),
         (&["user", "add", ".."], 1, "invalid user id"),
+        (
+            &["user", "add", " alice"],
+            1,
+            "begins or ends with white space",
+        ),
+        (
+            &["user", "add", "bob\u{a0}"],
+            1,
+            "begins or ends with white space",
+        ),
         (&["session", "new", "ghost"], 1, "no user with id \"ghost\""),
         (&["session", "new", "alice", "--ttl", "7"], 2, "no unit"),
+        (
+            &["session", "new", "alice", "--ttl", "1.5h"],
+            2,
+            "must be whole",
+        ),
         (
             &["session", "new", "alice", "--ttl", "0s"],
             2,
@@ -51,6 +66,7 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
             1,
             "--addr takes HOST:PORT, for example 127.0.0.1:7150",
         ),
+        (&["--addr", ":7150"], 1, "there is no host before the port"),
         (
             &["--addr", "127.0.0.1:0", "user", "add", "x"],
             2,
