@@ -4,8 +4,8 @@
 //! Every option has an environment-variable fallback, so that the server can
 //! be configured the same way from a shell, a service file or a test.
 
-use std::fmt;
-use std::io::{self, BufRead};
+use std::fmt::{self, Write as _};
+use std::io::{self, BufRead, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -215,6 +215,13 @@ pub enum Error {
         path: PathBuf,
         what: &'static str,
     },
+    /// stdout failed, other than by a reader that went away.
+    Output(io::Error),
+    /// `session new` could not write its token, so no one has it.
+    TokenNotWritten {
+        e: io::Error,
+        revoked: bool,
+    },
     Io(io::Error),
 }
 
@@ -275,6 +282,15 @@ impl fmt::Display for Error {
                 "{}: the database file {what} while the server ran; start the server \
                  again to serve the file that is there now",
                 path.display()
+            ),
+            Error::Output(e) => write!(f, "cannot write to stdout: {e}"),
+            Error::TokenNotWritten { e, revoked: true } => write!(
+                f,
+                "cannot write the token to stdout ({e}); the session was revoked, since no one has its token"
+            ),
+            Error::TokenNotWritten { e, revoked: false } => write!(
+                f,
+                "cannot write the token to stdout ({e}); the session it names stays until it expires"
             ),
             Error::Io(e) => e.fmt(f),
         }
@@ -389,15 +405,14 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             open(&db::Settings::default())?
                 .add_user(id, name.as_deref())
                 .map_err(db_error)?;
-            eprintln!("added user {id:?}");
+            tell(format_args!("added user {id:?}"));
             Ok(())
         }
         Some(Command::User(UserCommand::List)) => {
             let users = open_existing()?
                 .list_users(auth::now_unix())
                 .map_err(db_error)?;
-            print!("{}", users_table(&users));
-            Ok(())
+            print_result(&users_table(&users))
         }
         Some(Command::Session(SessionCommand::New { ref user_id, ttl })) => {
             let db = open_existing()?;
@@ -406,8 +421,11 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 auth::NewSessionError::Db(source) => db_error(source),
                 random => Error::Session(random),
             })?;
-            println!("{}", token.expose());
-            Ok(())
+            write_stdout(&format!("{}\n", token.expose())).map_err(|e| {
+                // No one has the token: the session would only wait to expire.
+                let revoked = db.delete_session(&token.hash()).is_ok_and(|gone| gone);
+                Error::TokenNotWritten { e, revoked }
+            })
         }
         Some(Command::Session(SessionCommand::Revoke {
             ref token,
@@ -417,14 +435,16 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 let revoked = open_existing()?
                     .delete_sessions_of(user_id)
                     .map_err(db_error)?;
-                eprintln!("revoked {revoked} session(s) of user {user_id:?}");
+                tell(format_args!(
+                    "revoked {revoked} session(s) of user {user_id:?}"
+                ));
                 Ok(())
             }
             (Some(token), None) => {
                 let token = read_token_argument(token)?;
                 let db = open_existing()?;
                 if db.delete_session(&token.hash()).map_err(db_error)? {
-                    eprintln!("session revoked");
+                    tell(format_args!("session revoked"));
                     Ok(())
                 } else {
                     Err(Error::NoSuchSession)
@@ -437,25 +457,24 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             // Queried first: an unknown user gets the error alone, not a
             // table header on stdout before it.
             let sessions = db.list_sessions(user_id).map_err(db_error)?;
-            print!("{}", sessions_table(&sessions, auth::now_unix()));
-            Ok(())
+            print_result(&sessions_table(&sessions, auth::now_unix()))
         }
         Some(Command::Session(SessionCommand::Prune)) => {
             let db = open_existing()?;
             let pruned = db.prune_sessions(auth::now_unix()).map_err(db_error)?;
-            println!("pruned {pruned} expired session(s)");
-            Ok(())
+            print_result(&format!("pruned {pruned} expired session(s)\n"))
         }
         Some(Command::Doctor) => {
             let db = open_existing()?;
             let report = doctor::examine(&db).map_err(db_error)?;
-            println!("{:<13}{}", "database", cli.db.display());
+            let mut text = format!("{:<13}{}\n", "database", cli.db.display());
             for (topic, finding) in &report.facts {
-                println!("{topic:<13}{finding}");
+                let _ = writeln!(text, "{topic:<13}{finding}");
             }
             for problem in &report.problems {
-                println!("PROBLEM      {problem}");
+                let _ = writeln!(text, "PROBLEM      {problem}");
             }
+            print_result(&text)?;
             if report.problems.is_empty() {
                 Ok(())
             } else {
@@ -465,15 +484,38 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Some(Command::Backup { ref out }) => {
             let db = open_existing()?;
             let copy = backup::back_up(&db, out).map_err(Error::Backup)?;
-            eprintln!(
+            tell(format_args!(
                 "backed up {} chat(s), {} bytes, to {}; integrity and foreign keys checked",
                 copy.chats,
                 copy.bytes,
                 out.display()
-            );
+            ));
             Ok(())
         }
     }
+}
+
+/// Writes a command's result on stdout. A reader that has gone (`| head
+/// -1`) took what it wanted, so a broken pipe ends the output quietly;
+/// `print!` would panic.
+fn print_result(text: &str) -> Result<(), Error> {
+    match write_stdout(text) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Error::Output(e)),
+        _ => Ok(()),
+    }
+}
+
+fn write_stdout(text: &str) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
+}
+
+/// A line on stderr for the person who ran the command. If stderr is gone
+/// there is no one to tell, which is no reason to fail (`eprintln!` would
+/// panic).
+pub fn tell(message: fmt::Arguments) {
+    let _ = writeln!(io::stderr().lock(), "{message}");
 }
 
 /// `user list`'s output. Ids and names are shown with control characters

@@ -6,7 +6,7 @@ fn main() -> ExitCode {
     match neptun_local::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("neptun-local: error: {e}");
+            neptun_local::cli::tell(format_args!("neptun-local: error: {e}"));
             ExitCode::FAILURE
         }
     }

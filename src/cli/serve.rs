@@ -2,7 +2,7 @@
 //! answers requests until a stop signal (or until the database file is
 //! deleted or replaced under it).
 
-use std::io::{self, Write};
+use std::io;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -76,8 +76,10 @@ pub(super) fn serve(
     let upkeep =
         Maintenance::start(db.clone(), maintenance::Pacing::default()).map_err(Error::Io)?;
     // The one line on stdout: scripts and tests wait for it.
-    println!("listening on {base_url}");
-    io::stdout().flush().map_err(Error::Io)?;
+    if let Err(e) = super::write_stdout(&format!("listening on {base_url}\n")) {
+        // Whoever waited for it has gone; the server is still wanted.
+        log::warn!("could not write the listening line to stdout: {e}");
+    }
 
     let app = App { db, policy };
     let served = server.run(workers, move |request| routes::handle(&app, request));
@@ -219,11 +221,11 @@ fn print_demo_instructions(base_url: &str, token: &Token, chat_ids: &[i64]) {
     let first = chat_ids.first().copied().unwrap_or(1);
     let token = token.expose();
     // stderr, because stdout carries only the "listening on" line.
-    eprintln!(
+    super::tell(format_args!(
         "demo user {user:?} owns chats {chats}\n\
          demo session token: {token}\n\
          try:\n  {CURL} -i -X DELETE -H \"Cookie: neptun-session={token}\" {base_url}/api/users/{user}/chats/{first}\n\
          for a front end on localhost, paste this in its browser console (see README, \"From a front end in development\"):\n  \
          document.cookie = \"neptun-session={token}; path=/\""
-    );
+    ));
 }

@@ -730,6 +730,121 @@ fn log_lines_start_with_the_time_or_for_the_journal_with_the_priority() {
     );
 }
 
+/// A reader that has gone (`neptun-local user list | head -1`) made the
+/// commands panic on their next line: exit 101 and a backtrace, and
+/// `session new` left a session whose token no one had. Now the output
+/// ends quietly, `session new` fails and revokes that session, and the
+/// server serves on without its listening line.
+#[cfg(unix)]
+#[test]
+fn a_reader_that_has_gone_ends_the_output_without_a_panic() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::process::{Command, Stdio};
+
+    // A pipe whose reading end is closed: every write to it fails with EPIPE.
+    let closed_pipe = || {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills the two descriptors, which we then own.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        drop(read);
+        Stdio::from(write)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("neptun.db");
+    assert!(
+        run_cli(&db, &["user", "add", "alice"], None)
+            .status
+            .success()
+    );
+    let run = |args: &[&str], stdout: Stdio, stderr: Stdio| {
+        Command::new(BIN)
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .output()
+            .unwrap()
+    };
+
+    for args in [
+        &["user", "list"][..],
+        &["doctor"],
+        &["session", "list", "alice"],
+        &["session", "prune"],
+    ] {
+        let out = run(args, closed_pipe(), Stdio::piped());
+        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+    }
+    let out = run(&["user", "add", "bob"], Stdio::piped(), closed_pipe());
+    assert!(
+        out.status.success(),
+        "user add with stderr gone: {:?}",
+        out.status
+    );
+
+    let out = run(&["session", "new", "alice"], closed_pipe(), Stdio::piped());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("cannot write the token to stdout")
+            && stderr_of(&out).contains("the session was revoked"),
+        "{}",
+        stderr_of(&out)
+    );
+    let listed = run_cli(&db, &["session", "list", "alice"], None);
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).lines().count(),
+        1,
+        "only the header, no session:\n{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    let listed = run_cli(&db, &["user", "list"], None);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("bob"));
+
+    // The server: its port chosen here, since its listening line is lost.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log_path = dir.path().join("stderr.log");
+    let mut server = Command::new(BIN)
+        .args(["--addr", &addr, "--db"])
+        .arg(&db)
+        .stdin(Stdio::null())
+        .stdout(closed_pipe())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        if let Some(answer) = try_delete(addr.parse().unwrap(), "/api/users/alice/chats/1", "x") {
+            break answer;
+        }
+        assert!(
+            server.try_wait().unwrap().is_none(),
+            "the server exited: {}",
+            std::fs::read_to_string(&log_path).unwrap()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    answer.assert_error(401, "Unauthorized");
+    signal(server.id(), libc::SIGTERM);
+    assert!(wait_with_deadline(&mut server).success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("could not write the listening line to stdout"),
+        "{log}"
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn stdout_carries_exactly_the_listening_line() {
