@@ -21,12 +21,15 @@
 use std::net::SocketAddr;
 
 use crate::http::{ApiError, Lone, Request, Response};
+use crate::logging::printable;
 
 /// Names always accepted in `Host` when bound to loopback.
 const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
-/// Request headers a preflight may ask for: the ordinary ones front ends send.
-const ORDINARY_REQUEST_HEADERS: [&str; 7] = [
+/// Request headers a preflight may ask for: the ones front ends send
+/// without being asked to. The server reads none of them, so accepting them
+/// only spares a front end a blocked call.
+const ORDINARY_REQUEST_HEADERS: [&str; 15] = [
     "accept",
     "accept-language",
     "content-language",
@@ -34,6 +37,17 @@ const ORDINARY_REQUEST_HEADERS: [&str; 7] = [
     "cache-control",
     "pragma",
     "x-requested-with",
+    // An API client that signs every call, and axios's CSRF header.
+    "authorization",
+    "x-csrf-token",
+    "x-xsrf-token",
+    // Tracing: W3C Trace Context and Baggage (OpenTelemetry), and Sentry,
+    // whose browser SDK adds its headers to calls to localhost by default.
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "sentry-trace",
+    "x-request-id",
 ];
 
 /// The largest request body accepted (and ignored), in bytes.
@@ -288,10 +302,28 @@ impl Policy {
             .map(|h| h.trim().to_ascii_lowercase())
             .filter(|h| !h.is_empty())
             .collect();
-        let headers_ok = requested_headers
+        let unusual: Vec<&str> = requested_headers
             .iter()
-            .all(|h| ORDINARY_REQUEST_HEADERS.contains(&h.as_str()));
-        if !self.origin_allowed(origin) || method.trim() != "DELETE" || !headers_ok {
+            .map(String::as_str)
+            .filter(|h| !ORDINARY_REQUEST_HEADERS.contains(h))
+            .collect();
+        let origin_allowed = self.origin_allowed(origin);
+        let method_allowed = method.trim() == "DELETE";
+        if origin_allowed && (!method_allowed || !unusual.is_empty()) {
+            // A front end the operator allowed, whose call the browser will
+            // now block with a CORS error: say why, where its developer looks.
+            let why = if method_allowed {
+                format!("request headers {}", unusual.join(", "))
+            } else {
+                format!("method {}", method.trim())
+            };
+            log::warn!(
+                "refused a CORS preflight from {}: this server accepts no {}",
+                printable(origin),
+                printable(&why)
+            );
+        }
+        if !origin_allowed || !method_allowed || !unusual.is_empty() {
             // No CORS headers at all: the browser blocks the real request.
             return Some(ApiError::Forbidden("CORS preflight not allowed").into_response());
         }

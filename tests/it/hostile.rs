@@ -291,6 +291,17 @@ fn cors_lets_an_allowed_front_end_delete_with_credentials_and_nobody_else() {
     assert_eq!(r.header("Vary"), Some("Origin"));
     assert_eq!(r.header("Access-Control-Allow-Private-Network"), None);
     assert!(r.body.is_empty());
+    // What tracing (Sentry's default on localhost, OpenTelemetry), axios's
+    // CSRF header and a signing API client add without being asked.
+    let added = "sentry-trace, baggage, traceparent, tracestate, authorization, x-xsrf-token";
+    let r = preflight(
+        "http://localhost:3000",
+        &[("Access-Control-Request-Headers", added)],
+    );
+    assert_eq!(
+        (r.status, r.header("Access-Control-Allow-Headers")),
+        (204, Some(added))
+    );
 
     let r = preflight(
         "http://127.0.0.1:5173",
@@ -332,6 +343,24 @@ fn cors_lets_an_allowed_front_end_delete_with_credentials_and_nobody_else() {
         ],
     );
     r.assert_error(403, "Forbidden");
+    // The allowed front end's refusals are logged with their reason, for
+    // its developer; a foreign origin's are not worth a warning.
+    let logs = w.server.stderr();
+    for reason in ["request headers x-evil", "method GET"] {
+        let line = format!(
+            "WARN  refused a CORS preflight from http://localhost:3000: \
+             this server accepts no {reason}"
+        );
+        assert!(logs.contains(&line), "no {line:?} in:\n{logs}");
+    }
+    assert!(
+        !logs.contains("preflight from http://evil.example"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("preflight from http://localhost:3001"),
+        "{logs}"
+    );
 
     // The real request from the allowed front end.
     let cookie = format!("neptun-session={}", w.token);
