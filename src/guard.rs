@@ -323,6 +323,17 @@ impl Policy {
                 printable(&why)
             );
         }
+        if !origin_allowed && is_loopback_origin(origin) {
+            // Most likely a front end in development on another port, and
+            // the first thing its developer meets: say what lets it in.
+            log::warn!(
+                "refused a CORS preflight from {origin}, an origin not allowed; if that is \
+                 your front end, start the server with --allow-origin {origin}, or call it \
+                 through the front end's dev server proxy (README: \"From a front end in \
+                 development\")",
+                origin = printable(origin)
+            );
+        }
         if !origin_allowed || !method_allowed || !unusual.is_empty() {
             // No CORS headers at all: the browser blocks the real request.
             return Some(ApiError::Forbidden("CORS preflight not allowed").into_response());
@@ -373,6 +384,20 @@ fn host_literal(addr: SocketAddr) -> String {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
     }
+}
+
+/// Whether `origin` is a page on this machine's loopback names, such as a
+/// front end's dev server (`http://localhost:3000`).
+fn is_loopback_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.trim().split_once("://") else {
+        return false;
+    };
+    let (host, port) = split_host_port(rest);
+    (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+        && port.is_none_or(|p| parse_port(p).is_some())
+        && LOOPBACK_NAMES
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case(host))
 }
 
 /// Splits `host[:port]`, keeping IPv6 brackets with the host.
@@ -561,6 +586,28 @@ mod tests {
         for wildcard in ["*", "*.local"] {
             let why = refusal(wildcard).unwrap();
             assert!(why.contains("there are no wildcards"), "{why}");
+        }
+    }
+
+    #[test]
+    fn loopback_origins_are_those_of_the_loopback_names_on_any_port() {
+        for origin in [
+            "http://localhost:3000",
+            "https://LOCALHOST",
+            "http://127.0.0.1:5173",
+            "http://[::1]:8080",
+        ] {
+            assert!(is_loopback_origin(origin), "{origin}");
+        }
+        for origin in [
+            "http://localhost.evil.example",
+            "http://evil.example:3000",
+            "http://localhost:x",
+            "file://localhost",
+            "null",
+            "localhost:3000",
+        ] {
+            assert!(!is_loopback_origin(origin), "{origin}");
         }
     }
 
