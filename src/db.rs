@@ -270,16 +270,28 @@ pub fn create_owner_only(path: &Path) -> io::Result<File> {
 /// check and the change run in one IMMEDIATE transaction, so two processes
 /// opening a new file at once cannot both apply the schema.
 fn migrate(conn: &mut Connection) -> Result<()> {
+    let found = ours(conn)?;
     // auto_vacuum only takes effect before the first table is created, and the
     // journal mode is stored in the file, so both are set here, once.
-    if ours(conn)? == Found::Empty {
+    if found == Found::Empty {
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     }
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         log::warn!("could not switch the database to WAL mode (it is in {mode} mode)");
     }
+    match found {
+        // Nothing to write, so no write lock to wait for: a start, or a
+        // command that only reads, goes ahead while another process holds
+        // a long write transaction (an sqlite3 shell), and only the writes
+        // wait for it, as long as --busy-timeout allows.
+        Found::Version(SCHEMA_VERSION) => return Ok(()),
+        Found::Version(found) => return Err(Error::SchemaTooNew { found }),
+        Found::Empty => {}
+    }
 
+    // Looked at again under the write lock: another process may have
+    // created the schema since.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     match ours(&tx)? {
         Found::Empty => {

@@ -316,6 +316,43 @@ fn a_database_locked_beyond_the_busy_timeout_is_503_and_a_retry_succeeds() {
     assert_consistent(&locker);
 }
 
+/// A write transaction left open by another process (an sqlite3 shell)
+/// holds up only writes. Every start and every command used to take the
+/// write lock to check the schema, so the server would not start, and
+/// `doctor` or `user list` failed with "database is locked".
+#[test]
+fn a_write_lock_held_elsewhere_holds_up_only_the_writes() {
+    let w = world();
+    let path = chat_path("alice", w.chat.chat);
+    let mut locker = w.server.sql();
+    let tx = locker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+
+    for args in [
+        &["doctor"][..],
+        &["user", "list"],
+        &["session", "list", "alice"],
+    ] {
+        let out = run_cli(&w.server.db_path, args, None);
+        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+    }
+    let second = TestServer::start_in(
+        tempfile::tempdir().unwrap(),
+        w.server.db_path.clone(),
+        &["--busy-timeout", "200ms"],
+    );
+    second
+        .delete(&path, &w.alice)
+        .assert_error(503, "Service Unavailable");
+
+    tx.rollback().unwrap();
+    assert_fully_present(&locker, &w.chat);
+    second.delete(&path, &w.alice).assert_true();
+    assert_fully_gone(&locker, &w.chat);
+    assert_consistent(&locker);
+}
+
 #[test]
 fn any_other_database_failure_is_a_generic_500_with_the_cause_only_in_the_log() {
     let w = world();
