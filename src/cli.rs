@@ -55,6 +55,9 @@ pub enum Command {
     /// Manage sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// List and add chats.
+    #[command(subcommand)]
+    Chat(ChatCommand),
     /// Check the database file (integrity, foreign keys, settings, sizes);
     /// exits non-zero if something is wrong.
     Doctor,
@@ -177,6 +180,32 @@ pub enum SessionCommand {
     List { user_id: String },
     /// Delete expired sessions (the server also does this every 15 minutes).
     Prune,
+}
+
+/// The most messages `chat add` writes into one chat: as many as the
+/// bench's largest chat, whose delete takes about a quarter of a second.
+const MAX_NEW_CHAT_MESSAGES: u32 = 100_000;
+
+#[derive(Subcommand, Debug)]
+pub enum ChatCommand {
+    /// List a user's chats: the ids that API paths take, with their messages,
+    /// files and share.
+    List { user_id: String },
+    /// Add a chat, something to delete while a front end is developed or
+    /// demonstrated; prints only its id on stdout.
+    Add {
+        user_id: String,
+        /// The chat's name (its title).
+        name: String,
+        /// The model name the chat records.
+        #[arg(long, default_value = "qwen2.5-coder:7b")]
+        model: String,
+        /// How many messages to put in it, taking turns between the user and
+        /// the assistant.
+        #[arg(long, default_value_t = 0,
+              value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_NEW_CHAT_MESSAGES)))]
+        messages: u32,
+    },
 }
 
 /// Everything that makes the command fail.
@@ -464,6 +493,21 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let pruned = db.prune_sessions(auth::now_unix()).map_err(db_error)?;
             print_result(&format!("pruned {pruned} expired session(s)\n"))
         }
+        Some(Command::Chat(ChatCommand::List { ref user_id })) => {
+            let chats = open_existing()?.list_chats(user_id).map_err(db_error)?;
+            print_result(&chats_table(&chats))
+        }
+        Some(Command::Chat(ChatCommand::Add {
+            ref user_id,
+            ref name,
+            ref model,
+            messages,
+        })) => {
+            let id = open_existing()?
+                .add_chat(user_id, name, model, messages)
+                .map_err(db_error)?;
+            print_result(&format!("{id}\n"))
+        }
         Some(Command::Doctor) => {
             let db = open_existing()?;
             let report = doctor::examine(&db).map_err(db_error)?;
@@ -567,6 +611,37 @@ fn sessions_table(sessions: &[db::SessionInfo], now: i64) -> String {
             ("created (UTC)", Align::Left),
             ("expires (UTC)", Align::Left),
             ("state", Align::Left),
+        ],
+        &rows,
+    )
+}
+
+/// `chat list`'s output. Names are shown as the log shows text a client
+/// sent, with control characters escaped.
+fn chats_table(chats: &[db::ChatInfo]) -> String {
+    let rows: Vec<Vec<String>> = chats
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.to_string(),
+                logging::printable(&c.name).into_owned(),
+                logging::printable(&c.model).into_owned(),
+                c.messages.to_string(),
+                c.files.to_string(),
+                if c.shared { "yes" } else { "no" }.to_owned(),
+                utc::date_time(c.updated_at),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            ("id", Align::Right),
+            ("name", Align::Left),
+            ("model", Align::Left),
+            ("messages", Align::Right),
+            ("files", Align::Right),
+            ("shared", Align::Left),
+            ("updated (UTC)", Align::Left),
         ],
         &rows,
     )

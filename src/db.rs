@@ -25,8 +25,8 @@ mod rows;
 mod upkeep;
 
 pub use rows::{
-    Actor, NewFile, NewSession, SessionInfo, UserInfo, insert_chat, insert_file, insert_message,
-    insert_session, insert_share, insert_share_whitelist_entry, insert_user,
+    Actor, ChatInfo, NewFile, NewSession, SessionInfo, UserInfo, insert_chat, insert_file,
+    insert_message, insert_session, insert_share, insert_share_whitelist_entry, insert_user,
 };
 pub use upkeep::{Step, Upkeep};
 
@@ -671,6 +671,58 @@ impl Database {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Adds a chat for an existing user, with `messages` messages that take
+    /// turns between the user and the assistant, in one transaction;
+    /// returns its id. Fails with [`Error::UnknownUser`].
+    pub fn add_chat(&self, user_id: &str, name: &str, model: &str, messages: u32) -> Result<i64> {
+        self.write(|tx| {
+            if !user_exists(tx, user_id)? {
+                return Err(Error::UnknownUser(user_id.to_owned()));
+            }
+            let chat_id = insert_chat(tx, user_id, name, model)?;
+            for n in 1..=messages {
+                let actor = if n % 2 == 1 {
+                    Actor::User
+                } else {
+                    Actor::Assistant
+                };
+                insert_message(tx, chat_id, actor, &format!("Message {n}"))?;
+            }
+            Ok(chat_id)
+        })
+    }
+
+    /// The user's chats, oldest first, with their numbers of messages and
+    /// files and whether they are shared. Fails with [`Error::UnknownUser`].
+    pub fn list_chats(&self, user_id: &str) -> Result<Vec<ChatInfo>> {
+        let conn = self.conn()?;
+        // One read transaction, so that the user check and the list agree.
+        let tx = conn.unchecked_transaction()?;
+        if !user_exists(&tx, user_id)? {
+            return Err(Error::UnknownUser(user_id.to_owned()));
+        }
+        let mut stmt = tx.prepare(
+            "SELECT id, name, model, updated_at,
+                    (SELECT count(*) FROM messages WHERE chat_id = chats.id),
+                    (SELECT count(*) FROM chat_files WHERE chat_id = chats.id),
+                    EXISTS (SELECT 1 FROM chat_shares WHERE chat_id = chats.id)
+             FROM chats WHERE user_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([user_id], |r| {
+            Ok(ChatInfo {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                model: r.get(2)?,
+                updated_at: r.get(3)?,
+                messages: r.get(4)?,
+                files: r.get(5)?,
+                shared: r.get(6)?,
+            })
+        })?;
+        let chats = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(chats)
     }
 
     /// Writes the snapshot of one read transaction, live rows only, into a

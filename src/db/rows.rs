@@ -23,6 +23,18 @@ pub struct UserInfo {
     pub active_sessions: i64,
 }
 
+/// A chat, with how much hangs off it: what `chat list` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatInfo {
+    pub id: i64,
+    pub name: String,
+    pub model: String,
+    pub messages: i64,
+    pub files: i64,
+    pub shared: bool,
+    pub updated_at: i64,
+}
+
 /// A session to store. Times are Unix seconds.
 pub struct NewSession<'a> {
     pub token_hash: [u8; 32],

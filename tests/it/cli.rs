@@ -30,6 +30,17 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
             "begins or ends with white space",
         ),
         (&["session", "new", "ghost"], 1, "no user with id \"ghost\""),
+        (&["chat", "list", "ghost"], 1, "no user with id \"ghost\""),
+        (
+            &["chat", "add", "ghost", "x"],
+            1,
+            "no user with id \"ghost\"",
+        ),
+        (
+            &["chat", "add", "alice", "x", "--messages", "100001"],
+            2,
+            "not in 0..=100000",
+        ),
         (&["session", "new", "alice", "--ttl", "7"], 2, "no unit"),
         (
             &["session", "new", "alice", "--ttl", "1.5h"],
@@ -361,6 +372,108 @@ fn user_list_shows_each_user_with_chats_and_active_sessions() {
     assert_eq!(list()[1], row("alice", "1", "1"));
 }
 
+/// `chat add` makes something to delete (its id alone on stdout, for
+/// scripts), `chat list` shows the ids that paths take, and the API deletes
+/// the chat with everything `chat add` put in it.
+#[test]
+fn chat_add_makes_a_chat_that_chat_list_shows_and_the_api_deletes() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let bobs = seed_chat(&db, "bob", "alice");
+    let cli = |args: &[&str]| {
+        let out = run_cli(&server.db_path, args, None);
+        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let id = |stdout: String| -> i64 { stdout.strip_suffix('\n').unwrap().parse().unwrap() };
+    let trip = id(cli(&[
+        "chat",
+        "add",
+        "alice",
+        "Trip to Lisbon",
+        "--messages",
+        "3",
+    ]));
+    let second = id(cli(&[
+        "chat",
+        "add",
+        "alice",
+        "Second",
+        "--model",
+        "llama3.1:8b",
+    ]));
+    assert!(second > trip && trip > bobs.chat);
+    let actors: Vec<String> = column(
+        &server.sql(),
+        &format!("SELECT actor FROM messages WHERE chat_id = {trip} ORDER BY id"),
+    );
+    assert_eq!(actors, ["user", "assistant", "user"]);
+
+    // Columns are two spaces apart at least; names have single spaces.
+    let list = |user: &str| -> Vec<Vec<String>> {
+        cli(&["chat", "list", user])
+            .lines()
+            .map(|line| {
+                line.split("  ")
+                    .map(str::trim)
+                    .filter(|cell| !cell.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect()
+    };
+    let rows = list("alice");
+    let header = [
+        "id",
+        "name",
+        "model",
+        "messages",
+        "files",
+        "shared",
+        "updated (UTC)",
+    ];
+    assert_eq!(rows[0], header);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(
+        rows[1][..6],
+        [
+            &trip.to_string(),
+            "Trip to Lisbon",
+            "qwen2.5-coder:7b",
+            "3",
+            "0",
+            "no"
+        ]
+    );
+    assert_eq!(
+        rows[2][..6],
+        [&second.to_string(), "Second", "llama3.1:8b", "0", "0", "no"]
+    );
+    // A chat with files and a share, as seeded, shows them.
+    let bob_rows = list("bob");
+    assert_eq!(bob_rows.len(), 2, "{bob_rows:?}");
+    let (messages, files) = (
+        bobs.messages.len().to_string(),
+        bobs.files.len().to_string(),
+    );
+    assert_eq!(
+        [
+            &bob_rows[1][0],
+            &bob_rows[1][3],
+            &bob_rows[1][4],
+            &bob_rows[1][5]
+        ],
+        [&bobs.chat.to_string(), &messages, &files, "yes"]
+    );
+
+    server
+        .delete(&format!("/api/users/alice/chats/{trip}"), &token)
+        .assert_true();
+    let rows = list("alice");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1][0], second.to_string());
+    assert_consistent(&server.sql());
+}
+
 /// A command that only reads or changes what is in the file, pointed at a
 /// path with no file, says so and creates nothing: before, `doctor` created
 /// an empty database there and reported it healthy.
@@ -377,6 +490,8 @@ fn commands_on_existing_data_refuse_a_missing_file_and_create_nothing() {
         &["session", "revoke", &token],
         &["session", "revoke", "--user", "alice"],
         &["user", "list"],
+        &["chat", "list", "alice"],
+        &["chat", "add", "alice", "A chat"],
     ];
     for args in commands {
         let out = run_cli(&missing, args, None);
@@ -695,7 +810,9 @@ fn log_lines_start_with_the_time_or_for_the_journal_with_the_priority() {
         let after = rfc3339_millis(SystemTime::now());
         let mut levels = Vec::new();
         for line in log.lines() {
-            let (time, rest) = line.split_once(' ').unwrap();
+            let (time, rest) = line
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("{line:?} in:\n{log}"));
             assert!(
                 time.len() == before.len() && (before.as_str()..=after.as_str()).contains(&time),
                 "{time:?} is not a time between {before} and {after}:\n{log}"
@@ -871,6 +988,7 @@ fn help_lists_the_commands() {
         "serve",
         "user",
         "session",
+        "chat",
         "--db",
         "--addr",
         "--workers",
