@@ -729,6 +729,42 @@ fn a_non_ascii_header_byte_closes_the_connection_unanswered_and_harms_nothing() 
     w.assert_unharmed();
 }
 
+/// A client that sends a request and resets the connection (`SO_LINGER`
+/// 0) before tiny_http accepts it makes tiny_http's thread for that
+/// connection panic: it unwraps the peer address it could not take. That
+/// ended the server (exit 70) within a few hundred such connections; now
+/// the connection is dropped, and the server serves on.
+#[cfg(target_os = "linux")]
+#[test]
+fn connections_reset_before_they_are_accepted_are_dropped_and_harm_nothing() {
+    let w = World::new(&["--log-level", "debug"]);
+    let dropped = "dropped a connection reset before it was accepted";
+    for attempt in 1..=5000 {
+        let stream = TcpStream::connect(w.server.addr).unwrap();
+        (&stream)
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(stream);
+        if attempt % 100 == 0 && w.server.stderr().contains(dropped) {
+            break;
+        }
+    }
+    // Else the race was never won, and the test would prove nothing.
+    assert!(
+        w.server.stderr().contains(dropped),
+        "no connection was reset before its accept"
+    );
+    w.assert_unharmed();
+    assert!(
+        !w.server.stderr().contains("exiting"),
+        "{}",
+        w.server.stderr()
+    );
+}
+
 /// Heads that tiny_http answers itself, before the request reaches us, so
 /// not with the API's JSON error: pinned, so that a change of transport
 /// shows here. Each carries alice's cookie, and nothing is deleted.
