@@ -785,18 +785,8 @@ fn log_lines_start_with_the_time_or_for_the_journal_with_the_priority() {
         if let Some(value_for) = journal_stream {
             command.env("JOURNAL_STREAM", value_for(&identity.unwrap()));
         }
-        let mut child = command.spawn().unwrap();
-        let mut first_line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut first_line,
-        )
-        .unwrap();
-        let addr = first_line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap();
-        request(addr.parse().unwrap(), "GET", "/nowhere", &[]).assert_error(404, "Not Found");
+        let (mut child, addr) = spawn_listening(command);
+        request(addr, "GET", "/nowhere", &[]).assert_error(404, "Not Found");
         signal(child.id(), libc::SIGTERM);
         assert!(wait_with_deadline(&mut child).success());
         std::fs::read_to_string(&log_path).unwrap()

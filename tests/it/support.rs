@@ -360,6 +360,24 @@ pub fn parse_response(raw: &[u8], head_request: bool) -> Option<HttpResponse> {
     })
 }
 
+/// Spawns `command` and waits for its "listening on" line.
+pub fn spawn_listening(mut command: Command) -> (Child, SocketAddr) {
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
 /// Runs the binary with `args` on `db_path` and returns its output.
 pub fn run_cli(db_path: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(BIN)

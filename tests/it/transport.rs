@@ -773,24 +773,6 @@ fn with_limit(mut command: Command, resource: Resource, limit: u64) -> Command {
     command
 }
 
-/// Spawns `command` and waits for its "listening on" line.
-fn spawn_listening(mut command: Command) -> (Child, SocketAddr) {
-    let mut child = command.spawn().unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap()
-        .parse()
-        .unwrap();
-    (child, addr)
-}
-
 /// Requests pipelined on one connection take effect in the order they were
 /// sent, not only are answered in it (RFC 9112 §9.3.2: only safe methods
 /// may be handled in parallel). tiny_http queues each request for the next
