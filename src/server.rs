@@ -18,7 +18,11 @@
 //! - when the process runs out of file descriptors, the accept thread panics
 //!   instead (`try_clone().unwrap()`), queueing nothing: see
 //!   [`exit_when_a_transport_thread_panics`]; and the soft descriptor limit
-//!   is raised at start-up ([`raise_open_file_limit`]) to make that rarer.
+//!   is raised at start-up ([`raise_open_file_limit`]) to make that rarer;
+//! - a connection reset before its accept makes tiny_http's thread for it
+//!   panic at its first request (the peer address it could not take is
+//!   unwrapped): that panic drops only the connection, and the server
+//!   serves on (also in [`exit_when_a_transport_thread_panics`]);
 //! - after answering a request whose body it has not read, tiny_http waits
 //!   for that body until the client sends it or closes: such requests are
 //!   answered on a thread of their own (`answer_off_the_worker`), so that
