@@ -111,7 +111,7 @@ pub struct ServeArgs {
 
     /// Allow listening on a non-loopback address. Only behind a TLS reverse
     /// proxy: tokens would otherwise cross the network in clear text.
-    #[arg(long, env = "NEPTUN_ALLOW_REMOTE")]
+    #[arg(long, env = "NEPTUN_ALLOW_REMOTE", value_parser = parse_switch)]
     pub allow_remote: bool,
 
     /// "full": a delete answered 200 survives power loss (one disk sync per
@@ -119,6 +119,20 @@ pub struct ServeArgs {
     /// OS crash may come back.
     #[arg(long, env = "NEPTUN_SYNCHRONOUS", default_value = "full", value_parser = parse_durability)]
     pub synchronous: Durability,
+}
+
+/// A switch's value in its environment variable, written as people write
+/// them in unit and `.env` files: empty, `0`, `false`, `no` or `off` is off;
+/// `1`, `true`, `yes` or `on` is on. Anything else is refused rather than
+/// guessed, since `--allow-remote` opens the server to the network.
+fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        "1" | "true" | "yes" | "on" => Ok(true),
+        _ => Err(format!(
+            "{text:?} is neither on (1, true, yes, on) nor off (0, false, no, off, or empty)"
+        )),
+    }
 }
 
 /// The longest `--busy-timeout`. SQLite takes it in milliseconds as a C
@@ -749,6 +763,19 @@ mod tests {
              alice      Alice Liddell     12                1\n\
              b\\x1b[2Jb  -                  0                0\n"
         );
+    }
+
+    #[test]
+    fn switches_take_what_env_files_write_and_refuse_the_rest() {
+        for off in ["", "0", "false", "No", "off", " "] {
+            assert_eq!(parse_switch(off), Ok(false), "{off:?}");
+        }
+        for on in ["1", "true", "YES", "on"] {
+            assert_eq!(parse_switch(on), Ok(true), "{on:?}");
+        }
+        for bad in ["flase", "2", "enabled"] {
+            assert!(parse_switch(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -81,14 +81,24 @@ pub struct Policy {
 impl Policy {
     /// Builds the policy for a server bound to `addr`. `extra_hosts` are
     /// added to the Host allowlist; `allowed_origins` must be exact origins
-    /// like `http://localhost:3000` (no path, no `*`).
+    /// like `http://localhost:3000` (no path, no `*`). Empty items are
+    /// skipped: an empty `NEPTUN_ALLOW_ORIGINS=` in a unit or `.env` file,
+    /// or a trailing comma, means none more.
     pub fn new(
         addr: SocketAddr,
         extra_hosts: &[String],
         allowed_origins: &[String],
     ) -> Result<Policy, String> {
+        let given = |items: &[String]| -> Vec<String> {
+            items
+                .iter()
+                .filter(|item| !item.trim().is_empty())
+                .cloned()
+                .collect()
+        };
+        let (extra_hosts, allowed_origins) = (given(extra_hosts), given(allowed_origins));
         let mut hosts: Vec<String> = Vec::new();
-        for host in extra_hosts {
+        for host in &extra_hosts {
             let host = host.trim().to_ascii_lowercase();
             if host.contains('*') {
                 return Err(format!(
@@ -587,6 +597,20 @@ mod tests {
             let why = refusal(wildcard).unwrap();
             assert!(why.contains("there are no wildcards"), "{why}");
         }
+    }
+
+    #[test]
+    fn empty_items_mean_none_more() {
+        let addr = "127.0.0.1:7150".parse().unwrap();
+        let empty = || vec![String::new(), " ".to_owned()];
+        let policy = Policy::new(addr, &empty(), &empty()).unwrap();
+        assert!(!policy.host_allowed(""));
+        let origins = ["http://localhost:3000".to_owned(), String::new()];
+        let policy =
+            Policy::new(addr, &["myhost.local".to_owned(), String::new()], &origins).unwrap();
+        assert!(policy.host_allowed("myhost.local:7150"));
+        assert!(policy.origin_allowed("http://localhost:3000"));
+        assert!(!policy.origin_allowed(""));
     }
 
     #[test]

@@ -340,6 +340,70 @@ fn commands_leave_no_wal_or_shm_file_behind() {
     );
 }
 
+/// Environment values as unit and `.env` files write them: an empty list
+/// is none (it was refused as the origin ""), a trailing comma is nothing,
+/// and a switch takes 0/1, no/yes, off/on (`NEPTUN_ALLOW_REMOTE=0` was
+/// refused as not true or false, and empty as missing a value).
+#[cfg(unix)]
+#[test]
+fn environment_values_are_taken_as_unit_and_env_files_write_them() {
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |env: &[(&str, &str)], addr: &str| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["--addr", addr, "--db"])
+            .arg(dir.path().join("neptun.db"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command
+    };
+
+    let lists = [
+        ("NEPTUN_ALLOW_ORIGINS", "http://localhost:3000,"),
+        ("NEPTUN_ALLOWED_HOSTS", ""),
+        ("NEPTUN_ALLOW_REMOTE", ""),
+    ];
+    let (mut child, addr) = spawn_listening(serve(&lists, "127.0.0.1:0"));
+    let preflight = request(
+        addr,
+        "OPTIONS",
+        "/api/users/alice/chats/1",
+        &[
+            ("Origin", "http://localhost:3000"),
+            ("Access-Control-Request-Method", "DELETE"),
+        ],
+    );
+    assert_eq!(preflight.status, 204, "{preflight:?}");
+    signal(child.id(), libc::SIGTERM);
+    assert!(wait_with_deadline(&mut child).success());
+
+    for off in ["0", "no", "off", ""] {
+        let out = serve(&[("NEPTUN_ALLOW_REMOTE", off)], "0.0.0.0:0")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{off:?}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("is not a loopback address"),
+            "{off:?}"
+        );
+    }
+    let out = serve(&[("NEPTUN_ALLOW_REMOTE", "flase")], "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("is neither on"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
 /// `user list` shows every user with its chats and unexpired sessions, so
 /// that the ids for paths and `session new` need no SQL to find.
 #[test]
