@@ -343,6 +343,28 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// Parses the command line, exiting with clap's message and code 2 on error.
+/// Takes an empty `NEPTUN_*` variable as unset, which is what it means in
+/// a compose file (`${NEPTUN_WORKERS}` of a variable that is not set) or a
+/// unit (`Environment=NEPTUN_WORKERS=`). clap would read it as the value ""
+/// and refuse it, naming only the flag.
+///
+/// # Safety
+///
+/// Changes the environment, so it must run before any thread starts (at the
+/// top of `main`): no other thread may read the environment meanwhile.
+pub unsafe fn forget_empty_environment_variables() {
+    let empty: Vec<std::ffi::OsString> = std::env::vars_os()
+        .filter(|(name, value)| {
+            value.is_empty() && name.to_str().is_some_and(|n| n.starts_with("NEPTUN_"))
+        })
+        .map(|(name, _)| name)
+        .collect();
+    for name in empty {
+        // SAFETY: the caller guarantees that no other thread runs.
+        unsafe { std::env::remove_var(name) };
+    }
+}
+
 pub fn parse() -> Cli {
     parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
 }

@@ -2,6 +2,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     neptun_local::memory::limit_malloc_arenas();
+    // SAFETY: no thread has started yet.
+    unsafe { neptun_local::cli::forget_empty_environment_variables() };
     let cli = neptun_local::cli::parse();
     match neptun_local::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

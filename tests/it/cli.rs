@@ -340,10 +340,11 @@ fn commands_leave_no_wal_or_shm_file_behind() {
     );
 }
 
-/// Environment values as unit and `.env` files write them: an empty list
-/// is none (it was refused as the origin ""), a trailing comma is nothing,
-/// and a switch takes 0/1, no/yes, off/on (`NEPTUN_ALLOW_REMOTE=0` was
-/// refused as not true or false, and empty as missing a value).
+/// Environment values as unit, compose and `.env` files write them: an
+/// empty variable is unset (each was refused as the value "", naming only
+/// the flag), a trailing comma in a list is nothing, and a switch takes
+/// 0/1, no/yes, off/on (`NEPTUN_ALLOW_REMOTE=0` was refused as not true or
+/// false).
 #[cfg(unix)]
 #[test]
 fn environment_values_are_taken_as_unit_and_env_files_write_them() {
@@ -368,6 +369,9 @@ fn environment_values_are_taken_as_unit_and_env_files_write_them() {
         ("NEPTUN_ALLOW_ORIGINS", "http://localhost:3000,"),
         ("NEPTUN_ALLOWED_HOSTS", ""),
         ("NEPTUN_ALLOW_REMOTE", ""),
+        ("NEPTUN_WORKERS", ""),
+        ("NEPTUN_BUSY_TIMEOUT", ""),
+        ("NEPTUN_SYNCHRONOUS", ""),
     ];
     let (mut child, addr) = spawn_listening(serve(&lists, "127.0.0.1:0"));
     let preflight = request(
