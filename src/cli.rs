@@ -14,7 +14,7 @@ use log::LevelFilter;
 
 use crate::auth::{self, Token};
 use crate::db::{self, Database, Durability};
-use crate::{backup, doctor, logging, utc};
+use crate::{backup, doctor, logging, maintenance, utc};
 
 mod serve;
 mod table;
@@ -168,6 +168,14 @@ pub enum UserCommand {
     },
     /// List the users, with how many chats and active sessions each has.
     List,
+    /// Remove a user and its sessions (refused while it has chats, unless
+    /// --with-chats deletes them too; that cannot be undone).
+    Remove {
+        id: String,
+        /// Also delete the user's chats, and everything that hangs off them.
+        #[arg(long)]
+        with_chats: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -471,6 +479,24 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 .add_user(id, name.as_deref())
                 .map_err(db_error)?;
             tell(format_args!("added user {id:?}"));
+            Ok(())
+        }
+        Some(Command::User(UserCommand::Remove { ref id, with_chats })) => {
+            let db = open_existing()?;
+            let removed = db.remove_user(id, with_chats).map_err(db_error)?;
+            tell(format_args!(
+                "removed user {id:?}, its {} chat(s) and {} session(s)",
+                removed.chats, removed.sessions
+            ));
+            // A running server would clear the deleted rows from the files
+            // only at its next idle pass.
+            match maintenance::erase_now(&db) {
+                Ok(true) => {}
+                Ok(false) => tell(format_args!(
+                    "a reader held the WAL; the server's upkeep will clear it within 30 s"
+                )),
+                Err(e) => tell(format_args!("could not checkpoint the WAL now: {e}")),
+            }
             Ok(())
         }
         Some(Command::User(UserCommand::List)) => {

@@ -25,8 +25,9 @@ mod rows;
 mod upkeep;
 
 pub use rows::{
-    Actor, ChatInfo, NewFile, NewSession, SessionInfo, UserInfo, insert_chat, insert_file,
-    insert_message, insert_session, insert_share, insert_share_whitelist_entry, insert_user,
+    Actor, ChatInfo, NewFile, NewSession, RemovedUser, SessionInfo, UserInfo, insert_chat,
+    insert_file, insert_message, insert_session, insert_share, insert_share_whitelist_entry,
+    insert_user,
 };
 pub use upkeep::{Step, Upkeep};
 
@@ -110,6 +111,8 @@ pub enum Error {
     UnknownUser(String),
     /// A user with this id already exists.
     UserExists(String),
+    /// The user still has chats, and removing it was not asked to delete them.
+    UserHasChats { id: String, chats: i64 },
     /// The file is an SQLite database of another application: it has
     /// tables, but not ours with a schema version. It is left as it was.
     Foreign,
@@ -139,6 +142,11 @@ impl fmt::Display for Error {
                 )
             }
             Error::UserExists(id) => write!(f, "a user with id {id:?} already exists"),
+            Error::UserHasChats { id, chats } => write!(
+                f,
+                "user {id:?} has {chats} chat(s); add --with-chats to delete them with it \
+                 (that cannot be undone)"
+            ),
             Error::Foreign => f.write_str(
                 "this SQLite database is not a neptun-local one (it has tables, but not \
                  neptun-local's); it was left as it was: choose another --db",
@@ -671,6 +679,30 @@ impl Database {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Removes a user, and with it (`ON DELETE CASCADE`) its sessions, its
+    /// place on others' share whitelists and, if `with_chats`, its chats
+    /// and all that hangs off them; returns what went with it. Fails with
+    /// [`Error::UnknownUser`], or [`Error::UserHasChats`] if it has chats
+    /// and `with_chats` is false.
+    pub fn remove_user(&self, id: &str, with_chats: bool) -> Result<RemovedUser> {
+        self.write(|tx| {
+            if !user_exists(tx, id)? {
+                return Err(Error::UnknownUser(id.to_owned()));
+            }
+            let count = |sql: &str| tx.query_row(sql, [id], |r| r.get::<_, i64>(0));
+            let chats = count("SELECT count(*) FROM chats WHERE user_id = ?1")?;
+            if chats > 0 && !with_chats {
+                return Err(Error::UserHasChats {
+                    id: id.to_owned(),
+                    chats,
+                });
+            }
+            let sessions = count("SELECT count(*) FROM sessions WHERE user_id = ?1")?;
+            tx.execute("DELETE FROM users WHERE id = ?1", [id])?;
+            Ok(RemovedUser { chats, sessions })
+        })
     }
 
     /// Adds a chat for an existing user, with `messages` messages that take

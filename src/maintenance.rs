@@ -274,6 +274,28 @@ fn final_pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing) {
     log::warn!("could not checkpoint the WAL before exiting; the next start will");
 }
 
+/// Does at once what the server's upkeep does after its own commits: the
+/// WAL checkpointed and truncated, free pages given back. For a command
+/// that deletes (`user remove`): the server does not hear of other
+/// processes' commits, and would come to them only at its next idle pass,
+/// up to 30 s later, with the deleted rows still readable in the WAL
+/// meanwhile. Retried for a second while a reader holds old frames;
+/// returns whether it finished.
+pub fn erase_now(db: &Database) -> db::Result<bool> {
+    let upkeep = db.upkeep_connection()?;
+    let pacing = Pacing::default();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        if pass(db, &upkeep, &pacing, &Work::ALL)?.finished {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        thread::sleep(pacing.retry);
+    }
+}
+
 fn prune(upkeep: &Upkeep) {
     match upkeep.prune_sessions(auth::now_unix()) {
         Ok(0) => {}

@@ -35,6 +35,13 @@ pub struct ChatInfo {
     pub updated_at: i64,
 }
 
+/// What went with a removed user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedUser {
+    pub chats: i64,
+    pub sessions: i64,
+}
+
 /// A session to store. Times are Unix seconds.
 pub struct NewSession<'a> {
     pub token_hash: [u8; 32],

@@ -440,6 +440,66 @@ fn user_list_shows_each_user_with_chats_and_active_sessions() {
     assert_eq!(list()[1], row("alice", "1", "1"));
 }
 
+/// `user remove` takes a user with its sessions and its place on others'
+/// share whitelists, and its chats only when asked to. A running server
+/// does not hear of another process's commit, so the command checkpoints
+/// and truncates the WAL itself: the removed rows are not left in it.
+#[test]
+fn user_remove_takes_the_user_and_its_chats_only_with_with_chats() {
+    let (server, db, alice) = start_with_alice_and_bob(&[]);
+    let alices = seed_chat(&db, "alice", "bob");
+    let bobs = seed_chat(&db, "bob", "alice");
+    let bob = login(&db, "bob");
+    drop(db);
+    let remove =
+        |args: &[&str]| run_cli(&server.db_path, &[&["user", "remove"], args].concat(), None);
+
+    let out = remove(&["bob"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("user \"bob\" has 1 chat(s); add --with-chats"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_fully_present(&server.sql(), &bobs);
+    server
+        .delete("/api/users/alice/chats/999999", &bob)
+        .assert_error(404, "Not Found");
+
+    let out = remove(&["bob", "--with-chats"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("removed user \"bob\", its 1 chat(s) and 1 session(s)"),
+        "{}",
+        stderr_of(&out)
+    );
+    let sql = server.sql();
+    assert_fully_gone(&sql, &bobs);
+    // Bob was on the whitelist of alice's share; alice's on bob's went with it.
+    let whitelisted: Vec<String> = column(&sql, "SELECT user_id FROM chat_share_whitelist_entries");
+    assert!(whitelisted.is_empty(), "{whitelisted:?}");
+    let shares: Vec<i64> = column(&sql, "SELECT id FROM chat_shares");
+    assert_eq!(shares, [alices.share]);
+    server
+        .delete(&format!("/api/users/bob/chats/{}", bobs.chat), &bob)
+        .assert_error(401, "Unauthorized");
+    let mut wal = server.db_path.clone().into_os_string();
+    wal.push("-wal");
+    assert_eq!(
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0),
+        0,
+        "the WAL was left"
+    );
+    assert_consistent(&sql);
+
+    let out = remove(&["bob"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("no user with id \"bob\""));
+    server
+        .delete(&format!("/api/users/alice/chats/{}", alices.chat), &alice)
+        .assert_true();
+}
+
 /// `chat add` makes something to delete (its id alone on stdout, for
 /// scripts), `chat list` shows the ids that paths take, and the API deletes
 /// the chat with everything `chat add` put in it.
@@ -560,6 +620,7 @@ fn commands_on_existing_data_refuse_a_missing_file_and_create_nothing() {
         &["user", "list"],
         &["chat", "list", "alice"],
         &["chat", "add", "alice", "A chat"],
+        &["user", "remove", "alice"],
     ];
     for args in commands {
         let out = run_cli(&missing, args, None);
