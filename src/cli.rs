@@ -14,12 +14,15 @@ use log::LevelFilter;
 
 use crate::auth::{self, Token};
 use crate::db::{self, Database, Durability};
-use crate::{backup, doctor, logging, maintenance, utc};
+use crate::{backup, doctor, logging, maintenance};
 
+mod listings;
 mod serve;
 mod table;
+mod values;
+use listings::{chats_table, sessions_table, users_table};
 use serve::serve;
-use table::Align;
+use values::{parse_busy_timeout, parse_durability, parse_duration, parse_switch};
 
 /// Loopback only: a browser on this machine can reach it, nobody else can.
 /// Not 3000, which front-end dev servers usually take.
@@ -119,41 +122,6 @@ pub struct ServeArgs {
     /// OS crash may come back.
     #[arg(long, env = "NEPTUN_SYNCHRONOUS", default_value = "full", value_parser = parse_durability)]
     pub synchronous: Durability,
-}
-
-/// A switch's value in its environment variable, written as people write
-/// them in unit and `.env` files: empty, `0`, `false`, `no` or `off` is off;
-/// `1`, `true`, `yes` or `on` is on. Anything else is refused rather than
-/// guessed, since `--allow-remote` opens the server to the network.
-fn parse_switch(text: &str) -> Result<bool, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "" | "0" | "false" | "no" | "off" => Ok(false),
-        "1" | "true" | "yes" | "on" => Ok(true),
-        _ => Err(format!(
-            "{text:?} is neither on (1, true, yes, on) nor off (0, false, no, off, or empty)"
-        )),
-    }
-}
-
-/// The longest `--busy-timeout`. SQLite takes it in milliseconds as a C
-/// `int`, so about 24 days at most (rusqlite panics beyond that), and a
-/// request held longer than an hour is better answered with the 503.
-const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(60 * 60);
-
-fn parse_busy_timeout(text: &str) -> Result<Duration, String> {
-    let timeout = parse_duration(text)?;
-    if timeout > MAX_BUSY_TIMEOUT {
-        return Err(format!("{text:?} is too long: at most 1h"));
-    }
-    Ok(timeout)
-}
-
-fn parse_durability(text: &str) -> Result<Durability, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "full" => Ok(Durability::Full),
-        "normal" => Ok(Durability::Normal),
-        _ => Err("expected \"full\" or \"normal\"".into()),
-    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -624,91 +592,6 @@ pub fn tell(message: fmt::Arguments) {
     let _ = writeln!(io::stderr().lock(), "{message}");
 }
 
-/// `user list`'s output. Ids and names are shown with control characters
-/// escaped, as in the log.
-fn users_table(users: &[db::UserInfo]) -> String {
-    let rows: Vec<Vec<String>> = users
-        .iter()
-        .map(|u| {
-            vec![
-                logging::printable(&u.id).into_owned(),
-                logging::printable(u.name.as_deref().unwrap_or("-")).into_owned(),
-                u.chats.to_string(),
-                u.active_sessions.to_string(),
-            ]
-        })
-        .collect();
-    table::render(
-        &[
-            ("id", Align::Left),
-            ("name", Align::Left),
-            ("chats", Align::Right),
-            ("active sessions", Align::Right),
-        ],
-        &rows,
-    )
-}
-
-/// `session list`'s output, at `now`.
-fn sessions_table(sessions: &[db::SessionInfo], now: i64) -> String {
-    let rows: Vec<Vec<String>> = sessions
-        .iter()
-        .map(|s| {
-            let state = if s.expires_at > now {
-                "active"
-            } else {
-                "expired"
-            };
-            vec![
-                s.hash_prefix.clone(),
-                utc::date_time(s.created_at),
-                utc::date_time(s.expires_at),
-                state.to_owned(),
-            ]
-        })
-        .collect();
-    table::render(
-        &[
-            ("hash", Align::Left),
-            ("created (UTC)", Align::Left),
-            ("expires (UTC)", Align::Left),
-            ("state", Align::Left),
-        ],
-        &rows,
-    )
-}
-
-/// `chat list`'s output. Names are shown as the log shows text a client
-/// sent, with control characters escaped.
-fn chats_table(chats: &[db::ChatInfo]) -> String {
-    let rows: Vec<Vec<String>> = chats
-        .iter()
-        .map(|c| {
-            vec![
-                c.id.to_string(),
-                logging::printable(&c.name).into_owned(),
-                logging::printable(&c.model).into_owned(),
-                c.messages.to_string(),
-                c.files.to_string(),
-                if c.shared { "yes" } else { "no" }.to_owned(),
-                utc::date_time(c.updated_at),
-            ]
-        })
-        .collect();
-    table::render(
-        &[
-            ("id", Align::Right),
-            ("name", Align::Left),
-            ("model", Align::Left),
-            ("messages", Align::Right),
-            ("files", Align::Right),
-            ("shared", Align::Left),
-            ("updated (UTC)", Align::Left),
-        ],
-        &rows,
-    )
-}
-
 fn check_user_id(id: &str) -> Result<(), Error> {
     if id.is_empty() {
         Err(Error::InvalidUserId("it is empty"))
@@ -738,51 +621,6 @@ fn read_token_argument(argument: &str) -> Result<Token, Error> {
     Token::parse(&text).ok_or(Error::MalformedToken)
 }
 
-/// Parses `<number><unit>` with unit `ms`, `s`, `m`, `h` or `d`; zero is refused.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = match number.parse() {
-        Ok(n) => n,
-        // Digits alone that do not fit in a u64.
-        Err(_) if !number.is_empty() => return Err(format!("{text:?} is too long")),
-        Err(_) => {
-            return Err(format!(
-                "{text:?} is not a duration like 7d, 12h, 30m, 90s or 250ms"
-            ));
-        }
-    };
-    let unit_ms: u64 = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60 * 1000,
-        "h" => 60 * 60 * 1000,
-        "d" => 24 * 60 * 60 * 1000,
-        "" => {
-            return Err(format!(
-                "{text:?} has no unit; use ms, s, m, h or d (e.g. 7d)"
-            ));
-        }
-        _ if unit.starts_with(['.', ',']) => {
-            return Err(format!(
-                "{text:?}: the number must be whole; use a smaller unit (90m rather than 1.5h)"
-            ));
-        }
-        _ => {
-            return Err(format!(
-                "{text:?} has an unknown unit; use ms, s, m, h or d (e.g. 7d)"
-            ));
-        }
-    };
-    match n.checked_mul(unit_ms) {
-        Some(0) => Err("a duration must be greater than zero".into()),
-        Some(ms) => Ok(Duration::from_millis(ms)),
-        None => Err(format!("{text:?} is too long")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -791,61 +629,6 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn the_users_table_escapes_control_characters() {
-        let user = |id: &str, name: Option<&str>, chats, active_sessions| db::UserInfo {
-            id: id.to_owned(),
-            name: name.map(str::to_owned),
-            chats,
-            active_sessions,
-        };
-        let table = users_table(&[
-            user("alice", Some("Alice Liddell"), 12, 1),
-            user("b\x1b[2Jb", None, 0, 0),
-        ]);
-        assert_eq!(
-            table,
-            "id         name           chats  active sessions\n\
-             alice      Alice Liddell     12                1\n\
-             b\\x1b[2Jb  -                  0                0\n"
-        );
-    }
-
-    #[test]
-    fn switches_take_what_env_files_write_and_refuse_the_rest() {
-        for off in ["", "0", "false", "No", "off", " "] {
-            assert_eq!(parse_switch(off), Ok(false), "{off:?}");
-        }
-        for on in ["1", "true", "YES", "on"] {
-            assert_eq!(parse_switch(on), Ok(true), "{on:?}");
-        }
-        for bad in ["flase", "2", "enabled"] {
-            assert!(parse_switch(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        for (bad, says) in [
-            ("", "is not a duration"),
-            ("d", "is not a duration"),
-            ("-1s", "is not a duration"),
-            ("7", "has no unit"),
-            ("0s", "greater than zero"),
-            ("1.5h", "the number must be whole"),
-            ("7 d", "unknown unit"),
-            ("7w", "unknown unit"),
-            ("99999999999999999999d", "too long"),
-            ("9999999999999999999d", "too long"),
-        ] {
-            let error = parse_duration(bad).unwrap_err();
-            assert!(error.contains(says), "{bad:?}: {error}");
-        }
     }
 
     #[test]
