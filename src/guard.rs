@@ -579,9 +579,8 @@ mod tests {
         ] {
             assert_eq!(refusal(good), None, "{good}");
         }
+        // (An empty item is skipped, not refused: see empty_items_mean_none_more.)
         for bad in [
-            "",
-            " ",
             "myhost.local:7150",
             "http://myhost.local",
             "my host",
