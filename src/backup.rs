@@ -9,6 +9,12 @@
 //! it, and the file is in rollback-journal mode: one file, nothing beside
 //! it. The copy is synced and then checked before the command reports
 //! success, because a backup nobody has read back is a hope, not a backup.
+//!
+//! The copy is written as `OUT.partial` and given its name only once it has
+//! been synced and checked, so a file named `OUT` is always a whole backup.
+//! Killed halfway, `VACUUM INTO` left a file at `OUT` with a hot journal,
+//! which SQLite rolls back on the next open to an empty database: a file
+//! named like a backup that restores nothing.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -35,6 +41,9 @@ pub enum Error {
     IsDirectory(PathBuf),
     /// The directory to write into does not exist.
     NoDirectory(PathBuf),
+    /// `OUT.partial` is there: a backup to this name was interrupted, or
+    /// is running now.
+    Interrupted(PathBuf),
     /// SQLite takes the output path as text.
     NotUtf8(PathBuf),
     /// The file could not be created for another reason.
@@ -70,12 +79,18 @@ impl fmt::Display for Error {
                     dir.display()
                 )
             }
+            Error::Interrupted(partial) => write!(
+                f,
+                "{} is there: a backup to this name was interrupted, or is running now; \
+                 if none is running, delete it (and its -journal, if any) and try again",
+                partial.display()
+            ),
             Error::NotUtf8(out) => write!(f, "{}: the backup path must be UTF-8", out.display()),
             Error::Create(out, e) => write!(f, "cannot create {}: {e}", out.display()),
             Error::Copy(e) => write!(f, "the backup failed: {e}"),
             Error::Unconfirmed { out, why } => write!(
                 f,
-                "{} was written but is not a confirmed backup ({why}); delete it and try again",
+                "the copy for {} was written but did not check out ({why}), so it was not kept",
                 out.display()
             ),
         }
@@ -85,47 +100,83 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// Writes a consistent copy of `db` to `out`, a path where no file is yet,
-/// syncs it to disk, and checks it (integrity and foreign keys).
+/// syncs it to disk, and checks it (integrity and foreign keys); only then
+/// does the copy take the name `out`.
 pub fn back_up(db: &Database, out: &Path) -> Result<Backup, Error> {
-    let for_sqlite = db::sqlite_path(out);
-    let out_text = for_sqlite
+    let dir = out.parent().filter(|d| !d.as_os_str().is_empty());
+    if out.is_dir() {
+        return Err(Error::IsDirectory(out.to_owned()));
+    }
+    if out.symlink_metadata().is_ok() {
+        return Err(Error::Exists(out.to_owned()));
+    }
+    let partial = partial_path(out);
+    let for_sqlite = db::sqlite_path(&partial);
+    let partial_text = for_sqlite
         .to_str()
         .ok_or_else(|| Error::NotUtf8(out.to_owned()))?;
-    let dir = out.parent().filter(|d| !d.as_os_str().is_empty());
-    // Created here, exclusively, so that no file is ever replaced, and
-    // readable by its owner only, like the database.
-    db::create_owner_only(out).map_err(|e| match (e.kind(), dir) {
-        _ if out.is_dir() => Error::IsDirectory(out.to_owned()),
-        (io::ErrorKind::AlreadyExists, _) => Error::Exists(out.to_owned()),
+    // Created here, exclusively, and readable by its owner only, like the
+    // database.
+    db::create_owner_only(&partial).map_err(|e| match (e.kind(), dir) {
+        (io::ErrorKind::AlreadyExists, _) => Error::Interrupted(partial.clone()),
         (io::ErrorKind::NotFound, Some(dir)) if !dir.is_dir() => Error::NoDirectory(dir.to_owned()),
         _ => Error::Create(out.to_owned(), e),
     })?;
-    if let Err(e) = db.vacuum_into(out_text) {
-        // The file is ours, and what it holds is not a backup.
-        let _ = std::fs::remove_file(out);
-        return Err(Error::Copy(e));
-    }
 
     let unconfirmed = |why: String| Error::Unconfirmed {
         out: out.to_owned(),
         why,
     };
-    sync(out, dir).map_err(|e| unconfirmed(format!("sync: {e}")))?;
-    let chats = check(out).map_err(unconfirmed)?;
-    let bytes = std::fs::metadata(out)
-        .map_err(|e| unconfirmed(e.to_string()))?
-        .len();
-    Ok(Backup { chats, bytes })
+    let copied = || -> Result<Backup, Error> {
+        db.vacuum_into(partial_text).map_err(Error::Copy)?;
+        // Write access: Windows flushes only a handle that may write.
+        OpenOptions::new()
+            .write(true)
+            .open(&partial)
+            .and_then(|file| file.sync_all())
+            .map_err(|e| unconfirmed(format!("sync: {e}")))?;
+        let chats = check(&partial).map_err(unconfirmed)?;
+        let bytes = std::fs::metadata(&partial)
+            .map_err(|e| unconfirmed(e.to_string()))?
+            .len();
+        give_name(&partial, out).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => Error::Exists(out.to_owned()),
+            _ => Error::Create(out.to_owned(), e),
+        })?;
+        if cfg!(unix) {
+            // The new name, durable.
+            File::open(dir.unwrap_or(Path::new(".")))
+                .and_then(|dir| dir.sync_all())
+                .map_err(|e| unconfirmed(format!("sync of the directory: {e}")))?;
+        }
+        Ok(Backup { chats, bytes })
+    };
+    let result = copied();
+    if result.is_err() {
+        // Whatever it holds is not a backup; nor is it anyone else's file.
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
 }
 
-/// Makes the new file, and its name in the directory, durable.
-fn sync(out: &Path, dir: Option<&Path>) -> io::Result<()> {
-    // Write access: Windows flushes only a handle that may write.
-    OpenOptions::new().write(true).open(out)?.sync_all()?;
-    if cfg!(unix) {
-        File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
+/// Where the copy is written until it has been checked: `OUT.partial`.
+fn partial_path(out: &Path) -> PathBuf {
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    PathBuf::from(partial)
+}
+
+/// Gives the checked copy its name, never replacing a file that took that
+/// name meanwhile: a hard link fails if the name exists. Where there are
+/// no hard links (FAT on a USB stick, some network file systems), a rename,
+/// after one more look.
+fn give_name(partial: &Path, out: &Path) -> io::Result<()> {
+    match std::fs::hard_link(partial, out) {
+        Ok(()) => std::fs::remove_file(partial),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) if out.symlink_metadata().is_err() => std::fs::rename(partial, out),
+        Err(_) => Err(io::ErrorKind::AlreadyExists.into()),
     }
-    Ok(())
 }
 
 /// Reads the copy back, without changing it, with `doctor`'s integrity and

@@ -165,3 +165,78 @@ fn names_that_look_like_uris_are_plain_file_names() {
     let copy = rusqlite::Connection::open(dir.path().join("file:y.db")).unwrap();
     assert_eq!(column::<String>(&copy, "SELECT id FROM users"), ["alice"]);
 }
+
+/// A backup killed halfway leaves `OUT.partial`, never `OUT`: before, it
+/// left `OUT` with a hot journal, which SQLite rolled back on the next open
+/// to an empty database, a file named like a backup that restores nothing.
+/// Every kill below leaves either no `OUT` or a whole, checked one.
+#[cfg(unix)]
+#[test]
+fn a_backup_killed_halfway_leaves_no_file_under_the_backups_name() {
+    use std::process::{Command, Stdio};
+
+    let (server, db, _) = start_with_alice_and_bob(&[]);
+    seed_chat(&db, "alice", "bob");
+    // About 30 MB, so that a copy takes long enough to be cut short.
+    server
+        .sql()
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000)
+             INSERT INTO messages (chat_id, actor, message)
+             SELECT (SELECT max(id) FROM chats), 'user', printf('%.200c', 'x') FROM n",
+        )
+        .unwrap();
+    let out = server.dir.path().join("backup.db");
+    let partial = server.dir.path().join("backup.db.partial");
+    let mut cut_short = 0;
+    for delay_ms in [5, 15, 30, 60, 120, 240] {
+        for leftover in [&out, &partial] {
+            let _ = std::fs::remove_file(leftover);
+        }
+        let mut child = Command::new(BIN)
+            .arg("--db")
+            .arg(&server.db_path)
+            .arg("backup")
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let finished = child.wait().unwrap().success();
+        if out.exists() {
+            // Named only once whole and checked.
+            let conn = rusqlite::Connection::open(&out).unwrap();
+            let chats: i64 = conn
+                .query_row("SELECT count(*) FROM chats", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(chats, 1, "killed after {delay_ms} ms");
+            assert_consistent(&conn);
+        } else {
+            assert!(!finished, "it reported success without the file");
+            cut_short += 1;
+        }
+    }
+    assert!(
+        cut_short > 0,
+        "no kill landed during a backup: the test proves nothing"
+    );
+
+    // What the last kill may have left is named, and not overwritten.
+    std::fs::write(&partial, "left by a killed backup").unwrap();
+    let _ = std::fs::remove_file(&out);
+    let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
+    assert_eq!(ran.status.code(), Some(1));
+    assert!(
+        stderr_of(&ran).contains("a backup to this name was interrupted"),
+        "{}",
+        stderr_of(&ran)
+    );
+    assert!(!out.exists());
+    std::fs::remove_file(&partial).unwrap();
+    let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    assert!(!partial.exists(), "the partial file was left");
+}
