@@ -52,6 +52,9 @@ pub enum Error {
     Copy(db::Error),
     /// The copy was written but could not be synced or read back.
     Unconfirmed { out: PathBuf, why: String },
+    /// The copy is whole, checked and named, but its name may not survive
+    /// a power loss: syncing the directory failed.
+    NameNotSynced { out: PathBuf, e: io::Error },
 }
 
 impl fmt::Display for Error {
@@ -91,6 +94,12 @@ impl fmt::Display for Error {
             Error::Unconfirmed { out, why } => write!(
                 f,
                 "the copy for {} was written but did not check out ({why}), so it was not kept",
+                out.display()
+            ),
+            Error::NameNotSynced { out, e } => write!(
+                f,
+                "{} is written and checked, but syncing its directory failed ({e}): \
+                 after a power loss it may be gone",
                 out.display()
             ),
         }
@@ -147,7 +156,10 @@ pub fn back_up(db: &Database, out: &Path) -> Result<Backup, Error> {
             // The new name, durable.
             File::open(dir.unwrap_or(Path::new(".")))
                 .and_then(|dir| dir.sync_all())
-                .map_err(|e| unconfirmed(format!("sync of the directory: {e}")))?;
+                .map_err(|e| Error::NameNotSynced {
+                    out: out.to_owned(),
+                    e,
+                })?;
         }
         Ok(Backup { chats, bytes })
     };
