@@ -539,8 +539,13 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             print_result(&format!("{id}\n"))
         }
         Some(Command::Doctor) => {
-            let db = open_existing()?;
-            let report = doctor::examine(&db).map_err(db_error)?;
+            let report = if db::is_rollback_journal_file(&cli.db) {
+                // A backup: opened as the other commands do, it would become
+                // a WAL database, and a read-only one could not be opened.
+                doctor::examine_copy(&cli.db).map_err(db_error)?
+            } else {
+                doctor::examine(&open_existing()?).map_err(db_error)?
+            };
             let mut text = format!("{:<13}{}\n", "database", cli.db.display());
             for (topic, finding) in &report.facts {
                 let _ = writeln!(text, "{topic:<13}{finding}");

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use parking_lot::{FairMutex, FairMutexGuard};
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use scheduled_thread_pool::ScheduledThreadPool;
 
 use crate::group_commit::GroupCommit;
@@ -116,6 +116,8 @@ pub enum Error {
     /// The file is an SQLite database of another application: it has
     /// tables, but not ours with a schema version. It is left as it was.
     Foreign,
+    /// The file, opened only to be read, holds no tables at all.
+    NoSchema,
     /// The file was written by a newer neptun-local whose schema we do not know.
     SchemaTooNew { found: i64 },
     /// This user may not read or write the file, or create SQLite's files
@@ -151,6 +153,9 @@ impl fmt::Display for Error {
                 "this SQLite database is not a neptun-local one (it has tables, but not \
                  neptun-local's); it was left as it was: choose another --db",
             ),
+            Error::NoSchema => {
+                f.write_str("the file holds no tables: it is not a neptun-local database yet")
+            }
             Error::SchemaTooNew { found } => write!(
                 f,
                 "the database has schema version {found}, but this neptun-local only knows \
@@ -226,6 +231,37 @@ fn configure_connection(
          PRAGMA cache_size = -{CACHE_KIB};",
         durability.pragma_value()
     ))
+}
+
+/// Whether the file at `path` is an SQLite database in rollback-journal
+/// mode, as `backup` writes its copies: bytes 18 and 19 of the header are 1
+/// for a rollback journal and 2 for WAL. Read from the file, because
+/// opening it as the commands do would switch it to WAL.
+pub fn is_rollback_journal_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; 20];
+    File::open(path)
+        .and_then(|mut file| file.read_exact(&mut header))
+        .is_ok_and(|()| header.starts_with(b"SQLite format 3\0") && header[18..20] == [1, 1])
+}
+
+/// Opens the database at `path` read-only, to examine it without changing
+/// a byte (a backup, which may itself be read-only): with the pragmas the
+/// server's connections have, but no migration and no switch to WAL.
+/// Fails as [`Database::open`] does on a file that is not ours or too new.
+pub fn open_read_only(path: &Path) -> Result<Connection> {
+    let mut conn =
+        Connection::open_with_flags(sqlite_path(path), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    configure_connection(
+        &mut conn,
+        Settings::default().busy_timeout,
+        Durability::Full,
+    )?;
+    match ours(&conn)? {
+        Found::Version(SCHEMA_VERSION) => Ok(conn),
+        Found::Version(found) => Err(Error::SchemaTooNew { found }),
+        Found::Empty => Err(Error::NoSchema),
+    }
 }
 
 /// Bytes the WAL file is cut back to when it is reset (see

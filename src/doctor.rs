@@ -1,8 +1,11 @@
 //! `neptun-local doctor`: checks a database file and reports what it finds.
 //!
 //! Read-only apart from what opening always does (WAL mode, migration to the
-//! current schema). Returns the facts to print and the problems that make the
-//! command exit non-zero.
+//! current schema), except for a copy in rollback-journal mode, as `backup`
+//! writes them: that one is opened read-only and left as it is, so that a
+//! backup can be checked, even when it is itself read-only, without being
+//! turned into a WAL database. Returns the facts to print and the problems
+//! that make the command exit non-zero.
 
 use std::path::Path;
 
@@ -24,21 +27,48 @@ pub fn examine(db: &Database) -> db::Result<Report> {
     let mut report = Report::default();
     report.facts.push(("files", file_sizes(db.path())));
     check_access(db.path(), &mut report);
-    db.with_connection(|conn| {
-        check_settings(conn, &mut report)?;
-        count_pages(conn, &mut report)?;
-        count_rows(conn, &mut report)?;
-        check_integrity(conn, &mut report)?;
-        Ok(())
-    })?;
+    db.with_connection(|conn| examine_connection(conn, Journal::MustBeWal, &mut report))?;
     Ok(report)
+}
+
+/// Examines a copy in rollback-journal mode (see [`db::is_rollback_journal_file`])
+/// through a read-only connection, changing nothing in it.
+pub fn examine_copy(path: &Path) -> db::Result<Report> {
+    let conn = db::open_read_only(path)?;
+    let mut report = Report::default();
+    report.facts.push(("files", file_sizes(path)));
+    report.facts.push((
+        "opened",
+        "read-only, and left as it is: a copy in rollback-journal mode, as `backup` writes \
+         them (a server started on it switches it to WAL)"
+            .to_owned(),
+    ));
+    check_access(path, &mut report);
+    examine_connection(&conn, Journal::AsCopied, &mut report)?;
+    Ok(report)
+}
+
+/// What the journal mode should be.
+#[derive(Clone, Copy, PartialEq)]
+enum Journal {
+    /// A database a server uses: WAL, or deletes would wait on readers.
+    MustBeWal,
+    /// A copy: as `VACUUM INTO` wrote it.
+    AsCopied,
+}
+
+fn examine_connection(conn: &Connection, journal: Journal, report: &mut Report) -> db::Result<()> {
+    check_settings(conn, journal, report)?;
+    count_pages(conn, report)?;
+    count_rows(conn, report)?;
+    check_integrity(conn, report)
 }
 
 fn pragma<T: rusqlite::types::FromSql>(conn: &Connection, name: &str) -> rusqlite::Result<T> {
     conn.pragma_query_value(None, name, |r| r.get(0))
 }
 
-fn check_settings(conn: &Connection, report: &mut Report) -> db::Result<()> {
+fn check_settings(conn: &Connection, expected: Journal, report: &mut Report) -> db::Result<()> {
     let version: i64 = pragma(conn, "user_version")?;
     let journal: String = pragma(conn, "journal_mode")?;
     let synchronous: i64 = pragma(conn, "synchronous")?;
@@ -70,7 +100,7 @@ fn check_settings(conn: &Connection, report: &mut Report) -> db::Result<()> {
         }
     };
     problem(
-        !journal.eq_ignore_ascii_case("wal"),
+        expected == Journal::MustBeWal && !journal.eq_ignore_ascii_case("wal"),
         "the database is not in WAL mode",
     );
     problem(

@@ -78,6 +78,27 @@ fn a_backup_taken_while_the_server_deletes_is_whole_and_serves_when_restored() {
     }
     drop(copy);
 
+    // doctor checks the copy as it is, read-only: opened as the other
+    // commands open a file, it became a WAL database (and a read-only
+    // copy could not be checked at all).
+    let before = std::fs::read(&out).unwrap();
+    let doctor = run_cli(&out, &["doctor"], None);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "{report}{}", stderr_of(&doctor));
+    assert!(report.contains("opened       read-only"), "{report}");
+    assert!(
+        std::fs::read(&out).unwrap() == before,
+        "doctor changed the copy"
+    );
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut beside = out.clone().into_os_string();
+        beside.push(suffix);
+        assert!(
+            !std::path::Path::new(&beside).exists(),
+            "doctor left {beside:?}"
+        );
+    }
+
     // Restoring is copying the backup into place; the sessions come with it.
     let restored_dir = tempfile::tempdir().unwrap();
     let restored = restored_dir.path().join("neptun.db");
