@@ -317,36 +317,38 @@ impl Policy {
             .map(String::as_str)
             .filter(|h| !ORDINARY_REQUEST_HEADERS.contains(h))
             .collect();
-        let origin_allowed = self.origin_allowed(origin);
-        let method_allowed = method.trim() == "DELETE";
-        if origin_allowed && (!method_allowed || !unusual.is_empty()) {
+        // No CORS headers at all: the browser blocks the real request.
+        let refused = || Some(ApiError::Forbidden("CORS preflight not allowed").into_response());
+        if !self.origin_allowed(origin) {
+            if is_loopback_origin(origin) {
+                // Most likely a front end in development on another port,
+                // and the first thing its developer meets: say what lets it in.
+                log::warn!(
+                    "refused a CORS preflight from {origin}, an origin not allowed; if that is \
+                     your front end, start the server with --allow-origin {origin}, or call it \
+                     through the front end's dev server proxy (README: \"From a front end in \
+                     development\")",
+                    origin = printable(origin)
+                );
+            }
+            return refused();
+        }
+        let not_accepted = if method.trim() != "DELETE" {
+            Some(format!("method {}", method.trim()))
+        } else if !unusual.is_empty() {
+            Some(format!("request headers {}", unusual.join(", ")))
+        } else {
+            None
+        };
+        if let Some(what) = not_accepted {
             // A front end the operator allowed, whose call the browser will
             // now block with a CORS error: say why, where its developer looks.
-            let why = if method_allowed {
-                format!("request headers {}", unusual.join(", "))
-            } else {
-                format!("method {}", method.trim())
-            };
             log::warn!(
                 "refused a CORS preflight from {}: this server accepts no {}",
                 printable(origin),
-                printable(&why)
+                printable(&what)
             );
-        }
-        if !origin_allowed && is_loopback_origin(origin) {
-            // Most likely a front end in development on another port, and
-            // the first thing its developer meets: say what lets it in.
-            log::warn!(
-                "refused a CORS preflight from {origin}, an origin not allowed; if that is \
-                 your front end, start the server with --allow-origin {origin}, or call it \
-                 through the front end's dev server proxy (README: \"From a front end in \
-                 development\")",
-                origin = printable(origin)
-            );
-        }
-        if !origin_allowed || !method_allowed || !unusual.is_empty() {
-            // No CORS headers at all: the browser blocks the real request.
-            return Some(ApiError::Forbidden("CORS preflight not allowed").into_response());
+            return refused();
         }
         let mut response = Response::empty(204)
             .with_header("Access-Control-Allow-Origin", origin)
