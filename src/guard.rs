@@ -193,16 +193,21 @@ impl Policy {
         Ok(())
     }
 
-    /// Refuses a request whose `Host` is missing (on HTTP/1.1), repeated, or
-    /// not on the allowlist.
+    /// Refuses a request whose `Host` is missing (on HTTP/1.1) or repeated,
+    /// or whose host is not on the allowlist. The host is that of an
+    /// absolute-form target if there is one: RFC 9112 §3.2.2 has the server
+    /// ignore `Host` then, though it must still be sent once (§3.2).
     pub fn check_host(&self, request: &Request) -> Result<(), ApiError> {
-        let host = match request.lone_header("Host") {
+        let header = match request.lone_header("Host") {
             Lone::Repeated => return Err(ApiError::BadRequest("Duplicate Host header")),
             Lone::Missing if request.http_version >= (1, 1) => {
                 return Err(ApiError::BadRequest("Missing Host header"));
             }
-            Lone::Missing => return Ok(()), // HTTP/1.0 without Host: not a browser
-            Lone::One(host) => host,
+            Lone::Missing => None,
+            Lone::One(host) => Some(host),
+        };
+        let Some(host) = request.split_target()?.0.or(header) else {
+            return Ok(()); // HTTP/1.0 without Host: not a browser
         };
         if self.host_allowed(host) {
             Ok(())
@@ -244,12 +249,17 @@ impl Policy {
     /// from the URL it requests, so a page can send this pair only to a
     /// server at its own origin: us, or a proxy there that forwards to us.
     /// Go, Django and Rails check Origin against Host the same way. Without
-    /// a Host allowlist, Host proves nothing.
+    /// a Host allowlist, Host proves nothing. An absolute-form target's host
+    /// stands in for `Host`, as in `check_host`.
     fn is_host_origin(&self, origin: &str, request: &Request) -> bool {
-        let host = match request.lone_header("Host") {
-            Lone::One(host) if self.hosts.is_some() && self.host_allowed(host) => host.trim(),
+        let host = match (request.split_target(), request.lone_header("Host")) {
+            (Ok((Some(authority), _)), _) => authority,
+            (Ok((None, _)), Lone::One(host)) => host.trim(),
             _ => return false,
         };
+        if self.hosts.is_none() || !self.host_allowed(host) {
+            return false;
+        }
         origin.split_once("://").is_some_and(|(scheme, rest)| {
             (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
                 && rest.eq_ignore_ascii_case(host)
@@ -787,6 +797,19 @@ mod tests {
             &[("Host", "evil.example"), ("Origin", "http://evil.example")],
         );
         assert!(open.check_origin(&rebound).is_err());
+        // An absolute-form target's host stands in for Host.
+        let absolute = |target: &str, host: &str, origin: &str| {
+            p.check_origin(&Request::new(
+                "DELETE",
+                target,
+                &[("Host", host), ("Origin", origin)],
+            ))
+        };
+        let page = "http://localhost:5173";
+        assert!(absolute("http://localhost:5173/x", "localhost:7150", page).is_ok());
+        assert!(absolute("http://localhost:7150/x", "localhost:5173", page).is_err());
+        assert!(absolute("http://evil.example/", "localhost", "http://evil.example").is_err());
+        assert!(absolute("http://u@localhost:5173/", "localhost:5173", page).is_err());
     }
 
     #[test]

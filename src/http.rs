@@ -59,6 +59,44 @@ impl Request {
         }
     }
 
+    /// The request-target as (authority, path with query).
+    ///
+    /// The authority is that of an absolute-form target
+    /// (`http://localhost:7150/api/...`), which a server MUST accept and
+    /// which then names the host in place of `Host` (RFC 9112 §3.2.2).
+    /// Clients send it to proxies, and some send it everywhere. Any other
+    /// target is returned whole, with no authority, for the router to judge.
+    /// Refused with 400: a scheme other than `http` or `https`, a missing
+    /// host, and user information (`http://user@host/`, which RFC 9110
+    /// §4.2.4 says to treat as an error).
+    pub fn split_target(&self) -> Result<(Option<&str>, &str), ApiError> {
+        let target = self.target.as_str();
+        if target.starts_with('/') || target == "*" {
+            return Ok((None, target));
+        }
+        let Some((scheme, rest)) = target.split_once("://") else {
+            return Ok((None, target));
+        };
+        if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+            return Err(ApiError::BadRequest(
+                "Request target must be a path or an http URL",
+            ));
+        }
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
+        if authority.is_empty() {
+            return Err(ApiError::BadRequest("Request target URL has no host"));
+        }
+        if authority.contains('@') {
+            return Err(ApiError::BadRequest(
+                "Request target URL must not hold user information",
+            ));
+        }
+        // `http://host` and `http://host?q` are for the path `/`.
+        let path = if path.starts_with('/') { path } else { "/" };
+        Ok((Some(authority), path))
+    }
+
     /// The path part of the target, without the query: safe to log (it never
     /// holds a cookie).
     pub fn path(&self) -> &str {
@@ -252,6 +290,50 @@ impl ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_split_into_the_host_they_name_and_their_path() {
+        let split = |target: &str| {
+            let request = Request::new("DELETE", target, &[]);
+            request
+                .split_target()
+                .map(|(a, p)| (a.map(str::to_owned), p.to_owned()))
+                .map_err(|e| e.message())
+        };
+        let ok = |authority: Option<&str>, path: &str| {
+            Ok((authority.map(str::to_owned), path.to_owned()))
+        };
+        assert_eq!(split("/api/x?q"), ok(None, "/api/x?q"));
+        assert_eq!(split("*"), ok(None, "*"));
+        assert_eq!(split("api/x"), ok(None, "api/x"));
+        assert_eq!(
+            split("http://localhost:7150/api/x?q"),
+            ok(Some("localhost:7150"), "/api/x?q")
+        );
+        assert_eq!(split("HTTPS://[::1]/"), ok(Some("[::1]"), "/"));
+        assert_eq!(split("http://localhost"), ok(Some("localhost"), "/"));
+        assert_eq!(split("http://localhost?a=/b"), ok(Some("localhost"), "/"));
+        assert_eq!(split("http://localhost#/api/x"), ok(Some("localhost"), "/"));
+        assert_eq!(
+            split("http:///api/x"),
+            Err("Request target URL has no host")
+        );
+        assert_eq!(
+            split("http://user:pw@localhost/api/x"),
+            Err("Request target URL must not hold user information")
+        );
+        for other in [
+            "ftp://localhost/api/x",
+            "://localhost/",
+            "file:///etc/passwd",
+        ] {
+            assert_eq!(
+                split(other),
+                Err("Request target must be a path or an http URL"),
+                "{other}"
+            );
+        }
+    }
 
     #[test]
     fn errors_render_the_contract_shape() {

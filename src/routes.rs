@@ -28,6 +28,8 @@ pub struct App {
 
 /// The methods the delete-chat route answers.
 const CHAT_ROUTE_ALLOW: &str = "DELETE, OPTIONS";
+/// The methods some route answers.
+const SERVER_ALLOW: &str = "DELETE, GET, HEAD, OPTIONS";
 /// The one method a cross-origin front end may be allowed to use.
 const CORS_METHODS: &str = "DELETE";
 
@@ -45,7 +47,16 @@ fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
     app.policy.check_framing(request)?;
     app.policy.check_host(request)?;
     app.policy.check_origin(request)?;
-    let segments = path_segments(&request.target)?;
+    let (_, target) = request.split_target()?;
+    if target == "*" {
+        // The asterisk-form asks about the server as a whole (RFC 9110
+        // §9.3.7), and only OPTIONS may use it.
+        return match request.method.as_str() {
+            "OPTIONS" => Ok(Response::empty(204).with_header("Allow", SERVER_ALLOW)),
+            _ => Err(ApiError::BadRequest("Only OPTIONS may have the target *")),
+        };
+    }
+    let segments = path_segments(target)?;
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match (request.method.as_str(), segments.as_slice()) {
         ("DELETE", ["api", "users", user_id, "chats", chat_id]) => {
@@ -143,13 +154,14 @@ fn parse_chat_id(text: &str) -> Result<i64, ApiError> {
     text.parse::<i64>().map_err(|_| INVALID)
 }
 
-/// Splits an origin-form request-target into decoded path segments.
+/// Splits an origin-form request-target (an absolute-form one has had its
+/// scheme and host taken off) into decoded path segments.
 ///
 /// The query is ignored and one trailing slash is accepted. Each segment is
 /// percent-decoded exactly once, so `%2F` yields a `/` *inside* a segment, not
 /// a separator. Anything that could make two different targets mean the same
 /// route, or smuggle bytes past a check, is refused with 400: a target that is
-/// not an absolute path (absolute-form, `*`), `.` or `..` segments, malformed
+/// not an absolute path, `.` or `..` segments, malformed
 /// percent-escapes, escapes that are not UTF-8, and control characters.
 /// Empty segments (`//`) are kept and so never match a route.
 fn path_segments(target: &str) -> Result<Vec<String>, ApiError> {

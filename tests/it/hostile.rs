@@ -623,8 +623,6 @@ fn odd_paths_get_a_clear_4xx_and_never_match_by_accident() {
         (format!("/api/users/%2e%2e/chats/{id}"), 400),
         (format!("/api//users/alice/chats/{id}"), 404),
         (format!("//api/users/alice/chats/{id}"), 404),
-        (format!("http://evil/api/users/alice/chats/{id}"), 400),
-        (format!("http://localhost/api/users/alice/chats/{id}"), 400),
         (format!("/api/users/alice%2Fchats/{id}"), 404),
         (format!("/api/users/alice/chats%2F{id}"), 404),
         (format!("/api/users/%C0%AEalice/chats/{id}"), 400),
@@ -634,6 +632,8 @@ fn odd_paths_get_a_clear_4xx_and_never_match_by_accident() {
         (format!("/api/users/alice/chats/{id}%"), 400),
         (format!("/api/users/alice/chats/{id}#frag"), 400),
         ("*".to_owned(), 400),
+        (format!("api/users/alice/chats/{id}"), 400),
+        (format!("ftp://localhost/api/users/alice/chats/{id}"), 400),
     ];
     let cookie = format!("Cookie: neptun-session={}\r\n", w.token);
     for (target, status) in &cases {
@@ -663,6 +663,94 @@ fn odd_paths_get_a_clear_4xx_and_never_match_by_accident() {
     assert!(
         log.contains(r"DELETE /api/users/alice\x1b[2J/chats/") && log.contains(r"\x00"),
         "{log}"
+    );
+    w.assert_unharmed();
+}
+
+#[test]
+fn absolute_form_targets_are_served_for_the_host_they_name() {
+    let w = World::new(&[]);
+    let port = w.server.addr.port();
+    let path = w.chat_path();
+    let send = |target: &str, host: Option<&str>| {
+        let host = host.map_or(String::new(), |h| format!("Host: {h}\r\n"));
+        let raw = format!(
+            "DELETE {target} HTTP/1.1\r\n{host}Cookie: neptun-session={}\r\nConnection: close\r\n\r\n",
+            w.token
+        );
+        only_response(&w.send(raw.as_bytes())).clone()
+    };
+    // The URL's host is checked in place of Host (RFC 9112 §3.2.2), both ways.
+    let refused = [
+        (
+            format!("http://evil.example{path}"),
+            "localhost",
+            403,
+            "Host not allowed",
+        ),
+        (
+            format!("http://evil.example:{port}{path}"),
+            "localhost",
+            403,
+            "Host not allowed",
+        ),
+        (
+            format!("http://alice@localhost{path}"),
+            "localhost",
+            400,
+            "Request target URL must not hold user information",
+        ),
+        (
+            format!("http://{path}"),
+            "localhost",
+            400,
+            "Request target URL has no host",
+        ),
+        (
+            format!("gopher://localhost{path}"),
+            "localhost",
+            400,
+            "Request target must be a path or an http URL",
+        ),
+    ];
+    for (target, host, status, message) in &refused {
+        let r = send(target, Some(host));
+        let reason = if *status == 403 {
+            "Forbidden"
+        } else {
+            "Bad Request"
+        };
+        assert_eq!(r.assert_error(*status, reason), *message, "{target}");
+    }
+    // Host must still be sent, once (RFC 9112 §3.2).
+    let r = send(&format!("http://localhost{path}"), None);
+    assert_eq!(r.assert_error(400, "Bad Request"), "Missing Host header");
+    w.assert_unharmed();
+
+    // Another chat of alice's is not found through an allowed URL, whatever
+    // the Host says; then hers is deleted, once.
+    let missing = format!("http://LOCALHOST:{port}/api/users/alice/chats/999999?x=1");
+    let r = send(&missing, Some("evil.example"));
+    assert_eq!(r.assert_error(404, "Not Found"), "Chat not found");
+    send(&format!("http://127.0.0.1:{port}{path}"), Some("127.0.0.1")).assert_true();
+    assert_fully_gone(&w.server.sql(), &w.chat);
+    let r = send(&format!("https://localhost{path}"), Some("localhost"));
+    assert_eq!(r.assert_error(404, "Not Found"), "Chat not found");
+    assert_eq!(send("http://localhost", Some("localhost")).status, 404);
+    assert_consistent(&w.server.sql());
+}
+
+#[test]
+fn options_with_the_asterisk_answers_for_the_server() {
+    let w = World::new(&[]);
+    let x = w.send(b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let r = only_response(&x);
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(r.header("Allow"), Some("DELETE, GET, HEAD, OPTIONS"));
+    let x = w.send(b"GET * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        only_response(&x).assert_error(400, "Bad Request"),
+        "Only OPTIONS may have the target *"
     );
     w.assert_unharmed();
 }
