@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use log::LevelFilter;
 
 use crate::auth::{self, Token};
+use rusqlite::Connection;
+
 use crate::db::{self, Database, Durability};
 use crate::{backup, doctor, logging, maintenance};
 
@@ -438,6 +440,17 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         path: cli.db.clone(),
         source,
     };
+    // The listings only read. A copy that `backup` wrote is read as it is,
+    // as `doctor` reads it: opened as the other commands open files, it
+    // would become a WAL database, and a read-only copy could not be read.
+    let list = |query: &dyn Fn(&Connection) -> db::Result<String>| {
+        let text = if db::is_rollback_journal_file(&cli.db) {
+            query(&db::open_read_only(&cli.db).map_err(db_error)?)
+        } else {
+            open_existing()?.with_connection(|conn| query(conn))
+        };
+        print_result(&text.map_err(db_error)?)
+    };
     match cli.command {
         None => serve(&cli.db, &cli.serve, open),
         Some(Command::Serve(ref args)) => serve(&cli.db, args, open),
@@ -468,10 +481,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Some(Command::User(UserCommand::List)) => {
-            let users = open_existing()?
-                .list_users(auth::now_unix())
-                .map_err(db_error)?;
-            print_result(&users_table(&users))
+            list(&|conn| Ok(users_table(&db::listings::users(conn, auth::now_unix())?)))
         }
         Some(Command::Session(SessionCommand::New { ref user_id, ttl })) => {
             let db = open_existing()?;
@@ -511,21 +521,17 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             }
             (None, None) => unreachable!("clap requires a token or --user"),
         },
-        Some(Command::Session(SessionCommand::List { ref user_id })) => {
-            let db = open_existing()?;
-            // Queried first: an unknown user gets the error alone, not a
-            // table header on stdout before it.
-            let sessions = db.list_sessions(user_id).map_err(db_error)?;
-            print_result(&sessions_table(&sessions, auth::now_unix()))
-        }
+        Some(Command::Session(SessionCommand::List { ref user_id })) => list(&|conn| {
+            let sessions = db::listings::sessions(conn, user_id)?;
+            Ok(sessions_table(&sessions, auth::now_unix()))
+        }),
         Some(Command::Session(SessionCommand::Prune)) => {
             let db = open_existing()?;
             let pruned = db.prune_sessions(auth::now_unix()).map_err(db_error)?;
             print_result(&format!("pruned {pruned} expired session(s)\n"))
         }
         Some(Command::Chat(ChatCommand::List { ref user_id })) => {
-            let chats = open_existing()?.list_chats(user_id).map_err(db_error)?;
-            print_result(&chats_table(&chats))
+            list(&|conn| Ok(chats_table(&db::listings::chats(conn, user_id)?)))
         }
         Some(Command::Chat(ChatCommand::Add {
             ref user_id,

@@ -21,13 +21,14 @@ use scheduled_thread_pool::ScheduledThreadPool;
 use crate::group_commit::GroupCommit;
 
 mod access;
+pub mod listings;
 mod rows;
 mod upkeep;
 
+pub use listings::{ChatInfo, SessionInfo, UserInfo};
 pub use rows::{
-    Actor, ChatInfo, NewFile, NewSession, RemovedUser, SessionInfo, UserInfo, insert_chat,
-    insert_file, insert_message, insert_session, insert_share, insert_share_whitelist_entry,
-    insert_user,
+    Actor, NewFile, NewSession, RemovedUser, insert_chat, insert_file, insert_message,
+    insert_session, insert_share, insert_share_whitelist_entry, insert_user,
 };
 pub use upkeep::{Step, Upkeep};
 
@@ -674,49 +675,6 @@ impl Database {
         self.write(|tx| delete_expired_sessions(tx, now))
     }
 
-    /// Every user, by id, with counts of chats and of sessions that have
-    /// not expired at `now`.
-    pub fn list_users(&self, now: i64) -> Result<Vec<UserInfo>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(
-            "SELECT id, name,
-                    (SELECT count(*) FROM chats WHERE user_id = users.id),
-                    (SELECT count(*) FROM sessions
-                     WHERE user_id = users.id AND expires_at > ?1)
-             FROM users ORDER BY id",
-        )?;
-        let rows = stmt.query_map([now], |r| {
-            Ok(UserInfo {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                chats: r.get(2)?,
-                active_sessions: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// The user's sessions, newest first; fails with [`Error::UnknownUser`]
-    /// if there is no such user.
-    pub fn list_sessions(&self, user_id: &str) -> Result<Vec<SessionInfo>> {
-        if !self.user_exists(user_id)? {
-            return Err(Error::UnknownUser(user_id.to_owned()));
-        }
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(
-            "SELECT lower(hex(substr(token_hash, 1, 4))), created_at, expires_at
-             FROM sessions WHERE user_id = ?1 ORDER BY created_at DESC, token_hash",
-        )?;
-        let rows = stmt.query_map([user_id], |r| {
-            Ok(SessionInfo {
-                hash_prefix: r.get(0)?,
-                created_at: r.get(1)?,
-                expires_at: r.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
     /// Removes a user, and with it (`ON DELETE CASCADE`) its sessions, its
     /// place on others' share whitelists and, if `with_chats`, its chats
     /// and all that hangs off them; returns what went with it. Fails with
@@ -760,37 +718,6 @@ impl Database {
             }
             Ok(chat_id)
         })
-    }
-
-    /// The user's chats, oldest first, with their numbers of messages and
-    /// files and whether they are shared. Fails with [`Error::UnknownUser`].
-    pub fn list_chats(&self, user_id: &str) -> Result<Vec<ChatInfo>> {
-        let conn = self.conn()?;
-        // One read transaction, so that the user check and the list agree.
-        let tx = conn.unchecked_transaction()?;
-        if !user_exists(&tx, user_id)? {
-            return Err(Error::UnknownUser(user_id.to_owned()));
-        }
-        let mut stmt = tx.prepare(
-            "SELECT id, name, model, updated_at,
-                    (SELECT count(*) FROM messages WHERE chat_id = chats.id),
-                    (SELECT count(*) FROM chat_files WHERE chat_id = chats.id),
-                    EXISTS (SELECT 1 FROM chat_shares WHERE chat_id = chats.id)
-             FROM chats WHERE user_id = ?1 ORDER BY id",
-        )?;
-        let rows = stmt.query_map([user_id], |r| {
-            Ok(ChatInfo {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                model: r.get(2)?,
-                updated_at: r.get(3)?,
-                messages: r.get(4)?,
-                files: r.get(5)?,
-                shared: r.get(6)?,
-            })
-        })?;
-        let chats = rows.collect::<rusqlite::Result<_>>()?;
-        Ok(chats)
     }
 
     /// Writes the snapshot of one read transaction, live rows only, into a

@@ -1,39 +1,9 @@
-//! Rows to store, and what may be shown of them. The `insert_*` functions
+//! Rows to store. The `insert_*` functions
 //! are the building blocks of the demo data, the CLI, the bench and tests.
 
 use rusqlite::{Connection, ErrorCode, params};
 
 use super::{Error, Result};
-
-/// What may be shown about a stored session: never the token, which is not
-/// stored, and only a short prefix of its hash, to tell sessions apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionInfo {
-    pub hash_prefix: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-}
-
-/// A user, with how many chats and unexpired sessions it has.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserInfo {
-    pub id: String,
-    pub name: Option<String>,
-    pub chats: i64,
-    pub active_sessions: i64,
-}
-
-/// A chat, with how much hangs off it: what `chat list` shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatInfo {
-    pub id: i64,
-    pub name: String,
-    pub model: String,
-    pub messages: i64,
-    pub files: i64,
-    pub shared: bool,
-    pub updated_at: i64,
-}
 
 /// What went with a removed user.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -78,24 +78,35 @@ fn a_backup_taken_while_the_server_deletes_is_whole_and_serves_when_restored() {
     }
     drop(copy);
 
-    // doctor checks the copy as it is, read-only: opened as the other
-    // commands open a file, it became a WAL database (and a read-only
-    // copy could not be checked at all).
+    // doctor and the listings read the copy as it is, read-only: opened as
+    // the other commands open a file, it became a WAL database (and a
+    // read-only copy could not be read at all).
     let before = std::fs::read(&out).unwrap();
     let doctor = run_cli(&out, &["doctor"], None);
     let report = String::from_utf8_lossy(&doctor.stdout);
     assert!(doctor.status.success(), "{report}{}", stderr_of(&doctor));
     assert!(report.contains("opened       read-only"), "{report}");
+    let kept = chats[299].chat.to_string();
+    for (args, shows) in [
+        (&["user", "list"][..], "alice"),
+        (&["chat", "list", "alice"], kept.as_str()),
+        (&["session", "list", "alice"], "active"),
+    ] {
+        let listed = run_cli(&out, args, None);
+        let text = String::from_utf8_lossy(&listed.stdout);
+        assert!(listed.status.success(), "{args:?}: {}", stderr_of(&listed));
+        assert!(text.contains(shows), "{args:?}: {text}");
+    }
     assert!(
         std::fs::read(&out).unwrap() == before,
-        "doctor changed the copy"
+        "reading changed the copy"
     );
     for suffix in ["-wal", "-shm", "-journal"] {
         let mut beside = out.clone().into_os_string();
         beside.push(suffix);
         assert!(
             !std::path::Path::new(&beside).exists(),
-            "doctor left {beside:?}"
+            "reading left {beside:?}"
         );
     }
 

@@ -592,7 +592,9 @@ fn sessions_can_be_listed_without_tokens_and_expired_ones_pruned() {
         String::from_utf8_lossy(&out.stdout),
         "pruned 1 expired session(s)\n"
     );
-    let remaining = db.list_sessions("alice").unwrap();
+    let remaining = db
+        .with_connection(|conn| neptun_local::db::listings::sessions(conn, "alice"))
+        .unwrap();
     assert_eq!(remaining.len(), 1);
     assert_eq!(
         remaining[0].hash_prefix,
