@@ -480,12 +480,7 @@ impl Database {
             configure_connection(&mut conn, settings.busy_timeout, settings.durability)?;
             migrate(&mut conn)
         };
-        set_up().map_err(|e| match e.sqlite_code() {
-            Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly) => {
-                access::problem(path).map_or(e, Error::NoAccess)
-            }
-            _ => e,
-        })?;
+        set_up().map_err(|e| explain_access(path, e))?;
 
         let (busy_timeout, durability) = (settings.busy_timeout, settings.durability);
         let pool_tasks = Arc::new(PoolTasks::new());
@@ -596,11 +591,28 @@ impl Database {
     pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let _turn = take_turn(&self.write_turn);
         let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
+        let value = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })()
+        .map_err(|e| explain_access(&self.path, e))?;
         self.wake_upkeep();
         Ok(value)
+    }
+
+    /// Fails with [`Error::NoAccess`] if SQLite opened the file for reading
+    /// only, as it does without a word when the file or its file system is
+    /// write-protected (a backup restored with `cp`, which keeps its mode
+    /// 0444): a server would start, and then fail every delete.
+    pub fn check_writable(&self) -> Result<()> {
+        if !self.conn()?.is_readonly(rusqlite::MAIN_DB)? {
+            return Ok(());
+        }
+        Err(Error::NoAccess(access::problem(&self.path).unwrap_or_else(
+            || "SQLite could open the file for reading only".to_owned(),
+        )))
     }
 
     /// Returns the id of the user whose session has this token hash, if that
@@ -754,6 +766,18 @@ impl Database {
 fn user_exists(conn: &Connection, id: &str) -> Result<bool> {
     let mut stmt = conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
     Ok(stmt.exists([id])?)
+}
+
+/// Names the missing permission behind SQLite's "unable to open database
+/// file" and "attempt to write a readonly database", which name neither
+/// the file nor the directory (see `access`).
+fn explain_access(path: &Path, e: Error) -> Error {
+    match e.sqlite_code() {
+        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly) => {
+            access::problem(path).map_or(e, Error::NoAccess)
+        }
+        _ => e,
+    }
 }
 
 /// Deletes one chat if it belongs to the user; the cascade takes the rest.

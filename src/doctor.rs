@@ -27,6 +27,12 @@ pub fn examine(db: &Database) -> db::Result<Report> {
     let mut report = Report::default();
     report.facts.push(("files", file_sizes(db.path())));
     check_access(db.path(), &mut report);
+    match db.check_writable() {
+        Err(db::Error::NoAccess(why)) => report
+            .problems
+            .push(format!("{why} (a server would refuse to start on it)")),
+        other => other?,
+    }
     db.with_connection(|conn| examine_connection(conn, Journal::MustBeWal, &mut report))?;
     Ok(report)
 }

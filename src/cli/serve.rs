@@ -38,6 +38,11 @@ pub(super) fn serve(
         pool_size: u32::from(args.workers).min(db::MAX_POOL_SIZE),
         durability: args.synchronous,
     })?;
+    // Refused now rather than with a 500 for every delete.
+    db.check_writable().map_err(|source| Error::Database {
+        path: db_path.to_owned(),
+        source,
+    })?;
     if args.synchronous == Durability::Normal {
         log::warn!("--synchronous normal: deletes answered just before a power loss may come back");
     }

@@ -193,6 +193,65 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
         "{err}"
     );
 
+    // A write-protected file where SQLite may make its -wal and -shm files
+    // (a 0444 backup restored with cp): SQLite opens it for reading only,
+    // without a word. The listings work; whatever would write is refused,
+    // and the server does not start to answer 500 to every delete.
+    let open_dir = dir.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    set_mode(&open_dir, 0o777);
+    let restored = open_dir.join("restored.db");
+    for args in [
+        &["user", "add", "alice"][..],
+        &["chat", "add", "alice", "Kept"],
+    ] {
+        assert!(run_cli(&restored, args, None).status.success());
+    }
+    set_mode(&restored, 0o444);
+    let cannot_write = "permission denied: this user cannot read and write the file";
+    let mut command = std::process::Command::new(BIN);
+    command
+        .arg("--db")
+        .arg(&restored)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if as_root {
+        command.uid(65534).gid(65534);
+    }
+    let mut server = command.spawn().unwrap();
+    let status = wait_with_deadline(&mut server);
+    let output = server.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(output.stdout.is_empty(), "it listened");
+    assert!(
+        stderr_of(&output).contains(cannot_write),
+        "{}",
+        stderr_of(&output)
+    );
+    for args in [
+        &["chat", "add", "alice", "New"][..],
+        &["session", "new", "alice"],
+    ] {
+        let (code, err) = run(&restored, args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(cannot_write), "{args:?}: {err}");
+    }
+    let (code, err) = run(&restored, &["chat", "list", "alice"]);
+    assert_eq!(code, Some(0), "{err}");
+    let mut command = std::process::Command::new(BIN);
+    command.arg("--db").arg(&restored).arg("doctor");
+    if as_root {
+        command.uid(65534).gid(65534);
+    }
+    let doctor = command.output().unwrap();
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(&format!("PROBLEM      {cannot_write}")),
+        "{report}"
+    );
+
     // A -wal file left by another user (run once with sudo, say).
     let wal_left = dir.path().join("wal-left.db");
     assert!(
