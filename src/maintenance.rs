@@ -120,6 +120,7 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
     // blocked or failed pass.
     let mut retry_soon = true;
     let mut last_truncation = Instant::now();
+    let mut failures = Failures::default();
     loop {
         if stop.load(Ordering::SeqCst) {
             final_pass(db, upkeep, pacing);
@@ -154,6 +155,9 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
             retry_soon = match pass(db, upkeep, pacing, &work) {
                 Ok(outcome) => {
                     log::debug!("upkeep pass ({work:?}): {outcome:?}");
+                    if let Some(line) = failures.ended(Instant::now()) {
+                        log::info!("{line}");
+                    }
                     if outcome.truncated {
                         last_truncation = Instant::now();
                     }
@@ -162,7 +166,9 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
                 Err(e) => {
                     // A full or read-only disk, say: keep retrying, more
                     // slowly, so the work gets done when the fault goes away.
-                    log::error!("database upkeep failed (will retry): {e}");
+                    if let Some(line) = failures.failed(Instant::now(), &e.to_string()) {
+                        log::error!("{line}");
+                    }
                     db.wait_for_writes(ERROR_BACKOFF);
                     true
                 }
@@ -173,6 +179,56 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
 
 /// How long to wait after a failed pass before the next try.
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How often a failure that goes on is logged again. Retried every second,
+/// a full disk left overnight would otherwise write 40,000 lines.
+const REPEAT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Upkeep failures since the last pass that worked: which of them to log.
+#[derive(Default)]
+struct Failures {
+    /// When they began, and when one was last logged and what it said.
+    since: Option<Instant>,
+    last_logged: Option<(Instant, String)>,
+    unlogged: u32,
+}
+
+impl Failures {
+    /// The line to log for a failure at `now`, if any: the first, one with
+    /// a new cause, and one a minute after the last logged.
+    fn failed(&mut self, now: Instant, cause: &str) -> Option<String> {
+        let since = *self.since.get_or_insert(now);
+        let due = self.last_logged.as_ref().is_none_or(|(at, said)| {
+            said != cause || now.duration_since(*at) >= REPEAT_FAILURE_LOG_EVERY
+        });
+        if !due {
+            self.unlogged += 1;
+            return None;
+        }
+        let line = match now.duration_since(since).as_secs() {
+            0 => format!("database upkeep failed (will retry): {cause}"),
+            secs => format!(
+                "database upkeep still failing after {secs} s ({} failure(s) not logged; \
+                 will retry): {cause}",
+                self.unlogged
+            ),
+        };
+        self.last_logged = Some((now, cause.to_owned()));
+        self.unlogged = 0;
+        Some(line)
+    }
+
+    /// The line to log for a pass that worked at `now`, if passes failed
+    /// before it.
+    fn ended(&mut self, now: Instant) -> Option<String> {
+        let since = self.since.take()?;
+        *self = Failures::default();
+        Some(format!(
+            "database upkeep works again, after {} s of failures",
+            now.duration_since(since).as_secs()
+        ))
+    }
+}
 
 /// Which parts of a pass to run.
 #[derive(Debug)]
@@ -271,7 +327,7 @@ fn final_pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing) {
             }
         }
     }
-    log::warn!("could not checkpoint the WAL before exiting; the next start will");
+    log::warn!("could not checkpoint the WAL before exiting; the next start will do it");
 }
 
 /// Does at once what the server's upkeep does after its own commits: the
@@ -308,6 +364,42 @@ fn prune(upkeep: &Upkeep) {
 mod tests {
     use super::*;
     use crate::db::{self, Actor, Settings};
+
+    #[test]
+    fn a_failure_that_goes_on_is_logged_once_a_minute_and_its_end_once() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut failures = Failures::default();
+        assert_eq!(failures.ended(at(0)), None);
+        assert_eq!(
+            failures.failed(at(0), "disk full").as_deref(),
+            Some("database upkeep failed (will retry): disk full")
+        );
+        for secs in 1..60 {
+            assert_eq!(failures.failed(at(secs), "disk full"), None, "{secs} s");
+        }
+        assert_eq!(
+            failures.failed(at(60), "disk full").as_deref(),
+            Some(
+                "database upkeep still failing after 60 s (59 failure(s) not logged; \
+                 will retry): disk full"
+            )
+        );
+        // A new cause is logged at once.
+        let line = failures.failed(at(61), "readonly database").unwrap();
+        assert!(line.starts_with("database upkeep still failing after 61 s (0 failure"));
+        assert_eq!(failures.failed(at(62), "readonly database"), None);
+        assert_eq!(
+            failures.ended(at(70)).as_deref(),
+            Some("database upkeep works again, after 70 s of failures")
+        );
+        assert_eq!(failures.ended(at(71)), None);
+        // The next failure is a first one again.
+        assert_eq!(
+            failures.failed(at(80), "disk full").as_deref(),
+            Some("database upkeep failed (will retry): disk full")
+        );
+    }
 
     /// Giving back a deleted chat's space moves the pages of what comes
     /// after it, and writes each one to the WAL again. Without restarts the
