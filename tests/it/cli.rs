@@ -167,13 +167,16 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     };
     // Root may do anything, so as root the commands run as nobody.
     let as_root = unsafe { libc::geteuid() } == 0;
-    let run = |db: &Path, args: &[&str]| {
+    let command = |db: &Path, args: &[&str]| {
         let mut command = std::process::Command::new(BIN);
         command.arg("--db").arg(db).args(args);
         if as_root {
             command.uid(65534).gid(65534);
         }
-        let out = command.output().unwrap();
+        command
+    };
+    let run = |db: &Path, args: &[&str]| {
+        let out = command(db, args).output().unwrap();
         (out.status.code(), stderr_of(&out))
     };
     let dir = tempfile::tempdir().unwrap();
@@ -209,17 +212,11 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     }
     set_mode(&restored, 0o444);
     let cannot_write = "permission denied: this user cannot read and write the file";
-    let mut command = std::process::Command::new(BIN);
-    command
-        .arg("--db")
-        .arg(&restored)
-        .args(["serve", "--addr", "127.0.0.1:0"])
+    let mut server = command(&restored, &["serve", "--addr", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    if as_root {
-        command.uid(65534).gid(65534);
-    }
-    let mut server = command.spawn().unwrap();
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let status = wait_with_deadline(&mut server);
     let output = server.wait_with_output().unwrap();
     assert_eq!(status.code(), Some(1));
@@ -239,12 +236,7 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     }
     let (code, err) = run(&restored, &["chat", "list", "alice"]);
     assert_eq!(code, Some(0), "{err}");
-    let mut command = std::process::Command::new(BIN);
-    command.arg("--db").arg(&restored).arg("doctor");
-    if as_root {
-        command.uid(65534).gid(65534);
-    }
-    let doctor = command.output().unwrap();
+    let doctor = command(&restored, &["doctor"]).output().unwrap();
     let report = String::from_utf8_lossy(&doctor.stdout);
     assert_eq!(doctor.status.code(), Some(1), "{report}");
     assert!(
