@@ -58,9 +58,18 @@ pub fn problem(path: &Path) -> Option<String> {
     None
 }
 
+/// Outside Unix, only the usual cause is looked for: a file marked
+/// read-only (on Windows, its Read-only attribute, which a copy keeps).
 #[cfg(not(unix))]
-pub fn problem(_path: &Path) -> Option<String> {
-    None
+pub fn problem(path: &Path) -> Option<String> {
+    let read_only = std::fs::metadata(path).is_ok_and(|m| m.permissions().readonly());
+    read_only.then(|| {
+        format!(
+            "the file is marked read-only; clear its Read-only attribute (in its \
+             Properties, or `attrib -r \"{}\"`)",
+            path.display()
+        )
+    })
 }
 
 /// Whether this process may access `path` in `mode` (`access(2)`, which
@@ -86,5 +95,32 @@ fn explain(what: &str, hint: &str, e: &std::io::Error) -> String {
         Some(libc::EACCES) => format!("permission denied: this user cannot {what}; {hint}"),
         Some(libc::EROFS) => format!("cannot {what}: the file system is read-only"),
         _ => format!("cannot {what}: {e}"),
+    }
+}
+
+#[cfg(all(test, not(unix)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_marked_read_only_is_named_with_how_to_clear_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("restored.db");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(problem(&file), None);
+        let set_read_only = |on| {
+            let mut permissions = std::fs::metadata(&file).unwrap().permissions();
+            permissions.set_readonly(on);
+            std::fs::set_permissions(&file, permissions).unwrap();
+        };
+        set_read_only(true);
+        let why = problem(&file);
+        set_read_only(false);
+        let why = why.expect("a read-only file is named");
+        assert!(why.starts_with("the file is marked read-only; clear its Read-only attribute"));
+        assert!(
+            why.contains(&format!("attrib -r \"{}\"", file.display())),
+            "{why}"
+        );
     }
 }
