@@ -282,6 +282,16 @@ const JOURNAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 /// this keeps the server's footprint small with several pooled connections.
 const CACHE_KIB: u32 = 1024;
 
+/// The path that SQLite names the `-wal`, `-shm` and `-journal` files
+/// after: `path` with a symbolic link resolved, as SQLite resolves it. A
+/// `--db` that is a link has those files beside the file it points to.
+pub fn resolved_path(path: &Path) -> Cow<'_, Path> {
+    match path.is_symlink().then(|| std::fs::canonicalize(path)) {
+        Some(Ok(target)) => Cow::Owned(target),
+        _ => Cow::Borrowed(path),
+    }
+}
+
 /// `path` as SQLite must be given it to open that file. This build of SQLite
 /// reads any name that begins with `file:` as a URI (`file:a.db` opens
 /// `a.db`, and `?` starts its parameters), so such a relative path is

@@ -238,6 +238,7 @@ fn check_access(db_path: &Path, report: &mut Report) {
 }
 
 fn file_sizes(db_path: &Path) -> String {
+    let db_path = &*db::resolved_path(db_path);
     let size = |suffix: &str| {
         let mut path = db_path.as_os_str().to_owned();
         path.push(suffix);

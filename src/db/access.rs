@@ -15,6 +15,8 @@ pub fn problem(path: &Path) -> Option<String> {
     use std::ffi::OsString;
     use std::path::PathBuf;
 
+    let path = &*super::resolved_path(path);
+
     // In WAL mode SQLite keeps two more files beside the database, and
     // creates and removes them as it opens and closes it.
     let beside = |suffix| {

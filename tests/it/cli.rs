@@ -294,6 +294,40 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
 /// files SQLite makes beside it) is for its owner only; SQLite alone would
 /// make it readable by every user of the machine. `doctor` flags one that
 /// is not.
+/// SQLite resolves a `--db` that is a symbolic link, and keeps its `-wal`
+/// and `-shm` files beside the file it points to. The log and `doctor` say
+/// where that is, and `doctor` finds those files (it said "absent").
+#[cfg(unix)]
+#[test]
+fn a_database_reached_through_a_link_is_reported_where_its_files_are() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let real = dir.path().join("data").join("real.db");
+    assert!(
+        run_cli(&real, &["user", "add", "alice"], None)
+            .status
+            .success()
+    );
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink("data/real.db", &link).unwrap();
+    let real = std::fs::canonicalize(&real).unwrap();
+    let server = TestServer::start_in(dir, link.clone(), &[]);
+    let token = login(&server.db(), "alice");
+    server
+        .delete("/api/users/alice/chats/1", &token)
+        .assert_error(404, "Not Found");
+    let said = format!("a link to {}", real.display());
+    assert!(server.stderr().contains(&said), "{}", server.stderr());
+
+    let doctor = run_cli(&link, &["doctor"], None);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "{report}{}", stderr_of(&doctor));
+    assert!(report.contains(&said), "{report}");
+    let files = report.lines().find(|l| l.starts_with("files")).unwrap();
+    assert!(!files.contains("absent"), "{files}");
+    assert!(real.with_file_name("real.db-wal").exists());
+}
+
 #[cfg(unix)]
 #[test]
 fn a_new_database_and_its_wal_are_for_their_owner_only() {
