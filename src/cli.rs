@@ -4,7 +4,6 @@
 //! Every option has an environment-variable fallback, so that the server can
 //! be configured the same way from a shell, a service file or a test.
 
-use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::io::{self, BufRead, Write as _};
 use std::path::PathBuf;
@@ -12,10 +11,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use log::LevelFilter;
-
-use crate::auth::{self, Token};
 use rusqlite::Connection;
 
+use crate::auth::{self, Token};
 use crate::db::{self, Database, Durability};
 use crate::{backup, doctor, logging, maintenance};
 
@@ -553,11 +551,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             } else {
                 doctor::examine(&open_existing()?).map_err(db_error)?
             };
-            let mut text = format!("{:<13}{}", "database", cli.db.display());
-            if let Cow::Owned(target) = db::resolved_path(&cli.db) {
-                let _ = write!(text, ", a link to {}", target.display());
-            }
-            text.push('\n');
+            let mut text = format!("{:<13}{}\n", "database", db::describe(&cli.db, &cli.db));
             for (topic, finding) in &report.facts {
                 let _ = writeln!(text, "{topic:<13}{finding}");
             }

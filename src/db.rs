@@ -292,6 +292,15 @@ pub fn resolved_path(path: &Path) -> Cow<'_, Path> {
     }
 }
 
+/// `shown`, the name of `path` for a person, and if `path` is a symbolic
+/// link, the file it points to, where SQLite's other files are.
+pub fn describe(shown: &Path, path: &Path) -> String {
+    match resolved_path(path) {
+        Cow::Owned(target) => format!("{}, a link to {}", shown.display(), target.display()),
+        Cow::Borrowed(_) => shown.display().to_string(),
+    }
+}
+
 /// `path` as SQLite must be given it to open that file. This build of SQLite
 /// reads any name that begins with `file:` as a URI (`file:a.db` opens
 /// `a.db`, and `?` starts its parameters), so such a relative path is

@@ -49,14 +49,7 @@ pub(super) fn serve(
     // In full: a relative --db is relative to the working directory, and
     // "where is my neptun.db?" is the usual question.
     let full_path = std::path::absolute(db_path).unwrap_or_else(|_| db_path.to_owned());
-    match db::resolved_path(db_path) {
-        std::borrow::Cow::Owned(target) => log::info!(
-            "database {}, a link to {}",
-            full_path.display(),
-            target.display()
-        ),
-        std::borrow::Cow::Borrowed(_) => log::info!("database {}", full_path.display()),
-    }
+    log::info!("database {}", db::describe(&full_path, db_path));
 
     match server::raise_open_file_limit() {
         Ok(Some(limit)) => log::debug!("open file limit {limit}"),
