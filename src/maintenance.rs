@@ -187,9 +187,11 @@ const REPEAT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Upkeep failures since the last pass that worked: which of them to log.
 #[derive(Default)]
 struct Failures {
-    /// When they began, and when one was last logged and what it said.
+    /// When the first of them happened.
     since: Option<Instant>,
+    /// When one was last logged, and its cause.
     last_logged: Option<(Instant, String)>,
+    /// How many happened since then and were not logged.
     unlogged: u32,
 }
 

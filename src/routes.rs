@@ -7,7 +7,9 @@
 //!    before anything else (400/403); CORS preflights are answered here too;
 //! 1. the path is decoded strictly and matched exactly (a malformed target is
 //!    400, an unknown path 404, a wrong method 405): this reveals nothing
-//!    about users or chats;
+//!    about users or chats. An absolute-form target
+//!    (`http://localhost:7150/api/...`) has its host checked in step 0 and
+//!    is then routed by its path;
 //! 2. the session is checked before anything about ids, so an unauthenticated
 //!    caller learns nothing about them (401);
 //! 3. the chat id must be a canonical positive integer (400);
