@@ -415,7 +415,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         if cli.db.is_dir() {
             return Err(Error::IsDirectory(cli.db.clone()));
         }
-        let dir = cli.db.parent().filter(|d| !d.as_os_str().is_empty());
+        // Or, for a link, where it leads.
+        let target = db::resolved_path(&cli.db);
+        let dir = target.parent().filter(|d| !d.as_os_str().is_empty());
         if let Some(dir) = dir.filter(|d| !d.exists()) {
             return Err(Error::NoDirectory {
                 path: cli.db.clone(),

@@ -285,18 +285,29 @@ const CACHE_KIB: u32 = 1024;
 /// The path that SQLite names the `-wal`, `-shm` and `-journal` files
 /// after: `path` with a symbolic link resolved, as SQLite resolves it. A
 /// `--db` that is a link has those files beside the file it points to.
+/// The link is followed whether or not its file exists yet: a new
+/// database is created there.
 pub fn resolved_path(path: &Path) -> Cow<'_, Path> {
-    match path.is_symlink().then(|| std::fs::canonicalize(path)) {
-        Some(Ok(target)) => Cow::Owned(target),
-        _ => Cow::Borrowed(path),
+    // Links in turn, up to the limit Linux puts on a path's links.
+    let mut current = Cow::Borrowed(path);
+    for _ in 0..40 {
+        let Ok(next) = std::fs::read_link(&current) else {
+            break;
+        };
+        // A relative link is relative to the directory the link is in.
+        current = Cow::Owned(current.parent().map_or(next.clone(), |dir| dir.join(&next)));
     }
+    current
 }
 
 /// `shown`, the name of `path` for a person, and if `path` is a symbolic
 /// link, the file it points to, where SQLite's other files are.
 pub fn describe(shown: &Path, path: &Path) -> String {
     match resolved_path(path) {
-        Cow::Owned(target) => format!("{}, a link to {}", shown.display(), target.display()),
+        Cow::Owned(target) => {
+            let target = std::path::absolute(&target).unwrap_or(target);
+            format!("{}, a link to {}", shown.display(), target.display())
+        }
         Cow::Borrowed(_) => shown.display().to_string(),
     }
 }
@@ -491,8 +502,9 @@ impl Database {
     pub fn open(path: &Path, settings: &Settings) -> Result<Database> {
         if !path.exists() {
             // SQLite would create it readable by every user of the machine.
-            // If this fails, SQLite's own attempt below reports why.
-            let _ = create_owner_only(path);
+            // If this fails, SQLite's own attempt below reports why. Where
+            // a link leads, as SQLite will follow it.
+            let _ = create_owner_only(&resolved_path(path));
         }
         let set_up = || -> Result<()> {
             let mut conn = Connection::open(sqlite_path(path))?;

@@ -328,6 +328,37 @@ fn a_database_reached_through_a_link_is_reported_where_its_files_are() {
     assert!(real.with_file_name("real.db-wal").exists());
 }
 
+/// A link made before its database: the database is created where it
+/// leads, for its owner only (SQLite made it readable by every user), and
+/// a missing directory there is named.
+#[cfg(unix)]
+#[test]
+fn a_link_to_a_database_not_made_yet_gets_one_for_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink("real.db", &link).unwrap();
+    let added = run_cli(&link, &["user", "add", "alice"], None);
+    assert!(added.status.success(), "{}", stderr_of(&added));
+    let real = dir.path().join("real.db");
+    let mode = std::fs::metadata(&real).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let nowhere = dir.path().join("nowhere.db");
+    std::os::unix::fs::symlink("missing/real.db", &nowhere).unwrap();
+    let refused = run_cli(&nowhere, &["user", "add", "alice"], None);
+    assert_eq!(refused.status.code(), Some(1));
+    let said = format!(
+        "the directory {} does not exist",
+        dir.path().join("missing").display()
+    );
+    assert!(
+        stderr_of(&refused).contains(&said),
+        "{}",
+        stderr_of(&refused)
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn a_new_database_and_its_wal_are_for_their_owner_only() {
