@@ -182,6 +182,7 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     let dir = tempfile::tempdir().unwrap();
     set_mode(dir.path(), 0o755);
 
+    let cannot_write = "permission denied: this user cannot read and write the file";
     let read_only = dir.path().join("read-only.db");
     assert!(
         run_cli(&read_only, &["user", "add", "alice"], None)
@@ -191,10 +192,7 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     set_mode(&read_only, 0o444);
     let (code, err) = run(&read_only, &["doctor"]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains("permission denied: this user cannot read and write the file"),
-        "{err}"
-    );
+    assert!(err.contains(cannot_write), "{err}");
 
     // A write-protected file where SQLite may make its -wal and -shm files
     // (a 0444 backup restored with cp): SQLite opens it for reading only,
@@ -211,7 +209,6 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
         assert!(run_cli(&restored, args, None).status.success());
     }
     set_mode(&restored, 0o444);
-    let cannot_write = "permission denied: this user cannot read and write the file";
     let mut server = command(&restored, &["serve", "--addr", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
