@@ -1,6 +1,8 @@
 //! What the listing commands print: `user list`, `session list` and `chat
 //! list`, as tables. Text that came from elsewhere (ids, names) is shown
-//! with control characters escaped, as in the log.
+//! with control characters escaped, as in the log. A name, free text of any
+//! length, is the last column, as `ls -l` and `ps` put theirs: a long one
+//! then lengthens its own line only, not every line of the table.
 
 use super::table::{self, Align};
 use crate::{db, logging, utc};
@@ -13,18 +15,18 @@ pub(super) fn users_table(users: &[db::UserInfo]) -> String {
         .map(|u| {
             vec![
                 logging::printable(&u.id).into_owned(),
-                logging::printable(u.name.as_deref().unwrap_or("-")).into_owned(),
                 u.chats.to_string(),
                 u.active_sessions.to_string(),
+                logging::printable(u.name.as_deref().unwrap_or("-")).into_owned(),
             ]
         })
         .collect();
     table::render(
         &[
             ("id", Align::Left),
-            ("name", Align::Left),
             ("chats", Align::Right),
             ("active sessions", Align::Right),
+            ("name", Align::Left),
         ],
         &rows,
     )
@@ -67,24 +69,24 @@ pub(super) fn chats_table(chats: &[db::ChatInfo]) -> String {
         .map(|c| {
             vec![
                 c.id.to_string(),
-                logging::printable(&c.name).into_owned(),
                 logging::printable(&c.model).into_owned(),
                 c.messages.to_string(),
                 c.files.to_string(),
                 if c.shared { "yes" } else { "no" }.to_owned(),
                 utc::date_time(c.updated_at),
+                logging::printable(&c.name).into_owned(),
             ]
         })
         .collect();
     table::render(
         &[
             ("id", Align::Right),
-            ("name", Align::Left),
             ("model", Align::Left),
             ("messages", Align::Right),
             ("files", Align::Right),
             ("shared", Align::Left),
             ("updated (UTC)", Align::Left),
+            ("name", Align::Left),
         ],
         &rows,
     )
@@ -108,9 +110,36 @@ mod tests {
         ]);
         assert_eq!(
             table,
-            "id         name           chats  active sessions\n\
-             alice      Alice Liddell     12                1\n\
-             b\\x1b[2Jb  -                  0                0\n"
+            "id         chats  active sessions  name\n\
+             alice         12                1  Alice Liddell\n\
+             b\\x1b[2Jb      0                0  -\n"
+        );
+    }
+
+    #[test]
+    fn a_long_chat_name_lengthens_only_its_own_line() {
+        let chat = |id, name: &str| db::ChatInfo {
+            id,
+            name: name.to_owned(),
+            model: "gpt-4o".to_owned(),
+            messages: 3,
+            files: 0,
+            shared: false,
+            updated_at: 0,
+        };
+        let long = "a chat named after its whole first question, ".repeat(20);
+        let table = chats_table(&[chat(1, long.trim_end()), chat(2, "Trip")]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "id  model   messages  files  shared  updated (UTC)        name",
+                &format!(
+                    " 1  gpt-4o         3      0  no      1970-01-01 00:00:00  {}",
+                    long.trim_end()
+                ),
+                " 2  gpt-4o         3      0  no      1970-01-01 00:00:00  Trip",
+            ]
         );
     }
 }

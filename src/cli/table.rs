@@ -1,5 +1,11 @@
 //! Plain-text tables for the listing commands: a header line, then a line
 //! per row, each column as wide as its widest cell, two spaces apart.
+//!
+//! Widths are counted in terminal columns, not characters: a chat named in
+//! Japanese, or with an emoji, takes two columns per such character, and
+//! counting characters shifted every column after it.
+
+use unicode_width::UnicodeWidthStr;
 
 /// Where a column's cells sit in its width.
 #[derive(Clone, Copy)]
@@ -18,8 +24,8 @@ pub(super) fn render(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String 
         .map(|(i, (title, _))| {
             rows.iter()
                 .filter_map(|row| row.get(i))
-                .map(|cell| cell.chars().count())
-                .chain([title.chars().count()])
+                .map(|cell| cell.width())
+                .chain([title.width()])
                 .max()
                 .unwrap_or(0)
         })
@@ -30,7 +36,7 @@ pub(super) fn render(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String 
         let mut line = String::new();
         for (i, ((_, align), width)) in columns.iter().zip(&widths).enumerate() {
             let cell = row.get(i).map_or("", String::as_str);
-            let pad = " ".repeat(width.saturating_sub(cell.chars().count()));
+            let pad = " ".repeat(width.saturating_sub(cell.width()));
             if i > 0 {
                 line.push_str("  ");
             }
@@ -70,5 +76,22 @@ mod tests {
              b          3  longer\n"
         );
         assert_eq!(render(&[("id", Align::Left)], &[]), "id\n");
+    }
+
+    #[test]
+    fn wide_characters_take_two_columns() {
+        let rows = vec![
+            vec!["日本語".to_owned(), "1".to_owned()],
+            vec!["trip 🚀".to_owned(), "2".to_owned()],
+            vec!["plain".to_owned(), "3".to_owned()],
+        ];
+        let table = render(&[("name", Align::Left), ("n", Align::Right)], &rows);
+        assert_eq!(
+            table,
+            "name     n\n\
+             日本語   1\n\
+             trip 🚀  2\n\
+             plain    3\n"
+        );
     }
 }
