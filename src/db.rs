@@ -1,14 +1,12 @@
-//! The SQLite store: connection pool, per-connection settings, schema
-//! migration, and one method per query.
+//! The SQLite store: connection pool, per-connection settings, and one
+//! method per query. The schema and its migration are in `schema`, what
+//! concerns the file on disk in `file`.
 //!
 //! Nothing here knows about HTTP. Callers get domain values (`bool`,
 //! `Option<String>`, ids) and an [`Error`] that says whether retrying later
 //! could help ([`Error::Busy`]) or not.
 
-use std::borrow::Cow;
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::Duration;
@@ -21,23 +19,21 @@ use scheduled_thread_pool::ScheduledThreadPool;
 use crate::group_commit::GroupCommit;
 
 mod access;
+mod file;
 pub mod listings;
 mod rows;
+mod schema;
 mod upkeep;
 
+pub use file::{create_owner_only, describe, is_rollback_journal_file, resolved_path, sqlite_path};
 pub use listings::{ChatInfo, SessionInfo, UserInfo};
 pub use rows::{
     Actor, NewFile, NewSession, RemovedUser, insert_chat, insert_file, insert_message,
     insert_session, insert_share, insert_share_whitelist_entry, insert_user,
 };
+pub use schema::SCHEMA_VERSION;
+use schema::{Found, migrate, ours};
 pub use upkeep::{Step, Upkeep};
-
-/// The schema, applied once to a new database file.
-const SCHEMA: &str = include_str!("../schema.sql");
-
-/// The `PRAGMA user_version` that `SCHEMA` produces. Bump it, and teach
-/// `migrate` the step from the previous version, whenever the schema changes.
-pub const SCHEMA_VERSION: i64 = 1;
 
 type Pool = r2d2::Pool<SqliteConnectionManager>;
 type PooledConnection = r2d2::PooledConnection<SqliteConnectionManager>;
@@ -234,18 +230,6 @@ fn configure_connection(
     ))
 }
 
-/// Whether the file at `path` is an SQLite database in rollback-journal
-/// mode, as `backup` writes its copies: bytes 18 and 19 of the header are 1
-/// for a rollback journal and 2 for WAL. Read from the file, because
-/// opening it as the commands do would switch it to WAL.
-pub fn is_rollback_journal_file(path: &Path) -> bool {
-    use std::io::Read;
-    let mut header = [0u8; 20];
-    File::open(path)
-        .and_then(|mut file| file.read_exact(&mut header))
-        .is_ok_and(|()| header.starts_with(b"SQLite format 3\0") && header[18..20] == [1, 1])
-}
-
 /// Opens the database at `path` read-only, to examine it without changing
 /// a byte (a backup, which may itself be read-only): with the pragmas the
 /// server's connections have, but no migration and no switch to WAL.
@@ -281,137 +265,6 @@ const JOURNAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 /// delete touches a handful of pages, and the OS caches the file anyway;
 /// this keeps the server's footprint small with several pooled connections.
 const CACHE_KIB: u32 = 1024;
-
-/// The path that SQLite names the `-wal`, `-shm` and `-journal` files
-/// after: `path` with a symbolic link resolved, as SQLite resolves it. A
-/// `--db` that is a link has those files beside the file it points to.
-/// The link is followed whether or not its file exists yet: a new
-/// database is created there.
-pub fn resolved_path(path: &Path) -> Cow<'_, Path> {
-    // Links in turn, up to the limit Linux puts on a path's links.
-    let mut current = Cow::Borrowed(path);
-    for _ in 0..40 {
-        let Ok(next) = std::fs::read_link(&current) else {
-            break;
-        };
-        // A relative link is relative to the directory the link is in.
-        current = Cow::Owned(current.parent().map_or(next.clone(), |dir| dir.join(&next)));
-    }
-    current
-}
-
-/// `shown`, the name of `path` for a person, and if `path` is a symbolic
-/// link, the file it points to, where SQLite's other files are.
-pub fn describe(shown: &Path, path: &Path) -> String {
-    match resolved_path(path) {
-        Cow::Owned(target) => {
-            let target = std::path::absolute(&target).unwrap_or(target);
-            format!("{}, a link to {}", shown.display(), target.display())
-        }
-        Cow::Borrowed(_) => shown.display().to_string(),
-    }
-}
-
-/// `path` as SQLite must be given it to open that file. This build of SQLite
-/// reads any name that begins with `file:` as a URI (`file:a.db` opens
-/// `a.db`, and `?` starts its parameters), so such a relative path is
-/// written `./file:…`, which SQLite takes as it is.
-pub fn sqlite_path(path: &Path) -> Cow<'_, Path> {
-    let uri_like = path.to_str().is_some_and(|p| p.starts_with("file:"));
-    if uri_like && path.is_relative() {
-        Cow::Owned(Path::new(".").join(path))
-    } else {
-        Cow::Borrowed(path)
-    }
-}
-
-/// Creates an empty file that must not exist yet, readable and writable by
-/// its owner only on Unix (mode 0600): it will hold every chat. SQLite
-/// treats an empty file as a new database, and gives its `-wal` and `-shm`
-/// files the database file's mode.
-pub fn create_owner_only(path: &Path) -> io::Result<File> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)
-}
-
-/// Brings a database file to [`SCHEMA_VERSION`].
-///
-/// Rules: a file with nothing in it is new and gets the whole schema; the
-/// current version is left alone; a newer version is refused; and another
-/// application's database is refused before anything in it changes. The
-/// check and the change run in one IMMEDIATE transaction, so two processes
-/// opening a new file at once cannot both apply the schema.
-fn migrate(conn: &mut Connection) -> Result<()> {
-    let found = ours(conn)?;
-    // auto_vacuum only takes effect before the first table is created, and the
-    // journal mode is stored in the file, so both are set here, once.
-    if found == Found::Empty {
-        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
-    }
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        log::warn!("could not switch the database to WAL mode (it is in {mode} mode)");
-    }
-    match found {
-        // Nothing to write, so no write lock to wait for: a start, or a
-        // command that only reads, goes ahead while another process holds
-        // a long write transaction (an sqlite3 shell), and only the writes
-        // wait for it, as long as --busy-timeout allows.
-        Found::Version(SCHEMA_VERSION) => return Ok(()),
-        Found::Version(found) => return Err(Error::SchemaTooNew { found }),
-        Found::Empty => {}
-    }
-
-    // Looked at again under the write lock: another process may have
-    // created the schema since.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    match ours(&tx)? {
-        Found::Empty => {
-            tx.execute_batch(SCHEMA)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        }
-        Found::Version(SCHEMA_VERSION) => {}
-        Found::Version(found) => return Err(Error::SchemaTooNew { found }),
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-/// What [`ours`] found in a database file.
-#[derive(Debug, PartialEq, Eq)]
-enum Found {
-    /// Nothing at all: a new file.
-    Empty,
-    /// Our tables, at this schema version.
-    Version(i64),
-}
-
-/// Tells a new file and one of ours apart from another application's
-/// SQLite database (which fails with [`Error::Foreign`]): the schema would
-/// clash with its tables, switching it to WAL mode would change it, and a
-/// schema version of its own must not be read as one of ours.
-fn ours(conn: &Connection) -> Result<Found> {
-    let (objects, our_tables): (i64, i64) = conn.query_row(
-        "SELECT count(*),
-                count(*) FILTER (WHERE type = 'table'
-                                   AND name IN ('users', 'sessions', 'chats', 'messages'))
-         FROM sqlite_schema",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    match user_version(conn)? {
-        0 if objects == 0 => Ok(Found::Empty),
-        version if version > 0 && our_tables == 4 => Ok(Found::Version(version)),
-        _ => Err(Error::Foreign),
-    }
-}
-
-fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.pragma_query_value(None, "user_version", |r| r.get(0))
-}
 
 /// A handle to the store. Cheap to clone; clones share one pool.
 #[derive(Clone)]
@@ -822,10 +675,11 @@ fn delete_expired_sessions(conn: &Connection, now: i64) -> Result<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn open_temp() -> (tempfile::TempDir, Database) {
+    /// A new database in a temporary directory, which goes with the first.
+    pub(crate) fn open_temp() -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::open(&dir.path().join("t.db"), &Settings::default()).unwrap();
         (dir, db)
@@ -983,138 +837,6 @@ mod tests {
             }
             std::thread::yield_now();
         }
-    }
-
-    #[test]
-    fn a_relative_name_that_sqlite_would_read_as_a_uri_is_made_plain() {
-        let plain = |p: &str| sqlite_path(Path::new(p)).into_owned();
-        assert_eq!(plain("file:a.db"), Path::new(".").join("file:a.db"));
-        assert_eq!(
-            plain("file:a.db?mode=ro"),
-            Path::new(".").join("file:a.db?mode=ro")
-        );
-        assert_eq!(plain("neptun.db"), Path::new("neptun.db"));
-        assert_eq!(plain("files/a.db"), Path::new("files/a.db"));
-        let absolute = std::env::temp_dir().join("file:a.db");
-        assert_eq!(sqlite_path(&absolute), absolute.as_path());
-    }
-
-    #[test]
-    fn a_new_database_gets_the_schema_version_and_incremental_auto_vacuum() {
-        let (_dir, db) = open_temp();
-        db.with_connection(|c| {
-            assert_eq!(user_version(c)?, SCHEMA_VERSION);
-            let auto_vacuum: i64 = c.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
-            assert_eq!(auto_vacuum, 2, "2 = INCREMENTAL");
-            Ok(())
-        })
-        .unwrap();
-    }
-
-    #[test]
-    fn reopening_keeps_data_and_a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        Database::open(&path, &Settings::default())
-            .unwrap()
-            .add_user("u", None)
-            .unwrap();
-        let db = Database::open(&path, &Settings::default()).unwrap();
-        assert!(db.user_exists("u").unwrap());
-        db.with_connection(|c| Ok(c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)?))
-            .unwrap();
-        drop(db);
-        match Database::open(&path, &Settings::default()) {
-            Err(Error::SchemaTooNew { found }) => assert_eq!(found, SCHEMA_VERSION + 1),
-            other => panic!("expected SchemaTooNew, got {:?}", other.map(|_| ())),
-        }
-    }
-
-    /// A `--db` that names another application's SQLite file by mistake must
-    /// not be changed: before, it was switched to WAL mode, and the schema
-    /// failed on its `users` table with an error quoting all of schema.sql.
-    #[test]
-    fn another_applications_database_is_refused_and_left_as_it_was() {
-        let dir = tempfile::tempdir().unwrap();
-        // Without a schema version, and with one of its own (as Firefox's
-        // places.sqlite has, for one), which is not ours.
-        for (name, version) in [("other.db", 0), ("versioned.db", 70)] {
-            let path = dir.path().join(name);
-            Connection::open(&path)
-                .unwrap()
-                .execute_batch(&format!(
-                    "CREATE TABLE users (id TEXT); INSERT INTO users VALUES ('x');
-                     PRAGMA user_version = {version};"
-                ))
-                .unwrap();
-            let before = std::fs::read(&path).unwrap();
-            match Database::open(&path, &Settings::default()) {
-                Err(Error::Foreign) => {}
-                other => panic!("{name}: expected Foreign, got {:?}", other.map(|_| ())),
-            }
-            assert_eq!(std::fs::read(&path).unwrap(), before, "{name} changed");
-            let journal: String = Connection::open(&path)
-                .unwrap()
-                .pragma_query_value(None, "journal_mode", |r| r.get(0))
-                .unwrap();
-            assert_eq!(journal, "delete", "{name}");
-        }
-
-        // An SQLite file with nothing in it yet is as good as a new one.
-        let empty = dir.path().join("empty.db");
-        Connection::open(&empty)
-            .unwrap()
-            .execute_batch("VACUUM")
-            .unwrap();
-        let db = Database::open(&empty, &Settings::default()).unwrap();
-        let version = db.with_connection(|c| Ok(user_version(c)?)).unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
-    }
-
-    /// Every foreign key's child column must lead some index; otherwise each
-    /// chat delete scans that whole child table.
-    #[test]
-    fn every_foreign_key_child_column_is_indexed() {
-        let (_dir, db) = open_temp();
-        let unindexed = db
-            .with_connection(|c| {
-                let mut stmt = c.prepare(
-                    "SELECT m.name, fk.\"from\"
-                     FROM sqlite_master AS m, pragma_foreign_key_list(m.name) AS fk
-                     WHERE m.type = 'table'
-                       AND NOT EXISTS (
-                         SELECT 1 FROM pragma_index_list(m.name) AS il,
-                                       pragma_index_info(il.name) AS ii
-                         WHERE ii.seqno = 0 AND ii.name = fk.\"from\")
-                       AND NOT EXISTS (
-                         SELECT 1 FROM pragma_table_info(m.name) AS ti
-                         WHERE ti.pk = 1 AND ti.name = fk.\"from\")",
-                )?;
-                let rows = stmt.query_map([], |r| {
-                    Ok(format!(
-                        "{}.{}",
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?
-                    ))
-                })?;
-                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-            })
-            .unwrap();
-        let fk_count: i64 = db
-            .with_connection(|c| {
-                Ok(c.query_row(
-                    "SELECT count(*) FROM sqlite_master AS m, pragma_foreign_key_list(m.name)
-                     WHERE m.type = 'table'",
-                    [],
-                    |r| r.get(0),
-                )?)
-            })
-            .unwrap();
-        assert_eq!(fk_count, 8, "the query must see the schema's foreign keys");
-        assert!(
-            unindexed.is_empty(),
-            "foreign keys without an index: {unindexed:?}"
-        );
     }
 
     #[test]
