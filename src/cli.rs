@@ -279,12 +279,20 @@ impl fmt::Display for Error {
                 f.write_str("no session has that token (already revoked or expired?)")
             }
             Error::Unhealthy(n) => write!(f, "the doctor found {n} problem(s)"),
-            Error::NoDatabase(path) => write!(
-                f,
-                "{}: no database file there (is --db right?); `neptun-local serve` or \
-                 `neptun-local user add` creates one",
-                path.display()
-            ),
+            Error::NoDatabase(path) => {
+                write!(f, "{}: no database file there", path.display())?;
+                // A relative name is looked up in the working directory,
+                // which may not be the one the server ran in: the default,
+                // neptun.db, is one.
+                if path.is_relative() {
+                    if let Ok(dir) = std::env::current_dir() {
+                        write!(f, " (in {}, the working directory)", dir.display())?;
+                    }
+                }
+                f.write_str(
+                    "; is --db right? `neptun-local serve` or `neptun-local user add` creates one",
+                )
+            }
             Error::NoDirectory { path, dir } => write!(
                 f,
                 "{}: the directory {} does not exist; create it first, or choose another --db",

@@ -46,10 +46,12 @@ pub fn problem(path: &Path) -> Option<String> {
         _ => Path::new("."),
     };
     if let Err(e) = access(dir, libc::W_OK | libc::X_OK) {
+        // In full: the working directory may not be where the user thinks
+        // (systemd starts a service in /), and "." would not say.
         let what = format!(
             "create files in {}, where the database and SQLite's -wal and -shm files \
              beside it go",
-            dir.display()
+            std::path::absolute(dir).as_deref().unwrap_or(dir).display()
         );
         return Some(explain(
             &what,

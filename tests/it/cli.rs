@@ -283,8 +283,22 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
         assert_eq!(code, Some(1), "{args:?}: {err}");
         assert!(err.contains(&cannot_create), "{args:?}: {err}");
     }
+    // The default, a name in the working directory, which may not be where
+    // the user thinks (systemd starts a service in /): the directory is
+    // named in full, not as ".".
+    let out = command(Path::new("neptun.db"), &["--demo"])
+        .current_dir(&locked)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains(&format!("{cannot_create}, where")),
+        "{}",
+        stderr_of(&out)
+    );
     set_mode(&locked, 0o755);
     assert!(!locked.join("new.db").exists());
+    assert!(!locked.join("neptun.db").exists());
 }
 
 /// A database holds every chat, so a new one (and the `-wal` and `-shm`
@@ -746,6 +760,21 @@ fn commands_on_existing_data_refuse_a_missing_file_and_create_nothing() {
         let created: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(created.is_empty(), "{args:?} created {created:?}");
     }
+
+    // The default name, run from a directory without it (not the one the
+    // server ran in): the message says which directory was looked in.
+    let out = std::process::Command::new(BIN)
+        .args(["user", "list"])
+        .env_remove("NEPTUN_DB")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let looked_in = format!(
+        "neptun.db: no database file there (in {}, the working directory)",
+        dir.path().display()
+    );
+    assert!(stderr_of(&out).contains(&looked_in), "{}", stderr_of(&out));
 }
 
 /// The demo's curl line from the server's log: the line, its token and its
