@@ -479,11 +479,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 removed.chats, removed.sessions
             ));
             // A running server would clear the deleted rows from the files
-            // only at its next idle pass.
+            // within a second or so, but none may be running.
             match maintenance::erase_now(&db) {
                 Ok(true) => {}
                 Ok(false) => tell(format_args!(
-                    "a reader held the WAL; the server's upkeep will clear it within 30 s"
+                    "a reader held the WAL; a running server clears it once the reader is \
+                     done, or the next start does"
                 )),
                 Err(e) => tell(format_args!("could not checkpoint the WAL now: {e}")),
             }

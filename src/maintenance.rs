@@ -1,6 +1,7 @@
 //! Background upkeep of the database file, off the request path.
 //!
-//! After commits (woken by the store, bursts coalesced), one thread:
+//! After commits (woken by the store for this process's, bursts coalesced;
+//! looking every second while idle for other processes'), one thread:
 //! 1. once enough pages are free and requests have stopped writing, gives
 //!    them back to the file system (`incremental_vacuum`, in small steps,
 //!    stopping as soon as a request writes);
@@ -58,9 +59,10 @@ pub struct Pacing {
     pub truncate_every: Duration,
     /// How often expired sessions are pruned.
     pub prune_every: Duration,
-    /// How often to run a pass without being woken: commits made by other
-    /// processes (the CLI, a second server) do not wake this one.
-    pub idle_pass_every: Duration,
+    /// While idle, how often to look whether another process (a command,
+    /// a second server) committed: its commits do not wake this thread.
+    /// Looking is one read of the WAL index in shared memory.
+    pub look_for_others_every: Duration,
 }
 
 impl Default for Pacing {
@@ -75,7 +77,7 @@ impl Default for Pacing {
             vacuum_pages_per_restart: 1024,
             truncate_every: Duration::from_millis(250),
             prune_every: Duration::from_secs(15 * 60),
-            idle_pass_every: Duration::from_secs(30),
+            look_for_others_every: Duration::from_secs(1),
         }
     }
 }
@@ -115,10 +117,13 @@ impl Maintenance {
 
 fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
     let mut next_prune = Instant::now();
-    // Whether to come back after `retry` rather than `idle_pass_every`: at
-    // start (the last run may have left work), after pruning, and after a
+    // Whether to come back after `retry` rather than `look_for_others_every`:
+    // at start (the last run may have left work), after pruning, and after a
     // blocked or failed pass.
     let mut retry_soon = true;
+    // The data version after the last pass that worked: while it stays,
+    // no other process has committed since (see `Upkeep::data_version`).
+    let mut seen_version = None;
     let mut last_truncation = Instant::now();
     let mut failures = Failures::default();
     loop {
@@ -134,15 +139,20 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
         let wait = if retry_soon {
             pacing.retry
         } else {
-            pacing.idle_pass_every
+            pacing.look_for_others_every
         };
         let mut under_load = false;
         if db.wait_for_writes(wait) {
             // Let the rest of a burst commit first.
             thread::sleep(pacing.coalesce);
             under_load = db.wait_for_writes(Duration::ZERO);
+        } else if !retry_soon
+            && seen_version.is_some()
+            && upkeep.data_version().ok() == seen_version
+        {
+            continue; // idle, and nobody else has committed either
         }
-        // Woken, retrying, or idle for a while: in every case a pass is due.
+        // Woken, retrying, or another process committed: a pass is due.
         if !stop.load(Ordering::SeqCst) {
             let work = if under_load {
                 Work {
@@ -161,6 +171,7 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
                     if outcome.truncated {
                         last_truncation = Instant::now();
                     }
+                    seen_version = upkeep.data_version().ok();
                     !outcome.finished
                 }
                 Err(e) => {
@@ -334,11 +345,11 @@ fn final_pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing) {
 
 /// Does at once what the server's upkeep does after its own commits: the
 /// WAL checkpointed and truncated, free pages given back. For a command
-/// that deletes (`user remove`): the server does not hear of other
-/// processes' commits, and would come to them only at its next idle pass,
-/// up to 30 s later, with the deleted rows still readable in the WAL
-/// meanwhile. Retried for a second while a reader holds old frames;
-/// returns whether it finished.
+/// that deletes (`user remove`): a running server would come to it within
+/// a second or so, but none may run, and the command's own close does not
+/// checkpoint while another connection (an `sqlite3` shell) is open.
+/// Retried for a second while a reader holds old frames; returns whether
+/// it finished.
 pub fn erase_now(db: &Database) -> db::Result<bool> {
     let upkeep = db.upkeep_connection()?;
     let pacing = Pacing::default();
@@ -366,6 +377,48 @@ fn prune(upkeep: &Upkeep) {
 mod tests {
     use super::*;
     use crate::db::{self, Actor, Settings};
+
+    /// What the idle loop relies on: another connection's commit changes
+    /// the upkeep connection's data version, and a whole pass of its own,
+    /// checkpoints, truncation and vacuum included, does not.
+    #[test]
+    fn only_other_connections_change_the_data_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Database::open(&path, &Settings::default()).unwrap();
+        let upkeep = db.upkeep_connection().unwrap();
+        let version = || upkeep.data_version().unwrap();
+        let before = version();
+        assert_eq!(version(), before, "reading it changes nothing");
+
+        db.add_user("u", None).unwrap();
+        let text = "x".repeat(3000);
+        let chat = db
+            .write(|tx| {
+                let chat = db::insert_chat(tx, "u", "chat", "model")?;
+                for _ in 0..2000 {
+                    db::insert_message(tx, chat, Actor::User, &text)?;
+                }
+                Ok(chat)
+            })
+            .unwrap();
+        assert!(db.delete_chat("u", chat).unwrap());
+        let after_commits = version();
+        assert_ne!(after_commits, before, "another connection committed");
+
+        db.wait_for_writes(Duration::ZERO);
+        let outcome = pass(&db, &upkeep, &Pacing::default(), &Work::ALL).unwrap();
+        assert!(outcome.finished, "{outcome:?}");
+        assert_eq!(upkeep.free_pages().unwrap(), 0, "the vacuum ran");
+        assert_eq!(version(), after_commits, "its own pass");
+
+        // Another process: a plain connection, as the commands open one.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute("INSERT INTO users (id) VALUES ('v')", [])
+            .unwrap();
+        assert_ne!(version(), after_commits, "another process committed");
+    }
 
     #[test]
     fn a_failure_that_goes_on_is_logged_once_a_minute_and_its_end_once() {

@@ -114,6 +114,15 @@ impl Upkeep {
         }
     }
 
+    /// A number that changes whenever a connection other than this one
+    /// commits, in this process or another (`PRAGMA data_version`). This
+    /// connection's own steps leave it as it is.
+    pub fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))?)
+    }
+
     /// Returns the number of pages on the freelist (space the file could give back).
     pub fn free_pages(&self) -> Result<i64> {
         Ok(self

@@ -568,9 +568,9 @@ fn user_list_shows_each_user_with_chats_and_active_sessions() {
 }
 
 /// `user remove` takes a user with its sessions and its place on others'
-/// share whitelists, and its chats only when asked to. A running server
-/// does not hear of another process's commit, so the command checkpoints
-/// and truncates the WAL itself: the removed rows are not left in it.
+/// share whitelists, and its chats only when asked to. The command
+/// checkpoints and truncates the WAL itself, since no server may be
+/// running: the removed rows are not left in it.
 #[test]
 fn user_remove_takes_the_user_and_its_chats_only_with_with_chats() {
     let (server, db, alice) = start_with_alice_and_bob(&[]);

@@ -326,6 +326,39 @@ fn seed_big_chat(db: &Database) -> i64 {
     .unwrap()
 }
 
+/// The server hears only of its own commits. A command's (or a second
+/// server's) it finds by looking every second: before, it came to them at
+/// an idle pass every 30 s, and a `chat add` left its pages in the WAL
+/// for that long.
+#[test]
+fn another_processs_commits_leave_the_wal_within_seconds() {
+    let (server, db, _token) = start_with_alice_and_bob(&[]);
+    drop(db);
+    let wal_len = || std::fs::metadata(&database_files(&server.db_path)[1]).map_or(0, |m| m.len());
+    assert!(within(ERASURE_WAIT, || wal_len() == 0).is_some());
+
+    let out = run_cli(
+        &server.db_path,
+        &[
+            "chat",
+            "add",
+            "alice",
+            "From a command",
+            "--messages",
+            "20000",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let left = wal_len();
+    assert!(left > 0, "the command left no WAL to clear");
+    // Looked at every second, then a pass: 3 s for a loaded machine.
+    let took = within(Duration::from_secs(3), || wal_len() == 0);
+    assert!(took.is_some(), "the WAL is still {} bytes", wal_len());
+    eprintln!("{left} bytes of WAL checkpointed and cut in {took:?}");
+    assert_consistent(&server.sql());
+}
+
 #[test]
 fn the_file_shrinks_back_after_a_large_chat_is_deleted() {
     let (server, db, token) = start_with_alice_and_bob(&[]);
