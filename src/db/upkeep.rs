@@ -1,7 +1,7 @@
 //! The upkeep thread's own connection and its steps: WAL checkpoints and
 //! giving free pages back (see `maintenance` for when each runs).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -43,6 +43,9 @@ pub enum Step {
 /// A dedicated connection for background upkeep (see `Database::upkeep_connection`).
 pub struct Upkeep {
     conn: Connection,
+    /// The WAL file, where SQLite keeps it: beside the database file, a
+    /// symbolic link resolved.
+    wal: PathBuf,
     /// The steps that take SQLite's write lock take this process's write
     /// turn first, so that requests wait for them on a mutex, not by polling.
     write_turn: WriteTurn,
@@ -60,7 +63,13 @@ impl Upkeep {
         // Replaces the busy timeout just set with a finer-grained handler
         // that keeps to the same limit.
         conn.busy_handler(Some(upkeep_busy_handler))?;
-        Ok(Upkeep { conn, write_turn })
+        let mut wal = super::resolved_path(path).into_owned().into_os_string();
+        wal.push("-wal");
+        Ok(Upkeep {
+            conn,
+            wal: wal.into(),
+            write_turn,
+        })
     }
 
     /// Copies what it can of the WAL into the database file, without
@@ -114,13 +123,15 @@ impl Upkeep {
         }
     }
 
-    /// A number that changes whenever a connection other than this one
-    /// commits, in this process or another (`PRAGMA data_version`). This
-    /// connection's own steps leave it as it is.
-    pub fn data_version(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .pragma_query_value(None, "data_version", |r| r.get(0))?)
+    /// Whether the WAL file holds anything: a commit not yet checkpointed,
+    /// or old frames not yet cut. A pass that finished leaves it empty, so
+    /// an idle server finds this way what another process committed.
+    ///
+    /// Not `PRAGMA data_version`: another connection's checkpoint changes
+    /// it too, and two servers on one file would wake each other's upkeep
+    /// for good.
+    pub fn wal_has_content(&self) -> bool {
+        std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > 0)
     }
 
     /// Returns the number of pages on the freelist (space the file could give back).

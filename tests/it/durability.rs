@@ -359,6 +359,34 @@ fn another_processs_commits_leave_the_wal_within_seconds() {
     assert_consistent(&server.sql());
 }
 
+/// Two servers on one file, both idle: neither's upkeep may take the
+/// other's pass for a commit, or they would wake each other every second
+/// for good (as with `PRAGMA data_version`, which a checkpoint changes).
+#[test]
+fn two_idle_servers_on_one_file_leave_each_other_alone() {
+    let first = TestServer::start_with(&["--log-level", "debug"]);
+    let second = TestServer::start_in(
+        tempfile::tempdir().unwrap(),
+        first.db_path.clone(),
+        &["--log-level", "debug"],
+    );
+    let passes = |server: &TestServer| server.stderr().matches("upkeep pass").count();
+    // Each makes a pass at start; let them settle.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = (passes(&first), passes(&second));
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!((passes(&first), passes(&second)), before);
+
+    // And either clears what the other's process committed.
+    run_cli(&first.db_path, &["user", "add", "carol"], None);
+    let wal = &database_files(&first.db_path)[1];
+    let took = within(Duration::from_secs(3), || {
+        std::fs::metadata(wal).map_or(0, |m| m.len()) == 0
+    });
+    assert!(took.is_some());
+    assert!(passes(&first) + passes(&second) > before.0 + before.1);
+}
+
 #[test]
 fn the_file_shrinks_back_after_a_large_chat_is_deleted() {
     let (server, db, token) = start_with_alice_and_bob(&[]);
