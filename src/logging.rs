@@ -92,9 +92,11 @@ fn stderr_is_journal() -> bool {
 /// Text a client sent, made safe for a log line: control characters and
 /// backslashes are written as `\xHH` (each byte of their UTF-8), as nginx
 /// does. A raw ESC could otherwise reach the terminal of whoever reads the
-/// log as a command, and a raw line break forge a line.
+/// log as a command, and a raw line break forge a line. So are the Unicode
+/// controls of text direction, which rustc also refuses in source: a
+/// terminal that honours them would show the rest of the line reordered.
 pub fn printable(text: &str) -> Cow<'_, str> {
-    let escaped = |c: char| c.is_control() || c == '\\';
+    let escaped = |c: char| c.is_control() || c == '\\' || is_bidi_control(c);
     if !text.chars().any(escaped) {
         return Cow::Borrowed(text);
     }
@@ -109,6 +111,12 @@ pub fn printable(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// The characters that set or override the direction of text (Unicode's
+/// Bidi_Control property).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Installs the logger. Later calls only change the level.
@@ -131,5 +139,19 @@ mod tests {
         assert_eq!(printable("/a\x1b[2J\0\r\nb"), "/a\\x1b[2J\\x00\\x0d\\x0ab");
         assert_eq!(printable("\\x1b"), "\\x5cx1b", "unambiguous");
         assert_eq!(printable("\u{85}\u{7f}é"), "\\xc2\\x85\\x7fé");
+    }
+
+    #[test]
+    fn controls_of_text_direction_are_escaped() {
+        // A right-to-left override, then an isolate and its end.
+        assert_eq!(
+            printable("chat\u{202E}gnp.exe"),
+            "chat\\xe2\\x80\\xaegnp.exe"
+        );
+        assert_eq!(
+            printable("\u{2067}x\u{2069}\u{200F}"),
+            "\\xe2\\x81\\xa7x\\xe2\\x81\\xa9\\xe2\\x80\\x8f"
+        );
+        assert_eq!(printable("עברית and 日本語"), "עברית and 日本語");
     }
 }
