@@ -60,8 +60,8 @@ pub struct Pacing {
     /// How often expired sessions are pruned.
     pub prune_every: Duration,
     /// While idle, how often to look whether another process (a command,
-    /// a second server) committed: its commits do not wake this thread.
-    /// Looking is one `stat` of the WAL file.
+    /// a second server) left commits in the WAL: its commits do not wake
+    /// this thread. Looking is one `stat` of the WAL file.
     pub look_for_others_every: Duration,
 }
 
@@ -121,6 +121,8 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
     // at start (the last run may have left work), after pruning, and after a
     // blocked or failed pass.
     let mut retry_soon = true;
+    // What the WAL held at the last idle look, if anything.
+    let mut left_in_wal = None;
     let mut last_truncation = Instant::now();
     let mut failures = Failures::default();
     loop {
@@ -143,10 +145,20 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
             // Let the rest of a burst commit first.
             thread::sleep(pacing.coalesce);
             under_load = db.wait_for_writes(Duration::ZERO);
-        } else if !retry_soon && !upkeep.wal_has_content() {
-            continue; // idle, and nobody else has committed either
+        } else if !retry_soon {
+            // Idle. Another process's commits are left for us once it has
+            // stopped writing: the WAL unchanged since the last look. One
+            // that still writes (a busy second server) has upkeep of its
+            // own, which a pass from here, taking SQLite's write lock from
+            // another process, would only get in the way of.
+            let now = upkeep.wal_content();
+            let left = now.is_some() && now == left_in_wal;
+            left_in_wal = now;
+            if !left {
+                continue;
+            }
         }
-        // Woken, retrying, or another process committed: a pass is due.
+        // Woken, retrying, or another process left commits: a pass is due.
         if !stop.load(Ordering::SeqCst) {
             let work = if under_load {
                 Work {
@@ -392,20 +404,23 @@ mod tests {
             })
             .unwrap();
         assert!(db.delete_chat("u", chat).unwrap());
-        assert!(upkeep.wal_has_content());
+        assert!(upkeep.wal_content().is_some());
 
         db.wait_for_writes(Duration::ZERO);
         let outcome = pass(&db, &upkeep, &Pacing::default(), &Work::ALL).unwrap();
         assert!(outcome.finished, "{outcome:?}");
         assert_eq!(upkeep.free_pages().unwrap(), 0, "the vacuum ran");
-        assert!(!upkeep.wal_has_content(), "after its own pass");
+        assert_eq!(upkeep.wal_content(), None, "after its own pass");
 
         // Another process: a plain connection, as the commands open one.
         rusqlite::Connection::open(&path)
             .unwrap()
             .execute("INSERT INTO users (id) VALUES ('v')", [])
             .unwrap();
-        assert!(upkeep.wal_has_content(), "after another process's commit");
+        assert!(
+            upkeep.wal_content().is_some(),
+            "after another process's commit"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! giving free pages back (see `maintenance` for when each runs).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
 
@@ -123,15 +123,23 @@ impl Upkeep {
         }
     }
 
-    /// Whether the WAL file holds anything: a commit not yet checkpointed,
-    /// or old frames not yet cut. A pass that finished leaves it empty, so
-    /// an idle server finds this way what another process committed.
+    /// What the WAL file holds, as its length and the time it was last
+    /// written; `None` if nothing (a commit not yet checkpointed, or old
+    /// frames not yet cut, are something). A pass that finished leaves it
+    /// empty, so an idle server finds this way what another process
+    /// committed, and whether that process still writes.
     ///
     /// Not `PRAGMA data_version`: another connection's checkpoint changes
     /// it too, and two servers on one file would wake each other's upkeep
     /// for good.
-    pub fn wal_has_content(&self) -> bool {
-        std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > 0)
+    pub fn wal_content(&self) -> Option<(u64, SystemTime)> {
+        let meta = std::fs::metadata(&self.wal).ok()?;
+        (meta.len() > 0).then(|| {
+            (
+                meta.len(),
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            )
+        })
     }
 
     /// Returns the number of pages on the freelist (space the file could give back).
