@@ -235,13 +235,7 @@ fn erasure_holds_while_requests_keep_writing() {
     let (server, db, token) = start_with_alice_and_bob(&[]);
     let doomed = seed_marked_chat(&db, "alice", "bob");
     let kept = seed_marked_chat(&db, "alice", "bob");
-    let fillers: Vec<i64> = db
-        .write(|tx| {
-            (0..20_000)
-                .map(|_| db::insert_chat(tx, "alice", "filler", "model"))
-                .collect()
-        })
-        .unwrap();
+    let fillers = seed_empty_chats(&db, 20_000);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let filler_deletes = std::sync::atomic::AtomicUsize::new(0);
 
@@ -326,6 +320,17 @@ fn seed_big_chat(db: &Database) -> i64 {
     .unwrap()
 }
 
+/// `count` chats of alice's with nothing in them, in one transaction: a
+/// steady load's worth of deletes.
+fn seed_empty_chats(db: &Database, count: usize) -> Vec<i64> {
+    db.write(|tx| {
+        (0..count)
+            .map(|_| db::insert_chat(tx, "alice", "filler", "model"))
+            .collect()
+    })
+    .unwrap()
+}
+
 /// The bytes in the WAL file beside `db_path` (0 if there is none).
 fn wal_len(db_path: &Path) -> u64 {
     std::fs::metadata(&database_files(db_path)[1]).map_or(0, |m| m.len())
@@ -405,13 +410,7 @@ fn an_idle_server_leaves_a_busy_ones_wal_to_it() {
     let db = busy.db();
     add_user(&db, "alice");
     let token = login(&db, "alice");
-    let chats: Vec<i64> = db
-        .write(|tx| {
-            (0..20_000)
-                .map(|_| db::insert_chat(tx, "alice", "c", "m"))
-                .collect()
-        })
-        .unwrap();
+    let chats = seed_empty_chats(&db, 20_000);
     drop(db);
     let idle = TestServer::start_in(
         tempfile::tempdir().unwrap(),
