@@ -23,7 +23,7 @@ mod table;
 mod values;
 use listings::{chats_table, sessions_table, users_table};
 use serve::serve;
-use values::{parse_busy_timeout, parse_durability, parse_duration, parse_switch};
+use values::{parse_busy_timeout, parse_durability, parse_switch, parse_ttl};
 
 /// Loopback only: a browser on this machine can reach it, nobody else can.
 /// Not 3000, which front-end dev servers usually take.
@@ -153,7 +153,7 @@ pub enum SessionCommand {
     New {
         user_id: String,
         /// Lifetime, e.g. 7d, 12h, 30m, 90s.
-        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        #[arg(long, default_value = "7d", value_parser = parse_ttl)]
         ttl: Duration,
     },
     /// Revoke the session with this token ("-" reads it from stdin, which

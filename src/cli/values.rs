@@ -32,6 +32,19 @@ pub(super) fn parse_busy_timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+/// A session's lifetime. Expiry times are stored in whole seconds, so a
+/// lifetime with a fraction of a second would be cut: `500ms` would mint a
+/// session that has expired before its token is printed.
+pub(super) fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl.subsec_nanos() != 0 {
+        return Err(format!(
+            "{text:?}: sessions expire on a whole second; use s, m, h or d (at least 1s)"
+        ));
+    }
+    Ok(ttl)
+}
+
 pub(super) fn parse_durability(text: &str) -> Result<Durability, String> {
     match text.to_ascii_lowercase().as_str() {
         "full" => Ok(Durability::Full),
@@ -41,7 +54,7 @@ pub(super) fn parse_durability(text: &str) -> Result<Durability, String> {
 }
 
 /// Parses `<number><unit>` with unit `ms`, `s`, `m`, `h` or `d`; zero is refused.
-pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
@@ -122,5 +135,16 @@ mod tests {
             let error = parse_duration(bad).unwrap_err();
             assert!(error.contains(says), "{bad:?}: {error}");
         }
+    }
+
+    #[test]
+    fn session_lifetimes_are_whole_seconds() {
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_ttl("2000ms"), Ok(Duration::from_secs(2)));
+        for cut in ["1ms", "999ms", "1500ms"] {
+            let error = parse_ttl(cut).unwrap_err();
+            assert!(error.contains("whole second"), "{cut:?}: {error}");
+        }
+        assert!(parse_ttl("0s").unwrap_err().contains("greater than zero"));
     }
 }

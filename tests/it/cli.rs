@@ -53,6 +53,11 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
             "greater than zero",
         ),
         (
+            &["session", "new", "alice", "--ttl", "500ms"],
+            2,
+            "sessions expire on a whole second",
+        ),
+        (
             &["session", "revoke", "--user", "ghost"],
             1,
             "no user with id \"ghost\"",
