@@ -606,11 +606,11 @@ fn write_stdout(text: &str) -> io::Result<()> {
     stdout.flush()
 }
 
-/// A line on stderr for the person who ran the command. If stderr is gone
-/// there is no one to tell, which is no reason to fail (`eprintln!` would
-/// panic).
+/// A line on stderr for the person who ran the command, after the log
+/// lines before it. If stderr is gone there is no one to tell, which is no
+/// reason to fail (`eprintln!` would panic).
 pub fn tell(message: fmt::Arguments) {
-    let _ = writeln!(io::stderr().lock(), "{message}");
+    logging::say(format!("{message}\n"));
 }
 
 fn check_user_id(id: &str) -> Result<(), Error> {

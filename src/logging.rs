@@ -1,4 +1,6 @@
 //! A minimal logger: one line per record on stderr, filtered by level.
+//! The lines are written by a thread of their own, so that a reader of
+//! stderr that stops reading never holds up a request (see `queue`).
 //!
 //! Small enough not to warrant a dependency. Callers are responsible for never
 //! passing secrets (tokens, cookies) into a log record.
@@ -10,17 +12,43 @@
 //! finds the warnings and errors.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io::Write;
 use std::sync::OnceLock;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::utc;
 
+mod queue;
+use queue::Queue;
+
+/// Lines that may wait for stderr's reader; beyond them, lines are dropped.
+/// About 100 bytes each: half a MiB at most.
+const QUEUE_LINES: usize = 4096;
+
+/// How long [`flush`] waits for a reader that has stopped reading.
+const FLUSH_LIMIT: Duration = Duration::from_secs(1);
+
 struct StderrLogger {
     to_journal: bool,
+    /// `None` if its thread could not start: lines are then written
+    /// directly, as they were before there was a queue.
+    queue: Option<Queue>,
+}
+
+impl StderrLogger {
+    fn write(&self, line: String, wait_for_room: bool) {
+        match &self.queue {
+            Some(queue) if wait_for_room => queue.push_waiting(line),
+            Some(queue) => queue.push(line),
+            // One write per line, so lines from different threads never interleave.
+            None => {
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+        }
+    }
 }
 
 impl Log for StderrLogger {
@@ -30,27 +58,31 @@ impl Log for StderrLogger {
 
     fn log(&self, record: &Record) {
         if self.enabled(record.metadata()) {
-            let line = if self.to_journal {
-                format!(
-                    "<{}>{:<5} {}\n",
-                    journal_priority(record.level()),
-                    record.level(),
-                    record.args()
-                )
-            } else {
-                format!(
-                    "{} {:<5} {}\n",
-                    utc::rfc3339_millis(SystemTime::now()),
-                    record.level(),
-                    record.args()
-                )
-            };
-            // One write per line, so lines from different threads never interleave.
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            // Never waits: records come from the request path.
+            self.write(line(self.to_journal, record.level(), record.args()), false);
         }
     }
 
-    fn flush(&self) {}
+    fn flush(&self) {
+        if let Some(queue) = &self.queue {
+            queue.flush(FLUSH_LIMIT);
+        }
+    }
+}
+
+/// A log line: the time in UTC, or for the journal the priority, then the
+/// level and the message.
+fn line(to_journal: bool, level: Level, message: &fmt::Arguments) -> String {
+    if to_journal {
+        format!("<{}>{:<5} {}\n", journal_priority(level), level, message)
+    } else {
+        format!(
+            "{} {:<5} {}\n",
+            utc::rfc3339_millis(SystemTime::now()),
+            level,
+            message
+        )
+    }
 }
 
 /// syslog's priorities, which the journal reads from a line's `<N>` prefix.
@@ -119,14 +151,46 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+static LOGGER: OnceLock<StderrLogger> = OnceLock::new();
+
 /// Installs the logger. Later calls only change the level.
 pub fn init(level: LevelFilter) {
-    static LOGGER: OnceLock<StderrLogger> = OnceLock::new();
-    let logger = LOGGER.get_or_init(|| StderrLogger {
-        to_journal: stderr_is_journal(),
+    let logger = LOGGER.get_or_init(|| {
+        let to_journal = stderr_is_journal();
+        let notice = move |dropped| {
+            line(
+                to_journal,
+                Level::Warn,
+                &format_args!("{dropped} log line(s) dropped: stderr was not read fast enough"),
+            )
+        };
+        StderrLogger {
+            to_journal,
+            queue: Queue::start(std::io::stderr(), QUEUE_LINES, notice).ok(),
+        }
     });
     let _ = log::set_logger(logger);
     log::set_max_level(level);
+}
+
+/// Writes `text` on stderr after the log lines queued before it, whatever
+/// the level: a message for the person who ran the command. It waits for
+/// room in the queue rather than be dropped.
+pub fn say(text: String) {
+    match LOGGER.get() {
+        Some(logger) => logger.write(text, true),
+        None => {
+            let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        }
+    }
+}
+
+/// Waits until what was logged or said so far is written, for a second at
+/// most. The process calls it before it exits.
+pub fn flush() {
+    if let Some(logger) = LOGGER.get() {
+        logger.flush();
+    }
 }
 
 #[cfg(test)]

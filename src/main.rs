@@ -5,11 +5,14 @@ fn main() -> ExitCode {
     // SAFETY: no thread has started yet.
     unsafe { neptun_local::cli::forget_empty_environment_variables() };
     let cli = neptun_local::cli::parse();
-    match neptun_local::cli::run(cli) {
+    let code = match neptun_local::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             neptun_local::cli::tell(format_args!("neptun-local: error: {e}"));
             ExitCode::FAILURE
         }
-    }
+    };
+    // Log lines are written by a thread of their own.
+    neptun_local::logging::flush();
+    code
 }

@@ -455,6 +455,7 @@ pub fn exit_when_a_transport_thread_panics() {
             log::error!(
                 "an HTTP transport thread panicked; exiting because the server cannot recover"
             );
+            crate::logging::flush();
             std::process::exit(70);
         }
     }));

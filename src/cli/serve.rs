@@ -80,7 +80,9 @@ pub(super) fn serve(
     let (watch, gone) = watch_database_file(db_path, server.shutdown_handle(workers))?;
     let upkeep =
         Maintenance::start(db.clone(), maintenance::Pacing::default()).map_err(Error::Io)?;
-    // The one line on stdout: scripts and tests wait for it.
+    // The one line on stdout: scripts and tests wait for it, and may then
+    // read what the start-up logged (or the demo's instructions).
+    crate::logging::flush();
     if let Err(e) = super::write_stdout(&format!("listening on {base_url}\n")) {
         // Whoever waited for it has gone; the server is still wanted.
         log::warn!("could not write the listening line to stdout: {e}");
@@ -206,6 +208,7 @@ fn on_stop_signal(shutdown: ShutdownHandle) -> impl FnMut() + Send + 'static {
             shutdown.shutdown();
         } else {
             log::warn!("second signal: exiting without waiting");
+            crate::logging::flush();
             std::process::exit(130);
         }
     }

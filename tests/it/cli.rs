@@ -1115,6 +1115,96 @@ fn log_lines_start_with_the_time_or_for_the_journal_with_the_priority() {
     );
 }
 
+/// A stderr that no one reads (a parent that piped it and reads only
+/// stdout) held every worker once the pipe was full: after about 700
+/// requests, the server answered nothing more. Now every request is
+/// answered, and each one's log line is either written or counted as
+/// dropped; the count is written once the reader is back, and a stop still
+/// writes its last lines.
+#[test]
+fn a_stderr_that_no_one_reads_holds_up_no_request() {
+    use std::io::{BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::process::{Command, Stdio};
+
+    // Far more lines than a pipe (64 KiB) and the server's queue (4,096
+    // lines) hold together.
+    const REQUESTS: usize = 8_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(["--addr", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("neptun.db"))
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (mut child, addr) = spawn_listening(command);
+    let unread = child.stderr.take().unwrap();
+
+    // Without a cookie: a 401, and a log line, for each.
+    let raw = format!("DELETE /api/users/u/chats/1 HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let connect = || {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        BufReader::new(stream)
+    };
+    let mut connection = connect();
+    for sent in 0..REQUESTS {
+        connection.get_mut().write_all(raw.as_bytes()).unwrap();
+        let answer = read_response(&mut connection)
+            .unwrap_or_else(|e| panic!("request {sent} got no answer: {e}"));
+        assert_eq!(answer.status, 401);
+        if answer.header("Connection") == Some("close") {
+            connection = connect();
+        }
+    }
+
+    // Windows has no stop signal to send: killed, the server leaves its
+    // queued lines unwritten, so only the answers are checked there.
+    #[cfg(not(unix))]
+    {
+        drop(unread);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    #[cfg(unix)]
+    {
+        let reader = std::thread::spawn(move || {
+            let mut log = String::new();
+            BufReader::new(unread).read_to_string(&mut log).unwrap();
+            log
+        });
+        signal(child.id(), libc::SIGTERM);
+        let status = wait_with_deadline(&mut child);
+        let log = reader.join().unwrap();
+        let tail: Vec<&str> = log.lines().rev().take(3).collect();
+        assert!(status.success(), "{status:?}: {tail:?}");
+        assert!(tail[0].ends_with(" INFO  stopped"), "{tail:?}");
+
+        let logged = log.matches(" 401 ").count();
+        let dropped: usize = log
+            .lines()
+            .filter_map(|l| {
+                l.split_once(" WARN  ")?
+                    .1
+                    .strip_suffix(" log line(s) dropped: stderr was not read fast enough")
+            })
+            .map(|n| n.parse::<usize>().unwrap())
+            .sum();
+        assert!(dropped > 0, "the pipe and the queue held it all: {tail:?}");
+        // The line that the stop signal logs may find the queue still full.
+        let others_dropped = usize::from(!log.contains(" INFO  shutting down"));
+        assert_eq!(
+            logged + dropped,
+            REQUESTS + others_dropped,
+            "{logged} logged, {dropped} dropped: {tail:?}"
+        );
+    }
+}
+
 /// A reader that has gone (`neptun-local user list | head -1`) made the
 /// commands panic on their next line: exit 101 and a backtrace, and
 /// `session new` left a session whose token no one had. Now the output

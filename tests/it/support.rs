@@ -121,6 +121,24 @@ impl TestServer {
         std::fs::read_to_string(&self.stderr_path).unwrap()
     }
 
+    /// The server's stderr once it holds every one of `needles`. The server
+    /// writes its log lines from a thread of its own, so a request's line
+    /// may come just after its answer.
+    pub fn log_with(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let log = self.stderr();
+            if needles.iter().all(|needle| log.contains(needle)) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not all of {needles:?} in the log within {IO_TIMEOUT:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
