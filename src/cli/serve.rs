@@ -3,7 +3,7 @@
 //! deleted or replaced under it).
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -145,7 +145,7 @@ fn bind(args: &ServeArgs) -> Result<TcpListener, Error> {
         );
         return Err(bind_error(missing));
     }
-    let addrs: Vec<_> = args.addr.to_socket_addrs().map_err(bind_error)?.collect();
+    let addrs = in_listening_order(args.addr.to_socket_addrs().map_err(bind_error)?);
     if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
         if !args.allow_remote {
             return Err(Error::NotLoopback(remote.to_string()));
@@ -156,6 +156,18 @@ fn bind(args: &ServeArgs) -> Result<TcpListener, Error> {
         );
     }
     TcpListener::bind(&addrs[..]).map_err(bind_error)
+}
+
+/// The addresses a name resolved to, in the order to try binding them.
+/// One listener takes one address. A name such as `localhost` usually
+/// resolves to ::1 first, and bound there alone, the server would refuse
+/// clients of 127.0.0.1 (the default address, and the one README's proxy
+/// setup names). So IPv4 comes first, as Go's `net.Listen` prefers it for
+/// a name; `[::1]:PORT` still binds IPv6.
+fn in_listening_order(resolved: impl Iterator<Item = SocketAddr>) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = resolved.collect();
+    addrs.sort_by_key(SocketAddr::is_ipv6);
+    addrs
 }
 
 /// Under a file-size limit (`ulimit -f`), a write past it sends SIGXFSZ,
@@ -236,4 +248,21 @@ fn print_demo_instructions(base_url: &str, token: &Token, chat_ids: &[i64]) {
          for a front end on localhost, paste this in its browser console (see README, \"From a front end in development\"):\n  \
          document.cookie = \"neptun-session={token}; path=/\""
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_of_both_families_is_bound_on_ipv4_first() {
+        let addr = |text: &str| text.parse::<SocketAddr>().unwrap();
+        let resolved = [addr("[::1]:7150"), addr("127.0.0.1:7150")];
+        assert_eq!(
+            in_listening_order(resolved.into_iter()),
+            [addr("127.0.0.1:7150"), addr("[::1]:7150")]
+        );
+        let only_ipv6 = [addr("[::1]:7150")];
+        assert_eq!(in_listening_order(only_ipv6.into_iter()), only_ipv6);
+    }
 }
