@@ -43,12 +43,14 @@ impl StderrLogger {
         match &self.queue {
             Some(queue) if wait_for_room => queue.push_waiting(line),
             Some(queue) => queue.push(line),
-            // One write per line, so lines from different threads never interleave.
-            None => {
-                let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            }
+            None => write_directly(&line),
         }
     }
+}
+
+/// One write per line, so that lines from different threads never interleave.
+fn write_directly(line: &str) {
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 impl Log for StderrLogger {
@@ -179,9 +181,7 @@ pub fn init(level: LevelFilter) {
 pub fn say(text: String) {
     match LOGGER.get() {
         Some(logger) => logger.write(text, true),
-        None => {
-            let _ = std::io::stderr().lock().write_all(text.as_bytes());
-        }
+        None => write_directly(&text),
     }
 }
 
