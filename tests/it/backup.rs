@@ -10,6 +10,10 @@ use crate::support::*;
 fn a_backup_taken_while_the_server_deletes_is_whole_and_serves_when_restored() {
     let (server, db, token) = start_with_alice_and_bob(&[]);
     let chats: Vec<SeededChat> = (0..300).map(|_| seed_chat(&db, "alice", "bob")).collect();
+    // Bulk, so that the backup takes long enough for deletes to land while
+    // it runs: without it, the backup took 12 ms, and on a loaded machine it
+    // once ended before the deleting thread's second answer.
+    db.add_chat("bob", "bulk", "test-model", 50_000).unwrap();
     let path = |chat: &SeededChat| format!("/api/users/alice/chats/{}", chat.chat);
     // Answered just before the backup starts: their commits may still be
     // only in the WAL, which a copy of the file alone would miss.
