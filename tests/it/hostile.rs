@@ -904,6 +904,65 @@ fn malformed_heads_get_tiny_https_own_bare_answers_and_harm_nothing() {
     w.assert_unharmed();
 }
 
+/// A client that pipelines requests and never reads the answers holds the
+/// worker whose answer cannot be written, while tiny_http reads the rest
+/// of its requests into memory (README, Limits): with one worker, no one
+/// else is answered. Pinned, so that a change of transport shows here.
+/// Once the client goes, the server serves again.
+#[test]
+fn a_pipelining_client_that_never_reads_holds_a_worker_until_it_goes() {
+    use std::time::Instant;
+
+    const REQUESTS: usize = 40_000;
+    let w = World::new(&["--workers", "1"]);
+    let raw = "DELETE /api/users/u/chats/1 HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(REQUESTS);
+    let flood = TcpStream::connect(w.server.addr).unwrap();
+    flood
+        .set_write_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    flood
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let writer = {
+        let mut flood = flood.try_clone().unwrap();
+        std::thread::spawn(move || flood.write_all(raw.as_bytes()))
+    };
+    writer
+        .join()
+        .unwrap()
+        .expect("tiny_http reads every request");
+
+    // The answers stop coming once the socket buffers are full: what waits
+    // unread stays the same, short of all the answers (about 250 bytes
+    // each), and the one worker waits to write the next.
+    let mut unread = vec![0; 16 << 20];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut before = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = flood.peek(&mut unread).unwrap();
+        if now == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the answers keep coming");
+        before = now;
+    }
+    assert!(
+        before < REQUESTS * 200,
+        "every answer was written ({before} bytes wait)"
+    );
+    let probe =
+        "DELETE /api/users/u/chats/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let x = exchange(w.server.addr, probe.as_bytes(), Duration::from_secs(2));
+    assert!(
+        x.responses.is_empty(),
+        "tiny_http changed: a client that never reads no longer holds the worker"
+    );
+
+    drop(flood);
+    w.assert_unharmed();
+}
+
 /// tiny_http has no limits of its own: it reads and stores a head of any
 /// size. What it hands over beyond any real client's gets the status that
 /// says so, and nothing is acted on: the DELETEs carry alice's cookie.
