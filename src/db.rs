@@ -25,7 +25,9 @@ mod rows;
 mod schema;
 mod upkeep;
 
-pub use file::{create_owner_only, describe, is_rollback_journal_file, resolved_path, sqlite_path};
+pub use file::{
+    create_owner_only, describe, is_rollback_journal_file, resolved_path, side_file, sqlite_path,
+};
 pub use listings::{ChatInfo, SessionInfo, UserInfo};
 pub use rows::{
     Actor, NewFile, NewSession, RemovedUser, insert_chat, insert_file, insert_message,

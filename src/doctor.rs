@@ -238,16 +238,13 @@ fn check_access(db_path: &Path, report: &mut Report) {
 }
 
 fn file_sizes(db_path: &Path) -> String {
-    let db_path = &*db::resolved_path(db_path);
-    let size = |suffix: &str| {
-        let mut path = db_path.as_os_str().to_owned();
-        path.push(suffix);
-        std::fs::metadata(&path).map_or("absent".to_owned(), |m| format!("{} bytes", m.len()))
+    let size = |path: &Path| {
+        std::fs::metadata(path).map_or("absent".to_owned(), |m| format!("{} bytes", m.len()))
     };
     format!(
         "db {}, wal {}, shm {}",
-        size(""),
-        size("-wal"),
-        size("-shm")
+        size(db_path),
+        size(&db::side_file(db_path, "-wal")),
+        size(&db::side_file(db_path, "-shm"))
     )
 }

@@ -12,19 +12,12 @@ use std::path::Path;
 /// `None` if nothing does (or, outside Unix, if we cannot tell).
 #[cfg(unix)]
 pub fn problem(path: &Path) -> Option<String> {
-    use std::ffi::OsString;
-    use std::path::PathBuf;
-
     let path = &*super::resolved_path(path);
 
     // In WAL mode SQLite keeps two more files beside the database, and
     // creates and removes them as it opens and closes it.
-    let beside = |suffix| {
-        let mut name = OsString::from(path.as_os_str());
-        name.push(suffix);
-        PathBuf::from(name)
-    };
-    for file in [path.to_owned(), beside("-wal"), beside("-shm")] {
+    let side_file = |suffix| super::side_file(path, suffix);
+    for file in [path.to_owned(), side_file("-wal"), side_file("-shm")] {
         if !file.exists() {
             continue;
         }

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Whether the file at `path` is an SQLite database in rollback-journal
 /// mode, as `backup` writes its copies: bytes 18 and 19 of the header are 1
@@ -35,6 +35,15 @@ pub fn resolved_path(path: &Path) -> Cow<'_, Path> {
         current = Cow::Owned(current.parent().map_or(next.clone(), |dir| dir.join(&next)));
     }
     current
+}
+
+/// The file that SQLite keeps beside the database at `path` in WAL mode,
+/// for `suffix` `-wal` or `-shm`: named after the file a symbolic link
+/// leads to (see [`resolved_path`]).
+pub fn side_file(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = resolved_path(path).into_owned().into_os_string();
+    name.push(suffix);
+    name.into()
 }
 
 /// `shown`, the name of `path` for a person, and if `path` is a symbolic

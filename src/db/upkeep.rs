@@ -63,11 +63,9 @@ impl Upkeep {
         // Replaces the busy timeout just set with a finer-grained handler
         // that keeps to the same limit.
         conn.busy_handler(Some(upkeep_busy_handler))?;
-        let mut wal = super::resolved_path(path).into_owned().into_os_string();
-        wal.push("-wal");
         Ok(Upkeep {
             conn,
-            wal: wal.into(),
+            wal: super::side_file(path, "-wal"),
             write_turn,
         })
     }
