@@ -306,10 +306,6 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     assert!(!locked.join("neptun.db").exists());
 }
 
-/// A database holds every chat, so a new one (and the `-wal` and `-shm`
-/// files SQLite makes beside it) is for its owner only; SQLite alone would
-/// make it readable by every user of the machine. `doctor` flags one that
-/// is not.
 /// SQLite resolves a `--db` that is a symbolic link, and keeps its `-wal`
 /// and `-shm` files beside the file it points to. The log and `doctor` say
 /// where that is, and `doctor` finds those files (it said "absent").
@@ -375,6 +371,10 @@ fn a_link_to_a_database_not_made_yet_gets_one_for_its_owner_only() {
     );
 }
 
+/// A database holds every chat, so a new one (and the `-wal` and `-shm`
+/// files SQLite makes beside it) is for its owner only; SQLite alone would
+/// make it readable by every user of the machine. `doctor` flags one that
+/// is not.
 #[cfg(unix)]
 #[test]
 fn a_new_database_and_its_wal_are_for_their_owner_only() {
@@ -1018,8 +1018,15 @@ fn a_second_signal_exits_at_once_with_130() {
     std::thread::sleep(Duration::from_millis(200));
     signal(server.pid(), libc::SIGINT);
     let started = std::time::Instant::now();
-    let Stopped { status, .. } = server.wait_for_exit();
+    let Stopped { status, dir, .. } = server.wait_for_exit();
     assert_eq!(status.code(), Some(130), "exit status {status:?}");
+    // It says why it did not wait. (The log's thread usually writes the
+    // line before the exit even without the flush that precedes it.)
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(
+        log.contains("WARN  second signal: exiting without waiting"),
+        "{log}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}, not at once",
