@@ -23,6 +23,7 @@ use crate::utc;
 
 mod queue;
 use queue::Queue;
+pub use queue::THREAD_NAME;
 
 /// Lines that may wait for stderr's reader; beyond them, lines are dropped.
 /// About 100 bytes each: half a MiB at most.

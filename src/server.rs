@@ -17,12 +17,12 @@
 //!   with an error instead of staying up as a zombie;
 //! - when the process runs out of file descriptors, the accept thread panics
 //!   instead (`try_clone().unwrap()`), queueing nothing: see
-//!   [`exit_when_a_transport_thread_panics`]; and the soft descriptor limit
+//!   [`log_panics_and_exit_if_the_transport_panics`]; and the soft descriptor limit
 //!   is raised at start-up ([`raise_open_file_limit`]) to make that rarer;
 //! - a connection reset before its accept makes tiny_http's thread for it
 //!   panic at its first request (the peer address it could not take is
 //!   unwrapped): that panic drops only the connection, and the server
-//!   serves on (also in [`exit_when_a_transport_thread_panics`]);
+//!   serves on (also in [`log_panics_and_exit_if_the_transport_panics`]);
 //! - after answering a request whose body it has not read, tiny_http waits
 //!   for that body until the client sends it or closes: such requests are
 //!   answered on a thread of their own (`answer_off_the_worker`), so that
@@ -37,6 +37,7 @@
 //!   time, and the second could take effect first: a connection's requests
 //!   are handled one after another, in order (`InOrder`).
 
+use std::backtrace::{Backtrace, BacktraceStatus};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
@@ -46,7 +47,7 @@ use std::thread;
 use std::time::Instant;
 
 use crate::http::{ApiError, Request, Response};
-use crate::logging::printable;
+use crate::logging::{self, printable};
 
 mod in_order;
 mod keep_alive;
@@ -422,11 +423,20 @@ fn to_tiny_http(response: Response) -> tiny_http::Response<io::Cursor<Vec<u8>>> 
     out
 }
 
-/// Makes a panic on any thread that is not ours (tiny_http's accept and
-/// connection threads, which are unnamed; ours all have names) end the
-/// process with exit code 70 after the usual panic message. A panicked accept
-/// thread takes the listener with it, and a process that stays up without
-/// accepting connections is worse than one that exits for its supervisor.
+/// Logs every panic as one error line, and makes a panic on any thread that
+/// is not ours (tiny_http's accept and connection threads, which are
+/// unnamed; ours all have names) end the process with exit code 70. A
+/// panicked accept thread takes the listener with it, and a process that
+/// stays up without accepting connections is worse than one that exits for
+/// its supervisor.
+///
+/// Rust's own hook writes a panic's message straight to stderr, in lines
+/// of its own: the journal filed them at the default priority, so
+/// `journalctl -p err` showed that the server exited but not why, and with
+/// a stderr that no one reads a worker would wait there. The log writes
+/// the message (and a backtrace, if `RUST_BACKTRACE` asks for one) in an
+/// error line, through its queue. A panic of the log's own thread still
+/// goes to Rust's hook, since the queue it would use is the one it drains.
 ///
 /// Except a panic in tiny_http's `client.rs`, the code of one connection's
 /// thread: it ends that thread and drops that connection, and tiny_http's
@@ -438,27 +448,75 @@ fn to_tiny_http(response: Response) -> tiny_http::Response<io::Cursor<Vec<u8>>> 
 /// stop the server in a few hundred connections. (The accept thread runs
 /// one function of `client.rs`, `ClientConnection::new`, whose one unwrap
 /// is on an iterator that never ends.)
-pub fn exit_when_a_transport_thread_panics() {
+pub fn log_panics_and_exit_if_the_transport_panics() {
     let default_hook = panic::take_hook();
     panic::set_hook(Box::new(move |info| {
-        if thread::current().name().is_some() {
-            default_hook(info);
-        } else if let Some(at) = info.location().filter(|at| in_a_connection_thread(at)) {
-            // Debug: the client's doing, nothing for the operator to act on.
-            log::debug!(
-                "dropped a connection reset before it was accepted (tiny_http's thread \
-                 for it panicked at client.rs:{})",
-                at.line()
-            );
-        } else {
-            default_hook(info);
-            log::error!(
-                "an HTTP transport thread panicked; exiting because the server cannot recover"
-            );
-            crate::logging::flush();
-            std::process::exit(70);
+        let location = info.location();
+        match thread::current().name() {
+            Some(logging::THREAD_NAME) => default_hook(info),
+            Some(name) => {
+                let who = format!("thread '{}'", printable(name));
+                let what = panic_message(&who, location, info.payload());
+                log::error!("{what}{}", backtrace());
+                // The process ends with its main thread, before main()
+                // flushes the log.
+                if name == "main" {
+                    logging::flush();
+                }
+            }
+            None if location.is_some_and(in_a_connection_thread) => {
+                // Debug: the client's doing, nothing for the operator to act on.
+                log::debug!(
+                    "dropped a connection reset before it was accepted (tiny_http's thread \
+                     for it panicked at client.rs:{})",
+                    location.map_or(0, |at| at.line())
+                );
+            }
+            None => {
+                let what = panic_message("an HTTP transport thread", location, info.payload());
+                log::error!(
+                    "{what}; exiting because the server cannot recover{}",
+                    backtrace()
+                );
+                logging::flush();
+                std::process::exit(70);
+            }
         }
     }));
+}
+
+/// `WHO panicked at FILE:LINE:COL: MESSAGE`, as Rust's own hook says it,
+/// but on one line.
+fn panic_message(
+    who: &str,
+    location: Option<&panic::Location>,
+    payload: &(dyn std::any::Any + Send),
+) -> String {
+    let message = match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
+        (Some(text), _) => text,
+        (None, Some(text)) => text.as_str(),
+        (None, None) => "Box<dyn Any>",
+    };
+    let mut out = format!("{who} panicked");
+    if let Some(at) = location {
+        out += &format!(" at {}:{}:{}", printable(at.file()), at.line(), at.column());
+    }
+    // A message can hold what a client sent, and its line breaks would
+    // forge log lines.
+    out += &format!(": {}", printable(message));
+    out
+}
+
+/// The lines of a backtrace, if `RUST_BACKTRACE` asks for one.
+fn backtrace() -> String {
+    let backtrace = Backtrace::capture();
+    match backtrace.status() {
+        BacktraceStatus::Captured => format!("\nstack backtrace:\n{backtrace}"),
+        _ => String::new(),
+    }
 }
 
 /// Whether a panic at `location` is in tiny_http's per-connection code.
@@ -470,6 +528,28 @@ fn in_a_connection_thread(location: &panic::Location) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_is_told_on_one_line_with_where_and_what() {
+        let at = panic::Location::caller();
+        let place = format!("{}:{}:{}", at.file(), at.line(), at.column());
+        let said = |payload: Box<dyn std::any::Any + Send>, location| {
+            panic_message("thread 'worker-1'", location, &*payload)
+        };
+        assert_eq!(
+            said(Box::new("boom"), Some(at)),
+            format!("thread 'worker-1' panicked at {place}: boom")
+        );
+        // A formatted message, with what a client sent: no line is forged.
+        assert_eq!(
+            said(Box::new(String::from("bad /a\nINFO  x")), None),
+            "thread 'worker-1' panicked: bad /a\\x0aINFO  x"
+        );
+        assert_eq!(
+            said(Box::new(7_u8), None),
+            "thread 'worker-1' panicked: Box<dyn Any>"
+        );
+    }
 
     #[test]
     fn a_panicking_handler_becomes_a_json_500() {

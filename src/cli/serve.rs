@@ -56,7 +56,7 @@ pub(super) fn serve(
         Ok(None) => {}
         Err(e) => log::warn!("could not raise the open file limit: {e}"),
     }
-    server::exit_when_a_transport_thread_panics();
+    server::log_panics_and_exit_if_the_transport_panics();
     ignore_file_size_signal();
     let server = HttpServer::from_listener(listener).map_err(Error::Transport)?;
     let base_url = format!("http://{}", server.local_addr());

@@ -20,6 +20,9 @@ use std::time::Duration;
 /// Up to this many bytes of waiting lines go out in one write.
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// The name of the thread that writes the lines.
+pub const THREAD_NAME: &str = "log";
+
 pub(super) struct Queue {
     lines: SyncSender<String>,
     counts: Arc<Counts>,
@@ -48,7 +51,7 @@ impl Queue {
         let counts = Arc::new(Counts::default());
         let shared = Arc::clone(&counts);
         thread::Builder::new()
-            .name("log".into())
+            .name(THREAD_NAME.into())
             .spawn(move || write_lines(&waiting, &shared, sink, notice))?;
         Ok(Queue { lines, counts })
     }
