@@ -351,7 +351,15 @@ pub unsafe fn forget_empty_environment_variables() {
 }
 
 pub fn parse() -> Cli {
-    parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    parse_from(std::env::args_os()).unwrap_or_else(|e| {
+        // clap writes its errors itself, and the journal needs them with an
+        // error's priority (a bad value in a unit's environment file).
+        if e.use_stderr() && logging::stderr_is_journal() {
+            logging::say_error(e.render().to_string());
+            std::process::exit(e.exit_code());
+        }
+        e.exit()
+    })
 }
 
 /// The ids of [`ServeArgs`]' options, as clap names them.

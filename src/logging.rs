@@ -103,7 +103,7 @@ fn journal_priority(level: Level) -> u8 {
 /// variable alone is not enough, since child processes inherit it whatever
 /// their stderr has become.
 #[cfg(unix)]
-fn stderr_is_journal() -> bool {
+pub fn stderr_is_journal() -> bool {
     use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
 
@@ -120,7 +120,7 @@ fn stderr_is_journal() -> bool {
 }
 
 #[cfg(not(unix))]
-fn stderr_is_journal() -> bool {
+pub fn stderr_is_journal() -> bool {
     false
 }
 
@@ -184,6 +184,20 @@ pub fn say(text: String) {
         Some(logger) => logger.write(text, true),
         None => write_directly(&text),
     }
+}
+
+/// Says `text`, the error that ends the process, as [`say`] does. For the
+/// journal it starts with an error's priority, so that `journalctl -p err`
+/// shows why the server stopped or could not start.
+pub fn say_error(text: String) {
+    let to_journal = LOGGER
+        .get()
+        .map_or_else(stderr_is_journal, |logger| logger.to_journal);
+    say(if to_journal {
+        format!("<{}>{text}", journal_priority(Level::Error))
+    } else {
+        text
+    })
 }
 
 /// Waits until what was logged or said so far is written, for a second at

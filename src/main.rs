@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     let code = match neptun_local::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            neptun_local::cli::tell(format_args!("neptun-local: error: {e}"));
+            neptun_local::logging::say_error(format!("neptun-local: error: {e}\n"));
             ExitCode::FAILURE
         }
     };

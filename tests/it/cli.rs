@@ -1120,6 +1120,34 @@ fn log_lines_start_with_the_time_or_for_the_journal_with_the_priority() {
             .all(|l| priority_then_level.iter().any(|p| l.starts_with(p))),
         "every line starts with its priority, and none with a time:\n{log}"
     );
+
+    // So is the error that ends the process: a port already taken, or a
+    // bad value in the unit's environment.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for (env, code, error) in [
+        (
+            ("NEPTUN_ADDR", taken.as_str()),
+            1,
+            "<3>neptun-local: error: cannot listen",
+        ),
+        (("NEPTUN_WORKERS", "0"), 2, "<3>error: invalid value '0'"),
+    ] {
+        let log = std::fs::File::create(&log_path).unwrap();
+        let identity = log.metadata().map(|m| format!("{}:{}", m.dev(), m.ino()));
+        let status = Command::new(BIN)
+            .arg("--db")
+            .arg(dir.path().join("neptun.db"))
+            .env(env.0, env.1)
+            .env("JOURNAL_STREAM", identity.unwrap())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .status()
+            .unwrap();
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        assert_eq!(status.code(), Some(code), "{log}");
+        assert!(log.lines().any(|l| l.starts_with(error)), "{log}");
+    }
 }
 
 /// A stderr that no one reads (a parent that piped it and reads only
