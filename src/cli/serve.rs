@@ -3,7 +3,7 @@
 //! deleted or replaced under it).
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -75,7 +75,7 @@ pub(super) fn serve(
         })?;
         let token = auth::new_session(&db, demo::DEMO_USER, auth::DEFAULT_SESSION_TTL)
             .map_err(Error::Session)?;
-        print_demo_instructions(&base_url, &token, &chat_ids);
+        print_demo_instructions(server.local_addr(), &token, &chat_ids);
     }
     let (watch, gone) = watch_database_file(db_path, server.shutdown_handle(workers))?;
     let upkeep =
@@ -231,7 +231,8 @@ fn on_stop_signal(shutdown: ShutdownHandle) -> impl FnMut() + Send + 'static {
 /// works there, in PowerShell 7 and in cmd.
 const CURL: &str = if cfg!(windows) { "curl.exe" } else { "curl" };
 
-fn print_demo_instructions(base_url: &str, token: &Token, chat_ids: &[i64]) {
+fn print_demo_instructions(listening: SocketAddr, token: &Token, chat_ids: &[i64]) {
+    let server = reachable_here(listening);
     let user = demo::DEMO_USER;
     let chats = chat_ids
         .iter()
@@ -244,15 +245,36 @@ fn print_demo_instructions(base_url: &str, token: &Token, chat_ids: &[i64]) {
     super::tell(format_args!(
         "demo user {user:?} owns chats {chats}\n\
          demo session token: {token}\n\
-         try:\n  {CURL} -i -X DELETE -H \"Cookie: neptun-session={token}\" {base_url}/api/users/{user}/chats/{first}\n\
+         try:\n  {CURL} -i -X DELETE -H \"Cookie: neptun-session={token}\" http://{server}/api/users/{user}/chats/{first}\n\
          for a front end on localhost, paste this in its browser console (see README, \"From a front end in development\"):\n  \
          document.cookie = \"neptun-session={token}; path=/\""
     ));
 }
 
+/// The address a client on this machine connects to: the loopback address
+/// for a server listening on every address (`0.0.0.0`, `[::]`), which
+/// Windows refuses to connect to and browsers block.
+fn reachable_here(listening: SocketAddr) -> SocketAddr {
+    let ip = match listening.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listening.port())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_sends_a_server_on_every_address_to_loopback() {
+        let reachable = |text: &str| reachable_here(text.parse().unwrap()).to_string();
+        assert_eq!(reachable("0.0.0.0:7150"), "127.0.0.1:7150");
+        assert_eq!(reachable("[::]:7150"), "[::1]:7150");
+        assert_eq!(reachable("192.168.1.20:7150"), "192.168.1.20:7150");
+        assert_eq!(reachable("[::1]:7150"), "[::1]:7150");
+    }
 
     #[test]
     fn a_name_of_both_families_is_bound_on_ipv4_first() {
