@@ -436,7 +436,8 @@ fn to_tiny_http(response: Response) -> tiny_http::Response<io::Cursor<Vec<u8>>> 
 /// a stderr that no one reads a worker would wait there. The log writes
 /// the message (and a backtrace, if `RUST_BACKTRACE` asks for one) in an
 /// error line, through its queue. A panic of the log's own thread still
-/// goes to Rust's hook, since the queue it would use is the one it drains.
+/// goes to Rust's hook, since the queue it would use is the one it drains,
+/// and so does any panic while the log is off.
 ///
 /// Except a panic in tiny_http's `client.rs`, the code of one connection's
 /// thread: it ends that thread and drops that connection, and tiny_http's
@@ -452,8 +453,13 @@ pub fn log_panics_and_exit_if_the_transport_panics() {
     let default_hook = panic::take_hook();
     panic::set_hook(Box::new(move |info| {
         let location = info.location();
+        // With the log off (`--log-level off`), a panic's message is still
+        // told, by Rust's hook: it may be the only word on why the process
+        // ended.
+        let logged = log::log_enabled!(log::Level::Error);
         match thread::current().name() {
             Some(logging::THREAD_NAME) => default_hook(info),
+            Some(_) if !logged => default_hook(info),
             Some(name) => {
                 let who = format!("thread '{}'", printable(name));
                 let what = panic_message(&who, location, info.payload());
@@ -471,6 +477,10 @@ pub fn log_panics_and_exit_if_the_transport_panics() {
                      for it panicked at client.rs:{})",
                     location.map_or(0, |at| at.line())
                 );
+            }
+            None if !logged => {
+                default_hook(info);
+                std::process::exit(70);
             }
             None => {
                 let what = panic_message("an HTTP transport thread", location, info.payload());
