@@ -6,7 +6,7 @@
 
 use std::fmt::{self, Write as _};
 use std::io::{self, BufRead, Write as _};
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -289,15 +289,22 @@ impl fmt::Display for Error {
                         write!(f, " (in {}, the working directory)", dir.display())?;
                     }
                 }
-                f.write_str(
-                    "; is --db right? `neptun-local serve` or `neptun-local user add` creates one",
-                )
+                f.write_str(if begins_with_unexpanded_tilde(path) {
+                    UNEXPANDED_TILDE
+                } else {
+                    "; is --db right? `neptun-local serve` or `neptun-local user add` creates one"
+                })
             }
             Error::NoDirectory { path, dir } => write!(
                 f,
-                "{}: the directory {} does not exist; create it first, or choose another --db",
+                "{}: the directory {} does not exist{}",
                 path.display(),
-                dir.display()
+                dir.display(),
+                if begins_with_unexpanded_tilde(path) {
+                    UNEXPANDED_TILDE
+                } else {
+                    "; create it first, or choose another --db"
+                }
             ),
             Error::IsDirectory(path) => write!(
                 f,
@@ -422,6 +429,15 @@ where
 }
 
 /// Runs the parsed command line.
+/// Whether `path` begins with a `~` that nothing expanded: a shell expands
+/// it only at the start of a word (not in `--db=~/…`), and an environment
+/// file, a systemd unit or a compose file never does.
+fn begins_with_unexpanded_tilde(path: &Path) -> bool {
+    path.components().next() == Some(Component::Normal("~".as_ref()))
+}
+
+const UNEXPANDED_TILDE: &str = ": nothing expanded the ~ to a home directory; write the full path";
+
 pub fn run(cli: Cli) -> Result<(), Error> {
     logging::init(cli.log_level);
     // Serving and adding a user create the file if it is missing; SQLite

@@ -156,6 +156,23 @@ fn an_unusable_database_is_reported_with_its_path() {
         let err = stderr_of(&out);
         assert!(err.contains("that is a directory"), "{args:?}: {err}");
     }
+    // A ~ that nothing expanded, as in a unit's environment file, is
+    // pointed out.
+    for args in [&["--addr", "127.0.0.1:0"][..], &["doctor"]] {
+        let out = std::process::Command::new(BIN)
+            .current_dir(dir.path())
+            .env("NEPTUN_DB", "~/neptun.db")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("~/neptun.db: ") && err.contains("nothing expanded the ~"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!dir.path().join("~").exists());
 }
 
 /// SQLite reports a file this user may not write, or a directory it may not
