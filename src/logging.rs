@@ -29,8 +29,9 @@ pub use queue::THREAD_NAME;
 /// About 100 bytes each: half a MiB at most.
 const QUEUE_LINES: usize = 4096;
 
-/// How long [`flush`] waits for a reader that has stopped reading.
-const FLUSH_LIMIT: Duration = Duration::from_secs(1);
+/// How long [`flush`], or a message that waits for room in the queue, waits
+/// for a reader that has stopped reading.
+const WAIT_FOR_READER: Duration = Duration::from_secs(1);
 
 struct StderrLogger {
     to_journal: bool,
@@ -42,7 +43,7 @@ struct StderrLogger {
 impl StderrLogger {
     fn write(&self, line: String, wait_for_room: bool) {
         match &self.queue {
-            Some(queue) if wait_for_room => queue.push_waiting(line),
+            Some(queue) if wait_for_room => queue.push_waiting(line, WAIT_FOR_READER),
             Some(queue) => queue.push(line),
             None => write_directly(&line),
         }
@@ -68,7 +69,7 @@ impl Log for StderrLogger {
 
     fn flush(&self) {
         if let Some(queue) = &self.queue {
-            queue.flush(FLUSH_LIMIT);
+            queue.flush(WAIT_FOR_READER);
         }
     }
 }
@@ -178,7 +179,8 @@ pub fn init(level: LevelFilter) {
 
 /// Writes `text` on stderr after the log lines queued before it, whatever
 /// the level: a message for the person who ran the command. It waits for
-/// room in the queue rather than be dropped.
+/// room in the queue rather than be dropped, for a second at most (then
+/// it is dropped and counted, as a log line is at once).
 pub fn say(text: String) {
     match LOGGER.get() {
         Some(logger) => logger.write(text, true),

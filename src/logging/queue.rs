@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Up to this many bytes of waiting lines go out in one write.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -70,10 +70,37 @@ impl Queue {
         }
     }
 
-    /// Queues `line`, waiting for room rather than dropping it.
-    pub(super) fn push_waiting(&self, line: String) {
-        if self.lines.send(line).is_ok() {
-            self.counts.queued.fetch_add(1, Ordering::SeqCst);
+    /// Queues `line`, waiting for room rather than dropping it, for `limit`
+    /// at most: then it is dropped and counted. A reader that never comes
+    /// back must not keep the process from going on, or from exiting with
+    /// its last word.
+    pub(super) fn push_waiting(&self, mut line: String, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.lines.try_send(line) {
+                Ok(()) => {
+                    self.counts.queued.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(back)) => line = back,
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.counts.dropped.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            // Woken when the writer has written a batch; the timeout
+            // covers a batch written between try_send and this wait.
+            let written = self
+                .counts
+                .written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let _ = self
+                .counts
+                .progress
+                .wait_timeout(written, left.min(Duration::from_millis(10)));
         }
     }
 
@@ -215,12 +242,37 @@ mod tests {
             }
         });
         for n in 0..5 {
-            queue.push_waiting(format!("{n}\n"));
+            queue.push_waiting(format!("{n}\n"), Duration::from_secs(5));
         }
         opener.join().unwrap();
         assert!(queue.flush(Duration::from_secs(5)));
         let text: String = written.try_iter().collect();
         assert_eq!(text, "0\n1\n2\n3\n4\n");
         assert_eq!(queue.counts.dropped.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_waiting_push_gives_up_on_a_reader_that_never_comes_back() {
+        let Gated {
+            queue,
+            entered,
+            open,
+            written,
+        } = gated(1);
+        queue.push("a\n".into());
+        entered.recv().unwrap();
+        queue.push("b\n".into());
+        let started = Instant::now();
+        queue.push_waiting("c\n".into(), Duration::from_millis(50));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(queue.counts.dropped.load(Ordering::SeqCst), 1);
+
+        for _ in 0..2 {
+            open.send(()).unwrap();
+        }
+        assert!(queue.flush(Duration::from_secs(5)));
+        let text: String = written.try_iter().collect();
+        assert_eq!(text, "a\n1 dropped\nb\n");
     }
 }

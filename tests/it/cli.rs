@@ -1175,44 +1175,8 @@ fn log_lines_start_with_the_time_or_for_the_journal_with_the_priority() {
 /// writes its last lines.
 #[test]
 fn a_stderr_that_no_one_reads_holds_up_no_request() {
-    use std::io::{BufReader, Read, Write};
-    use std::net::TcpStream;
-    use std::process::{Command, Stdio};
-
-    // Far more lines than a pipe (64 KiB) and the server's queue (4,096
-    // lines) hold together.
-    const REQUESTS: usize = 8_000;
     let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(BIN);
-    command
-        .args(["--addr", "127.0.0.1:0", "--db"])
-        .arg(dir.path().join("neptun.db"))
-        .env_remove("JOURNAL_STREAM")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let (mut child, addr) = spawn_listening(command);
-    let unread = child.stderr.take().unwrap();
-
-    // Without a cookie: a 401, and a log line, for each.
-    let raw = format!("DELETE /api/users/u/chats/1 HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    let connect = || {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        BufReader::new(stream)
-    };
-    let mut connection = connect();
-    for sent in 0..REQUESTS {
-        connection.get_mut().write_all(raw.as_bytes()).unwrap();
-        let answer = read_response(&mut connection)
-            .unwrap_or_else(|e| panic!("request {sent} got no answer: {e}"));
-        assert_eq!(answer.status, 401);
-        if answer.header("Connection") == Some("close") {
-            connection = connect();
-        }
-    }
+    let (mut child, unread) = fill_an_unread_stderr(dir.path());
 
     // Windows has no stop signal to send: killed, the server leaves its
     // queued lines unwritten, so only the answers are checked there.
@@ -1224,6 +1188,8 @@ fn a_stderr_that_no_one_reads_holds_up_no_request() {
     }
     #[cfg(unix)]
     {
+        use std::io::{BufReader, Read};
+
         let reader = std::thread::spawn(move || {
             let mut log = String::new();
             BufReader::new(unread).read_to_string(&mut log).unwrap();
@@ -1251,10 +1217,70 @@ fn a_stderr_that_no_one_reads_holds_up_no_request() {
         let others_dropped = usize::from(!log.contains(" INFO  shutting down"));
         assert_eq!(
             logged + dropped,
-            REQUESTS + others_dropped,
+            REQUESTS_TO_FILL_STDERR + others_dropped,
             "{logged} logged, {dropped} dropped: {tail:?}"
         );
     }
+}
+
+/// Far more lines than a pipe (64 KiB) and the server's queue (4,096
+/// lines) hold together.
+const REQUESTS_TO_FILL_STDERR: usize = 8_000;
+
+/// Starts a server whose stderr is piped and not read, and sends it
+/// [`REQUESTS_TO_FILL_STDERR`] requests, checking that each is answered.
+fn fill_an_unread_stderr(
+    dir: &std::path::Path,
+) -> (std::process::Child, std::process::ChildStderr) {
+    use std::io::{BufReader, Write};
+    use std::net::TcpStream;
+    use std::process::{Command, Stdio};
+
+    let mut command = Command::new(BIN);
+    command
+        .args(["--addr", "127.0.0.1:0", "--db"])
+        .arg(dir.join("neptun.db"))
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (mut child, addr) = spawn_listening(command);
+    let unread = child.stderr.take().unwrap();
+
+    // Without a cookie: a 401, and a log line, for each.
+    let raw = format!("DELETE /api/users/u/chats/1 HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let connect = || {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        BufReader::new(stream)
+    };
+    let mut connection = connect();
+    for sent in 0..REQUESTS_TO_FILL_STDERR {
+        connection.get_mut().write_all(raw.as_bytes()).unwrap();
+        let answer = read_response(&mut connection)
+            .unwrap_or_else(|e| panic!("request {sent} got no answer: {e}"));
+        assert_eq!(answer.status, 401);
+        if answer.header("Connection") == Some("close") {
+            connection = connect();
+        }
+    }
+    (child, unread)
+}
+
+/// Once the pipe and the queue were full, the message that ends the
+/// process (here: its database file was deleted under it) waited for room
+/// for ever, and the process never exited. It waits a second at most.
+#[cfg(unix)]
+#[test]
+fn a_stderr_that_no_one_reads_does_not_keep_the_server_from_exiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, unread) = fill_an_unread_stderr(dir.path());
+    std::fs::remove_file(dir.path().join("neptun.db")).unwrap();
+    let status = wait_with_deadline(&mut child);
+    drop(unread);
+    assert_eq!(status.code(), Some(1));
 }
 
 /// A reader that has gone (`neptun-local user list | head -1`) made the
