@@ -226,7 +226,7 @@ mod tests {
     }
 
     #[test]
-    fn a_waiting_push_is_never_dropped_and_order_is_kept() {
+    fn a_waiting_push_to_a_slow_reader_is_not_dropped_and_order_is_kept() {
         let Gated {
             queue,
             open,
