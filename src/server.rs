@@ -520,13 +520,21 @@ fn panic_message(
     out
 }
 
-/// The lines of a backtrace, if `RUST_BACKTRACE` asks for one.
+/// The lines of a backtrace, if `RUST_BACKTRACE` asks for one and there is
+/// something in it to read.
 fn backtrace() -> String {
     let backtrace = Backtrace::capture();
-    match backtrace.status() {
-        BacktraceStatus::Captured => format!("\nstack backtrace:\n{backtrace}"),
-        _ => String::new(),
+    if backtrace.status() != BacktraceStatus::Captured {
+        return String::new();
     }
+    let frames = backtrace.to_string();
+    // Frames are resolved by reading the executable, which a process out
+    // of descriptors cannot open: a column of "<unknown>" says nothing
+    // (Rust's own hook then prints no frame either).
+    if frames.lines().all(|line| line.ends_with("<unknown>")) {
+        return String::new();
+    }
+    format!("\nstack backtrace:\n{frames}")
 }
 
 /// Whether a panic at `location` is in tiny_http's per-connection code.
