@@ -289,22 +289,17 @@ impl fmt::Display for Error {
                         write!(f, " (in {}, the working directory)", dir.display())?;
                     }
                 }
-                f.write_str(if begins_with_unexpanded_tilde(path) {
-                    UNEXPANDED_TILDE
-                } else {
-                    "; is --db right? `neptun-local serve` or `neptun-local user add` creates one"
-                })
+                f.write_str(advice_for(
+                    path,
+                    "; is --db right? `neptun-local serve` or `neptun-local user add` creates one",
+                ))
             }
             Error::NoDirectory { path, dir } => write!(
                 f,
                 "{}: the directory {} does not exist{}",
                 path.display(),
                 dir.display(),
-                if begins_with_unexpanded_tilde(path) {
-                    UNEXPANDED_TILDE
-                } else {
-                    "; create it first, or choose another --db"
-                }
+                advice_for(path, "; create it first, or choose another --db")
             ),
             Error::IsDirectory(path) => write!(
                 f,
@@ -428,16 +423,19 @@ where
     Err(command.error(clap::error::ErrorKind::ArgumentConflict, message))
 }
 
-/// Runs the parsed command line.
-/// Whether `path` begins with a `~` that nothing expanded: a shell expands
-/// it only at the start of a word (not in `--db=~/…`), and an environment
-/// file, a systemd unit or a compose file never does.
-fn begins_with_unexpanded_tilde(path: &Path) -> bool {
-    path.components().next() == Some(Component::Normal("~".as_ref()))
+/// The advice that ends a message about a missing `--db`: `usual`, unless
+/// `path` begins with a `~` that nothing expanded. A shell expands it only
+/// at the start of a word (not in `--db=~/…`), and an environment file, a
+/// systemd unit or a compose file never does.
+fn advice_for(path: &Path, usual: &'static str) -> &'static str {
+    if path.components().next() == Some(Component::Normal("~".as_ref())) {
+        ": nothing expanded the ~ to a home directory; write the full path"
+    } else {
+        usual
+    }
 }
 
-const UNEXPANDED_TILDE: &str = ": nothing expanded the ~ to a home directory; write the full path";
-
+/// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), Error> {
     logging::init(cli.log_level);
     // Serving and adding a user create the file if it is missing; SQLite
