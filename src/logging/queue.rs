@@ -200,29 +200,37 @@ mod tests {
         }
     }
 
+    impl Gated {
+        /// Queues `line` and waits until the writer holds it at the gate.
+        fn hold(&self, line: &str) {
+            self.queue.push(line.into());
+            self.entered.recv().unwrap();
+        }
+
+        /// Lets `writes` writes through the gate, and returns all that got
+        /// out once the queue is flushed.
+        fn let_through(&self, writes: usize) -> String {
+            for _ in 0..writes {
+                self.open.send(()).unwrap();
+            }
+            assert!(self.queue.flush(Duration::from_secs(5)));
+            self.written.try_iter().collect()
+        }
+    }
+
     #[test]
     fn a_stuck_reader_costs_lines_not_waiting_and_the_count_is_written_later() {
-        let Gated {
-            queue,
-            entered,
-            open,
-            written,
-        } = gated(2);
-        queue.push("a\n".into());
+        let gated = gated(2);
+        let queue = &gated.queue;
         // The writer takes "a" and waits at the gate; two more fill the queue.
-        entered.recv().unwrap();
+        gated.hold("a\n");
         for line in ["b\n", "c\n", "d\n", "e\n"] {
             queue.push(line.into());
         }
         assert_eq!(queue.counts.dropped.load(Ordering::SeqCst), 2);
         assert!(!queue.flush(Duration::from_millis(20)), "nothing got out");
 
-        for _ in 0..2 {
-            open.send(()).unwrap();
-        }
-        assert!(queue.flush(Duration::from_secs(5)));
-        let text: String = written.try_iter().collect();
-        assert_eq!(text, "a\n2 dropped\nb\nc\n");
+        assert_eq!(gated.let_through(2), "a\n2 dropped\nb\nc\n");
     }
 
     #[test]
@@ -253,14 +261,9 @@ mod tests {
 
     #[test]
     fn a_waiting_push_gives_up_on_a_reader_that_never_comes_back() {
-        let Gated {
-            queue,
-            entered,
-            open,
-            written,
-        } = gated(1);
-        queue.push("a\n".into());
-        entered.recv().unwrap();
+        let gated = gated(1);
+        let queue = &gated.queue;
+        gated.hold("a\n");
         queue.push("b\n".into());
         let started = Instant::now();
         queue.push_waiting("c\n".into(), Duration::from_millis(50));
@@ -268,11 +271,6 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(queue.counts.dropped.load(Ordering::SeqCst), 1);
 
-        for _ in 0..2 {
-            open.send(()).unwrap();
-        }
-        assert!(queue.flush(Duration::from_secs(5)));
-        let text: String = written.try_iter().collect();
-        assert_eq!(text, "a\n1 dropped\nb\n");
+        assert_eq!(gated.let_through(2), "a\n1 dropped\nb\n");
     }
 }
