@@ -189,17 +189,29 @@ pub fn say(text: String) {
 }
 
 /// Says `text`, the error that ends the process, as [`say`] does. For the
-/// journal it starts with an error's priority, so that `journalctl -p err`
-/// shows why the server stopped or could not start.
+/// journal every line starts with an error's priority, since the journal
+/// takes each line as an entry of its own (clap's usage and hint follow its
+/// error), so that `journalctl -p err` shows why the server stopped or could
+/// not start. Blank lines, which only space the text out on a terminal, are
+/// left out there.
 pub fn say_error(text: String) {
     let to_journal = LOGGER
         .get()
         .map_or_else(stderr_is_journal, |logger| logger.to_journal);
     say(if to_journal {
-        format!("<{}>{text}", journal_priority(Level::Error))
+        for_the_journal(&text, journal_priority(Level::Error))
     } else {
         text
     })
+}
+
+/// `text` with `priority` in front of each of its lines but the blank ones,
+/// which are left out; each line ends with a newline.
+fn for_the_journal(text: &str, priority: u8) -> String {
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| format!("<{priority}>{line}\n"))
+        .collect()
 }
 
 /// Waits until what was logged or said so far is written, for a second at
@@ -212,7 +224,20 @@ pub fn flush() {
 
 #[cfg(test)]
 mod tests {
-    use super::printable;
+    use super::{for_the_journal, printable};
+
+    #[test]
+    fn for_the_journal_every_line_but_a_blank_one_gets_the_priority() {
+        let clap_error = "error: invalid value\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            for_the_journal(clap_error, 3),
+            "<3>error: invalid value\n<3>For more information, try '--help'.\n"
+        );
+        assert_eq!(
+            for_the_journal("neptun-local: error: cannot listen\n", 3),
+            "<3>neptun-local: error: cannot listen\n"
+        );
+    }
 
     #[test]
     fn control_characters_and_backslashes_are_escaped() {

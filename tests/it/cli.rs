@@ -1138,8 +1138,9 @@ fn log_lines_start_with_the_time_or_for_the_journal_with_the_priority() {
         "every line starts with its priority, and none with a time:\n{log}"
     );
 
-    // So is the error that ends the process: a port already taken, or a
-    // bad value in the unit's environment.
+    // So is the error that ends the process, every line of it (clap's
+    // usage and hint follow its error): a port already taken, or a bad value
+    // in the unit's environment.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
     for (env, code, error) in [
@@ -1163,7 +1164,8 @@ fn log_lines_start_with_the_time_or_for_the_journal_with_the_priority() {
             .unwrap();
         let log = std::fs::read_to_string(&log_path).unwrap();
         assert_eq!(status.code(), Some(code), "{log}");
-        assert!(log.lines().any(|l| l.starts_with(error)), "{log}");
+        assert!(log.starts_with(error), "{log}");
+        assert!(log.lines().all(|l| l.starts_with("<3>")), "{log}");
     }
 }
 
