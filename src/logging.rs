@@ -75,10 +75,12 @@ impl Log for StderrLogger {
 }
 
 /// A log line: the time in UTC, or for the journal the priority, then the
-/// level and the message.
+/// level and the message. A message of several lines (a panic's, with its
+/// backtrace) has the priority on each of them for the journal, which takes
+/// each line as an entry of its own.
 fn line(to_journal: bool, level: Level, message: &fmt::Arguments) -> String {
     if to_journal {
-        format!("<{}>{:<5} {}\n", journal_priority(level), level, message)
+        for_the_journal(&format!("{level:<5} {message}"), journal_priority(level))
     } else {
         format!(
             "{} {:<5} {}\n",

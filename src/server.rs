@@ -527,10 +527,14 @@ fn backtrace() -> String {
     if backtrace.status() != BacktraceStatus::Captured {
         return String::new();
     }
-    let frames = backtrace.to_string();
-    // Frames are resolved by reading the executable, which a process out
-    // of descriptors cannot open: a column of "<unknown>" says nothing
-    // (Rust's own hook then prints no frame either).
+    told_if_resolved(&backtrace.to_string())
+}
+
+/// The lines that follow a panic's for its backtrace's `frames`, unless
+/// none of them is resolved. Frames are resolved by reading the
+/// executable, which a process out of descriptors cannot open: a column of
+/// "<unknown>" says nothing (Rust's own hook then prints no frame either).
+fn told_if_resolved(frames: &str) -> String {
     if frames.lines().all(|line| line.ends_with("<unknown>")) {
         return String::new();
     }
@@ -567,6 +571,123 @@ mod tests {
             said(Box::new(7_u8), None),
             "thread 'worker-1' panicked: Box<dyn Any>"
         );
+    }
+
+    #[test]
+    fn a_backtrace_of_unresolved_frames_only_is_left_out() {
+        assert_eq!(told_if_resolved("   0: <unknown>\n   1: <unknown>\n"), "");
+        let resolved = "   0: <unknown>\n   1: neptun_local::server::run\n";
+        assert_eq!(
+            told_if_resolved(resolved),
+            format!("\nstack backtrace:\n{resolved}")
+        );
+    }
+
+    /// Set in a child of this test binary (see [`stderr_of_a_panicking_worker`])
+    /// to the log level it runs with.
+    const PANICKING_CHILD: &str = "NEPTUN_TEST_PANICKING_CHILD";
+
+    /// A panic on one of our named threads (a worker's, say) is an error
+    /// line in the log, with the backtrace after it when `RUST_BACKTRACE`
+    /// asks for one. With the log off, Rust's own hook still tells it.
+    #[test]
+    fn a_panic_on_a_named_thread_is_an_error_in_the_log() {
+        if let Ok(level) = std::env::var(PANICKING_CHILD) {
+            return panic_on_a_worker(level.parse().unwrap());
+        }
+        let line = "ERROR thread 'worker-3' panicked at src/server.rs:";
+        let message = ": boom\\x0aINFO  forged";
+
+        let stderr = stderr_of_a_panicking_worker("info", "0", false);
+        let mut lines = stderr.lines();
+        let first = lines.next().unwrap_or_default();
+        assert!(first.contains(line) && first.ends_with(message), "{stderr}");
+        assert_eq!(
+            lines.next(),
+            None,
+            "one line, and nothing from Rust's hook:\n{stderr}"
+        );
+
+        let stderr = stderr_of_a_panicking_worker("off", "0", false);
+        assert!(
+            stderr.contains("'worker-3'") && stderr.contains("boom"),
+            "{stderr}"
+        );
+
+        // Frames are resolved where the tests run under Wine too, but not
+        // always: the backtrace's own lines are checked on Unix.
+        #[cfg(unix)]
+        for journal in [false, true] {
+            let stderr = stderr_of_a_panicking_worker("info", "1", journal);
+            let lines: Vec<&str> = stderr.lines().collect();
+            assert!(lines.len() > 2, "{stderr}");
+            assert!(
+                lines[0].contains(line) && lines[0].ends_with(message),
+                "{stderr}"
+            );
+            let continued = if journal {
+                "<3>stack backtrace:"
+            } else {
+                "stack backtrace:"
+            };
+            assert_eq!(lines[1], continued, "{stderr}");
+            assert!(stderr.contains("panic_on_a_worker"), "{stderr}");
+            if journal {
+                assert!(
+                    lines.iter().all(|l| l.starts_with("<3>")),
+                    "every line of it, for journalctl -p err:\n{stderr}"
+                );
+            }
+        }
+    }
+
+    /// What the child of [`a_panic_on_a_named_thread_is_an_error_in_the_log`]
+    /// does: logs at `level` with the server's hook, then a worker panics.
+    fn panic_on_a_worker(level: log::LevelFilter) {
+        logging::init(level);
+        log_panics_and_exit_if_the_transport_panics();
+        let worker = thread::Builder::new()
+            .name("worker-3".into())
+            .spawn(|| panic!("boom\nINFO  forged"))
+            .unwrap();
+        assert!(worker.join().is_err());
+        logging::flush();
+    }
+
+    /// The stderr of this test binary run again as a child that logs at
+    /// `level` and whose worker panics; `RUST_BACKTRACE` is `backtrace`, and
+    /// with `journal` the child's stderr is taken for the journal.
+    fn stderr_of_a_panicking_worker(level: &str, backtrace: &str, journal: bool) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stderr");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([
+                "--exact",
+                "server::tests::a_panic_on_a_named_thread_is_an_error_in_the_log",
+            ])
+            .arg("--nocapture")
+            .env(PANICKING_CHILD, level)
+            .env("RUST_BACKTRACE", backtrace)
+            .env_remove("RUST_LIB_BACKTRACE")
+            .env_remove("JOURNAL_STREAM");
+        #[cfg(unix)]
+        if journal {
+            use std::os::unix::fs::MetadataExt;
+            let meta = file.metadata().unwrap();
+            child.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
+        #[cfg(not(unix))]
+        assert!(!journal);
+        let status = child
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .status()
+            .unwrap();
+        let stderr = std::fs::read_to_string(&path).unwrap();
+        assert!(status.success(), "{status}: {stderr}");
+        stderr
     }
 
     #[test]
