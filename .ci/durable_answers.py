@@ -119,7 +119,9 @@ def main() -> None:
     print(f"synchronous=full:   {full[0]} answers, {full[1]} with no WAL sync before")
     print(f"synchronous=normal: {normal[0]} answers, {normal[1]} with no WAL sync before")
     assert full == (DELETES, 0), "an answer was sent before its commit was on disk"
-    assert normal[0] == DELETES and normal[1] > DELETES // 2, (
+    # Not all: under normal too, the first commit after the upkeep cut the
+    # WAL syncs the WAL's new header, on the thread that answers.
+    assert normal[0] == DELETES and normal[1] > DELETES // 4, (
         "the check did not see normal's unsynced commits: it cannot fail"
     )
 
