@@ -438,6 +438,7 @@ fn advice_for(path: &Path, usual: &'static str) -> &'static str {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), Error> {
     logging::init(cli.log_level);
+    ignore_file_size_signal();
     // Serving and adding a user create the file if it is missing; SQLite
     // would refuse a missing directory with only "unable to open database
     // file".
@@ -611,6 +612,23 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
     }
 }
+
+/// Under a file-size limit (`ulimit -f`), a write past it sends SIGXFSZ,
+/// which by default kills the process. Ignored, the write fails with EFBIG
+/// instead: a request gets an error answer and the server keeps running
+/// until the limit is lifted; a command (a backup, say) says what failed and
+/// removes what it wrote; nothing is half-written.
+#[cfg(unix)]
+fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+/// Windows has no such signal: a write past a quota just fails.
+#[cfg(not(unix))]
+fn ignore_file_size_signal() {}
 
 /// Writes a command's result on stdout. A reader that has gone (`| head
 /// -1`) took what it wanted, so a broken pipe ends the output quietly;

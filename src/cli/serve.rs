@@ -57,7 +57,6 @@ pub(super) fn serve(
         Err(e) => log::warn!("could not raise the open file limit: {e}"),
     }
     server::log_panics_and_exit_if_the_transport_panics();
-    ignore_file_size_signal();
     let server = HttpServer::from_listener(listener).map_err(Error::Transport)?;
     let base_url = format!("http://{}", server.local_addr());
     // Everything that can still fail comes before the "listening on" line.
@@ -169,22 +168,6 @@ fn in_listening_order(resolved: impl Iterator<Item = SocketAddr>) -> Vec<SocketA
     addrs.sort_by_key(SocketAddr::is_ipv6);
     addrs
 }
-
-/// Under a file-size limit (`ulimit -f`), a write past it sends SIGXFSZ,
-/// which by default kills the process. Ignored, the write fails with EFBIG
-/// instead: the request gets an error answer, nothing is half-written, and
-/// the server keeps running until the limit is lifted.
-#[cfg(unix)]
-fn ignore_file_size_signal() {
-    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-    }
-}
-
-/// Windows has no such signal: a write past a quota just fails.
-#[cfg(not(unix))]
-fn ignore_file_size_signal() {}
 
 /// Stops the server on SIGINT, SIGTERM or SIGHUP (see [`on_stop_signal`]).
 #[cfg(unix)]

@@ -276,3 +276,70 @@ fn a_backup_killed_halfway_leaves_no_file_under_the_backups_name() {
     assert!(ran.status.success(), "{}", stderr_of(&ran));
     assert!(!partial.exists(), "the partial file was left");
 }
+
+/// Under a file-size limit (`ulimit -f`), a write past it sends SIGXFSZ,
+/// which kills a process that does not ignore it: the backup died and left
+/// `OUT.partial` and its journal, which the next backup to that name then
+/// refused. Now it fails with its error, removes what it wrote, and the
+/// next one, without the limit, succeeds.
+#[cfg(unix)]
+#[test]
+fn a_backup_past_a_file_size_limit_fails_cleanly_and_leaves_nothing() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    let (server, db, _) = start_with_alice_and_bob(&[]);
+    db.add_chat("bob", "bulk", "test-model", 5_000).unwrap();
+    let out = server.dir.path().join("backup.db");
+    let limit: u64 = 64 * 1024;
+    let bytes: i64 = server
+        .sql()
+        .query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(
+        bytes > 2 * limit as i64,
+        "{bytes} bytes: the copy would fit"
+    );
+    let mut backup = Command::new(BIN);
+    backup
+        .arg("--db")
+        .arg(&server.db_path)
+        .arg("backup")
+        .arg(&out)
+        .stdin(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe, and the closure allocates nothing.
+    unsafe {
+        backup.pre_exec(move || {
+            let file_size = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &file_size) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let ran = backup.output().unwrap();
+    assert_eq!(ran.status.code(), Some(1), "{}", stderr_of(&ran));
+    assert!(
+        stderr_of(&ran).starts_with("neptun-local: error: the backup failed: "),
+        "{}",
+        stderr_of(&ran)
+    );
+    let mut left: Vec<_> = std::fs::read_dir(server.dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("backup.db"))
+        .collect();
+    left.sort();
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+}
