@@ -339,6 +339,10 @@ struct ChatToDelete {
     chat_id: i64,
 }
 
+/// How long opening waits for the pool's connections to be opened and set
+/// up, on a slow disk too.
+const POOL_OPENING_TIME: Duration = Duration::from_secs(10);
+
 /// The most deletes committed together. More only lengthens the batch that
 /// a newcomer waits behind; the gain per fsync saved is already small.
 const MAX_DELETES_PER_COMMIT: usize = 64;
@@ -374,7 +378,10 @@ impl Database {
             .with_init(move |conn| configure_connection(conn, busy_timeout, durability));
         let pool = r2d2::Pool::builder()
             .max_size(settings.pool_size.max(1))
-            .connection_timeout(settings.busy_timeout)
+            // How long `build` waits for the pool's connections to open;
+            // a request waits `busy_timeout` for one (see `conn`), which
+            // may be shorter than opening them takes (1 ms).
+            .connection_timeout(POOL_OPENING_TIME.max(settings.busy_timeout))
             // A local file does not go stale like a network connection, so the
             // per-checkout `SELECT 1` and periodic reconnects are pure cost.
             .test_on_check_out(false)
@@ -449,7 +456,7 @@ impl Database {
     }
 
     fn conn(&self) -> Result<PooledConnection> {
-        Ok(self.pool.get()?)
+        Ok(self.pool.get_timeout(self.settings.busy_timeout)?)
     }
 
     /// Fails with [`Error::ForeignKeysOff`] unless a pooled connection

@@ -316,6 +316,27 @@ fn a_database_locked_beyond_the_busy_timeout_is_503_and_a_retry_succeeds() {
     assert_consistent(&locker);
 }
 
+/// The busy timeout is how long a request waits for the database; it also
+/// bounded how long start-up waited for the pool to open its connections,
+/// so `--busy-timeout 1ms` failed to start with "database busy: timed out
+/// waiting for connection", with nothing locked.
+#[test]
+fn the_shortest_busy_timeout_starts_serves_and_answers_503_to_a_lock() {
+    let w = world_with(&["--busy-timeout", "1ms"]);
+    let mut locker = w.server.sql();
+    let tx = locker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    let path = chat_path("alice", w.chat.chat);
+    w.server
+        .delete(&path, &w.alice)
+        .assert_error(503, "Service Unavailable");
+    tx.rollback().unwrap();
+    w.server.delete(&path, &w.alice).assert_true();
+    assert_fully_gone(&locker, &w.chat);
+    assert_consistent(&locker);
+}
+
 /// A write transaction left open by another process (an sqlite3 shell)
 /// holds up only writes. Every start and every command used to take the
 /// write lock to check the schema, so the server would not start, and
