@@ -490,7 +490,7 @@ impl Database {
             tx.commit()?;
             Ok(value)
         })()
-        .map_err(|e| explain_access(&self.path, e))?;
+        .map_err(|e| explain_access(&self.path, explain_full(&conn, e)))?;
         self.wake_upkeep();
         Ok(value)
     }
@@ -630,7 +630,9 @@ impl Database {
     /// not empty). Writers go on meanwhile; upkeep cannot finish a
     /// checkpoint, nor cut the WAL, until it ends.
     pub fn vacuum_into(&self, out: &str) -> Result<()> {
-        self.conn()?.execute("VACUUM INTO ?1", [out])?;
+        let conn = self.conn()?;
+        conn.execute("VACUUM INTO ?1", [out])
+            .map_err(|e| explain_full(&conn, e.into()))?;
         Ok(())
     }
 
@@ -671,6 +673,30 @@ fn explain_access(path: &Path, e: Error) -> Error {
         }
         _ => e,
     }
+}
+
+/// SQLite reports a write refused for a file-size limit (`ulimit -f`) or a
+/// disk quota as a plain I/O error ("disk I/O error"): only ENOSPC is a
+/// full disk to it. Yet it is one to anyone who can act on it: nothing was
+/// changed, and the same call succeeds once there is room. The OS error
+/// that SQLite met, kept on the connection, tells them apart.
+fn explain_full(conn: &Connection, e: Error) -> Error {
+    #[cfg(unix)]
+    if let Error::Sqlite(ref sqlite) = e {
+        if sqlite.sqlite_error_code() == Some(ErrorCode::SystemIoFailure) {
+            // SAFETY: the handle is only read, on the thread using `conn`.
+            let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
+            if errno == libc::EFBIG || errno == libc::EDQUOT {
+                // "File too large", without Rust's " (os error 27)".
+                let os = std::io::Error::from_raw_os_error(errno).to_string();
+                let os = os.split(" (os error ").next().unwrap_or_default();
+                return Error::StorageFull(format!("{sqlite}: {os}"));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = conn;
+    e
 }
 
 /// Deletes one chat if it belongs to the user; the cascade takes the rest.

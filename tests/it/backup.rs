@@ -328,7 +328,9 @@ fn a_backup_past_a_file_size_limit_fails_cleanly_and_leaves_nothing() {
     let ran = backup.output().unwrap();
     assert_eq!(ran.status.code(), Some(1), "{}", stderr_of(&ran));
     assert!(
-        stderr_of(&ran).starts_with("neptun-local: error: the backup failed: "),
+        stderr_of(&ran).starts_with(
+            "neptun-local: error: the backup failed: storage full: disk I/O error: File too large"
+        ),
         "{}",
         stderr_of(&ran)
     );
