@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 use rusqlite::Connection;
 
 use super::{
-    Durability, Error, Result, WriteTurn, configure_connection, delete_expired_sessions, take_turn,
+    Durability, Error, Result, WriteTurn, configure_connection, delete_expired_sessions,
+    explain_full, take_turn,
 };
 
 /// How long an upkeep step waits for a lock before giving way. Short,
@@ -76,7 +77,7 @@ impl Upkeep {
         let passive = self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        match passive.map_err(Error::from) {
+        match passive.map_err(|e| explain_full(&self.conn, e.into())) {
             Ok(()) => Ok(Step::Done),
             Err(Error::Busy(_)) => Ok(Step::Blocked),
             Err(e) => Err(e),
@@ -114,7 +115,7 @@ impl Upkeep {
             .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
                 r.get::<_, i64>(0)
             });
-        match result.map_err(Error::from) {
+        match result.map_err(|e| explain_full(&self.conn, e.into())) {
             Ok(0) => Ok(Step::Done),
             Ok(_) | Err(Error::Busy(_)) => Ok(Step::Blocked),
             Err(e) => Err(e),
@@ -161,7 +162,7 @@ impl Upkeep {
             Ok(())
         };
         let _turn = take_turn(&self.write_turn);
-        match run().map_err(Error::from) {
+        match run().map_err(|e| explain_full(&self.conn, e.into())) {
             Ok(()) => Ok(Step::Done),
             Err(Error::Busy(_)) => Ok(Step::Blocked),
             Err(e) => Err(e),

@@ -47,6 +47,35 @@ fn a_full_disk_answers_a_json_error_deletes_nothing_and_recovers() {
     setup.assert_recovered();
 }
 
+/// Upkeep that cannot copy the WAL into a database file held to its size
+/// (by a file-size limit here; a disk quota does the same) says so, with
+/// the cause, and works again once the limit is lifted.
+#[test]
+fn upkeep_held_back_by_a_file_size_limit_says_why_and_recovers() {
+    let setup = FaultSetup::start();
+    let server = &setup.server;
+    let size = std::fs::metadata(&server.db_path).unwrap().len();
+    set_file_size_limit(server.pid(), size);
+    // Another process's commit, which only grows the WAL; the server's
+    // upkeep finds it there and would grow the file to copy it in.
+    let sql = server.sql();
+    sql.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    sql.execute_batch(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+         INSERT INTO messages (chat_id, actor, message)
+         SELECT {}, 'user', printf('%.200c', 'x') FROM n",
+        setup.other.chat
+    ))
+    .unwrap();
+    server.log_with(&[
+        "database upkeep failed (will retry): storage full: disk I/O error: File too large",
+    ]);
+    set_file_size_limit(server.pid(), libc::RLIM_INFINITY);
+    server.log_with(&["database upkeep works again"]);
+    assert_consistent(&sql);
+    setup.assert_recovered();
+}
+
 /// A server with two of alice's chats, ready for a fault to be injected.
 struct FaultSetup {
     server: TestServer,
