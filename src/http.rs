@@ -192,8 +192,9 @@ pub enum ApiError {
     HeaderFieldsTooLarge,
     /// 405: the route exists but not with this method.
     MethodNotAllowed { allow: &'static str },
-    /// 503: the database is busy; the client may retry after a moment.
-    ServiceUnavailable,
+    /// 503: the database is busy, or its disk full; nothing was changed, and
+    /// the client may retry after a moment. The message says which.
+    ServiceUnavailable(&'static str),
     /// 500: something failed that the client cannot fix. The cause is logged
     /// where it happened and never sent.
     Internal,
@@ -214,7 +215,7 @@ impl ApiError {
             ApiError::HeaderFieldsTooLarge => 431,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Internal => 500,
-            ApiError::ServiceUnavailable => 503,
+            ApiError::ServiceUnavailable(_) => 503,
         }
     }
 
@@ -230,7 +231,7 @@ impl ApiError {
             ApiError::HeaderFieldsTooLarge => "Request Header Fields Too Large",
             ApiError::MethodNotAllowed { .. } => "Method Not Allowed",
             ApiError::Internal => "Internal Server Error",
-            ApiError::ServiceUnavailable => "Service Unavailable",
+            ApiError::ServiceUnavailable(_) => "Service Unavailable",
         }
     }
 
@@ -239,7 +240,8 @@ impl ApiError {
             ApiError::BadRequest(m)
             | ApiError::Unauthorized(m)
             | ApiError::Forbidden(m)
-            | ApiError::NotFound(m) => m,
+            | ApiError::NotFound(m)
+            | ApiError::ServiceUnavailable(m) => m,
             ApiError::AmbiguousFraming => "Ambiguous message framing",
             ApiError::MethodNotAllowed { .. } => "Method not allowed on this route",
             ApiError::PayloadTooLarge => "Request bodies over 1024 bytes are not accepted",
@@ -248,7 +250,6 @@ impl ApiError {
                 "Requests with over 100 header fields or 64 KiB of headers are not accepted"
             }
             ApiError::Internal => "Internal server error",
-            ApiError::ServiceUnavailable => "The database is busy; retry shortly",
         }
     }
 
@@ -270,7 +271,7 @@ impl ApiError {
         };
         match self {
             ApiError::MethodNotAllowed { allow } => response.with_header("Allow", allow),
-            ApiError::ServiceUnavailable => {
+            ApiError::ServiceUnavailable(_) => {
                 response.with_header("Retry-After", &RETRY_AFTER_SECS.to_string())
             }
             // RFC 9110 §11.6.1: a 401 must say how to authenticate. There is
@@ -349,7 +350,7 @@ mod tests {
     fn status_specific_headers_are_present() {
         let r = ApiError::MethodNotAllowed { allow: "DELETE" }.into_response();
         assert_eq!(r.header("allow"), Some("DELETE"));
-        let r = ApiError::ServiceUnavailable.into_response();
+        let r = ApiError::ServiceUnavailable("busy").into_response();
         assert_eq!(r.header("Retry-After"), Some("1"));
         let r = ApiError::Unauthorized("x").into_response();
         assert!(r.header("WWW-Authenticate").unwrap().starts_with("Cookie "));

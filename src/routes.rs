@@ -131,11 +131,12 @@ fn database_failure(error: db::Error) -> ApiError {
     match error {
         db::Error::Busy(cause) => {
             log::warn!("database busy, answering 503: {cause}");
-            ApiError::ServiceUnavailable
+            ApiError::ServiceUnavailable("The database is busy; retry shortly")
         }
+        // Not "busy": retrying shortly will not help, freeing space will.
         db::Error::StorageFull(cause) => {
             log::error!("storage full, answering 503: {cause}");
-            ApiError::ServiceUnavailable
+            ApiError::ServiceUnavailable("The server's disk is full; retry once space is freed")
         }
         other => {
             log::error!("database failure, answering 500: {other}");

@@ -306,7 +306,10 @@ fn a_database_locked_beyond_the_busy_timeout_is_503_and_a_retry_succeeds() {
         .unwrap();
 
     let r = w.server.delete(&path, &w.alice);
-    r.assert_error(503, "Service Unavailable");
+    assert_eq!(
+        r.assert_error(503, "Service Unavailable"),
+        "The database is busy; retry shortly"
+    );
     assert_eq!(r.header("Retry-After"), Some("1"));
 
     tx.rollback().unwrap();

@@ -37,7 +37,10 @@ fn a_full_disk_answers_a_json_error_deletes_nothing_and_recovers() {
     let path = format!("/api/users/alice/chats/{}", setup.chat.chat);
     for _ in 0..3 {
         let r = server.delete(&path, token);
-        r.assert_error(503, "Service Unavailable");
+        assert_eq!(
+            r.assert_error(503, "Service Unavailable"),
+            "The server's disk is full; retry once space is freed"
+        );
         assert_eq!(r.header("Retry-After"), Some("1"));
     }
     server.log_with(&["ERROR storage full, answering 503: disk I/O error: File too large"]);
