@@ -378,9 +378,9 @@ impl Database {
             .with_init(move |conn| configure_connection(conn, busy_timeout, durability));
         let pool = r2d2::Pool::builder()
             .max_size(settings.pool_size.max(1))
-            // How long `build` waits for the pool's connections to open;
-            // a request waits `busy_timeout` for one (see `conn`), which
-            // may be shorter than opening them takes (1 ms).
+            // How long `build` waits for the pool's connections to open. A
+            // request waits `busy_timeout` for one (see `conn`), which may
+            // be shorter than opening them takes: 1 ms is.
             .connection_timeout(POOL_OPENING_TIME.max(settings.busy_timeout))
             // A local file does not go stale like a network connection, so the
             // per-checkout `SELECT 1` and periodic reconnects are pure cost.
