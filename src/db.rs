@@ -367,8 +367,10 @@ impl Database {
         }
         let set_up = || -> Result<()> {
             let mut conn = Connection::open(sqlite_path(path))?;
-            configure_connection(&mut conn, settings.busy_timeout, settings.durability)?;
-            migrate(&mut conn)
+            configure_connection(&mut conn, settings.busy_timeout, settings.durability)
+                .map_err(Error::from)
+                .and_then(|()| migrate(&mut conn))
+                .map_err(|e| explain_full(&conn, e))
         };
         set_up().map_err(|e| explain_access(path, e))?;
 
@@ -676,17 +678,19 @@ fn explain_access(path: &Path, e: Error) -> Error {
 }
 
 /// SQLite reports a write refused for a file-size limit (`ulimit -f`) or a
-/// disk quota as a plain I/O error ("disk I/O error"): only ENOSPC is a
-/// full disk to it. Yet it is one to anyone who can act on it: nothing was
-/// changed, and the same call succeeds once there is room. The OS error
-/// that SQLite met, kept on the connection, tells them apart.
+/// disk quota as a plain I/O error ("disk I/O error"): only ENOSPC on a
+/// database or WAL write is a full disk to it, not even ENOSPC when it
+/// sizes the `-shm` file, as every open does. Yet all of them are a full
+/// disk to anyone who can act on it: nothing was changed, and the same call
+/// succeeds once there is room. The OS error that SQLite met, kept on the
+/// connection, tells them apart.
 fn explain_full(conn: &Connection, e: Error) -> Error {
     #[cfg(unix)]
     if let Error::Sqlite(ref sqlite) = e {
         if sqlite.sqlite_error_code() == Some(ErrorCode::SystemIoFailure) {
             // SAFETY: the handle is only read, on the thread using `conn`.
             let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
-            if errno == libc::EFBIG || errno == libc::EDQUOT {
+            if [libc::ENOSPC, libc::EFBIG, libc::EDQUOT].contains(&errno) {
                 // "File too large", without Rust's " (os error 27)".
                 let os = std::io::Error::from_raw_os_error(errno).to_string();
                 let os = os.split(" (os error ").next().unwrap_or_default();

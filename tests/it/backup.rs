@@ -285,9 +285,6 @@ fn a_backup_killed_halfway_leaves_no_file_under_the_backups_name() {
 #[cfg(unix)]
 #[test]
 fn a_backup_past_a_file_size_limit_fails_cleanly_and_leaves_nothing() {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-
     let (server, db, _) = start_with_alice_and_bob(&[]);
     db.add_chat("bob", "bulk", "test-model", 5_000).unwrap();
     let out = server.dir.path().join("backup.db");
@@ -304,28 +301,8 @@ fn a_backup_past_a_file_size_limit_fails_cleanly_and_leaves_nothing() {
         bytes > 2 * limit as i64,
         "{bytes} bytes: the copy would fit"
     );
-    let mut backup = Command::new(BIN);
-    backup
-        .arg("--db")
-        .arg(&server.db_path)
-        .arg("backup")
-        .arg(&out)
-        .stdin(Stdio::null());
-    // SAFETY: setrlimit is async-signal-safe, and the closure allocates nothing.
-    unsafe {
-        backup.pre_exec(move || {
-            let file_size = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &file_size) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-    let ran = backup.output().unwrap();
+    let ran =
+        run_cli_with_file_size_limit(&server.db_path, &["backup", out.to_str().unwrap()], limit);
     assert_eq!(ran.status.code(), Some(1), "{}", stderr_of(&ran));
     assert!(
         stderr_of(&ran).starts_with(

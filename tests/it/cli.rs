@@ -111,6 +111,41 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
     }
 }
 
+/// On a full disk, opening the database fails: SQLite cannot give its
+/// shared-memory index (the `-shm` file, which commands remove when they
+/// end) the 32 KiB it needs. That was "disk I/O error", from `doctor` too,
+/// which a user runs to find out what is wrong. Here no file may grow past
+/// 16 KiB; a full disk (ENOSPC) and a quota are reported the same way.
+#[cfg(unix)]
+#[test]
+fn a_database_that_cannot_be_opened_for_want_of_space_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("neptun.db");
+    let out = run_cli(&db, &["user", "add", "alice"], None);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(!dir.path().join("neptun.db-shm").exists());
+    let full = format!(
+        "neptun-local: error: {}: storage full: disk I/O error: File too large\n",
+        db.display()
+    );
+    for args in [
+        &["doctor"][..],
+        &["user", "list"],
+        &["user", "add", "bob"],
+        &["--addr", "127.0.0.1:0"],
+    ] {
+        let out = run_cli_with_file_size_limit(&db, args, 16 * 1024);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).ends_with(&full),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+    }
+    let out = run_cli(&db, &["doctor"], None);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
 #[test]
 fn an_unusable_database_is_reported_with_its_path() {
     let dir = tempfile::tempdir().unwrap();

@@ -415,6 +415,36 @@ pub fn run_cli(db_path: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Runs a command as [`run_cli`] does (with no stdin), but with no file
+/// of its own allowed to grow past `bytes` (`ulimit -f`): the way a test
+/// fills the disk under one process.
+#[cfg(unix)]
+pub fn run_cli_with_file_size_limit(db_path: &Path, args: &[&str], bytes: u64) -> Output {
+    use std::os::unix::process::CommandExt;
+
+    let mut command = Command::new(BIN);
+    command
+        .arg("--db")
+        .arg(db_path)
+        .args(args)
+        .stdin(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe, and the closure allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            let file_size = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &file_size) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    command.output().unwrap()
+}
+
 /// What a finished command wrote on stderr.
 pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
