@@ -417,7 +417,8 @@ pub fn run_cli(db_path: &Path, args: &[&str], stdin: Option<&str>) -> Output {
 
 /// Runs a command as [`run_cli`] does (with no stdin), but with no file
 /// of its own allowed to grow past `bytes` (`ulimit -f`): the way a test
-/// fills the disk under one process.
+/// fills the disk under one process. It must end within [`IO_TIMEOUT`]
+/// (`serve` that does not fail would run on).
 #[cfg(unix)]
 pub fn run_cli_with_file_size_limit(db_path: &Path, args: &[&str], bytes: u64) -> Output {
     use std::os::unix::process::CommandExt;
@@ -442,7 +443,20 @@ pub fn run_cli_with_file_size_limit(db_path: &Path, args: &[&str], bytes: u64) -
             }
         });
     }
-    command.output().unwrap()
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{args:?} still ran after {IO_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// What a finished command wrote on stderr.
