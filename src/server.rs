@@ -423,7 +423,8 @@ fn to_tiny_http(response: Response) -> tiny_http::Response<io::Cursor<Vec<u8>>> 
     out
 }
 
-/// Logs every panic as one error line, and makes a panic on any thread that
+/// Logs every panic as one error line (followed by its backtrace when
+/// `RUST_BACKTRACE` asks for one), and makes a panic on any thread that
 /// is not ours (tiny_http's accept and connection threads, which are
 /// unnamed; ours all have names) end the process with exit code 70. A
 /// panicked accept thread takes the listener with it, and a process that
@@ -434,8 +435,7 @@ fn to_tiny_http(response: Response) -> tiny_http::Response<io::Cursor<Vec<u8>>> 
 /// of its own: the journal filed them at the default priority, so
 /// `journalctl -p err` showed that the server exited but not why, and with
 /// a stderr that no one reads a worker would wait there. The log writes
-/// the message (and a backtrace, if `RUST_BACKTRACE` asks for one) in an
-/// error line, through its queue. A panic of the log's own thread still
+/// them through its queue, each line at the error priority. A panic of the log's own thread still
 /// goes to Rust's hook, since the queue it would use is the one it drains,
 /// and so does any panic while the log is off.
 ///
