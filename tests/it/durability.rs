@@ -455,6 +455,7 @@ fn an_idle_server_leaves_a_busy_ones_wal_to_it() {
         longest_gap < Duration::from_millis(800),
         "a delete took {longest_gap:?}: the WAL may have stood still"
     );
+    eprintln!("{deleted} deletes, none longer than {longest_gap:?}");
     // Log lines are written by a thread of their own: give the line of a
     // pass in the last moments time to come. The idle server could not
     // start one in this time: it acts only on a WAL that stayed unchanged
