@@ -1,5 +1,5 @@
 //! The command line: `serve` (the default), `user add|list`,
-//! `session new|revoke|list|prune`, `doctor` and `backup`.
+//! `session new|revoke|list|prune`, `doctor`, `backup` and `restore`.
 //!
 //! Every option has an environment-variable fallback, so that the server can
 //! be configured the same way from a shell, a service file or a test.
@@ -15,7 +15,7 @@ use rusqlite::Connection;
 
 use crate::auth::{self, Token};
 use crate::db::{self, Database, Durability};
-use crate::{backup, doctor, logging, maintenance};
+use crate::{backup, doctor, logging, maintenance, restore};
 
 mod listings;
 mod serve;
@@ -33,7 +33,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7150";
 #[derive(Parser, Debug)]
 #[command(name = "neptun-local", version)]
 pub struct Cli {
-    /// The SQLite database file; serve and user add create it, with the schema, if missing.
+    /// The SQLite database file; serve, user add and restore create it, with the schema, if missing.
     #[arg(long, env = "NEPTUN_DB", default_value = "neptun.db", global = true)]
     pub db: PathBuf,
 
@@ -70,6 +70,17 @@ pub enum Command {
     Backup {
         /// Where to write the copy; must not exist yet.
         out: PathBuf,
+    },
+    /// Put a backup's contents in place of the database's, safe while the
+    /// server runs (copying the file over it with cp is not); the backup is
+    /// checked first.
+    Restore {
+        /// The backup to restore from.
+        backup: PathBuf,
+        /// Replace the users and chats the database holds (that cannot be
+        /// undone); without it, only an empty database is restored into.
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -215,6 +226,7 @@ pub enum Error {
     Transport(io::Error),
     Session(auth::NewSessionError),
     Backup(backup::Error),
+    Restore(restore::Error),
     InvalidUserId(&'static str),
     MalformedToken,
     NoSuchSession,
@@ -273,6 +285,7 @@ impl fmt::Display for Error {
             Error::Transport(e) => write!(f, "the HTTP server failed: {e}"),
             Error::Session(e) => e.fmt(f),
             Error::Backup(e) => e.fmt(f),
+            Error::Restore(e) => e.fmt(f),
             Error::InvalidUserId(why) => write!(f, "invalid user id: {why}"),
             Error::MalformedToken => f.write_str("that is not a neptun-local session token"),
             Error::NoSuchSession => {
@@ -439,9 +452,9 @@ fn advice_for(path: &Path, usual: &'static str) -> &'static str {
 pub fn run(cli: Cli) -> Result<(), Error> {
     logging::init(cli.log_level);
     ignore_file_size_signal();
-    // Serving and adding a user create the file if it is missing; SQLite
-    // would refuse a missing directory with only "unable to open database
-    // file".
+    // Serving, adding a user and restoring create the file if it is
+    // missing; SQLite would refuse a missing directory with only "unable to
+    // open database file".
     let open = |settings: &db::Settings| {
         if cli.db.is_dir() {
             return Err(Error::IsDirectory(cli.db.clone()));
@@ -501,16 +514,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 "removed user {id:?}, its {} chat(s) and {} session(s)",
                 removed.chats, removed.sessions
             ));
-            // A running server would clear the deleted rows from the files
-            // within a second or so, but none may be running.
-            match maintenance::erase_now(&db) {
-                Ok(true) => {}
-                Ok(false) => tell(format_args!(
-                    "a reader held the WAL; a running server clears it once the reader is \
-                     done, or the next start does"
-                )),
-                Err(e) => tell(format_args!("could not checkpoint the WAL now: {e}")),
-            }
+            erase_now(&db);
             Ok(())
         }
         Some(Command::User(UserCommand::List)) => {
@@ -610,6 +614,38 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             ));
             Ok(())
         }
+        Some(Command::Restore {
+            ref backup,
+            replace,
+        }) => {
+            let checked = restore::check(backup, &cli.db).map_err(Error::Restore)?;
+            let db = open(&db::Settings::default())?;
+            let restored = restore::restore(&db, &checked, replace).map_err(Error::Restore)?;
+            let replaced = match restored.before.is_empty() {
+                true => String::new(),
+                false => format!(", in place of {}", restored.before),
+            };
+            tell(format_args!(
+                "restored {} from {}{replaced}; integrity and foreign keys checked",
+                restored.now,
+                backup.display(),
+            ));
+            erase_now(&db);
+            Ok(())
+        }
+    }
+}
+
+/// Clears what a command deleted or replaced from the files: a running
+/// server would do so within a second or so, but none may be running.
+fn erase_now(db: &Database) {
+    match maintenance::erase_now(db) {
+        Ok(true) => {}
+        Ok(false) => tell(format_args!(
+            "a reader held the WAL; a running server clears it once the reader is \
+             done, or the next start does"
+        )),
+        Err(e) => tell(format_args!("could not checkpoint the WAL now: {e}")),
     }
 }
 

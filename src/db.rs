@@ -638,6 +638,29 @@ impl Database {
         Ok(())
     }
 
+    /// Replaces every page of the database with those of the database
+    /// `from` is open on, in one write transaction (SQLite's online backup,
+    /// run towards this file): other connections, a running server's too,
+    /// see the old contents or the new, never a mix, and a failure leaves
+    /// the old. The page sizes must match, as the WAL cannot change its own.
+    pub fn replace_with(&self, from: &Connection) -> Result<()> {
+        use rusqlite::backup::{Backup, StepResult};
+
+        let _turn = take_turn(&self.write_turn);
+        let mut conn = self.conn()?;
+        let copied = (|| match Backup::new(from, &mut conn)?.step(-1)? {
+            StepResult::Done => Ok(()),
+            // Every page in one step: it is done, or it waited the busy
+            // timeout for the lock in vain.
+            _ => Err(Error::Busy(
+                "another connection kept the database locked".to_owned(),
+            )),
+        })();
+        copied.map_err(|e| explain_access(&self.path, explain_full(&conn, e)))?;
+        self.wake_upkeep();
+        Ok(())
+    }
+
     /// Deletes the session with this token hash; returns whether one existed.
     pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
         self.write(|tx| {

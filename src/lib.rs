@@ -4,8 +4,8 @@
 //! Dependencies point one way: `cli` → {`server`, `routes`, `db`, `auth`,
 //! `file_watch`}; `routes` → {`auth`, `db`, `http`}; `server` → `http`.
 //! Only `server` knows tiny_http; SQL lives in `db`, plus the operator
-//! checks in `doctor`, the read-back of a copy in `backup` and the demo
-//! seed in `demo`. `maintenance` keeps the file checkpointed and small;
+//! checks in `doctor`, the read-back of a copy in `backup`, the checks
+//! around copying one in in `restore`, and the demo seed in `demo`. `maintenance` keeps the file checkpointed and small;
 //! `group_commit` lets concurrent deletes share one commit; `memory` keeps
 //! the allocator from holding on to memory per thread; `file_watch` stops
 //! the server if its database file is deleted or replaced under it.
@@ -23,6 +23,7 @@ pub mod http;
 pub mod logging;
 pub mod maintenance;
 pub mod memory;
+pub mod restore;
 pub mod routes;
 pub mod server;
 pub mod utc;

@@ -1,0 +1,220 @@
+//! `neptun-local restore BACKUP`: puts the contents of a backup in place of
+//! the database's, safely while a server runs.
+//!
+//! Copying a backup over the database file by hand is safe only with the
+//! server stopped and the file's `-wal` and `-shm` removed: a running server
+//! keeps writing into the file it has open, and a WAL left by a crash would
+//! be applied to the copy. This command copies the backup's pages into the
+//! database through SQLite instead (its online backup API, run towards the
+//! database), in one write transaction. A running server's requests see
+//! the old contents or the new, and the old WAL is never applied to the new.
+//!
+//! The backup is checked before anything changes: it must be a neptun-local
+//! database of this schema version, whole (`integrity_check`) and without
+//! orphans (`foreign_key_check`). A database that holds users or chats is
+//! replaced only when asked to, since what it holds is then gone for good.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+use crate::db::{self, Database};
+use crate::doctor;
+
+/// How many users and chats a database holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Contents {
+    pub users: i64,
+    pub chats: i64,
+}
+
+impl Contents {
+    /// No user and no chat: nothing a restore would lose.
+    pub fn is_empty(self) -> bool {
+        self == Contents { users: 0, chats: 0 }
+    }
+
+    fn of(conn: &Connection) -> db::Result<Contents> {
+        Ok(conn.query_row(
+            "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM chats)",
+            [],
+            |r| {
+                Ok(Contents {
+                    users: r.get(0)?,
+                    chats: r.get(1)?,
+                })
+            },
+        )?)
+    }
+}
+
+impl fmt::Display for Contents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} user(s) and {} chat(s)", self.users, self.chats)
+    }
+}
+
+/// What a restore put in place, and what was there before.
+pub struct Restored {
+    pub now: Contents,
+    pub before: Contents,
+}
+
+/// Why a restore was not made. In every case but the last, the database
+/// was left as it was.
+#[derive(Debug)]
+pub enum Error {
+    /// There is no file to restore from.
+    NoBackup(PathBuf),
+    /// The backup named is the database itself.
+    SameFile(PathBuf),
+    /// The file is not a neptun-local database this version can read.
+    Unreadable(PathBuf, db::Error),
+    /// The backup is damaged or has orphaned rows.
+    Unsound(PathBuf, String),
+    /// The database holds data, and replacing it was not asked for.
+    WouldReplace {
+        database: PathBuf,
+        before: Contents,
+        backup: Contents,
+    },
+    /// SQLite cannot copy pages of one size into a WAL database of another.
+    PageSize { backup: i64, database: i64 },
+    /// Copying failed; SQLite rolled it back.
+    Copy(db::Error),
+    /// The copy was made, but the database did not check out afterwards.
+    Unconfirmed(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoBackup(path) => write!(f, "{} does not exist", path.display()),
+            Error::SameFile(path) => write!(
+                f,
+                "{} is the database itself; name the backup to restore from",
+                path.display()
+            ),
+            Error::Unreadable(path, e) => write!(
+                f,
+                "{} cannot be restored from: {e}; the database was left as it was",
+                path.display()
+            ),
+            Error::Unsound(path, why) => write!(
+                f,
+                "{} did not check out ({why}); the database was left as it was",
+                path.display()
+            ),
+            Error::WouldReplace {
+                database,
+                before,
+                backup,
+            } => write!(
+                f,
+                "{} holds {before}; add --replace to put the backup's {backup} in their \
+                 place (that cannot be undone)",
+                database.display()
+            ),
+            Error::PageSize { backup, database } => write!(
+                f,
+                "the backup's pages are {backup} bytes and the database's {database}, \
+                 which SQLite cannot copy into a WAL database; the database was left as it \
+                 was. To restore this backup, stop the server, remove the database's -wal \
+                 and -shm files, and copy the backup in its place"
+            ),
+            Error::Copy(e) => write!(
+                f,
+                "the restore failed, and the database was left as it was: {e}"
+            ),
+            Error::Unconfirmed(why) => write!(
+                f,
+                "the backup was copied in, but the database did not check out afterwards \
+                 ({why}); run doctor"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A backup that passed [`check`], open read-only.
+pub struct Checked {
+    conn: Connection,
+    path: PathBuf,
+    contents: Contents,
+}
+
+/// Checks the backup at `from` for a restore into the database at
+/// `database`, before that is opened: a restore refused for its backup
+/// leaves no new database file behind.
+pub fn check(from: &Path, database: &Path) -> Result<Checked, Error> {
+    if from.symlink_metadata().is_err() {
+        return Err(Error::NoBackup(from.to_owned()));
+    }
+    if same_file(from, database) {
+        return Err(Error::SameFile(from.to_owned()));
+    }
+    let unreadable = |e| Error::Unreadable(from.to_owned(), e);
+    // As `doctor` opens a backup: read-only, refusing another application's
+    // file and a schema version this one does not know.
+    let conn = db::open_read_only(from).map_err(unreadable)?;
+    let mut report = doctor::Report::default();
+    doctor::check_integrity(&conn, &mut report).map_err(unreadable)?;
+    if !report.problems.is_empty() {
+        return Err(Error::Unsound(from.to_owned(), report.problems.join("; ")));
+    }
+    let contents = Contents::of(&conn).map_err(unreadable)?;
+    Ok(Checked {
+        conn,
+        path: from.to_owned(),
+        contents,
+    })
+}
+
+/// Puts the contents of `backup` in place of `db`'s, which must hold no
+/// user and no chat unless `replace` is set; checks the result.
+pub fn restore(db: &Database, backup: &Checked, replace: bool) -> Result<Restored, Error> {
+    let (before, database_page_size) = db
+        .with_connection(|conn| Ok((Contents::of(conn)?, page_size(conn)?)))
+        .map_err(Error::Copy)?;
+    if !(before.is_empty() || replace) {
+        return Err(Error::WouldReplace {
+            database: db.path().to_owned(),
+            before,
+            backup: backup.contents,
+        });
+    }
+    let backup_page_size =
+        page_size(&backup.conn).map_err(|e| Error::Unreadable(backup.path.clone(), e))?;
+    if backup_page_size != database_page_size {
+        return Err(Error::PageSize {
+            backup: backup_page_size,
+            database: database_page_size,
+        });
+    }
+
+    db.replace_with(&backup.conn).map_err(Error::Copy)?;
+    let checked = db.with_connection(|conn| {
+        let mut report = doctor::Report::default();
+        doctor::check_integrity(conn, &mut report)?;
+        Ok((Contents::of(conn)?, report.problems))
+    });
+    match checked {
+        Ok((now, problems)) if problems.is_empty() => Ok(Restored { now, before }),
+        Ok((_, problems)) => Err(Error::Unconfirmed(problems.join("; "))),
+        Err(e) => Err(Error::Unconfirmed(e.to_string())),
+    }
+}
+
+fn page_size(conn: &Connection) -> db::Result<i64> {
+    Ok(conn.pragma_query_value(None, "page_size", |r| r.get(0))?)
+}
+
+/// Whether two paths name one file (through links, or `./` and the like).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}

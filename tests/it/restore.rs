@@ -1,0 +1,303 @@
+//! `neptun-local restore BACKUP`: a checked backup put in place of the
+//! database's contents, while the server runs, or into a new file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::support::*;
+
+/// The bytes of the database file and of its WAL, where replaced rows
+/// could linger.
+fn file_bytes(db_path: &Path) -> Vec<u8> {
+    let mut wal = db_path.as_os_str().to_owned();
+    wal.push("-wal");
+    [db_path.to_owned(), PathBuf::from(wal)]
+        .iter()
+        .flat_map(|path| std::fs::read(path).unwrap_or_default())
+        .collect()
+}
+
+fn holds(bytes: &[u8], text: &str) -> bool {
+    bytes.windows(text.len()).any(|w| w == text.as_bytes())
+}
+
+/// The users and chats, as the listings print them.
+fn listing(db_path: &Path) -> String {
+    let mut text = String::new();
+    for args in [&["user", "list"][..], &["chat", "list", "alice"]] {
+        let out = run_cli(db_path, args, None);
+        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    text
+}
+
+#[test]
+fn a_restore_under_a_running_server_brings_the_backup_back_and_erases_what_it_replaced() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let kept = seed_chat(&db, "alice", "bob");
+    let deleted_since = seed_chat(&db, "alice", "bob");
+    let out = server.dir.path().join("backup.db");
+    let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+
+    // After the backup: one chat deleted, one added, a session revoked.
+    let path = |chat: i64| format!("/api/users/alice/chats/{chat}");
+    server
+        .delete(&path(deleted_since.chat), &token)
+        .assert_true();
+    let added_since = db
+        .add_chat("alice", "added-after-the-backup", "test-model", 3)
+        .unwrap();
+    let revoked = run_cli(
+        &server.db_path,
+        &["session", "revoke", "--user", "alice"],
+        None,
+    );
+    assert!(revoked.status.success(), "{}", stderr_of(&revoked));
+
+    assert!(holds(
+        &file_bytes(&server.db_path),
+        "added-after-the-backup"
+    ));
+
+    // A database with users or chats is replaced only when asked to.
+    let before = listing(&server.db_path);
+    let refused = run_cli(&server.db_path, &["restore", out.to_str().unwrap()], None);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr_of(&refused));
+    assert!(
+        stderr_of(&refused).contains(
+            "holds 2 user(s) and 2 chat(s); add --replace to put the backup's 2 user(s) and \
+             2 chat(s) in their place (that cannot be undone)"
+        ),
+        "{}",
+        stderr_of(&refused)
+    );
+    assert_eq!(listing(&server.db_path), before);
+
+    let restored = run_cli(
+        &server.db_path,
+        &["restore", out.to_str().unwrap(), "--replace"],
+        None,
+    );
+    assert!(restored.status.success(), "{}", stderr_of(&restored));
+    assert!(
+        stderr_of(&restored).contains(&format!(
+            "restored 2 user(s) and 2 chat(s) from {}, in place of 2 user(s) and 2 chat(s); \
+             integrity and foreign keys checked",
+            out.display()
+        )),
+        "{}",
+        stderr_of(&restored)
+    );
+
+    // The running server serves the backup's contents at once: the session
+    // revoked since is valid again, the deleted chat is back whole, and
+    // the added one is gone, also from the bytes of the files.
+    let conn = server.sql();
+    assert_fully_present(&conn, &deleted_since);
+    assert_fully_present(&conn, &kept);
+    assert_consistent(&conn);
+    drop(conn);
+    server
+        .delete(&path(deleted_since.chat), &token)
+        .assert_true();
+    server
+        .delete(&path(added_since), &token)
+        .assert_error(404, "Not Found");
+    assert!(!holds(
+        &file_bytes(&server.db_path),
+        "added-after-the-backup"
+    ));
+    assert_consistent(&server.sql());
+    let doctor = run_cli(&server.db_path, &["doctor"], None);
+    assert!(doctor.status.success(), "{}", stderr_of(&doctor));
+    // The backup is read, never written.
+    let backup_doctor = run_cli(&out, &["doctor"], None);
+    let report = String::from_utf8_lossy(&backup_doctor.stdout);
+    assert!(report.contains("chats=2"), "{report}");
+}
+
+/// Onto a new machine: into a file that does not exist yet, which a server
+/// then serves with the backup's sessions.
+#[test]
+fn a_restore_into_a_new_file_needs_no_replace_and_serves() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let chat = seed_chat(&db, "alice", "bob");
+    let out = server.dir.path().join("backup.db");
+    let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+
+    let dir = tempfile::tempdir().unwrap();
+    let new = dir.path().join("neptun.db");
+    let restored = run_cli(&new, &["restore", out.to_str().unwrap()], None);
+    assert!(restored.status.success(), "{}", stderr_of(&restored));
+    let said = stderr_of(&restored);
+    assert!(
+        said.contains("restored 2 user(s) and 1 chat(s) from") && !said.contains("in place of"),
+        "{said}"
+    );
+    let doctor = run_cli(&new, &["doctor"], None);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "{report}{}", stderr_of(&doctor));
+    assert!(report.contains("journal_mode=wal"), "{report}");
+    assert!(report.contains("auto_vacuum=incremental"), "{report}");
+    #[cfg(unix)]
+    assert!(report.contains("mode         0600"), "{report}");
+
+    let restored_server = TestServer::start_in(dir, new, &[]);
+    restored_server
+        .delete(&format!("/api/users/alice/chats/{}", chat.chat), &token)
+        .assert_true();
+    assert_consistent(&restored_server.sql());
+}
+
+#[test]
+fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
+    let (server, db, _token) = start_with_alice_and_bob(&[]);
+    seed_chat(&db, "alice", "bob");
+    let dir = server.dir.path();
+    let backup = |name: &str| {
+        let out = dir.join(name);
+        let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
+        assert!(ran.status.success(), "{}", stderr_of(&ran));
+        out
+    };
+
+    let orphans = backup("orphans.db");
+    rusqlite::Connection::open(&orphans)
+        .unwrap()
+        .execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             INSERT INTO messages (chat_id, actor, message) VALUES (999, 'user', 'x');",
+        )
+        .unwrap();
+    let big_pages = backup("big-pages.db");
+    rusqlite::Connection::open(&big_pages)
+        .unwrap()
+        .execute_batch("PRAGMA page_size = 8192; VACUUM;")
+        .unwrap();
+    let garbage = dir.join("garbage.db");
+    std::fs::write(&garbage, vec![b'x'; 8192]).unwrap();
+    let foreign = dir.join("foreign.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+        .unwrap();
+    let missing = dir.join("missing.db");
+
+    let cases = [
+        (missing.clone(), "missing.db does not exist"),
+        (server.db_path.clone(), "is the database itself"),
+        (
+            garbage,
+            "garbage.db cannot be restored from: sqlite: file is not a database",
+        ),
+        (
+            foreign,
+            "foreign.db cannot be restored from: this SQLite database is not a neptun-local one",
+        ),
+        (
+            orphans,
+            "orphans.db did not check out (orphaned rows: messages row",
+        ),
+        (
+            big_pages,
+            "the backup's pages are 8192 bytes and the database's 4096",
+        ),
+    ];
+    let before = listing(&server.db_path);
+    for (from, message) in cases {
+        let ran = run_cli(
+            &server.db_path,
+            &["restore", from.to_str().unwrap(), "--replace"],
+            None,
+        );
+        assert_eq!(ran.status.code(), Some(1), "{from:?}: {}", stderr_of(&ran));
+        assert!(stderr_of(&ran).contains(message), "{}", stderr_of(&ran));
+        assert_eq!(listing(&server.db_path), before, "{from:?}");
+    }
+    assert!(!missing.exists());
+    assert_consistent(&server.sql());
+
+    // Refused for its backup, a restore into a new file leaves none.
+    let new = dir.join("new.db");
+    let ran = run_cli(&new, &["restore", missing.to_str().unwrap()], None);
+    assert!(stderr_of(&ran).contains("missing.db does not exist"));
+    assert!(!new.exists());
+}
+
+/// Deletes keep coming while a restore copies a larger backup in: each
+/// gets a clean answer, and every chat ends up whole or gone, never half.
+#[test]
+fn deletes_racing_a_restore_get_clean_answers_and_leave_no_half_chat() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let chats: Vec<SeededChat> = (0..400).map(|_| seed_chat(&db, "alice", "bob")).collect();
+    // Bulk, so that copying it in takes a while.
+    db.add_chat("bob", "bulk", "test-model", 50_000).unwrap();
+    let out = server.dir.path().join("backup.db");
+    let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+
+    // Deletes from before the restore starts until after it ended.
+    let restore_done = Arc::new(AtomicBool::new(false));
+    let deleter = {
+        let (addr, token, done) = (server.addr, token.clone(), Arc::clone(&restore_done));
+        let paths: Vec<String> = chats
+            .iter()
+            .map(|c| format!("/api/users/alice/chats/{}", c.chat))
+            .collect();
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            let mut after = 0;
+            for path in &paths {
+                let answer = try_delete(addr, path, &token).expect("the server answers");
+                statuses.push(answer.status);
+                if done.load(Ordering::SeqCst) {
+                    after += 1;
+                    if after == 10 {
+                        break;
+                    }
+                }
+            }
+            statuses
+        })
+    };
+    let restored = run_cli(
+        &server.db_path,
+        &["restore", out.to_str().unwrap(), "--replace"],
+        None,
+    );
+    restore_done.store(true, Ordering::SeqCst);
+    let statuses = deleter.join().unwrap();
+    assert!(restored.status.success(), "{}", stderr_of(&restored));
+    assert!(statuses.len() < chats.len(), "the deletes ended first");
+    // 503 if the copy held the lock longer than the busy timeout.
+    assert!(
+        statuses.iter().all(|s| [200, 503].contains(s)),
+        "{statuses:?}"
+    );
+
+    // Deleted before the restore: back, whole. After it: gone, whole.
+    let conn = server.sql();
+    assert_consistent(&conn);
+    let mut back = 0;
+    for chat in &chats[..statuses.len()] {
+        let rows = remaining_rows(&conn, chat);
+        if rows[0].1 == 1 {
+            assert_fully_present(&conn, chat);
+            back += 1;
+        } else {
+            assert_fully_gone(&conn, chat);
+        }
+    }
+    assert!(back > 0, "no delete came before the restore");
+    assert!(
+        back < statuses.len() - 9,
+        "no delete came after the restore"
+    );
+    for chat in &chats[statuses.len()..] {
+        assert_fully_present(&conn, chat);
+    }
+}
