@@ -292,6 +292,10 @@ fn deletes_racing_a_restore_get_clean_answers_and_leave_no_half_chat() {
             assert_fully_gone(&conn, chat);
         }
     }
+    eprintln!(
+        "{} deletes, {back} of them before the restore",
+        statuses.len()
+    );
     assert!(back > 0, "no delete came before the restore");
     assert!(
         back < statuses.len() - 9,
