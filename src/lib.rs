@@ -5,10 +5,11 @@
 //! `file_watch`}; `routes` → {`auth`, `db`, `http`}; `server` → `http`.
 //! Only `server` knows tiny_http; SQL lives in `db`, plus the operator
 //! checks in `doctor`, the read-back of a copy in `backup`, the checks
-//! around copying one in in `restore`, and the demo seed in `demo`. `maintenance` keeps the file checkpointed and small;
-//! `group_commit` lets concurrent deletes share one commit; `memory` keeps
-//! the allocator from holding on to memory per thread; `file_watch` stops
-//! the server if its database file is deleted or replaced under it.
+//! around copying one back in `restore`, and the demo seed in `demo`.
+//! `maintenance` keeps the file checkpointed and small; `group_commit`
+//! lets concurrent deletes share one commit; `memory` keeps the allocator
+//! from holding on to memory per thread; `file_watch` stops the server if
+//! its database file is deleted or replaced under it.
 
 pub mod auth;
 pub mod backup;
