@@ -381,7 +381,7 @@ fn a_database_reached_through_a_link_is_reported_where_its_files_are() {
         .delete("/api/users/alice/chats/1", &token)
         .assert_error(404, "Not Found");
     let said = format!("a link to {}", real.display());
-    assert!(server.stderr().contains(&said), "{}", server.stderr());
+    server.log_with(&[&said]);
 
     let doctor = run_cli(&link, &["doctor"], None);
     let report = String::from_utf8_lossy(&doctor.stdout);
@@ -839,7 +839,7 @@ fn commands_on_existing_data_refuse_a_missing_file_and_create_nothing() {
 /// take for its own Invoke-WebRequest.
 fn demo_curl(server: &TestServer) -> (String, String, String) {
     let command = if cfg!(windows) { "curl.exe " } else { "curl " };
-    let logs = server.stderr();
+    let logs = server.log_with(&[command]);
     let curl = logs
         .lines()
         .find(|l| l.trim_start().starts_with(command))
@@ -869,7 +869,7 @@ fn the_demo_prints_a_working_curl_command_and_reseeds_idempotently() {
     // The line for a front end's browser console carries the same token, in
     // the form the client checks set it in Chromium.
     let console_line = format!("document.cookie = \"neptun-session={token}; path=/\"");
-    let logs = server.stderr();
+    let logs = server.log_with(&[&console_line]);
     assert!(
         logs.lines().any(|l| l.trim() == console_line),
         "no {console_line:?} in:\n{logs}"
