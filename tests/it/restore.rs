@@ -56,6 +56,9 @@ fn a_restore_under_a_running_server_brings_the_backup_back_and_erases_what_it_re
         None,
     );
     assert!(revoked.status.success(), "{}", stderr_of(&revoked));
+    server
+        .delete(&path(kept.chat), &token)
+        .assert_error(401, "Unauthorized");
 
     assert!(holds(
         &file_bytes(&server.db_path),
