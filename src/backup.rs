@@ -194,19 +194,18 @@ fn give_name(partial: &Path, out: &Path) -> io::Result<()> {
 /// Reads the copy back, without changing it, with `doctor`'s integrity and
 /// foreign-key checks; returns its number of chats.
 fn check(out: &Path) -> Result<i64, String> {
-    let read = || -> db::Result<(doctor::Report, i64)> {
+    let read = || -> db::Result<(Vec<String>, i64)> {
         let conn =
             Connection::open_with_flags(db::sqlite_path(out), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let mut report = doctor::Report::default();
-        doctor::check_integrity(&conn, &mut report)?;
+        let problems = doctor::integrity_problems(&conn)?;
         let chats = conn.query_row("SELECT count(*) FROM chats", [], |r| r.get(0))?;
-        Ok((report, chats))
+        Ok((problems, chats))
     };
-    let (report, chats) = read().map_err(|e| format!("reading it back: {e}"))?;
-    if report.problems.is_empty() {
+    let (problems, chats) = read().map_err(|e| format!("reading it back: {e}"))?;
+    if problems.is_empty() {
         Ok(chats)
     } else {
-        Err(report.problems.join("; "))
+        Err(problems.join("; "))
     }
 }
 

@@ -165,8 +165,15 @@ fn count_rows(conn: &Connection, report: &mut Report) -> db::Result<()> {
     Ok(())
 }
 
-/// `integrity_check` and `foreign_key_check`; also what `backup` reads a
-/// copy back with.
+/// What [`check_integrity`] finds wrong; empty when nothing is. What
+/// `backup` reads its copy back with, and `restore` a backup and its result.
+pub fn integrity_problems(conn: &Connection) -> db::Result<Vec<String>> {
+    let mut report = Report::default();
+    check_integrity(conn, &mut report)?;
+    Ok(report.problems)
+}
+
+/// `integrity_check` and `foreign_key_check`.
 pub fn check_integrity(conn: &Connection, report: &mut Report) -> db::Result<()> {
     let integrity: Vec<String> = conn
         .prepare("PRAGMA integrity_check")?

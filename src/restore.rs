@@ -159,10 +159,9 @@ pub fn check(from: &Path, database: &Path) -> Result<Checked, Error> {
     // As `doctor` opens a backup: read-only, refusing another application's
     // file and a schema version this one does not know.
     let conn = db::open_read_only(from).map_err(unreadable)?;
-    let mut report = doctor::Report::default();
-    doctor::check_integrity(&conn, &mut report).map_err(unreadable)?;
-    if !report.problems.is_empty() {
-        return Err(Error::Unsound(from.to_owned(), report.problems.join("; ")));
+    let problems = doctor::integrity_problems(&conn).map_err(unreadable)?;
+    if !problems.is_empty() {
+        return Err(Error::Unsound(from.to_owned(), problems.join("; ")));
     }
     let contents = Contents::of(&conn).map_err(unreadable)?;
     Ok(Checked {
@@ -195,11 +194,8 @@ pub fn restore(db: &Database, backup: &Checked, replace: bool) -> Result<Restore
     }
 
     db.replace_with(&backup.conn).map_err(Error::Copy)?;
-    let checked = db.with_connection(|conn| {
-        let mut report = doctor::Report::default();
-        doctor::check_integrity(conn, &mut report)?;
-        Ok((Contents::of(conn)?, report.problems))
-    });
+    let checked =
+        db.with_connection(|conn| Ok((Contents::of(conn)?, doctor::integrity_problems(conn)?)));
     match checked {
         Ok((now, problems)) if problems.is_empty() => Ok(Restored { now, before }),
         Ok((_, problems)) => Err(Error::Unconfirmed(problems.join("; "))),
