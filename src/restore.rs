@@ -214,3 +214,39 @@ fn same_file(a: &Path, b: &Path) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::tests::open_temp;
+
+    /// `check` keeps a damaged backup out, so the check of the result is
+    /// tried with one that skipped it: a backup with an orphaned message.
+    #[test]
+    fn a_result_that_does_not_check_out_is_not_confirmed() {
+        let (_dir, source) = open_temp();
+        source
+            .with_connection(|conn| {
+                conn.execute_batch(
+                    "PRAGMA foreign_keys = OFF;
+                     INSERT INTO messages (chat_id, actor, message) VALUES (999, 'user', 'x');
+                     PRAGMA foreign_keys = ON;",
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let unchecked = Checked {
+            conn: Connection::open(source.path()).unwrap(),
+            path: source.path().to_owned(),
+            contents: Contents { users: 0, chats: 0 },
+        };
+        let (_target_dir, target) = open_temp();
+        match restore(&target, &unchecked, false) {
+            Err(Error::Unconfirmed(why)) => {
+                assert!(why.contains("orphaned rows: messages row"), "{why}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("an orphan was restored and confirmed"),
+        }
+    }
+}
