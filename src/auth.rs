@@ -116,13 +116,44 @@ pub fn find_session_cookie<'a>(
 }
 
 /// Why a request is not authenticated.
-#[derive(Debug, PartialEq, Eq)]
+///
+/// Every failure but `NoCookie` gets the same answer: a client learns
+/// nothing about a token from the way it is refused. The log tells them
+/// apart ([`AuthFailure::explain`]) for the person who runs the server,
+/// whose front end sees only "Invalid or expired session".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthFailure {
     /// The request carries no session cookie.
     NoCookie,
-    /// The cookie is malformed, ambiguous, unknown, expired or revoked. These
-    /// are deliberately not told apart to the client.
-    InvalidSession,
+    /// Two or more different `neptun-session` values.
+    Conflicting,
+    /// The value does not have the shape of a token.
+    Malformed,
+    /// No session has this token: never made with this database, revoked,
+    /// or its user removed.
+    Unknown,
+    /// The session exists but has expired.
+    Expired,
+}
+
+impl AuthFailure {
+    /// Why, in words for the log. Never includes the cookie's value.
+    pub fn explain(self) -> &'static str {
+        match self {
+            AuthFailure::NoCookie => "no neptun-session cookie",
+            // Browsers send one cookie per path and domain that matches: a
+            // stale one set on another path is the usual cause.
+            AuthFailure::Conflicting => {
+                "two different session cookies, e.g. a stale one set on another path"
+            }
+            AuthFailure::Malformed => "the cookie is not a token of 64 lowercase hex digits",
+            // A front end's cookie outlives the database file it came from.
+            AuthFailure::Unknown => {
+                "no session has this token: revoked, its user removed, or minted for another database"
+            }
+            AuthFailure::Expired => "the session has expired",
+        }
+    }
 }
 
 /// The current time in Unix seconds.
@@ -140,15 +171,17 @@ pub fn authenticate<'a>(
 ) -> Result<Result<String, AuthFailure>, db::Error> {
     let value = match find_session_cookie(cookie_headers) {
         SessionCookie::Missing => return Ok(Err(AuthFailure::NoCookie)),
-        SessionCookie::Conflicting => return Ok(Err(AuthFailure::InvalidSession)),
+        SessionCookie::Conflicting => return Ok(Err(AuthFailure::Conflicting)),
         SessionCookie::Value(v) => v,
     };
     let Some(token) = Token::parse(value) else {
-        return Ok(Err(AuthFailure::InvalidSession));
+        return Ok(Err(AuthFailure::Malformed));
     };
-    Ok(db
-        .get_session_user(&token.hash(), now_unix())?
-        .ok_or(AuthFailure::InvalidSession))
+    Ok(match db.find_session(&token.hash())? {
+        None => Err(AuthFailure::Unknown),
+        Some((_, expires_at)) if expires_at <= now_unix() => Err(AuthFailure::Expired),
+        Some((user_id, _)) => Ok(user_id),
+    })
 }
 
 /// Creates a session for an existing user that expires after `ttl`, and

@@ -510,15 +510,14 @@ impl Database {
         )))
     }
 
-    /// Returns the id of the user whose session has this token hash, if that
-    /// session exists and expires after `now` (Unix seconds).
-    pub fn get_session_user(&self, token_hash: &[u8; 32], now: i64) -> Result<Option<String>> {
+    /// Returns the user id and expiry (Unix seconds) of the session with this
+    /// token hash, expired or not, if there is one.
+    pub fn find_session(&self, token_hash: &[u8; 32]) -> Result<Option<(String, i64)>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT user_id FROM sessions WHERE token_hash = ?1 AND expires_at > ?2",
-        )?;
+        let mut stmt =
+            conn.prepare_cached("SELECT user_id, expires_at FROM sessions WHERE token_hash = ?1")?;
         Ok(stmt
-            .query_row(params![&token_hash[..], now], |r| r.get(0))
+            .query_row(params![&token_hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
     }
 

@@ -115,6 +115,9 @@ pub struct Response {
     /// Why an error was answered, for the request's log line: in a browser,
     /// a refused cross-origin answer hides its body from the page.
     pub reason: Option<&'static str>,
+    /// What the log line adds to the reason, for the person who runs the
+    /// server only: never sent (see [`ApiError::InvalidSession`]).
+    pub log_detail: Option<&'static str>,
     /// Whether the connection must not carry another request after this
     /// answer, because where the request ended is in doubt (RFC 9112 §6.3).
     pub close_connection: bool,
@@ -134,6 +137,7 @@ impl Response {
             ],
             body: value.to_string().into_bytes(),
             reason: None,
+            log_detail: None,
             close_connection: false,
         }
     }
@@ -149,6 +153,7 @@ impl Response {
             ],
             body: Vec::new(),
             reason: None,
+            log_detail: None,
             close_connection: false,
         }
     }
@@ -177,12 +182,19 @@ pub enum ApiError {
     /// 400: two parsers could read the request's length differently
     /// (request smuggling), so neither it nor its connection is trusted.
     AmbiguousFraming,
-    /// 401: no valid session.
+    /// 401: no session cookie.
     Unauthorized(&'static str),
+    /// 401: a session cookie that names no live session. Every cause gets
+    /// the same answer, so that a client learns nothing about a token from
+    /// how it is refused; `why` goes to the log only.
+    InvalidSession { why: &'static str },
     /// 403: refused for where it came from (Host, Origin), whoever asks.
     Forbidden(&'static str),
-    /// 404: no such route, user or chat.
+    /// 404: no such route or chat.
     NotFound(&'static str),
+    /// 404: the path's user is not the session's. The log says so; the
+    /// client is told only "User not found".
+    NotSessionsUser,
     /// 413: the request carries a body larger than we accept.
     PayloadTooLarge,
     /// 414: the request-target is longer than any this API uses.
@@ -207,9 +219,9 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) | ApiError::AmbiguousFraming => 400,
-            ApiError::Unauthorized(_) => 401,
+            ApiError::Unauthorized(_) | ApiError::InvalidSession { .. } => 401,
             ApiError::Forbidden(_) => 403,
-            ApiError::NotFound(_) => 404,
+            ApiError::NotFound(_) | ApiError::NotSessionsUser => 404,
             ApiError::PayloadTooLarge => 413,
             ApiError::UriTooLong => 414,
             ApiError::HeaderFieldsTooLarge => 431,
@@ -223,9 +235,9 @@ impl ApiError {
     pub fn status_message(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) | ApiError::AmbiguousFraming => "Bad Request",
-            ApiError::Unauthorized(_) => "Unauthorized",
+            ApiError::Unauthorized(_) | ApiError::InvalidSession { .. } => "Unauthorized",
             ApiError::Forbidden(_) => "Forbidden",
-            ApiError::NotFound(_) => "Not Found",
+            ApiError::NotFound(_) | ApiError::NotSessionsUser => "Not Found",
             ApiError::PayloadTooLarge => "Payload Too Large",
             ApiError::UriTooLong => "URI Too Long",
             ApiError::HeaderFieldsTooLarge => "Request Header Fields Too Large",
@@ -242,6 +254,8 @@ impl ApiError {
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::ServiceUnavailable(m) => m,
+            ApiError::InvalidSession { .. } => "Invalid or expired session",
+            ApiError::NotSessionsUser => "User not found",
             ApiError::AmbiguousFraming => "Ambiguous message framing",
             ApiError::MethodNotAllowed { .. } => "Method not allowed on this route",
             ApiError::PayloadTooLarge => "Request bodies over 1024 bytes are not accepted",
@@ -261,6 +275,11 @@ impl ApiError {
         });
         let response = Response {
             reason: Some(self.message()),
+            log_detail: match self {
+                ApiError::InvalidSession { why } => Some(why),
+                ApiError::NotSessionsUser => Some("the session is another user's"),
+                _ => None,
+            },
             // Unread or mis-framed body bytes would be read as the next
             // request: ask the client to close (tiny_http would not).
             close_connection: matches!(
@@ -276,7 +295,7 @@ impl ApiError {
             }
             // RFC 9110 §11.6.1: a 401 must say how to authenticate. There is
             // no registered cookie scheme, so name the cookie.
-            ApiError::Unauthorized(_) => response.with_header(
+            ApiError::Unauthorized(_) | ApiError::InvalidSession { .. } => response.with_header(
                 "WWW-Authenticate",
                 &format!(
                     "Cookie realm=\"neptun\", cookie-name=\"{}\"",
@@ -354,6 +373,38 @@ mod tests {
         assert_eq!(r.header("Retry-After"), Some("1"));
         let r = ApiError::Unauthorized("x").into_response();
         assert!(r.header("WWW-Authenticate").unwrap().starts_with("Cookie "));
+    }
+
+    #[test]
+    fn why_a_session_is_refused_goes_to_the_log_and_not_to_the_client() {
+        let expired = ApiError::InvalidSession { why: "expired" }.into_response();
+        let unknown = ApiError::InvalidSession { why: "unknown" }.into_response();
+        assert_eq!(expired.log_detail, Some("expired"));
+        assert_eq!(unknown.log_detail, Some("unknown"));
+        // Apart from the log's detail, the client gets the same answer.
+        assert_eq!(
+            Response {
+                log_detail: None,
+                ..expired.clone()
+            },
+            Response {
+                log_detail: None,
+                ..unknown
+            }
+        );
+        assert_eq!(
+            String::from_utf8(expired.body.clone()).unwrap(),
+            r#"{"statusCode":401,"statusMessage":"Unauthorized","data":{"message":"Invalid or expired session"}}"#
+        );
+        assert!(expired.headers.iter().all(|(_, v)| !v.contains("expired")));
+        assert!(expired.header("WWW-Authenticate").is_some());
+
+        let other_user = ApiError::NotSessionsUser.into_response();
+        assert_eq!(
+            String::from_utf8(other_user.body).unwrap(),
+            r#"{"statusCode":404,"statusMessage":"Not Found","data":{"message":"User not found"}}"#
+        );
+        assert!(other_user.log_detail.is_some());
     }
 
     #[test]

@@ -84,8 +84,7 @@ fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
                 ("X-Content-Type-Options", "nosniff".to_owned()),
             ],
             body: OPENAPI.as_bytes().to_vec(),
-            reason: None,
-            close_connection: false,
+            ..Response::empty(200)
         }),
         (_, ["openapi.yaml"]) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         _ => Err(ApiError::NotFound("Route not found")),
@@ -101,7 +100,7 @@ fn delete_chat(
     let session_user = authenticate(app, request)?;
     let chat_id = parse_chat_id(chat_id)?;
     if path_user_id != session_user {
-        return Err(ApiError::NotFound("User not found"));
+        return Err(ApiError::NotSessionsUser);
     }
     if app
         .db
@@ -119,9 +118,9 @@ fn authenticate(app: &App, request: &Request) -> Result<String, ApiError> {
     match auth::authenticate(&app.db, request.header_values("Cookie")).map_err(database_failure)? {
         Ok(user_id) => Ok(user_id),
         Err(AuthFailure::NoCookie) => Err(ApiError::Unauthorized("Missing session cookie")),
-        Err(AuthFailure::InvalidSession) => {
-            Err(ApiError::Unauthorized("Invalid or expired session"))
-        }
+        Err(failure) => Err(ApiError::InvalidSession {
+            why: failure.explain(),
+        }),
     }
 }
 

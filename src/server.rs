@@ -269,16 +269,19 @@ fn serve_one(
     };
     let response = call_catching_panics(handler, &ours);
     // Path only: the query is the client's business, and cookies are never
-    // logged. An error's reason is one of the API's fixed messages.
+    // logged. An error's reason is one of the API's fixed messages, and its
+    // detail a fixed phrase.
     log::info!(
         "{} {} {} {:.1}ms{}",
         printable(&ours.method),
         printable(ours.path()),
         response.status,
         started.elapsed().as_secs_f64() * 1000.0,
-        response
-            .reason
-            .map_or(String::new(), |reason| format!(" ({reason})"))
+        match (response.reason, response.log_detail) {
+            (Some(reason), Some(detail)) => format!(" ({reason}: {detail})"),
+            (Some(reason), None) => format!(" ({reason})"),
+            (None, _) => String::new(),
+        }
     );
     // Asked first, always: the keep-alive rules count every answer.
     let closes = keep_alive.answer_closes(request.remote_addr().copied(), &ours, Instant::now())

@@ -82,6 +82,12 @@ fn a_path_user_other_than_the_session_user_is_404_user_not_found() {
     assert_eq!(r.assert_error(404, "Not Found"), "User not found");
     let r = w.server.delete(&chat_path("nobody", w.chat.chat), &w.alice);
     assert_eq!(r.assert_error(404, "Not Found"), "User not found");
+    // The log says why, for whoever reads it wondering.
+    let line = "(User not found: the session is another user's)";
+    let log = w
+        .server
+        .log_with(&[&format!("DELETE /api/users/nobody/chats/{}", w.chat.chat)]);
+    assert_eq!(log.matches(line).count(), 2, "{log}");
     let sql = w.server.sql();
     assert_fully_present(&sql, &w.bobs_chat);
     assert_fully_present(&sql, &w.chat);
@@ -106,30 +112,64 @@ fn every_kind_of_bad_session_is_401_and_deletes_nothing() {
     let missing = "Missing session cookie";
     let invalid = "Invalid or expired session";
     let session = |token: &str| Some(format!("neptun-session={token}"));
-    // (case, Cookie header, expected message)
+    // The client is told only `missing` or `invalid`; the log says why.
+    let unknown_why = "no session has this token";
+    let not_a_token = "the cookie is not a token";
+    // (case, Cookie header, expected message, what the log line adds)
     let cases = [
-        ("no Cookie header", None, missing),
+        ("no Cookie header", None, missing, ""),
         (
             "other cookies only",
             Some("theme=dark; lang=en".to_owned()),
             missing,
+            "",
         ),
-        ("unknown token", session(&unknown), invalid),
-        ("malformed token", session("not-a-token"), invalid),
-        ("empty token", session(""), invalid),
-        ("expired session", session(&expired), invalid),
-        ("revoked session", session(&revoked), invalid),
-        ("deleted user", session(&carols), invalid),
-        ("two different values", Some(conflicting), invalid),
+        ("unknown token", session(&unknown), invalid, unknown_why),
+        (
+            "malformed token",
+            session("not-a-token"),
+            invalid,
+            not_a_token,
+        ),
+        ("empty token", session(""), invalid, not_a_token),
+        (
+            "expired session",
+            session(&expired),
+            invalid,
+            "the session has expired",
+        ),
+        ("revoked session", session(&revoked), invalid, unknown_why),
+        ("deleted user", session(&carols), invalid, unknown_why),
+        (
+            "two different values",
+            Some(conflicting),
+            invalid,
+            "two different session cookies",
+        ),
     ];
-    for (case, cookie, expected) in cases {
+    for (case, cookie, expected, _) in &cases {
         let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("Cookie", c.as_str())).collect();
         let r = w.server.request("DELETE", &path, &headers);
-        assert_eq!(r.assert_error(401, "Unauthorized"), expected, "{case}");
+        assert_eq!(r.assert_error(401, "Unauthorized"), *expected, "{case}");
         assert!(r.header("WWW-Authenticate").is_some(), "{case}");
         // The server never sets the cookie, so it never clears it either:
         // on localhost, another app in development may use the same name.
         assert_eq!(r.header("Set-Cookie"), None, "{case}");
+    }
+    // One log line per request, in order, each with its cause.
+    let log = w.server.log_with(&["two different session cookies"]);
+    let reasons: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("DELETE {path} 401 ")))
+        .map(|l| l.split_once("ms (").map_or(l, |(_, reason)| reason))
+        .collect();
+    assert_eq!(reasons.len(), cases.len(), "{log}");
+    for ((case, _, expected, why), reason) in cases.iter().zip(&reasons) {
+        let wanted = match why {
+            &"" => format!("{expected})"),
+            why => format!("{expected}: {why}"),
+        };
+        assert!(reason.starts_with(&wanted), "{case}: {reason}");
     }
     let sql = w.server.sql();
     assert_fully_present(&sql, &w.chat);
