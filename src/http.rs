@@ -190,8 +190,11 @@ pub enum ApiError {
     InvalidSession { why: &'static str },
     /// 403: refused for where it came from (Host, Origin), whoever asks.
     Forbidden(&'static str),
-    /// 404: no such route or chat.
+    /// 404: no such chat.
     NotFound(&'static str),
+    /// 404: no such route. The log names the one there is, for a front end
+    /// whose other API calls are sent here too.
+    NoSuchRoute,
     /// 404: the path's user is not the session's. The log says so; the
     /// client is told only "User not found".
     NotSessionsUser,
@@ -221,7 +224,7 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::AmbiguousFraming => 400,
             ApiError::Unauthorized(_) | ApiError::InvalidSession { .. } => 401,
             ApiError::Forbidden(_) => 403,
-            ApiError::NotFound(_) | ApiError::NotSessionsUser => 404,
+            ApiError::NotFound(_) | ApiError::NoSuchRoute | ApiError::NotSessionsUser => 404,
             ApiError::PayloadTooLarge => 413,
             ApiError::UriTooLong => 414,
             ApiError::HeaderFieldsTooLarge => 431,
@@ -237,7 +240,9 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::AmbiguousFraming => "Bad Request",
             ApiError::Unauthorized(_) | ApiError::InvalidSession { .. } => "Unauthorized",
             ApiError::Forbidden(_) => "Forbidden",
-            ApiError::NotFound(_) | ApiError::NotSessionsUser => "Not Found",
+            ApiError::NotFound(_) | ApiError::NoSuchRoute | ApiError::NotSessionsUser => {
+                "Not Found"
+            }
             ApiError::PayloadTooLarge => "Payload Too Large",
             ApiError::UriTooLong => "URI Too Long",
             ApiError::HeaderFieldsTooLarge => "Request Header Fields Too Large",
@@ -255,6 +260,7 @@ impl ApiError {
             | ApiError::NotFound(m)
             | ApiError::ServiceUnavailable(m) => m,
             ApiError::InvalidSession { .. } => "Invalid or expired session",
+            ApiError::NoSuchRoute => "Route not found",
             ApiError::NotSessionsUser => "User not found",
             ApiError::AmbiguousFraming => "Ambiguous message framing",
             ApiError::MethodNotAllowed { .. } => "Method not allowed on this route",
@@ -267,6 +273,19 @@ impl ApiError {
         }
     }
 
+    /// What the log line adds to the message, for the person who runs the
+    /// server; never sent.
+    pub fn log_detail(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidSession { why } => Some(why),
+            ApiError::NotSessionsUser => Some("the session is another user's"),
+            ApiError::NoSuchRoute => {
+                Some("this server has only DELETE /api/users/{user_id}/chats/{chat_id}")
+            }
+            _ => None,
+        }
+    }
+
     pub fn into_response(self) -> Response {
         let body = json!({
             "statusCode": self.status(),
@@ -275,11 +294,7 @@ impl ApiError {
         });
         let response = Response {
             reason: Some(self.message()),
-            log_detail: match self {
-                ApiError::InvalidSession { why } => Some(why),
-                ApiError::NotSessionsUser => Some("the session is another user's"),
-                _ => None,
-            },
+            log_detail: self.log_detail(),
             // Unread or mis-framed body bytes would be read as the next
             // request: ask the client to close (tiny_http would not).
             close_connection: matches!(

@@ -87,7 +87,7 @@ fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
             ..Response::empty(200)
         }),
         (_, ["openapi.yaml"]) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        _ => Err(ApiError::NotFound("Route not found")),
+        _ => Err(ApiError::NoSuchRoute),
     }
 }
 

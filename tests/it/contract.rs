@@ -334,6 +334,15 @@ fn any_other_path_is_404_route_not_found() {
             "{path}"
         );
     }
+    // The log names the route there is, for a front end whose other API
+    // calls come here too.
+    let line = "DELETE /api/users/alice/chat/1 404";
+    let log = w.server.log_with(&[line]);
+    assert!(
+        log.lines().any(|l| l.contains(line)
+            && l.ends_with("(Route not found: this server has only DELETE /api/users/{user_id}/chats/{chat_id})")),
+        "{log}"
+    );
 }
 
 #[test]
