@@ -5,7 +5,9 @@
 // API on its own origin through Vite's proxy, as a front end under
 // development does: through the shorthand `'/api': target` (which sets
 // Host to the target) and through `{ target }` (which passes Host on).
-// Last, the page on the other origin calls through that proxy.
+// Last, the page on the other origin calls through that proxy. And the
+// allowed page once more, with a fetch that leaves out
+// `credentials: 'include'`, the usual mistake: the server's log says so.
 //
 // Environment: NEPTUN_BASE_URL (http://localhost:PORT), NEPTUN_TOKEN,
 // NEPTUN_USER, ALLOWED_PORT, OTHER_PORT, VITE_PORT, CHAT_ALLOWED,
@@ -93,6 +95,14 @@ try {
       }
     }, [env('NEPTUN_USER'), chatId, apiBase ?? null]);
   };
+  // A fetch with no `credentials: 'include'`: the browser sends no cookie.
+  const withoutCredentials = async (port, chatId) => {
+    await tab.goto(`http://localhost:${port}/`);
+    return tab.evaluate(async ([base, user, chat]) => {
+      const response = await fetch(`${base}/api/users/${user}/chats/${chat}`, { method: 'DELETE' });
+      return { status: response.status };
+    }, [base, env('NEPTUN_USER'), chatId]);
+  };
   const result = {
     allowed: await attempt(env('ALLOWED_PORT'), env('CHAT_ALLOWED')),
     allowedAgain: await attempt(env('ALLOWED_PORT'), env('CHAT_ALLOWED')),
@@ -101,6 +111,7 @@ try {
     viteProxyPassingHost: await attempt(env('VITE_PORT'), env('CHAT_VITE_PASS_HOST'), '/pass-host'),
     otherViaProxy: await attempt(env('OTHER_PORT'), env('CHAT_VIA_PROXY'),
       `http://localhost:${env('VITE_PORT')}`),
+    withoutCredentials: await withoutCredentials(env('ALLOWED_PORT'), env('CHAT_OTHER')),
   };
   console.log(JSON.stringify(result));
 } finally {

@@ -107,7 +107,8 @@ def run_httpx(port: int, token: str, chat: int, db: Path) -> None:
                   str(e.response.status_code))
 
 
-def run_browser(port: int, token: str, chats: list[int], db: Path, pages: tuple[int, int, int]) -> None:
+def run_browser(port: int, token: str, chats: list[int], db: Path, pages: tuple[int, int, int],
+                log: Path) -> None:
     import json
 
     env = dict(os.environ,
@@ -134,6 +135,15 @@ def run_browser(port: int, token: str, chats: list[int], db: Path, pages: tuple[
     check("browser: fetch from another origin through the proxy is blocked",
           "rejected" in seen["otherViaProxy"], str(seen))
     check("browser: ...and deletes nothing", chat_exists(db, chats[4]))
+    check("browser: fetch from the allowed origin without credentials: 'include' is 401",
+          seen["withoutCredentials"] == {"status": 401}, str(seen))
+    check("browser: ...and deletes nothing", chat_exists(db, chats[1]))
+    hint = "fetch sends cookies only with credentials: 'include'"
+    hinted = lambda: any(f"/chats/{chats[1]} 401 " in l and hint in l for l in log.read_text().splitlines())
+    deadline = time.monotonic() + 2  # the log has a thread of its own
+    while not hinted() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    check("browser: ...and the server's log line says why", hinted(), log.read_text()[-2000:])
 
 
 def run_schemathesis(port: int, token: str, workdir: Path) -> None:
@@ -162,7 +172,7 @@ def main() -> int:
         try:
             run_curl(port, token, chats[0], db)
             run_httpx(port, token, chats[1], db)
-            run_browser(port, token, chats[2:7], db, pages)
+            run_browser(port, token, chats[2:7], db, pages, Path(tmp) / "server.log")
             run_schemathesis(port, token, Path(tmp))
             log = (Path(tmp) / "server.log").read_text()
             server_errors = [l for l in log.splitlines() if " 500 " in l or "panicked" in l]

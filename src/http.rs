@@ -182,8 +182,10 @@ pub enum ApiError {
     /// 400: two parsers could read the request's length differently
     /// (request smuggling), so neither it nor its connection is trusted.
     AmbiguousFraming,
-    /// 401: no session cookie.
-    Unauthorized(&'static str),
+    /// 401: no session cookie. `cross_origin`: the request came from a page
+    /// on another origin, whose `fetch` sends cookies only when asked to;
+    /// the log then says so.
+    NoSessionCookie { cross_origin: bool },
     /// 401: a session cookie that names no live session. Every cause gets
     /// the same answer, so that a client learns nothing about a token from
     /// how it is refused; `why` goes to the log only.
@@ -222,7 +224,7 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) | ApiError::AmbiguousFraming => 400,
-            ApiError::Unauthorized(_) | ApiError::InvalidSession { .. } => 401,
+            ApiError::NoSessionCookie { .. } | ApiError::InvalidSession { .. } => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) | ApiError::NoSuchRoute | ApiError::NotSessionsUser => 404,
             ApiError::PayloadTooLarge => 413,
@@ -238,7 +240,7 @@ impl ApiError {
     pub fn status_message(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) | ApiError::AmbiguousFraming => "Bad Request",
-            ApiError::Unauthorized(_) | ApiError::InvalidSession { .. } => "Unauthorized",
+            ApiError::NoSessionCookie { .. } | ApiError::InvalidSession { .. } => "Unauthorized",
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::NotFound(_) | ApiError::NoSuchRoute | ApiError::NotSessionsUser => {
                 "Not Found"
@@ -255,10 +257,10 @@ impl ApiError {
     pub fn message(&self) -> &'static str {
         match self {
             ApiError::BadRequest(m)
-            | ApiError::Unauthorized(m)
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::ServiceUnavailable(m) => m,
+            ApiError::NoSessionCookie { .. } => "Missing session cookie",
             ApiError::InvalidSession { .. } => "Invalid or expired session",
             ApiError::NoSuchRoute => "Route not found",
             ApiError::NotSessionsUser => "User not found",
@@ -277,6 +279,10 @@ impl ApiError {
     /// server; never sent.
     pub fn log_detail(&self) -> Option<&'static str> {
         match self {
+            ApiError::NoSessionCookie { cross_origin: true } => Some(
+                "a page on another origin called without it: fetch sends cookies only with \
+                 credentials: 'include', and only to the host name they were set on",
+            ),
             ApiError::InvalidSession { why } => Some(why),
             ApiError::NotSessionsUser => Some("the session is another user's"),
             ApiError::NoSuchRoute => {
@@ -310,13 +316,14 @@ impl ApiError {
             }
             // RFC 9110 §11.6.1: a 401 must say how to authenticate. There is
             // no registered cookie scheme, so name the cookie.
-            ApiError::Unauthorized(_) | ApiError::InvalidSession { .. } => response.with_header(
-                "WWW-Authenticate",
-                &format!(
-                    "Cookie realm=\"neptun\", cookie-name=\"{}\"",
-                    crate::auth::COOKIE_NAME
+            ApiError::NoSessionCookie { .. } | ApiError::InvalidSession { .. } => response
+                .with_header(
+                    "WWW-Authenticate",
+                    &format!(
+                        "Cookie realm=\"neptun\", cookie-name=\"{}\"",
+                        crate::auth::COOKIE_NAME
+                    ),
                 ),
-            ),
             _ => response,
         }
     }
@@ -386,7 +393,10 @@ mod tests {
         assert_eq!(r.header("allow"), Some("DELETE"));
         let r = ApiError::ServiceUnavailable("busy").into_response();
         assert_eq!(r.header("Retry-After"), Some("1"));
-        let r = ApiError::Unauthorized("x").into_response();
+        let r = ApiError::NoSessionCookie {
+            cross_origin: false,
+        }
+        .into_response();
         assert!(r.header("WWW-Authenticate").unwrap().starts_with("Cookie "));
     }
 
@@ -428,7 +438,7 @@ mod tests {
             (ApiError::AmbiguousFraming, true),
             (ApiError::PayloadTooLarge, true),
             (ApiError::BadRequest("x"), false),
-            (ApiError::Unauthorized("x"), false),
+            (ApiError::NoSessionCookie { cross_origin: true }, false),
             (ApiError::HeaderFieldsTooLarge, false),
             (ApiError::Internal, false),
         ] {

@@ -177,6 +177,47 @@ fn every_kind_of_bad_session_is_401_and_deletes_nothing() {
 }
 
 #[test]
+fn a_call_from_another_origin_without_the_cookie_is_told_why_in_the_log() {
+    let w = world_with(&["--allow-origin", "http://localhost:3000"]);
+    let path = chat_path("alice", w.chat.chat);
+    let hint = "fetch sends cookies only with credentials: 'include'";
+    // What a browser sends for a page on localhost:3000 whose fetch leaves
+    // out `credentials: 'include'`: no Cookie.
+    for site in ["same-site", "cross-site"] {
+        let r = w.server.request(
+            "DELETE",
+            &path,
+            &[
+                ("Origin", "http://localhost:3000"),
+                ("Sec-Fetch-Site", site),
+            ],
+        );
+        assert_eq!(
+            r.assert_error(401, "Unauthorized"),
+            "Missing session cookie",
+            "{site}"
+        );
+    }
+    // Not from a page on another origin (curl, a proxy on the page's own
+    // origin): no hint about fetch.
+    w.server.request("DELETE", &path, &[]);
+    w.server
+        .request("DELETE", &path, &[("Sec-Fetch-Site", "same-origin")])
+        .assert_error(401, "Unauthorized");
+    let log = w.server.log_with(&[hint]);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("DELETE {path} 401 ")))
+        .collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    for (line, hinted) in lines.iter().zip([true, true, false, false]) {
+        assert_eq!(line.contains(hint), hinted, "{line}");
+        assert!(line.contains("(Missing session cookie"), "{line}");
+    }
+    assert_fully_present(&w.server.sql(), &w.chat);
+}
+
+#[test]
 fn authentication_comes_before_anything_about_ids() {
     let w = world();
     // Without a session, an invalid id, a foreign user and a foreign chat all
