@@ -212,7 +212,7 @@ impl Policy {
         if self.host_allowed(host) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden("Host not allowed"))
+            Err(ApiError::HostNotAllowed)
         }
     }
 

@@ -190,8 +190,11 @@ pub enum ApiError {
     /// the same answer, so that a client learns nothing about a token from
     /// how it is refused; `why` goes to the log only.
     InvalidSession { why: &'static str },
-    /// 403: refused for where it came from (Host, Origin), whoever asks.
+    /// 403: refused for where it came from (Origin), whoever asks.
     Forbidden(&'static str),
+    /// 403: the `Host` is not one of this server's names (DNS rebinding).
+    /// The log lists the names, for a developer who uses another one.
+    HostNotAllowed,
     /// 404: no such chat.
     NotFound(&'static str),
     /// 404: no such route. The log names the one there is, for a front end
@@ -225,7 +228,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::AmbiguousFraming => 400,
             ApiError::NoSessionCookie { .. } | ApiError::InvalidSession { .. } => 401,
-            ApiError::Forbidden(_) => 403,
+            ApiError::Forbidden(_) | ApiError::HostNotAllowed => 403,
             ApiError::NotFound(_) | ApiError::NoSuchRoute | ApiError::NotSessionsUser => 404,
             ApiError::PayloadTooLarge => 413,
             ApiError::UriTooLong => 414,
@@ -241,7 +244,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::AmbiguousFraming => "Bad Request",
             ApiError::NoSessionCookie { .. } | ApiError::InvalidSession { .. } => "Unauthorized",
-            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::Forbidden(_) | ApiError::HostNotAllowed => "Forbidden",
             ApiError::NotFound(_) | ApiError::NoSuchRoute | ApiError::NotSessionsUser => {
                 "Not Found"
             }
@@ -263,6 +266,7 @@ impl ApiError {
             ApiError::NoSessionCookie { .. } => "Missing session cookie",
             ApiError::InvalidSession { .. } => "Invalid or expired session",
             ApiError::NoSuchRoute => "Route not found",
+            ApiError::HostNotAllowed => "Host not allowed",
             ApiError::NotSessionsUser => "User not found",
             ApiError::AmbiguousFraming => "Ambiguous message framing",
             ApiError::MethodNotAllowed { .. } => "Method not allowed on this route",
@@ -285,6 +289,10 @@ impl ApiError {
             ),
             ApiError::InvalidSession { why } => Some(why),
             ApiError::NotSessionsUser => Some("the session is another user's"),
+            ApiError::HostNotAllowed => Some(
+                "this server answers to localhost, 127.0.0.1, ::1 and the names given \
+                 with --allowed-host",
+            ),
             ApiError::NoSuchRoute => {
                 Some("this server has only DELETE /api/users/{user_id}/chats/{chat_id}")
             }

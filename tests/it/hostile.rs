@@ -130,6 +130,11 @@ fn hosts_outside_the_allowlist_are_refused_and_delete_nothing() {
         };
         assert_eq!(r.assert_error(*status, reason), *message, "Host {host:?}");
     }
+    // The log says what would be let in, for a developer who meant it.
+    let hint = "(Host not allowed: this server answers to localhost, 127.0.0.1, ::1 and the \
+                names given with --allowed-host)";
+    let log = w.server.log_with(&[hint]);
+    assert_eq!(log.matches(hint).count(), 6, "{log}");
     let duplicate = w.raw_delete(Some("localhost"), "Host: evil.example\r\n");
     assert_eq!(
         only_response(&w.send(&duplicate)).assert_error(400, "Bad Request"),
