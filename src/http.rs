@@ -195,8 +195,9 @@ pub enum ApiError {
     /// 403: the `Host` is not one of this server's names (DNS rebinding).
     /// The log lists the names, for a developer who uses another one.
     HostNotAllowed,
-    /// 404: no such chat.
-    NotFound(&'static str),
+    /// 404: no such chat of this user (deleted already, never there, or
+    /// another user's: the same answer, so that ids tell nothing).
+    ChatNotFound,
     /// 404: no such route. The log names the one there is, for a front end
     /// whose other API calls are sent here too.
     NoSuchRoute,
@@ -229,7 +230,7 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::AmbiguousFraming => 400,
             ApiError::NoSessionCookie { .. } | ApiError::InvalidSession { .. } => 401,
             ApiError::Forbidden(_) | ApiError::HostNotAllowed => 403,
-            ApiError::NotFound(_) | ApiError::NoSuchRoute | ApiError::NotSessionsUser => 404,
+            ApiError::ChatNotFound | ApiError::NoSuchRoute | ApiError::NotSessionsUser => 404,
             ApiError::PayloadTooLarge => 413,
             ApiError::UriTooLong => 414,
             ApiError::HeaderFieldsTooLarge => 431,
@@ -245,7 +246,7 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::AmbiguousFraming => "Bad Request",
             ApiError::NoSessionCookie { .. } | ApiError::InvalidSession { .. } => "Unauthorized",
             ApiError::Forbidden(_) | ApiError::HostNotAllowed => "Forbidden",
-            ApiError::NotFound(_) | ApiError::NoSuchRoute | ApiError::NotSessionsUser => {
+            ApiError::ChatNotFound | ApiError::NoSuchRoute | ApiError::NotSessionsUser => {
                 "Not Found"
             }
             ApiError::PayloadTooLarge => "Payload Too Large",
@@ -259,12 +260,10 @@ impl ApiError {
 
     pub fn message(&self) -> &'static str {
         match self {
-            ApiError::BadRequest(m)
-            | ApiError::Forbidden(m)
-            | ApiError::NotFound(m)
-            | ApiError::ServiceUnavailable(m) => m,
+            ApiError::BadRequest(m) | ApiError::Forbidden(m) | ApiError::ServiceUnavailable(m) => m,
             ApiError::NoSessionCookie { .. } => "Missing session cookie",
             ApiError::InvalidSession { .. } => "Invalid or expired session",
+            ApiError::ChatNotFound => "Chat not found",
             ApiError::NoSuchRoute => "Route not found",
             ApiError::HostNotAllowed => "Host not allowed",
             ApiError::NotSessionsUser => "User not found",
@@ -387,7 +386,7 @@ mod tests {
 
     #[test]
     fn errors_render_the_contract_shape() {
-        let r = ApiError::NotFound("Chat not found").into_response();
+        let r = ApiError::ChatNotFound.into_response();
         assert_eq!(r.status, 404);
         assert_eq!(
             String::from_utf8(r.body).unwrap(),

@@ -109,7 +109,7 @@ fn delete_chat(
     {
         Ok(Response::json(200, &serde_json::Value::Bool(true)))
     } else {
-        Err(ApiError::NotFound("Chat not found"))
+        Err(ApiError::ChatNotFound)
     }
 }
 
