@@ -182,10 +182,9 @@ pub enum ApiError {
     /// 400: two parsers could read the request's length differently
     /// (request smuggling), so neither it nor its connection is trusted.
     AmbiguousFraming,
-    /// 401: no session cookie. `cross_origin`: the request came from a page
-    /// on another origin, whose `fetch` sends cookies only when asked to;
-    /// the log then says so.
-    NoSessionCookie { cross_origin: bool },
+    /// 401: no session cookie. The log says what to check, by where the
+    /// browser says the call came from.
+    NoSessionCookie { from: Caller },
     /// 401: a session cookie that names no live session. Every cause gets
     /// the same answer, so that a client learns nothing about a token from
     /// how it is refused; `why` goes to the log only.
@@ -219,6 +218,36 @@ pub enum ApiError {
     /// 500: something failed that the client cannot fix. The cause is logged
     /// where it happened and never sent.
     Internal,
+}
+
+/// Where a browser says a request came from (`Sec-Fetch-Site`, which no
+/// page can set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// `same-site` or `cross-site`: a page on another origin (another port
+    /// of localhost, say).
+    PageOnAnotherOrigin,
+    /// `same-origin`: a page calling its own origin (a dev server's proxy).
+    PageOnItsOwnOrigin,
+    /// No `Sec-Fetch-Site`, `none` (typed into the address bar), or several.
+    NotABrowser,
+}
+
+impl Caller {
+    pub fn of(request: &Request) -> Caller {
+        let Lone::One(site) = request.lone_header("Sec-Fetch-Site") else {
+            return Caller::NotABrowser;
+        };
+        let site = site.trim();
+        if site.eq_ignore_ascii_case("same-origin") {
+            Caller::PageOnItsOwnOrigin
+        } else if site.eq_ignore_ascii_case("same-site") || site.eq_ignore_ascii_case("cross-site")
+        {
+            Caller::PageOnAnotherOrigin
+        } else {
+            Caller::NotABrowser
+        }
+    }
 }
 
 /// How long a client should wait before retrying after a 503, in seconds.
@@ -282,10 +311,17 @@ impl ApiError {
     /// server; never sent.
     pub fn log_detail(&self) -> Option<&'static str> {
         match self {
-            ApiError::NoSessionCookie { cross_origin: true } => Some(
-                "a page on another origin called without it: fetch sends cookies only with \
-                 credentials: 'include', and only to the host name they were set on",
-            ),
+            ApiError::NoSessionCookie { from } => match from {
+                Caller::PageOnAnotherOrigin => Some(
+                    "a page on another origin called without it: fetch sends cookies only \
+                     with credentials: 'include', and only to the host name they were set on",
+                ),
+                Caller::PageOnItsOwnOrigin => Some(
+                    "the browser holds none for the page's host name: set it there \
+                     (README, \"From a front end in development\")",
+                ),
+                Caller::NotABrowser => None,
+            },
             ApiError::InvalidSession { why } => Some(why),
             ApiError::NotSessionsUser => Some("the session is another user's"),
             ApiError::HostNotAllowed => Some(
@@ -401,7 +437,7 @@ mod tests {
         let r = ApiError::ServiceUnavailable("busy").into_response();
         assert_eq!(r.header("Retry-After"), Some("1"));
         let r = ApiError::NoSessionCookie {
-            cross_origin: false,
+            from: Caller::NotABrowser,
         }
         .into_response();
         assert!(r.header("WWW-Authenticate").unwrap().starts_with("Cookie "));
@@ -445,7 +481,12 @@ mod tests {
             (ApiError::AmbiguousFraming, true),
             (ApiError::PayloadTooLarge, true),
             (ApiError::BadRequest("x"), false),
-            (ApiError::NoSessionCookie { cross_origin: true }, false),
+            (
+                ApiError::NoSessionCookie {
+                    from: Caller::PageOnAnotherOrigin,
+                },
+                false,
+            ),
             (ApiError::HeaderFieldsTooLarge, false),
             (ApiError::Internal, false),
         ] {

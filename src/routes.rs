@@ -20,7 +20,7 @@
 use crate::auth::{self, AuthFailure};
 use crate::db::{self, Database};
 use crate::guard::Policy;
-use crate::http::{ApiError, Lone, Request, Response};
+use crate::http::{ApiError, Caller, Request, Response};
 
 /// What the handlers share.
 pub struct App {
@@ -118,22 +118,12 @@ fn authenticate(app: &App, request: &Request) -> Result<String, ApiError> {
     match auth::authenticate(&app.db, request.header_values("Cookie")).map_err(database_failure)? {
         Ok(user_id) => Ok(user_id),
         Err(AuthFailure::NoCookie) => Err(ApiError::NoSessionCookie {
-            cross_origin: called_from_another_origin(request),
+            from: Caller::of(request),
         }),
         Err(failure) => Err(ApiError::InvalidSession {
             why: failure.explain(),
         }),
     }
-}
-
-/// Whether a browser says that a page on another origin (another port of
-/// localhost, say) made the call: `Sec-Fetch-Site`, which no page can set,
-/// is `same-site` or `cross-site`. Only the log uses this.
-fn called_from_another_origin(request: &Request) -> bool {
-    matches!(
-        request.lone_header("Sec-Fetch-Site"),
-        Lone::One(site) if ["same-site", "cross-site"].iter().any(|s| site.trim().eq_ignore_ascii_case(s))
-    )
 }
 
 /// Maps a store failure to the client's answer, logging the cause (which is
