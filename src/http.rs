@@ -476,6 +476,26 @@ mod tests {
     }
 
     #[test]
+    fn sec_fetch_site_tells_where_a_browser_call_came_from() {
+        let caller = |sites: &[&str]| {
+            let headers: Vec<(&str, &str)> = sites.iter().map(|s| ("Sec-Fetch-Site", *s)).collect();
+            Caller::of(&Request::new("DELETE", "/", &headers))
+        };
+        assert_eq!(caller(&["same-site"]), Caller::PageOnAnotherOrigin);
+        assert_eq!(caller(&[" Cross-Site "]), Caller::PageOnAnotherOrigin);
+        assert_eq!(caller(&["same-origin"]), Caller::PageOnItsOwnOrigin);
+        // Typed into the address bar, absent, unknown or ambiguous: no page.
+        for sites in [
+            &["none"][..],
+            &[],
+            &["nearby"],
+            &["same-site", "same-origin"],
+        ] {
+            assert_eq!(caller(sites), Caller::NotABrowser, "{sites:?}");
+        }
+    }
+
+    #[test]
     fn only_answers_about_a_body_ask_to_close_the_connection() {
         for (error, closes) in [
             (ApiError::AmbiguousFraming, true),
