@@ -28,13 +28,14 @@ use values::{parse_busy_timeout, parse_durability, parse_switch, parse_ttl};
 /// Loopback only: a browser on this machine can reach it, nobody else can.
 /// Not 3000, which front-end dev servers usually take.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7150";
+pub const DEFAULT_DB: &str = "neptun.db";
 
 /// Serves the Neptun chat API's delete-chat endpoint from a local SQLite file.
 #[derive(Parser, Debug)]
 #[command(name = "neptun-local", version)]
 pub struct Cli {
     /// The SQLite database file; serve, user add and restore create it, with the schema, if missing.
-    #[arg(long, env = "NEPTUN_DB", default_value = "neptun.db", global = true)]
+    #[arg(long, env = "NEPTUN_DB", default_value = DEFAULT_DB, global = true)]
     pub db: PathBuf,
 
     /// Log level on stderr: off, error, warn, info (one line per request), debug, trace.
@@ -318,7 +319,7 @@ impl fmt::Display for Error {
                 f,
                 "{}: that is a directory; --db takes the database file, for example {}",
                 path.display(),
-                path.join("neptun.db").display()
+                path.join(DEFAULT_DB).display()
             ),
             Error::DatabaseGone { path, what } => write!(
                 f,

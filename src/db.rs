@@ -510,6 +510,17 @@ impl Database {
         )))
     }
 
+    /// Whether any session expires after `now` (Unix seconds): whether a
+    /// request could be signed in at all.
+    pub fn has_live_session(&self, now: i64) -> Result<bool> {
+        let conn = self.conn()?;
+        Ok(conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sessions WHERE expires_at > ?1)",
+            [now],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Returns the user id and expiry (Unix seconds) of the session with this
     /// token hash, expired or not, if there is one.
     pub fn find_session(&self, token_hash: &[u8; 32]) -> Result<Option<(String, i64)>> {

@@ -75,6 +75,8 @@ pub(super) fn serve(
         let token = auth::new_session(&db, demo::DEMO_USER, auth::DEFAULT_SESSION_TTL)
             .map_err(Error::Session)?;
         print_demo_instructions(server.local_addr(), &token, &chat_ids);
+    } else {
+        say_if_no_session_can_sign_in(&db, db_path);
     }
     let (watch, gone) = watch_database_file(db_path, server.shutdown_handle(workers))?;
     let upkeep =
@@ -101,6 +103,29 @@ pub(super) fn serve(
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Every request of a server whose database holds no live session gets 401
+/// (a new `neptun.db`, say, started without `--demo`): says how to mint one
+/// before a newcomer wonders why.
+fn say_if_no_session_can_sign_in(db: &Database, db_path: &Path) {
+    match db.has_live_session(auth::now_unix()) {
+        Ok(true) => {}
+        Ok(false) => {
+            let same_db = if db_path == Path::new(super::DEFAULT_DB) {
+                ""
+            } else {
+                ", each with the same --db"
+            };
+            log::info!(
+                "no session in this database can sign in, so every request will get 401: \
+                 `neptun-local session new USER` mints one (after `neptun-local user add \
+                 USER`{same_db}), or start with --demo"
+            );
+        }
+        // Only a hint: the requests will tell what is wrong.
+        Err(e) => log::debug!("could not look for a live session: {e}"),
+    }
 }
 
 /// What happened to the database file, once [`FileWatch`] saw it.

@@ -856,6 +856,31 @@ fn demo_curl(server: &TestServer) -> (String, String, String) {
     (curl.to_owned(), token.to_owned(), path.to_owned())
 }
 
+/// A server whose database has no session that can sign in answers every
+/// request 401; its start-up says how to mint one.
+#[cfg(unix)]
+#[test]
+fn a_start_on_a_database_where_no_session_can_sign_in_says_how_to_mint_one() {
+    let hint = "no session in this database can sign in, so every request will get 401: \
+                `neptun-local session new USER` mints one (after `neptun-local user add \
+                USER`, each with the same --db), or start with --demo";
+    // The start-up's log is written before the listening line.
+    let start_up = |server: &TestServer| server.log_with(&[" INFO  database "]);
+    let server = TestServer::start();
+    assert!(start_up(&server).contains(hint), "a new database");
+    let db = server.db();
+    add_user(&db, "alice");
+    expired_session(&db, "alice");
+    let server = server.restart(&[]);
+    assert!(start_up(&server).contains(hint), "only an expired session");
+    login(&server.db(), "alice");
+    let server = server.restart(&[]);
+    assert!(!start_up(&server).contains(hint), "a live session");
+    // The demo mints one.
+    let demo = TestServer::start_with(&["--demo"]);
+    assert!(!start_up(&demo).contains("no session"), "--demo");
+}
+
 #[cfg(unix)]
 #[test]
 fn the_demo_prints_a_working_curl_command_and_reseeds_idempotently() {
