@@ -229,14 +229,15 @@ pub enum Caller {
     PageOnAnotherOrigin,
     /// `same-origin`: a page calling its own origin (a dev server's proxy).
     PageOnItsOwnOrigin,
-    /// No `Sec-Fetch-Site`, `none` (typed into the address bar), or several.
-    NotABrowser,
+    /// No page made the call, as far as can be told: no `Sec-Fetch-Site`
+    /// (not a browser), `none` (the user, from the address bar), or several.
+    NoPage,
 }
 
 impl Caller {
     pub fn of(request: &Request) -> Caller {
         let Lone::One(site) = request.lone_header("Sec-Fetch-Site") else {
-            return Caller::NotABrowser;
+            return Caller::NoPage;
         };
         let site = site.trim();
         if site.eq_ignore_ascii_case("same-origin") {
@@ -245,7 +246,7 @@ impl Caller {
         {
             Caller::PageOnAnotherOrigin
         } else {
-            Caller::NotABrowser
+            Caller::NoPage
         }
     }
 }
@@ -320,7 +321,7 @@ impl ApiError {
                     "the browser holds none for the page's host name: set it there \
                      (README, \"From a front end in development\")",
                 ),
-                Caller::NotABrowser => None,
+                Caller::NoPage => None,
             },
             ApiError::InvalidSession { why } => Some(why),
             ApiError::NotSessionsUser => Some("the session is another user's"),
@@ -437,7 +438,7 @@ mod tests {
         let r = ApiError::ServiceUnavailable("busy").into_response();
         assert_eq!(r.header("Retry-After"), Some("1"));
         let r = ApiError::NoSessionCookie {
-            from: Caller::NotABrowser,
+            from: Caller::NoPage,
         }
         .into_response();
         assert!(r.header("WWW-Authenticate").unwrap().starts_with("Cookie "));
@@ -491,7 +492,7 @@ mod tests {
             &["nearby"],
             &["same-site", "same-origin"],
         ] {
-            assert_eq!(caller(sites), Caller::NotABrowser, "{sites:?}");
+            assert_eq!(caller(sites), Caller::NoPage, "{sites:?}");
         }
     }
 
