@@ -116,15 +116,22 @@ pub fn find_session_cookie<'a>(
 }
 
 /// Why a request is not authenticated.
-///
-/// Every failure but `NoCookie` gets the same answer: a client learns
-/// nothing about a token from the way it is refused. The log tells them
-/// apart ([`AuthFailure::explain`]) for the person who runs the server,
-/// whose front end sees only "Invalid or expired session".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthFailure {
     /// The request carries no session cookie.
     NoCookie,
+    /// It carries one that names no live session.
+    Refused(Refusal),
+}
+
+/// Why a session cookie names no live session.
+///
+/// Every refusal gets the same answer: a client learns nothing about a
+/// token from the way it is refused. The log tells them apart
+/// ([`Refusal::explain`]) for the person who runs the server, whose front
+/// end sees only "Invalid or expired session".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
     /// Two or more different `neptun-session` values.
     Conflicting,
     /// The value does not have the shape of a token.
@@ -136,22 +143,21 @@ pub enum AuthFailure {
     Expired,
 }
 
-impl AuthFailure {
+impl Refusal {
     /// Why, in words for the log. Never includes the cookie's value.
     pub fn explain(self) -> &'static str {
         match self {
-            AuthFailure::NoCookie => "no neptun-session cookie",
             // Browsers send one cookie per path and domain that matches: a
             // stale one set on another path is the usual cause.
-            AuthFailure::Conflicting => {
+            Refusal::Conflicting => {
                 "two different session cookies, e.g. a stale one set on another path"
             }
-            AuthFailure::Malformed => "the cookie is not a token of 64 lowercase hex digits",
+            Refusal::Malformed => "the cookie is not a token of 64 lowercase hex digits",
             // A front end's cookie outlives the database file it came from.
-            AuthFailure::Unknown => {
+            Refusal::Unknown => {
                 "no session has this token: revoked, its user removed, or minted for another database"
             }
-            AuthFailure::Expired => "the session has expired",
+            Refusal::Expired => "the session has expired",
         }
     }
 }
@@ -171,15 +177,17 @@ pub fn authenticate<'a>(
 ) -> Result<Result<String, AuthFailure>, db::Error> {
     let value = match find_session_cookie(cookie_headers) {
         SessionCookie::Missing => return Ok(Err(AuthFailure::NoCookie)),
-        SessionCookie::Conflicting => return Ok(Err(AuthFailure::Conflicting)),
+        SessionCookie::Conflicting => return Ok(Err(AuthFailure::Refused(Refusal::Conflicting))),
         SessionCookie::Value(v) => v,
     };
     let Some(token) = Token::parse(value) else {
-        return Ok(Err(AuthFailure::Malformed));
+        return Ok(Err(AuthFailure::Refused(Refusal::Malformed)));
     };
     Ok(match db.find_session(&token.hash())? {
-        None => Err(AuthFailure::Unknown),
-        Some((_, expires_at)) if expires_at <= now_unix() => Err(AuthFailure::Expired),
+        None => Err(AuthFailure::Refused(Refusal::Unknown)),
+        Some((_, expires_at)) if expires_at <= now_unix() => {
+            Err(AuthFailure::Refused(Refusal::Expired))
+        }
         Some((user_id, _)) => Ok(user_id),
     })
 }

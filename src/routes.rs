@@ -120,8 +120,8 @@ fn authenticate(app: &App, request: &Request) -> Result<String, ApiError> {
         Err(AuthFailure::NoCookie) => Err(ApiError::NoSessionCookie {
             from: Caller::of(request),
         }),
-        Err(failure) => Err(ApiError::InvalidSession {
-            why: failure.explain(),
+        Err(AuthFailure::Refused(refusal)) => Err(ApiError::InvalidSession {
+            why: refusal.explain(),
         }),
     }
 }
