@@ -864,8 +864,12 @@ fn a_start_on_a_database_where_no_session_can_sign_in_says_how_to_mint_one() {
     let hint = "no session in this database can sign in, so every request will get 401: \
                 `neptun-local session new USER` mints one (after `neptun-local user add \
                 USER`, each with the same --db), or start with --demo";
-    // The start-up's log is written before the listening line.
-    let start_up = |server: &TestServer| server.log_with(&[" INFO  database "]);
+    // The log up to a first request's line, which comes after whatever the
+    // start-up logged: so that the hint's absence means something.
+    let start_up = |server: &TestServer| {
+        server.request("GET", "/nowhere", &[]);
+        server.log_with(&[" INFO  database ", "GET /nowhere 404 "])
+    };
     let server = TestServer::start();
     assert!(start_up(&server).contains(hint), "a new database");
     let db = server.db();

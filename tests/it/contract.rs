@@ -201,11 +201,9 @@ fn a_missing_cookie_is_explained_in_the_log_by_where_the_call_came_from() {
         let expected = "Missing session cookie";
         assert_eq!(r.assert_error(401, "Unauthorized"), expected, "{site:?}");
     }
-    let log = w.server.log_with(&[fetch_hint, set_it_hint]);
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(&format!("DELETE {path} 401 ")))
-        .collect();
+    let line = format!("DELETE {path} 401 ");
+    let log = w.server.log_with_count(&line, cases.len());
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&line)).collect();
     assert_eq!(lines.len(), cases.len(), "{log}");
     for (line, (site, hint)) in lines.iter().zip(cases) {
         match hint {

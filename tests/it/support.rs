@@ -139,6 +139,23 @@ impl TestServer {
         }
     }
 
+    /// The log once `needle` occurs in it `count` times: the log's thread
+    /// may write a request's line after its answer has gone out.
+    pub fn log_with_count(&self, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let log = self.stderr();
+            if log.matches(needle).count() >= count {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not {count} of {needle:?} in the log within {IO_TIMEOUT:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
