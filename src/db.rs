@@ -572,6 +572,13 @@ impl Database {
         }
     }
 
+    /// Returns whether a chat with this id exists, whoever owns it.
+    pub fn chat_exists(&self, chat_id: i64) -> Result<bool> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM chats WHERE id = ?1")?;
+        Ok(stmt.exists([chat_id])?)
+    }
+
     /// Adds a user; fails with [`Error::UserExists`] if the id is taken.
     pub fn add_user(&self, id: &str, name: Option<&str>) -> Result<()> {
         self.write(|tx| insert_user(tx, id, name))

@@ -195,8 +195,9 @@ pub enum ApiError {
     /// The log lists the names, for a developer who uses another one.
     HostNotAllowed,
     /// 404: no such chat of this user (deleted already, never there, or
-    /// another user's: the same answer, so that ids tell nothing).
-    ChatNotFound,
+    /// another user's: the same answer, so that ids tell nothing). `why`,
+    /// when it could be found, goes to the log only.
+    ChatNotFound { why: Option<&'static str> },
     /// 404: no such route. The log names the one there is, for a front end
     /// whose other API calls are sent here too.
     NoSuchRoute,
@@ -260,7 +261,9 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::AmbiguousFraming => 400,
             ApiError::NoSessionCookie { .. } | ApiError::InvalidSession { .. } => 401,
             ApiError::Forbidden(_) | ApiError::HostNotAllowed => 403,
-            ApiError::ChatNotFound | ApiError::NoSuchRoute | ApiError::NotSessionsUser => 404,
+            ApiError::ChatNotFound { .. } | ApiError::NoSuchRoute | ApiError::NotSessionsUser => {
+                404
+            }
             ApiError::PayloadTooLarge => 413,
             ApiError::UriTooLong => 414,
             ApiError::HeaderFieldsTooLarge => 431,
@@ -276,7 +279,7 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::AmbiguousFraming => "Bad Request",
             ApiError::NoSessionCookie { .. } | ApiError::InvalidSession { .. } => "Unauthorized",
             ApiError::Forbidden(_) | ApiError::HostNotAllowed => "Forbidden",
-            ApiError::ChatNotFound | ApiError::NoSuchRoute | ApiError::NotSessionsUser => {
+            ApiError::ChatNotFound { .. } | ApiError::NoSuchRoute | ApiError::NotSessionsUser => {
                 "Not Found"
             }
             ApiError::PayloadTooLarge => "Payload Too Large",
@@ -293,7 +296,7 @@ impl ApiError {
             ApiError::BadRequest(m) | ApiError::Forbidden(m) | ApiError::ServiceUnavailable(m) => m,
             ApiError::NoSessionCookie { .. } => "Missing session cookie",
             ApiError::InvalidSession { .. } => "Invalid or expired session",
-            ApiError::ChatNotFound => "Chat not found",
+            ApiError::ChatNotFound { .. } => "Chat not found",
             ApiError::NoSuchRoute => "Route not found",
             ApiError::HostNotAllowed => "Host not allowed",
             ApiError::NotSessionsUser => "User not found",
@@ -324,6 +327,7 @@ impl ApiError {
                 Caller::NoPage => None,
             },
             ApiError::InvalidSession { why } => Some(why),
+            ApiError::ChatNotFound { why } => *why,
             ApiError::NotSessionsUser => Some("the session is another user's"),
             ApiError::HostNotAllowed => Some(
                 "this server answers to localhost, 127.0.0.1, ::1 and the names given \
@@ -423,7 +427,7 @@ mod tests {
 
     #[test]
     fn errors_render_the_contract_shape() {
-        let r = ApiError::ChatNotFound.into_response();
+        let r = ApiError::ChatNotFound { why: None }.into_response();
         assert_eq!(r.status, 404);
         assert_eq!(
             String::from_utf8(r.body).unwrap(),

@@ -109,7 +109,21 @@ fn delete_chat(
     {
         Ok(Response::json(200, &serde_json::Value::Bool(true)))
     } else {
-        Err(ApiError::ChatNotFound)
+        Err(ApiError::ChatNotFound {
+            why: why_no_chat(app, chat_id),
+        })
+    }
+}
+
+/// For the log: why a delete found no chat. The client's answer is the same
+/// either way. A second delete (a double click, a retried request) is the
+/// usual cause, and a chat id from another database the next; a failed
+/// lookup only leaves the line without its detail.
+fn why_no_chat(app: &App, chat_id: i64) -> Option<&'static str> {
+    match app.db.chat_exists(chat_id) {
+        Ok(true) => Some("the chat is another user's"),
+        Ok(false) => Some("no chat has this id: deleted already, or never made"),
+        Err(_) => None,
     }
 }
 

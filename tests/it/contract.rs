@@ -70,6 +70,28 @@ fn a_missing_chat_and_another_users_chat_get_byte_identical_404s() {
         (foreign.status, &foreign.body)
     );
     assert_fully_present(&w.server.sql(), &w.bobs_chat);
+    // Only the log tells them apart, for whoever wonders why.
+    let log = w.server.log_with(&[&format!(
+        "DELETE /api/users/alice/chats/{} 404",
+        w.bobs_chat.chat
+    )]);
+    let foreign_line = format!("DELETE /api/users/alice/chats/{} 404 ", w.bobs_chat.chat);
+    assert!(
+        log_line(&log, "DELETE /api/users/alice/chats/999999 404 ")
+            .ends_with("(Chat not found: no chat has this id: deleted already, or never made)"),
+        "{log}"
+    );
+    assert!(
+        log_line(&log, &foreign_line).ends_with("(Chat not found: the chat is another user's)"),
+        "{log}"
+    );
+}
+
+/// The one line of `log` that contains `needle`.
+fn log_line<'a>(log: &'a str, needle: &str) -> &'a str {
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+    assert_eq!(lines.len(), 1, "one line with {needle:?} in:\n{log}");
+    lines[0]
 }
 
 #[test]

@@ -168,7 +168,7 @@ fn tokens_and_cookies_never_reach_the_logs() {
     // An error's line says why, in the API's own words, and then in the
     // log's own (a 401 is told apart there only).
     for (status, reason) in [
-        (404, "Chat not found)"),
+        (404, "Chat not found: no chat has this id"),
         (401, "Invalid or expired session: no session has this token"),
     ] {
         assert!(
