@@ -261,7 +261,13 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Database { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Database { path, source } => {
+                write!(f, "{}: {source}", path.display())?;
+                if let db::Error::Damaged(_) = source {
+                    write!(f, "; {}", restore::ADVICE_FOR_DAMAGE)?;
+                }
+                Ok(())
+            }
             Error::Bind { addr, source } => {
                 write!(f, "cannot listen on {addr}: {source}")?;
                 match source.kind() {
@@ -583,7 +589,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             print_result(&format!("{id}\n"))
         }
         Some(Command::Doctor) => {
-            let report = if db::is_rollback_journal_file(&cli.db) {
+            let copy = db::is_rollback_journal_file(&cli.db);
+            let report = if copy {
                 // A backup: opened as the other commands do, it would become
                 // a WAL database, and a read-only one could not be opened.
                 doctor::examine_copy(&cli.db).map_err(db_error)?
@@ -596,6 +603,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             }
             for problem in &report.problems {
                 let _ = writeln!(text, "PROBLEM      {problem}");
+            }
+            if report.damaged && !copy {
+                let _ = writeln!(text, "TO REPAIR    {}", restore::ADVICE_FOR_DAMAGE);
             }
             print_result(&text)?;
             if report.problems.is_empty() {
@@ -622,9 +632,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let checked = restore::check(backup, &cli.db).map_err(Error::Restore)?;
             let db = open(&db::Settings::default())?;
             let restored = restore::restore(&db, &checked, replace).map_err(Error::Restore)?;
-            let replaced = match restored.before.is_empty() {
-                true => String::new(),
-                false => format!(", in place of {}", restored.before),
+            let replaced = match restored.before {
+                Some(before) if before.is_empty() => String::new(),
+                Some(before) => format!(", in place of {before}"),
+                None => ", in place of a damaged database".to_owned(),
             };
             tell(format_args!(
                 "restored {} from {}{replaced}; integrity and foreign keys checked",

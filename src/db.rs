@@ -122,6 +122,10 @@ pub enum Error {
     /// This user may not read or write the file, or create SQLite's files
     /// beside it; the text says which (SQLite's own message does not).
     NoAccess(String),
+    /// SQLite found the file damaged (a bad disk, a copy made while it was
+    /// written, a file synced by a cloud folder). What it could read is
+    /// still served; what it could not fails with this.
+    Damaged(String),
     /// A pooled connection does not enforce foreign keys, so deleting a chat
     /// would leave its messages behind. Refuse to run rather than do that.
     ForeignKeysOff,
@@ -161,6 +165,7 @@ impl fmt::Display for Error {
                  versions up to {SCHEMA_VERSION}; use a newer neptun-local"
             ),
             Error::NoAccess(why) => f.write_str(why),
+            Error::Damaged(cause) => write!(f, "the file is damaged (sqlite: {cause})"),
             Error::ForeignKeysOff => write!(
                 f,
                 "SQLite did not enable foreign keys on a connection; refusing to run, \
@@ -188,6 +193,7 @@ impl From<rusqlite::Error> for Error {
         match e.sqlite_error_code() {
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Busy(e.to_string()),
             Some(ErrorCode::DiskFull) => Error::StorageFull(e.to_string()),
+            Some(ErrorCode::DatabaseCorrupt) => Error::Damaged(e.to_string()),
             _ => Error::Sqlite(Arc::new(e)),
         }
     }

@@ -20,6 +20,8 @@ pub struct Report {
     pub facts: Vec<(&'static str, String)>,
     /// Anything that needs an operator's attention; empty when all is well.
     pub problems: Vec<String>,
+    /// SQLite found the file damaged: a backup should be put in its place.
+    pub damaged: bool,
 }
 
 /// Examines the database behind `db`.
@@ -66,7 +68,16 @@ enum Journal {
 fn examine_connection(conn: &Connection, journal: Journal, report: &mut Report) -> db::Result<()> {
     check_settings(conn, journal, report)?;
     count_pages(conn, report)?;
-    count_rows(conn, report)?;
+    // A damaged table may fail a count; integrity_check then says where.
+    match count_rows(conn, report) {
+        Err(db::Error::Damaged(cause)) => {
+            report.damaged = true;
+            report
+                .facts
+                .push(("rows", format!("could not be counted (sqlite: {cause})")));
+        }
+        other => other?,
+    }
     check_integrity(conn, report)
 }
 
@@ -175,10 +186,12 @@ pub fn integrity_problems(conn: &Connection) -> db::Result<Vec<String>> {
 
 /// `integrity_check` and `foreign_key_check`.
 pub fn check_integrity(conn: &Connection, report: &mut Report) -> db::Result<()> {
-    let integrity: Vec<String> = conn
-        .prepare("PRAGMA integrity_check")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let integrity = match integrity_check(conn) {
+        // Damage that stops the check itself (a page that is not a b-tree
+        // page at all) is a finding too, not a failure to examine.
+        Err(db::Error::Damaged(cause)) => vec![format!("the check stopped (sqlite: {cause})")],
+        other => other?,
+    };
     let ok = integrity == ["ok"];
     report.facts.push((
         "integrity",
@@ -189,22 +202,21 @@ pub fn check_integrity(conn: &Connection, report: &mut Report) -> db::Result<()>
         },
     ));
     if !ok {
+        report.damaged = true;
         report
             .problems
             .push(format!("integrity_check failed: {}", integrity.join("; ")));
     }
 
-    let violations: Vec<String> = conn
-        .prepare("PRAGMA foreign_key_check")?
-        .query_map([], |r| {
-            Ok(format!(
-                "{} row {} -> {}",
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?
-            ))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    let violations = match foreign_key_check(conn) {
+        Err(db::Error::Damaged(_)) if report.damaged => {
+            report
+                .facts
+                .push(("foreign keys", "not checked: the file is damaged".into()));
+            return Ok(());
+        }
+        other => other?,
+    };
     report.facts.push((
         "foreign keys",
         if violations.is_empty() {
@@ -220,6 +232,28 @@ pub fn check_integrity(conn: &Connection, report: &mut Report) -> db::Result<()>
             .push(format!("orphaned rows: {}", shown.join(", ")));
     }
     Ok(())
+}
+
+fn integrity_check(conn: &Connection) -> db::Result<Vec<String>> {
+    Ok(conn
+        .prepare("PRAGMA integrity_check")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// One line per orphaned row: `table row ROWID -> PARENT`.
+fn foreign_key_check(conn: &Connection) -> db::Result<Vec<String>> {
+    Ok(conn
+        .prepare("PRAGMA foreign_key_check")?
+        .query_map([], |r| {
+            Ok(format!(
+                "{} row {} -> {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 /// On Unix, a database file that other users of the machine may read or

@@ -22,6 +22,10 @@ use rusqlite::Connection;
 use crate::db::{self, Database};
 use crate::doctor;
 
+/// What to do about a damaged database, for the messages that find one.
+pub const ADVICE_FOR_DAMAGE: &str = "`neptun-local restore BACKUP --replace` puts a backup's \
+     contents in its place, even while a server runs (chats deleted since that backup come back)";
+
 /// How many users and chats a database holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Contents {
@@ -58,7 +62,8 @@ impl fmt::Display for Contents {
 /// What a restore put in place, and what was there before.
 pub struct Restored {
     pub now: Contents,
-    pub before: Contents,
+    /// `None` when the database was too damaged to count what it held.
+    pub before: Option<Contents>,
 }
 
 /// Why a restore was not made. In every case but the last, the database
@@ -73,10 +78,11 @@ pub enum Error {
     Unreadable(PathBuf, db::Error),
     /// The backup is damaged or has orphaned rows.
     Unsound(PathBuf, String),
-    /// The database holds data, and replacing it was not asked for.
+    /// The database holds data (`None`: it is too damaged to count what
+    /// it holds), and replacing it was not asked for.
     WouldReplace {
         database: PathBuf,
-        before: Contents,
+        before: Option<Contents>,
         backup: Contents,
     },
     /// SQLite cannot copy pages of one size into a WAL database of another.
@@ -108,12 +114,22 @@ impl fmt::Display for Error {
             ),
             Error::WouldReplace {
                 database,
-                before,
+                before: Some(before),
                 backup,
             } => write!(
                 f,
                 "{} holds {before}; add --replace to put the backup's {backup} in their \
                  place (that cannot be undone)",
+                database.display()
+            ),
+            Error::WouldReplace {
+                database,
+                before: None,
+                backup,
+            } => write!(
+                f,
+                "{} is damaged, too much to count what it holds; add --replace to put \
+                 the backup's {backup} in its place (that cannot be undone)",
                 database.display()
             ),
             Error::PageSize { backup, database } => write!(
@@ -175,9 +191,18 @@ pub fn check(from: &Path, database: &Path) -> Result<Checked, Error> {
 /// user and no chat unless `replace` is set; checks the result.
 pub fn restore(db: &Database, backup: &Checked, replace: bool) -> Result<Restored, Error> {
     let (before, database_page_size) = db
-        .with_connection(|conn| Ok((Contents::of(conn)?, page_size(conn)?)))
+        .with_connection(|conn| {
+            let before = match Contents::of(conn) {
+                Ok(before) => Some(before),
+                // Putting a backup in place of a damaged database is what a
+                // restore is most often for.
+                Err(db::Error::Damaged(_)) => None,
+                Err(e) => return Err(e),
+            };
+            Ok((before, page_size(conn)?))
+        })
         .map_err(Error::Copy)?;
-    if !(before.is_empty() || replace) {
+    if !(before.is_some_and(Contents::is_empty) || replace) {
         return Err(Error::WouldReplace {
             database: db.path().to_owned(),
             before,

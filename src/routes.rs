@@ -153,6 +153,15 @@ fn database_failure(error: db::Error) -> ApiError {
             log::error!("storage full, answering 503: {cause}");
             ApiError::ServiceUnavailable("The server's disk is full; retry once space is freed")
         }
+        // Retrying will not help, and the one who runs the server can act.
+        db::Error::Damaged(cause) => {
+            log::error!(
+                "the database file is damaged, answering 500 (sqlite: {cause}); \
+                 `neptun-local doctor` says where; {}",
+                crate::restore::ADVICE_FOR_DAMAGE
+            );
+            ApiError::Internal
+        }
         other => {
             log::error!("database failure, answering 500: {other}");
             ApiError::Internal

@@ -752,3 +752,41 @@ fn sessions_can_be_listed_without_tokens_and_expired_ones_pruned() {
 fn hex_prefix(hash: &[u8; 32]) -> String {
     hash[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// What a bad sector or a copy cut short can do to a file: one index entry
+/// names the wrong row. SQLite still opens the file and reads it, so only
+/// `integrity_check` finds it, and `doctor` must say so, say what to do,
+/// and fail.
+#[test]
+fn doctor_fails_on_a_damaged_index_and_says_what_integrity_check_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("t.db");
+    let db = Database::open(&db_path, &db::Settings::default()).unwrap();
+    add_user(&db, "alice");
+    db.add_chat("alice", "chat", "model", 20).unwrap();
+    drop(db);
+    let page = first_page_of(&db_path, "messages_chat_id").start;
+    let mut file = std::fs::read(&db_path).unwrap();
+    // An index leaf page (0x0A) whose first cell is (chat 1, message 1):
+    // payload size, record header size, then the serial types of chat_id
+    // and rowid, 9 each, which is SQLite's for the integer 1.
+    assert_eq!(file[page], 0x0A, "the index fits in one leaf page");
+    let cell = page + usize::from(u16::from_be_bytes([file[page + 8], file[page + 9]]));
+    assert_eq!(&file[cell + 1..cell + 4], [3, 9, 9], "(chat 1, message 1)");
+    file[cell + 3] = 8; // the integer 0: now it names a message that is not there
+    std::fs::write(&db_path, file).unwrap();
+
+    let out = run_cli(&db_path, &["doctor"], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let problem = text
+        .lines()
+        .find(|l| l.starts_with("PROBLEM      integrity_check failed: "))
+        .unwrap_or_else(|| panic!("no integrity problem reported:\n{text}"));
+    assert!(problem.contains("messages_chat_id"), "{problem}");
+    assert!(!text.contains("integrity    ok"), "{text}");
+    assert!(
+        text.contains("\nTO REPAIR    `neptun-local restore BACKUP --replace`"),
+        "{text}"
+    );
+}

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use neptun_local::db::{self, Database};
+
 use crate::support::*;
 
 /// The bytes of the database file and of its WAL, where replaced rows
@@ -308,4 +310,77 @@ fn deletes_racing_a_restore_get_clean_answers_and_leave_no_half_chat() {
     for chat in &chats[statuses.len()..] {
         assert_fully_present(&conn, chat);
     }
+}
+
+/// Damage that keeps SQLite from reading the chats (a bad disk, a file
+/// copied while it was written, a cloud folder's sync): `doctor` and the
+/// server's log say what to do, and a restore under the running server
+/// repairs it.
+#[test]
+fn a_damaged_database_says_what_to_do_and_a_restore_under_the_server_repairs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("neptun.db");
+    let backup = dir.path().join("backup.db");
+    let db = Database::open(&db_path, &db::Settings::default()).unwrap();
+    add_user(&db, "alice");
+    add_user(&db, "bob");
+    let chat = seed_chat(&db, "alice", "bob");
+    let token = login(&db, "alice");
+    let ran = run_cli(&db_path, &["backup", backup.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    drop(db);
+    damage(&db_path, &["chats", "chats_user_id"]);
+
+    let out = run_cli(&db_path, &["doctor"], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for line in [
+        "\nrows         could not be counted (sqlite: database disk image is malformed)\n",
+        "\nPROBLEM      integrity_check failed: ",
+        "\nTO REPAIR    `neptun-local restore BACKUP --replace` puts a backup's contents in \
+         its place, even while a server runs (chats deleted since that backup come back)\n",
+    ] {
+        assert!(text.contains(line), "{line:?} not in:\n{text}");
+    }
+
+    let server = TestServer::start_in(dir, db_path, &[]);
+    let path = format!("/api/users/alice/chats/{}", chat.chat);
+    server
+        .delete(&path, &token)
+        .assert_error(500, "Internal Server Error");
+    server.log_with(&[
+        "ERROR the database file is damaged, answering 500 (sqlite: database disk image is \
+         malformed); `neptun-local doctor` says where; `neptun-local restore BACKUP --replace`",
+    ]);
+
+    // What it held cannot be counted, so it is replaced only when asked to.
+    let refused = run_cli(
+        &server.db_path,
+        &["restore", backup.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr_of(&refused));
+    assert!(
+        stderr_of(&refused).contains(
+            "is damaged, too much to count what it holds; add --replace to put the backup's \
+             2 user(s) and 1 chat(s) in its place"
+        ),
+        "{}",
+        stderr_of(&refused)
+    );
+    let restored = run_cli(
+        &server.db_path,
+        &["restore", backup.to_str().unwrap(), "--replace"],
+        None,
+    );
+    assert!(
+        stderr_of(&restored).contains("in place of a damaged database; integrity and foreign"),
+        "{}",
+        stderr_of(&restored)
+    );
+
+    server.delete(&path, &token).assert_true();
+    let sql = server.sql();
+    assert_fully_gone(&sql, &chat);
+    assert_consistent(&sql);
 }

@@ -643,6 +643,37 @@ pub fn column<T: rusqlite::types::FromSql>(conn: &rusqlite::Connection, sql: &st
         .unwrap()
 }
 
+/// The bytes of the file at `db_path` that hold the first page of the
+/// table or index `name`. Checkpoints first, so that the file itself holds
+/// every page and no WAL frame hides an edit to it; no other connection
+/// may have the file open.
+pub fn first_page_of(db_path: &Path, name: &str) -> std::ops::Range<usize> {
+    let sql = rusqlite::Connection::open(db_path).unwrap();
+    sql.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    let page_size: u32 = sql.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    let page: u32 = sql
+        .query_row(
+            "SELECT rootpage FROM sqlite_schema WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let start = (page as usize - 1) * page_size as usize;
+    start..start + page_size as usize
+}
+
+/// Overwrites the first page of each named table or index with bytes that
+/// are no b-tree page: what a bad sector or a torn copy leaves.
+pub fn damage(db_path: &Path, names: &[&str]) {
+    let pages: Vec<_> = names.iter().map(|n| first_page_of(db_path, n)).collect();
+    let mut file = std::fs::read(db_path).unwrap();
+    for page in pages {
+        file[page].fill(0xFF);
+    }
+    std::fs::write(db_path, file).unwrap();
+}
+
 /// `integrity_check` is ok and `foreign_key_check` finds nothing.
 pub fn assert_consistent(conn: &rusqlite::Connection) {
     let integrity: Vec<String> = column(conn, "PRAGMA integrity_check");
