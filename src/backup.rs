@@ -90,6 +90,11 @@ impl fmt::Display for Error {
             ),
             Error::NotUtf8(out) => write!(f, "{}: the backup path must be UTF-8", out.display()),
             Error::Create(out, e) => write!(f, "cannot create {}: {e}", out.display()),
+            Error::Copy(db::Error::Damaged(cause)) => write!(
+                f,
+                "the backup failed: the database file is damaged (sqlite: {cause}); \
+                 `neptun-local doctor` says where, and what to do"
+            ),
             Error::Copy(e) => write!(f, "the backup failed: {e}"),
             Error::Unconfirmed { out, why } => write!(
                 f,

@@ -343,6 +343,20 @@ fn a_damaged_database_says_what_to_do_and_a_restore_under_the_server_repairs_it(
         assert!(text.contains(line), "{line:?} not in:\n{text}");
     }
 
+    // A backup cannot be taken of it, and says why.
+    let second = dir.path().join("second.db");
+    let out = run_cli(&db_path, &["backup", second.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains(
+            "the backup failed: the database file is damaged (sqlite: database disk image is \
+             malformed); `neptun-local doctor` says where"
+        ),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!second.exists());
+
     let server = TestServer::start_in(dir, db_path, &[]);
     let path = format!("/api/users/alice/chats/{}", chat.chat);
     server
