@@ -218,6 +218,12 @@ pub enum Error {
         path: PathBuf,
         source: db::Error,
     },
+    /// The file is too damaged for SQLite to open it: not even `restore`
+    /// can put a backup in its place, only into a new file.
+    DamagedBeyondOpening {
+        path: PathBuf,
+        cause: String,
+    },
     Bind {
         addr: String,
         source: io::Error,
@@ -268,6 +274,13 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::DamagedBeyondOpening { path, cause } => write!(
+                f,
+                "{}: the file is too damaged to be opened (sqlite: {cause}); move it aside, \
+                 with its -wal and -shm files if there are any, and `neptun-local restore \
+                 BACKUP` writes a new one from a backup",
+                path.display()
+            ),
             Error::Bind { addr, source } => {
                 write!(f, "cannot listen on {addr}: {source}")?;
                 match source.kind() {
@@ -475,9 +488,15 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 dir: dir.to_owned(),
             });
         }
-        Database::open(&cli.db, settings).map_err(|source| Error::Database {
-            path: cli.db.clone(),
-            source,
+        Database::open(&cli.db, settings).map_err(|source| match source {
+            db::Error::Damaged(cause) => Error::DamagedBeyondOpening {
+                path: cli.db.clone(),
+                cause,
+            },
+            source => Error::Database {
+                path: cli.db.clone(),
+                source,
+            },
         })
     };
     // The other commands read or change what is there: run on a mistyped

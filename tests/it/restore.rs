@@ -398,3 +398,55 @@ fn a_damaged_database_says_what_to_do_and_a_restore_under_the_server_repairs_it(
     assert_fully_gone(&sql, &chat);
     assert_consistent(&sql);
 }
+
+/// Damage to the schema on the file's first page keeps SQLite from opening
+/// the file at all, so not even `restore` can replace its contents: every
+/// command says to move it aside, and `restore` then writes a new file.
+#[test]
+fn a_database_too_damaged_to_open_says_to_move_it_aside_and_restore_into_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("neptun.db");
+    let backup = dir.path().join("backup.db");
+    let db = Database::open(&db_path, &db::Settings::default()).unwrap();
+    add_user(&db, "alice");
+    add_user(&db, "bob");
+    let chat = seed_chat(&db, "alice", "bob");
+    let token = login(&db, "alice");
+    let ran = run_cli(&db_path, &["backup", backup.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    drop(db);
+    // Page 1: the file header's 100 bytes, then the schema's b-tree page.
+    let page_size = first_page_of(&db_path, "users").len();
+    let mut file = std::fs::read(&db_path).unwrap();
+    file[100..page_size].fill(0xFF);
+    std::fs::write(&db_path, file).unwrap();
+
+    let advice = "neptun.db: the file is too damaged to be opened (sqlite: database disk image \
+                  is malformed); move it aside, with its -wal and -shm files if there are any, \
+                  and `neptun-local restore BACKUP` writes a new one from a backup";
+    let restore = ["restore", backup.to_str().unwrap(), "--replace"];
+    for args in [
+        &["serve", "--addr", "127.0.0.1:0"][..],
+        &["doctor"],
+        &restore,
+    ] {
+        let out = run_cli(&db_path, args, None);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr_of(&out).contains(advice),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+    }
+
+    std::fs::rename(&db_path, dir.path().join("neptun.db.damaged")).unwrap();
+    let out = run_cli(&db_path, &restore, None);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let server = TestServer::start_in(dir, db_path, &[]);
+    server
+        .delete(&format!("/api/users/alice/chats/{}", chat.chat), &token)
+        .assert_true();
+    let sql = server.sql();
+    assert_fully_gone(&sql, &chat);
+    assert_consistent(&sql);
+}
