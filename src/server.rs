@@ -536,7 +536,7 @@ fn backtrace() -> String {
 /// The lines that follow a panic's for its backtrace's `frames`, unless
 /// none of them is resolved. Frames are resolved by reading the
 /// executable, which a process out of descriptors cannot open: a column of
-/// "<unknown>" says nothing (Rust's own hook then prints no frame either).
+/// `"<unknown>"` says nothing (Rust's own hook then prints no frame either).
 fn told_if_resolved(frames: &str) -> String {
     if frames.lines().all(|line| line.ends_with("<unknown>")) {
         return String::new();
