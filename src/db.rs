@@ -543,9 +543,8 @@ impl Database {
     /// once that is committed (and, with [`Durability::Full`], synced).
     ///
     /// Concurrent calls are committed together (see `GroupCommit`): one
-    /// transaction and one sync for the batch. Each delete is a single
-    /// statement, which SQLite applies all or nothing (cascade included), so
-    /// one that fails is undone alone and the others still commit.
+    /// transaction and one sync for the batch. One that fails is undone,
+    /// and the others still commit.
     pub fn delete_chat(&self, user_id: &str, chat_id: i64) -> Result<bool> {
         let job = ChatToDelete {
             user_id: user_id.to_owned(),
@@ -556,26 +555,58 @@ impl Database {
     }
 
     /// Runs a batch of deletes in one transaction; one result per job.
+    ///
+    /// A delete that fails is not trusted to have been undone alone. SQLite
+    /// reverts a failed statement only where it foresaw that the statement
+    /// might fail, and a damaged file breaks what it foresaw: an index that
+    /// misses one of a chat's messages fails the cascade's foreign-key check
+    /// after the chat's row is gone, and that is not reverted. Committing
+    /// the rest would keep half a chat. So a failure rolls back the whole
+    /// transaction, and the batch runs again without the failed delete.
     fn delete_chats_together(&self, batch: &[ChatToDelete]) -> Vec<Result<bool>> {
-        let mut results = Vec::with_capacity(batch.len());
-        let committed = self.write(|tx| {
-            for job in batch {
-                match delete_one_chat(tx, job) {
-                    // On some errors (a full disk, I/O) SQLite rolls back the
-                    // whole transaction instead of the one statement, and
-                    // what follows would run (and commit) outside it: so the
-                    // batch ends here, with nothing committed.
-                    Err(e) if tx.is_autocommit() => return Err(e),
-                    result => results.push(result),
+        let mut results: Vec<Option<Result<bool>>> = vec![None; batch.len()];
+        loop {
+            let pending: Vec<usize> = (0..batch.len()).filter(|&i| results[i].is_none()).collect();
+            if pending.is_empty() {
+                break;
+            }
+            let mut deleted = Vec::with_capacity(pending.len());
+            // The job that failed, if one did and SQLite kept the
+            // transaction open (so that the others can be tried again).
+            let mut failed_alone = None;
+            let committed = self.write(|tx| {
+                for &i in &pending {
+                    match delete_one_chat(tx, &batch[i]) {
+                        Ok(found) => deleted.push((i, found)),
+                        Err(e) => {
+                            // On some errors (a full disk, I/O) SQLite has
+                            // rolled back the whole transaction itself:
+                            // then the batch fails as a whole.
+                            if !tx.is_autocommit() {
+                                failed_alone = Some(i);
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(())
+            });
+            match (committed, failed_alone) {
+                (Ok(()), _) => {
+                    for (i, found) in deleted {
+                        results[i] = Some(Ok(found));
+                    }
+                }
+                (Err(e), Some(i)) => results[i] = Some(Err(e)),
+                // Nothing pending was committed.
+                (Err(e), None) => {
+                    for i in pending {
+                        results[i] = Some(Err(e.clone()));
+                    }
                 }
             }
-            Ok(())
-        });
-        match committed {
-            Ok(()) => results,
-            // Nothing in the batch was committed.
-            Err(e) => vec![Err(e); batch.len()],
         }
+        results.into_iter().flatten().collect()
     }
 
     /// Returns whether a chat with this id exists, whoever owns it.
@@ -752,7 +783,22 @@ fn explain_full(conn: &Connection, e: Error) -> Error {
 /// Deletes one chat if it belongs to the user; the cascade takes the rest.
 fn delete_one_chat(conn: &Connection, job: &ChatToDelete) -> Result<bool> {
     let mut stmt = conn.prepare_cached("DELETE FROM chats WHERE id = ?1 AND user_id = ?2")?;
-    Ok(stmt.execute(params![job.chat_id, job.user_id])? == 1)
+    match stmt.execute(params![job.chat_id, job.user_id]) {
+        Ok(deleted) => Ok(deleted == 1),
+        // The cascade deletes every row that points at the chat, so a row
+        // left pointing at it means that an index hid that row from the
+        // cascade: damage, which `doctor` finds and says how to repair.
+        Err(e)
+            if e.sqlite_extended_error_code()
+                == Some(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY) =>
+        {
+            Err(Error::Damaged(format!(
+                "{e}: the cascade left a row behind, which an index that disagrees with \
+                 its table does"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn delete_expired_sessions(conn: &Connection, now: i64) -> Result<usize> {
@@ -1005,6 +1051,56 @@ pub(crate) mod tests {
             "{results:?}"
         );
         assert_eq!(messages_of(&db, chats[1]), 1, "the refused chat is intact");
+        assert_eq!(messages_of(&db, chats[0]) + messages_of(&db, chats[2]), 0);
+    }
+
+    /// A delete whose statement fails after it changed rows, and is not
+    /// reverted by SQLite (here a trigger's `RAISE(FAIL)` in the cascade,
+    /// which leaves a message behind and so fails the foreign-key check; in
+    /// life, a damaged index), must not be committed with the batch:
+    /// its chat stays whole, and the others are deleted.
+    #[test]
+    fn a_delete_that_fails_half_done_is_rolled_back_and_the_rest_commit() {
+        let (_dir, db) = open_temp();
+        db.add_user("a", None).unwrap();
+        let chats: Vec<i64> = db
+            .write(|tx| {
+                ["first", "half", "last"]
+                    .iter()
+                    .map(|name| {
+                        let chat = insert_chat(tx, "a", name, "m")?;
+                        insert_message(tx, chat, Actor::User, "hi")?;
+                        if *name == "half" {
+                            insert_message(tx, chat, Actor::User, "poison")?;
+                        }
+                        Ok(chat)
+                    })
+                    .collect()
+            })
+            .unwrap();
+        db.with_connection(|c| {
+            Ok(c.execute_batch(
+                "CREATE TRIGGER fail BEFORE DELETE ON messages WHEN old.message = 'poison'
+                 BEGIN SELECT RAISE(FAIL, 'half done'); END;",
+            )?)
+        })
+        .unwrap();
+        let results = db.delete_chats_together(&jobs(&chats));
+        assert!(
+            matches!(results[..], [Ok(true), Err(_), Ok(true)]),
+            "{results:?}"
+        );
+        assert_eq!(messages_of(&db, chats[1]), 2, "the failed chat is whole");
+        let chat_rows: i64 = db
+            .with_connection(|c| {
+                Ok(c.query_row(
+                    "SELECT count(*) FROM chats WHERE id = ?1",
+                    [chats[1]],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(chat_rows, 1, "and its row is there");
         assert_eq!(messages_of(&db, chats[0]) + messages_of(&db, chats[2]), 0);
     }
 

@@ -11,8 +11,7 @@
 //!
 //! The same scheme as LevelDB's write queue (`DBImpl::Write`). This module
 //! knows nothing about SQL: the batch runner decides what a batch means
-//! (for deletes: one transaction, in which each job is one statement that
-//! SQLite applies or undoes whole).
+//! (for deletes: one transaction, run again without a job that failed).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
