@@ -15,6 +15,7 @@ use rusqlite::Connection;
 
 use crate::auth::{self, Token};
 use crate::db::{self, Database, Durability};
+use crate::doctor::Damage;
 use crate::{backup, doctor, logging, maintenance, restore};
 
 mod listings;
@@ -65,7 +66,13 @@ pub enum Command {
     Chat(ChatCommand),
     /// Check the database file (integrity, foreign keys, settings, sizes);
     /// exits non-zero if something is wrong.
-    Doctor,
+    Doctor {
+        /// First rebuild every index from its table's rows (SQLite's
+        /// REINDEX): the repair for damage to indexes alone, which loses
+        /// nothing and is safe while the server runs.
+        #[arg(long)]
+        reindex: bool,
+    },
     /// Write a consistent copy of the database to a new file, safe while the
     /// server runs (copying the file with cp is not); then check the copy.
     Backup {
@@ -270,7 +277,7 @@ impl fmt::Display for Error {
             Error::Database { path, source } => {
                 write!(f, "{}: {source}", path.display())?;
                 if let db::Error::Damaged(_) = source {
-                    write!(f, "; {}", restore::ADVICE_FOR_DAMAGE)?;
+                    f.write_str("; `neptun-local doctor` says where, and how to repair it")?;
                 }
                 Ok(())
             }
@@ -607,14 +614,21 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 .map_err(db_error)?;
             print_result(&format!("{id}\n"))
         }
-        Some(Command::Doctor) => {
-            let copy = db::is_rollback_journal_file(&cli.db);
+        Some(Command::Doctor { reindex }) => {
+            // A copy is only read, unless it is to be repaired.
+            let copy = !reindex && db::is_rollback_journal_file(&cli.db);
             let report = if copy {
                 // A backup: opened as the other commands do, it would become
                 // a WAL database, and a read-only one could not be opened.
                 doctor::examine_copy(&cli.db).map_err(db_error)?
             } else {
-                doctor::examine(&open_existing()?).map_err(db_error)?
+                let db = open_existing()?;
+                if reindex {
+                    db.write(|tx| Ok(tx.execute_batch("REINDEX")?))
+                        .map_err(db_error)?;
+                    tell(format_args!("rebuilt every index from its table's rows"));
+                }
+                doctor::examine(&db).map_err(db_error)?
             };
             let mut text = format!("{:<13}{}\n", "database", db::describe(&cli.db, &cli.db));
             for (topic, finding) in &report.facts {
@@ -623,8 +637,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             for problem in &report.problems {
                 let _ = writeln!(text, "PROBLEM      {problem}");
             }
-            if report.damaged && !copy {
-                let _ = writeln!(text, "TO REPAIR    {}", restore::ADVICE_FOR_DAMAGE);
+            if let Some(repair) = repair_for(report.damage).filter(|_| !copy) {
+                let _ = writeln!(text, "TO REPAIR    {repair}");
             }
             print_result(&text)?;
             if report.problems.is_empty() {
@@ -747,6 +761,21 @@ fn read_token_argument(argument: &str) -> Result<Token, Error> {
         argument.to_owned()
     };
     Token::parse(&text).ok_or(Error::MalformedToken)
+}
+
+/// What `doctor` advises for the damage it found.
+fn repair_for(damage: Damage) -> Option<&'static str> {
+    match damage {
+        Damage::None => None,
+        Damage::IndexesOnly => Some(
+            "only indexes are damaged, and the rows are whole: `neptun-local doctor \
+             --reindex` rebuilds them from the rows, losing nothing, even while a server runs",
+        ),
+        Damage::Rows => Some(
+            "`neptun-local restore BACKUP --replace` puts a backup's contents in its place, \
+             even while a server runs (chats deleted since that backup come back)",
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -20,8 +20,26 @@ pub struct Report {
     pub facts: Vec<(&'static str, String)>,
     /// Anything that needs an operator's attention; empty when all is well.
     pub problems: Vec<String>,
-    /// SQLite found the file damaged: a backup should be put in its place.
-    pub damaged: bool,
+    /// What SQLite found damaged, which decides the repair.
+    pub damage: Damage,
+}
+
+/// How far the damage SQLite found goes, from none to the worst.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Damage {
+    #[default]
+    None,
+    /// Only index entries disagree with the rows they index: `REINDEX`
+    /// rebuilds them from the rows, and nothing is lost.
+    IndexesOnly,
+    /// Rows or pages themselves: only a backup brings them back.
+    Rows,
+}
+
+impl Report {
+    fn found(&mut self, damage: Damage) {
+        self.damage = self.damage.max(damage);
+    }
 }
 
 /// Examines the database behind `db`.
@@ -71,7 +89,7 @@ fn examine_connection(conn: &Connection, journal: Journal, report: &mut Report) 
     // A damaged table may fail a count; integrity_check then says where.
     match count_rows(conn, report) {
         Err(db::Error::Damaged(cause)) => {
-            report.damaged = true;
+            report.found(Damage::Rows);
             report
                 .facts
                 .push(("rows", format!("could not be counted (sqlite: {cause})")));
@@ -202,14 +220,18 @@ pub fn check_integrity(conn: &Connection, report: &mut Report) -> db::Result<()>
         },
     ));
     if !ok {
-        report.damaged = true;
+        report.found(if integrity.iter().all(|l| is_index_entry_problem(l)) {
+            Damage::IndexesOnly
+        } else {
+            Damage::Rows
+        });
         report
             .problems
             .push(format!("integrity_check failed: {}", integrity.join("; ")));
     }
 
     let violations = match foreign_key_check(conn) {
-        Err(db::Error::Damaged(_)) if report.damaged => {
+        Err(db::Error::Damaged(_)) if report.damage > Damage::None => {
             report
                 .facts
                 .push(("foreign keys", "not checked: the file is damaged".into()));
@@ -232,6 +254,19 @@ pub fn check_integrity(conn: &Connection, report: &mut Report) -> db::Result<()>
             .push(format!("orphaned rows: {}", shown.join(", ")));
     }
     Ok(())
+}
+
+/// Whether an `integrity_check` line is about an index entry alone, which
+/// `REINDEX` rebuilds from the table: SQLite's words for an entry that is
+/// missing, extra, or differs from its row. Not "non-unique entry in index":
+/// there the rows themselves break the index's rule, and `REINDEX` fails.
+fn is_index_entry_problem(line: &str) -> bool {
+    (line.starts_with("row ")
+        && (line.contains(" missing from index ") || line.contains(" values differ from index ")))
+        || line.starts_with("rowid not at end-of-record for row ")
+        || line.starts_with("wrong # of entries in index ")
+        || (line.starts_with("index ")
+            && line.contains(" stores an imprecise floating-point value"))
 }
 
 fn integrity_check(conn: &Connection) -> db::Result<Vec<String>> {
@@ -288,4 +323,33 @@ fn file_sizes(db_path: &Path) -> String {
         size(&db::side_file(db_path, "-wal")),
         size(&db::side_file(db_path, "-shm"))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's own words (sqlite3.c, `integrity_check`), each line as it
+    /// prints it.
+    #[test]
+    fn only_index_entry_problems_count_as_damage_to_indexes_alone() {
+        for index_only in [
+            "row 1 missing from index messages_chat_id",
+            "row 7 values differ from index chats_user_id",
+            "rowid not at end-of-record for row 3 of index messages_chat_id",
+            "wrong # of entries in index messages_chat_id",
+            "index chats_user_id stores an imprecise floating-point value for row 2",
+        ] {
+            assert!(is_index_entry_problem(index_only), "{index_only}");
+        }
+        for worse in [
+            "non-unique entry in index sqlite_autoindex_users_1",
+            "Tree 10 page 10: btreeInitPage() returns error code 11",
+            "*** in database main ***\nPage 12: never used",
+            "NULL value in messages.chat_id",
+            "the check stopped (sqlite: database disk image is malformed)",
+        ] {
+            assert!(!is_index_entry_problem(worse), "{worse}");
+        }
+    }
 }

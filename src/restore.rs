@@ -22,10 +22,6 @@ use rusqlite::Connection;
 use crate::db::{self, Database};
 use crate::doctor;
 
-/// What to do about a damaged database, for the messages that find one.
-pub const ADVICE_FOR_DAMAGE: &str = "`neptun-local restore BACKUP --replace` puts a backup's \
-     contents in its place, even while a server runs (chats deleted since that backup come back)";
-
 /// How many users and chats a database holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Contents {

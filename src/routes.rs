@@ -157,8 +157,7 @@ fn database_failure(error: db::Error) -> ApiError {
         db::Error::Damaged(cause) => {
             log::error!(
                 "the database file is damaged, answering 500 (sqlite: {cause}); \
-                 `neptun-local doctor` says where; {}",
-                crate::restore::ADVICE_FOR_DAMAGE
+                 `neptun-local doctor` says where, and how to repair it while the server runs"
             );
             ApiError::Internal
         }

@@ -755,15 +755,18 @@ fn hex_prefix(hash: &[u8; 32]) -> String {
 
 /// What a bad sector or a copy cut short can do to a file: one index entry
 /// names the wrong row. SQLite still opens the file and reads it, so only
-/// `integrity_check` finds it, and `doctor` must say so, say what to do,
-/// and fail.
+/// `integrity_check` finds it. `doctor` must say so and fail, and point at
+/// the lossless repair, which must work under a running server. Until it
+/// runs, deleting the chat must fail whole rather than leave a message
+/// behind.
 #[test]
-fn doctor_fails_on_a_damaged_index_and_says_what_integrity_check_found() {
+fn doctor_names_damage_to_an_index_and_reindex_repairs_it_under_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("t.db");
     let db = Database::open(&db_path, &db::Settings::default()).unwrap();
     add_user(&db, "alice");
-    db.add_chat("alice", "chat", "model", 20).unwrap();
+    let chat = db.add_chat("alice", "chat", "model", 20).unwrap();
+    let token = login(&db, "alice");
     drop(db);
     let page = first_page_of(&db_path, "messages_chat_id").start;
     let mut file = std::fs::read(&db_path).unwrap();
@@ -779,14 +782,60 @@ fn doctor_fails_on_a_damaged_index_and_says_what_integrity_check_found() {
     let out = run_cli(&db_path, &["doctor"], None);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");
-    let problem = text
-        .lines()
-        .find(|l| l.starts_with("PROBLEM      integrity_check failed: "))
-        .unwrap_or_else(|| panic!("no integrity problem reported:\n{text}"));
-    assert!(problem.contains("messages_chat_id"), "{problem}");
-    assert!(!text.contains("integrity    ok"), "{text}");
     assert!(
-        text.contains("\nTO REPAIR    `neptun-local restore BACKUP --replace`"),
+        text.contains(
+            "\nPROBLEM      integrity_check failed: row 1 missing from index messages_chat_id"
+        ),
         "{text}"
     );
+    assert!(!text.contains("integrity    ok"), "{text}");
+    assert!(
+        text.contains(
+            "\nTO REPAIR    only indexes are damaged, and the rows are whole: `neptun-local \
+             doctor --reindex` rebuilds them from the rows, losing nothing"
+        ),
+        "{text}"
+    );
+
+    // Until the repair, a delete of that chat fails whole: the cascade
+    // misses message 1 and fails its foreign-key check, after the chat's
+    // row is gone, in a statement that SQLite does not revert by itself.
+    let server = TestServer::start_in(dir, db_path.clone(), &[]);
+    let path = format!("/api/users/alice/chats/{chat}");
+    server
+        .delete(&path, &token)
+        .assert_error(500, "Internal Server Error");
+    // `+chat_id` and `+id`: by the table's rows, not the damaged index.
+    let whole: (i64, i64) = server
+        .sql()
+        .query_row(
+            "SELECT (SELECT count(*) FROM chats WHERE +id = ?1),
+                    (SELECT count(*) FROM messages WHERE +chat_id = ?1)",
+            [chat],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(whole, (1, 20), "the chat and all its messages are there");
+    server.log_with(&[
+        "ERROR the database file is damaged, answering 500 (sqlite: FOREIGN KEY constraint \
+         failed: the cascade left a row behind, which an index that disagrees with its table \
+         does); `neptun-local doctor` says where, and how to repair it",
+    ]);
+
+    let out = run_cli(&db_path, &["doctor", "--reindex"], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("rebuilt every index from its table's rows"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(text.contains("\nintegrity    ok\n"), "{text}");
+    server.delete(&path, &token).assert_true();
+    let sql = server.sql();
+    let left: i64 = sql
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "every message went with the chat");
+    assert_consistent(&sql);
 }

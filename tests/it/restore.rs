@@ -364,7 +364,8 @@ fn a_damaged_database_says_what_to_do_and_a_restore_under_the_server_repairs_it(
         .assert_error(500, "Internal Server Error");
     server.log_with(&[
         "ERROR the database file is damaged, answering 500 (sqlite: database disk image is \
-         malformed); `neptun-local doctor` says where; `neptun-local restore BACKUP --replace`",
+         malformed); `neptun-local doctor` says where, and how to repair it while the server \
+         runs",
     ]);
 
     // What it held cannot be counted, so it is replaced only when asked to.
