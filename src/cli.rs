@@ -624,8 +624,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             } else {
                 let db = open_existing()?;
                 if reindex {
-                    db.write(|tx| Ok(tx.execute_batch("REINDEX")?))
-                        .map_err(db_error)?;
+                    doctor::rebuild_indexes(&db).map_err(db_error)?;
                     tell(format_args!("rebuilt every index from its table's rows"));
                 }
                 doctor::examine(&db).map_err(db_error)?

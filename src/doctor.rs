@@ -1,11 +1,12 @@
 //! `neptun-local doctor`: checks a database file and reports what it finds.
 //!
 //! Read-only apart from what opening always does (WAL mode, migration to the
-//! current schema), except for a copy in rollback-journal mode, as `backup`
-//! writes them: that one is opened read-only and left as it is, so that a
-//! backup can be checked, even when it is itself read-only, without being
-//! turned into a WAL database. Returns the facts to print and the problems
-//! that make the command exit non-zero.
+//! current schema) and, when asked for, the repair of indexes. A copy in
+//! rollback-journal mode, as `backup` writes them, is opened read-only and
+//! left as it is, so that a backup can be checked, even when it is itself
+//! read-only, without being turned into a WAL database. Returns the facts
+//! to print, the problems that make the command exit non-zero, and how far
+//! any damage goes, which decides the repair to advise.
 
 use std::path::Path;
 
@@ -55,6 +56,13 @@ pub fn examine(db: &Database) -> db::Result<Report> {
     }
     db.with_connection(|conn| examine_connection(conn, Journal::MustBeWal, &mut report))?;
     Ok(report)
+}
+
+/// Rebuilds every index from its table's rows (SQLite's `REINDEX`), in one
+/// write transaction: the repair for [`Damage::IndexesOnly`], which loses
+/// nothing. A running server's deletes wait for it, as for any writer.
+pub fn rebuild_indexes(db: &Database) -> db::Result<()> {
+    db.write(|tx| Ok(tx.execute_batch("REINDEX")?))
 }
 
 /// Examines a copy in rollback-journal mode (see [`db::is_rollback_journal_file`])
