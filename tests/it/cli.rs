@@ -20,6 +20,16 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
         (&["user", "add", ""], 1, "invalid user id"),
         (&["user", "add", ".."], 1, "invalid user id"),
         (
+            &["user", "add", &"x".repeat(257)],
+            1,
+            "invalid user id: it is longer than 256 characters",
+        ),
+        (
+            &["user", "add", "bob\u{1b}[2J"],
+            1,
+            "invalid user id: it contains control characters",
+        ),
+        (
             &["user", "add", " alice"],
             1,
             "begins or ends with white space",
