@@ -696,6 +696,7 @@ fn doctor_reports_the_facts_and_fails_on_orphans() {
     ] {
         assert!(text.contains(fact), "doctor output lacks {fact:?}:\n{text}");
     }
+    assert!(!text.contains("TO REPAIR"), "nothing to repair:\n{text}");
 
     // An orphaned message, written with foreign keys off.
     let sql = server.sql();
@@ -707,6 +708,10 @@ fn doctor_reports_the_facts_and_fails_on_orphans() {
     assert!(
         text.contains("PROBLEM      orphaned rows: messages row"),
         "{text}"
+    );
+    assert!(
+        !text.contains("TO REPAIR"),
+        "orphans are not damage:\n{text}"
     );
 }
 
