@@ -72,6 +72,11 @@ pub enum Command {
         /// nothing and is safe while the server runs.
         #[arg(long)]
         reindex: bool,
+        /// Then delete every orphaned row: one whose parent is gone, which a
+        /// cascade should have deleted with it. Refused while the file is
+        /// damaged, since a damaged index can hide a parent.
+        #[arg(long)]
+        delete_orphans: bool,
     },
     /// Write a consistent copy of the database to a new file, safe while the
     /// server runs (copying the file with cp is not); then check the copy.
@@ -225,6 +230,9 @@ pub enum Error {
         path: PathBuf,
         source: db::Error,
     },
+    /// `doctor --delete-orphans` on a damaged file, which could take rows
+    /// for orphans whose parent a damaged index hides.
+    DamagedFirst,
     /// The file is too damaged for SQLite to open it: not even `restore`
     /// can put a backup in its place, only into a new file.
     DamagedBeyondOpening {
@@ -281,6 +289,11 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::DamagedFirst => f.write_str(
+                "the file is damaged, so no orphan was deleted: a damaged index can hide a \
+                 row's parent, and the row would be taken for an orphan; repair it first \
+                 (`neptun-local doctor` says how)",
+            ),
             Error::DamagedBeyondOpening { path, cause } => write!(
                 f,
                 "{}: the file is too damaged to be opened (sqlite: {cause}); move it aside, \
@@ -614,9 +627,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 .map_err(db_error)?;
             print_result(&format!("{id}\n"))
         }
-        Some(Command::Doctor { reindex }) => {
+        Some(Command::Doctor {
+            reindex,
+            delete_orphans,
+        }) => {
             // A copy is only read, unless it is to be repaired.
-            let copy = !reindex && db::is_rollback_journal_file(&cli.db);
+            let copy = !(reindex || delete_orphans) && db::is_rollback_journal_file(&cli.db);
             let report = if copy {
                 // A backup: opened as the other commands do, it would become
                 // a WAL database, and a read-only one could not be opened.
@@ -627,6 +643,15 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                     doctor::rebuild_indexes(&db).map_err(db_error)?;
                     tell(format_args!("rebuilt every index from its table's rows"));
                 }
+                if delete_orphans {
+                    let Some(orphans) = doctor::delete_orphans(&db).map_err(db_error)? else {
+                        return Err(Error::DamagedFirst);
+                    };
+                    tell(format_args!(
+                        "deleted {orphans} orphaned row(s), and what hung off them"
+                    ));
+                    erase_now(&db);
+                }
                 doctor::examine(&db).map_err(db_error)?
             };
             let mut text = format!("{:<13}{}\n", "database", db::describe(&cli.db, &cli.db));
@@ -636,7 +661,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             for problem in &report.problems {
                 let _ = writeln!(text, "PROBLEM      {problem}");
             }
-            if let Some(repair) = repair_for(report.damage).filter(|_| !copy) {
+            if let Some(repair) = repair_for(&report).filter(|_| !copy) {
                 let _ = writeln!(text, "TO REPAIR    {repair}");
             }
             print_result(&text)?;
@@ -762,10 +787,15 @@ fn read_token_argument(argument: &str) -> Result<Token, Error> {
     Token::parse(&text).ok_or(Error::MalformedToken)
 }
 
-/// What `doctor` advises for the damage it found.
-fn repair_for(damage: Damage) -> Option<&'static str> {
-    match damage {
-        Damage::None => None,
+/// What `doctor` advises for what it found: the damage first, since
+/// orphans can be told apart only in a sound file.
+fn repair_for(report: &doctor::Report) -> Option<&'static str> {
+    match report.damage {
+        Damage::None if report.orphans == 0 => None,
+        Damage::None => Some(
+            "an orphaned row is one that a cascade should have deleted with its parent: \
+             `neptun-local doctor --delete-orphans` deletes them, and what hangs off them",
+        ),
         Damage::IndexesOnly => Some(
             "only indexes are damaged, and the rows are whole: `neptun-local doctor \
              --reindex` rebuilds them from the rows, losing nothing, even while a server runs",

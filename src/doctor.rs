@@ -23,6 +23,8 @@ pub struct Report {
     pub problems: Vec<String>,
     /// What SQLite found damaged, which decides the repair.
     pub damage: Damage,
+    /// Rows whose parent is gone (`foreign_key_check`).
+    pub orphans: usize,
 }
 
 /// How far the damage SQLite found goes, from none to the worst.
@@ -63,6 +65,56 @@ pub fn examine(db: &Database) -> db::Result<Report> {
 /// nothing. A running server's deletes wait for it, as for any writer.
 pub fn rebuild_indexes(db: &Database) -> db::Result<()> {
     db.write(|tx| Ok(tx.execute_batch("REINDEX")?))
+}
+
+/// Deletes every orphaned row, and what hangs off it, in one write
+/// transaction; returns how many orphans there were. An orphan is a row
+/// whose parent is gone: every foreign key here cascades, so it is a row
+/// that a cascade should have deleted (one written with foreign keys off, or
+/// missed by a damaged index), and it may hold a deleted chat's text.
+///
+/// `None`, changing nothing, if the file is damaged: a damaged index can
+/// hide a parent, and its children would be taken for orphans.
+pub fn delete_orphans(db: &Database) -> db::Result<Option<usize>> {
+    db.write(|tx| {
+        if integrity_check(tx)? != ["ok"] {
+            return Ok(None);
+        }
+        let mut deleted = 0;
+        // Deleting an orphan cascades to its children, so one pass empties
+        // foreign_key_check; a second finds it empty.
+        loop {
+            let broken: Vec<(String, i64)> = tx
+                .prepare("SELECT DISTINCT \"table\", fkid FROM pragma_foreign_key_check")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            if broken.is_empty() {
+                return Ok(Some(deleted));
+            }
+            for (table, key) in broken {
+                let (column, parent, parent_column): (String, String, String) = tx.query_row(
+                    "SELECT \"from\", \"table\", \"to\" FROM pragma_foreign_key_list(?1) \
+                     WHERE id = ?2",
+                    rusqlite::params![table, key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
+                let [table, column, parent, parent_column] =
+                    [table, column, parent, parent_column].map(|name| quoted(&name));
+                deleted += tx.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE {column} IS NOT NULL \
+                         AND {column} NOT IN (SELECT {parent_column} FROM {parent})"
+                    ),
+                    [],
+                )?;
+            }
+        }
+    })
+}
+
+/// An SQL identifier, quoted.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Examines a copy in rollback-journal mode (see [`db::is_rollback_journal_file`])
@@ -255,6 +307,7 @@ pub fn check_integrity(conn: &Connection, report: &mut Report) -> db::Result<()>
             format!("{} violations", violations.len())
         },
     ));
+    report.orphans = violations.len();
     if !violations.is_empty() {
         let shown: Vec<&str> = violations.iter().take(10).map(String::as_str).collect();
         report
@@ -284,17 +337,18 @@ fn integrity_check(conn: &Connection) -> db::Result<Vec<String>> {
         .collect::<rusqlite::Result<_>>()?)
 }
 
-/// One line per orphaned row: `table row ROWID -> PARENT`.
+/// One line per orphaned row: `table row ROWID -> PARENT`, without the
+/// rowid for a table that has none (`sessions` is WITHOUT ROWID).
 fn foreign_key_check(conn: &Connection) -> db::Result<Vec<String>> {
     Ok(conn
         .prepare("PRAGMA foreign_key_check")?
         .query_map([], |r| {
-            Ok(format!(
-                "{} row {} -> {}",
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?
-            ))
+            let table: String = r.get(0)?;
+            let parent: String = r.get(2)?;
+            Ok(match r.get::<_, Option<i64>>(1)? {
+                Some(rowid) => format!("{table} row {rowid} -> {parent}"),
+                None => format!("{table} row -> {parent}"),
+            })
         })?
         .collect::<rusqlite::Result<_>>()?)
 }

@@ -676,9 +676,9 @@ fn sigterm_under_load_exits_zero_with_a_checkpointed_wal_and_restarts_clean() {
 }
 
 #[test]
-fn doctor_reports_the_facts_and_fails_on_orphans() {
+fn doctor_reports_the_facts_and_fails_on_orphans_which_it_can_delete() {
     let (server, db, _) = start_with_alice_and_bob(&[]);
-    seed_chat(&db, "alice", "bob");
+    let seeded = seed_chat(&db, "alice", "bob");
     let out = run_cli(&server.db_path, &["doctor"], None);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}");
@@ -698,21 +698,57 @@ fn doctor_reports_the_facts_and_fails_on_orphans() {
     }
     assert!(!text.contains("TO REPAIR"), "nothing to repair:\n{text}");
 
-    // An orphaned message, written with foreign keys off.
+    // Orphans, written with foreign keys off: a message of a chat that is
+    // gone, with a file of its own, and a session of a user who is gone (in
+    // a table WITHOUT ROWID, which foreign_key_check gives no rowid for).
     let sql = server.sql();
-    sql.execute_batch("PRAGMA foreign_keys = OFF; INSERT INTO messages (chat_id, actor, message) VALUES (424242, 'user', 'orphan');")
-        .unwrap();
+    sql.execute_batch(&format!(
+        "PRAGMA foreign_keys = OFF;
+         INSERT INTO messages (id, chat_id, actor, message) VALUES (7777, 424242, 'user', 'orphan');
+         INSERT INTO chat_files (chat_id, message_id, name, mime_type, content)
+             VALUES ({}, 7777, 'f', 'text/plain', 'file of an orphan');
+         INSERT INTO sessions (token_hash, user_id, expires_at)
+             VALUES (randomblob(32), 'ghost', unixepoch() + 60);",
+        seeded.chat
+    ))
+    .unwrap();
     let out = run_cli(&server.db_path, &["doctor"], None);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr_of(&out));
+    assert!(text.contains("PROBLEM      orphaned rows: "), "{text}");
+    assert!(text.contains("messages row 7777 -> chats"), "{text}");
+    assert!(text.contains("sessions row -> users"), "{text}");
     assert!(
-        text.contains("PROBLEM      orphaned rows: messages row"),
+        text.contains(
+            "\nTO REPAIR    an orphaned row is one that a cascade should have deleted with its \
+             parent: `neptun-local doctor --delete-orphans`"
+        ),
         "{text}"
     );
+
+    // The repair, while the server runs.
+    let out = run_cli(&server.db_path, &["doctor", "--delete-orphans"], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", stderr_of(&out));
     assert!(
-        !text.contains("TO REPAIR"),
-        "orphans are not damage:\n{text}"
+        stderr_of(&out).contains("deleted 2 orphaned row(s), and what hung off them"),
+        "{}",
+        stderr_of(&out)
     );
+    assert!(text.contains("\nforeign keys ok\n"), "{text}");
+    assert!(!text.contains("TO REPAIR"), "{text}");
+    let left: (i64, i64, i64) = sql
+        .query_row(
+            "SELECT (SELECT count(*) FROM messages WHERE id = 7777),
+                    (SELECT count(*) FROM chat_files WHERE message_id = 7777),
+                    (SELECT count(*) FROM sessions WHERE user_id = 'ghost')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(left, (0, 0, 0));
+    assert_fully_present(&sql, &seeded);
+    assert_consistent(&sql);
 }
 
 #[test]
@@ -826,6 +862,18 @@ fn doctor_names_damage_to_an_index_and_reindex_repairs_it_under_the_server() {
          failed: the cascade left a row behind, which an index that disagrees with its table \
          does); `neptun-local doctor` says where, and how to repair it",
     ]);
+
+    // Orphans are not told apart in a damaged file, so none is deleted.
+    let out = run_cli(&db_path, &["doctor", "--delete-orphans"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains(
+            "the file is damaged, so no orphan was deleted: a damaged index can hide a row's \
+             parent"
+        ),
+        "{}",
+        stderr_of(&out)
+    );
 
     let out = run_cli(&db_path, &["doctor", "--reindex"], None);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
