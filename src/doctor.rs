@@ -82,15 +82,15 @@ pub fn delete_orphans(db: &Database) -> db::Result<Option<usize>> {
         }
         let mut deleted = 0;
         // Deleting an orphan cascades to its children, so one pass empties
-        // foreign_key_check; a second finds it empty.
-        loop {
+        // foreign_key_check, and a second finds it empty. A pass that
+        // deletes nothing ends it too: what is left, the report shows.
+        let mut progress = true;
+        while progress {
             let broken: Vec<(String, i64)> = tx
                 .prepare("SELECT DISTINCT \"table\", fkid FROM pragma_foreign_key_check")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            if broken.is_empty() {
-                return Ok(Some(deleted));
-            }
+            let before = deleted;
             for (table, key) in broken {
                 let (column, parent, parent_column): (String, String, String) = tx.query_row(
                     "SELECT \"from\", \"table\", \"to\" FROM pragma_foreign_key_list(?1) \
@@ -108,7 +108,9 @@ pub fn delete_orphans(db: &Database) -> db::Result<Option<usize>> {
                     [],
                 )?;
             }
+            progress = deleted > before;
         }
+        Ok(Some(deleted))
     })
 }
 
