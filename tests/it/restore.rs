@@ -312,12 +312,17 @@ fn deletes_racing_a_restore_get_clean_answers_and_leave_no_half_chat() {
     }
 }
 
-/// Damage that keeps SQLite from reading the chats (a bad disk, a file
-/// copied while it was written, a cloud folder's sync): `doctor` and the
-/// server's log say what to do, and a restore under the running server
-/// repairs it.
-#[test]
-fn a_damaged_database_says_what_to_do_and_a_restore_under_the_server_repairs_it() {
+/// A database with a chat of alice's (shared with bob) and her session,
+/// backed up, with no connection left open, so that its file can be damaged.
+struct BackedUp {
+    dir: tempfile::TempDir,
+    db_path: PathBuf,
+    backup: PathBuf,
+    chat: SeededChat,
+    token: String,
+}
+
+fn backed_up_and_closed() -> BackedUp {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("neptun.db");
     let backup = dir.path().join("backup.db");
@@ -328,7 +333,28 @@ fn a_damaged_database_says_what_to_do_and_a_restore_under_the_server_repairs_it(
     let token = login(&db, "alice");
     let ran = run_cli(&db_path, &["backup", backup.to_str().unwrap()], None);
     assert!(ran.status.success(), "{}", stderr_of(&ran));
-    drop(db);
+    BackedUp {
+        dir,
+        db_path,
+        backup,
+        chat,
+        token,
+    }
+}
+
+/// Damage that keeps SQLite from reading the chats (a bad disk, a file
+/// copied while it was written, a cloud folder's sync): `doctor` and the
+/// server's log say what to do, and a restore under the running server
+/// repairs it.
+#[test]
+fn a_damaged_database_says_what_to_do_and_a_restore_under_the_server_repairs_it() {
+    let BackedUp {
+        dir,
+        db_path,
+        backup,
+        chat,
+        token,
+    } = backed_up_and_closed();
     damage(&db_path, &["chats", "chats_user_id"]);
 
     let out = run_cli(&db_path, &["doctor"], None);
@@ -405,17 +431,13 @@ fn a_damaged_database_says_what_to_do_and_a_restore_under_the_server_repairs_it(
 /// command says to move it aside, and `restore` then writes a new file.
 #[test]
 fn a_database_too_damaged_to_open_says_to_move_it_aside_and_restore_into_a_new_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("neptun.db");
-    let backup = dir.path().join("backup.db");
-    let db = Database::open(&db_path, &db::Settings::default()).unwrap();
-    add_user(&db, "alice");
-    add_user(&db, "bob");
-    let chat = seed_chat(&db, "alice", "bob");
-    let token = login(&db, "alice");
-    let ran = run_cli(&db_path, &["backup", backup.to_str().unwrap()], None);
-    assert!(ran.status.success(), "{}", stderr_of(&ran));
-    drop(db);
+    let BackedUp {
+        dir,
+        db_path,
+        backup,
+        chat,
+        token,
+    } = backed_up_and_closed();
     // Page 1: the file header's 100 bytes, then the schema's b-tree page.
     let page_size = first_page_of(&db_path, "users").len();
     let mut file = std::fs::read(&db_path).unwrap();
