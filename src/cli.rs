@@ -67,14 +67,15 @@ pub enum Command {
     /// Check the database file (integrity, foreign keys, settings, sizes);
     /// exits non-zero if something is wrong.
     Doctor {
-        /// First rebuild every index from its table's rows (SQLite's
-        /// REINDEX): the repair for damage to indexes alone, which loses
-        /// nothing and is safe while the server runs.
+        /// Before the check, rebuild every index from its table's rows
+        /// (SQLite's REINDEX): the repair for damage to indexes alone, which
+        /// loses nothing and is safe while the server runs.
         #[arg(long)]
         reindex: bool,
-        /// Then delete every orphaned row: one whose parent is gone, which a
-        /// cascade should have deleted with it. Refused while the file is
-        /// damaged, since a damaged index can hide a parent.
+        /// Before the check (after --reindex), delete every orphaned row: one
+        /// whose parent is gone, which a cascade should have deleted with it.
+        /// Refused while the file is damaged, since a damaged index can hide
+        /// a parent.
         #[arg(long)]
         delete_orphans: bool,
     },
