@@ -51,16 +51,16 @@ impl TestServer {
         } else {
             &["--addr", "127.0.0.1:0"]
         };
-        let mut child = Command::new(BIN)
-            .args(default_addr)
-            .arg("--db")
-            .arg(&db_path)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
+        let mut child = spawn(
+            Command::new(BIN)
+                .args(default_addr)
+                .arg("--db")
+                .arg(&db_path)
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(stderr),
+        );
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let later_stdout = std::thread::spawn(move || {
@@ -397,7 +397,7 @@ pub fn parse_response(raw: &[u8], head_request: bool) -> Option<HttpResponse> {
 
 /// Spawns `command` and waits for its "listening on" line.
 pub fn spawn_listening(mut command: Command) -> (Child, SocketAddr) {
-    let mut child = command.spawn().unwrap();
+    let mut child = spawn(&mut command);
     let mut line = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(child.stdout.take().unwrap()),
@@ -413,17 +413,32 @@ pub fn spawn_listening(mut command: Command) -> (Child, SocketAddr) {
     (child, addr)
 }
 
+/// Spawns `command`. Under Wine, CreateProcess failed once with
+/// ERROR_INTERNAL_ERROR (1359) while the suite ran in parallel, and the
+/// same spawn succeeded when the test was run again: a Wine hiccup, so that
+/// one error gets one more try there.
+pub fn spawn(command: &mut Command) -> Child {
+    match command.spawn() {
+        #[cfg(windows)]
+        Err(e) if e.raw_os_error() == Some(1359) => {
+            std::thread::sleep(Duration::from_millis(100));
+            command.spawn().unwrap()
+        }
+        result => result.unwrap(),
+    }
+}
+
 /// Runs the binary with `args` on `db_path` and returns its output.
 pub fn run_cli(db_path: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("--db")
-        .arg(db_path)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(
+        Command::new(BIN)
+            .arg("--db")
+            .arg(db_path)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     let mut input = child.stdin.take().unwrap();
     if let Some(text) = stdin {
         input.write_all(text.as_bytes()).unwrap();
