@@ -76,10 +76,14 @@ pub fn rebuild_indexes(db: &Database) -> db::Result<()> {
 /// `None`, changing nothing, if the file is damaged: a damaged index can
 /// hide a parent, and its children would be taken for orphans.
 pub fn delete_orphans(db: &Database) -> db::Result<Option<usize>> {
+    // Checked before the write transaction: damage that stops the check
+    // also fails the transaction's commit.
+    match db.with_connection(|conn| integrity_check(conn)) {
+        Ok(lines) if lines == ["ok"] => {}
+        Ok(_) | Err(db::Error::Damaged(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    }
     db.write(|tx| {
-        if integrity_check(tx)? != ["ok"] {
-            return Ok(None);
-        }
         let mut deleted = 0;
         // Deleting an orphan cascades to its children, so one pass empties
         // foreign_key_check, and a second finds it empty. A pass that

@@ -382,6 +382,14 @@ fn a_damaged_database_says_what_to_do_and_a_restore_under_the_server_repairs_it(
         stderr_of(&out)
     );
     assert!(!second.exists());
+    // Nor are orphans deleted from it: a damaged index can hide a parent.
+    let out = run_cli(&db_path, &["doctor", "--delete-orphans"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("the file is damaged, so no orphan was deleted"),
+        "{}",
+        stderr_of(&out)
+    );
 
     let server = TestServer::start_in(dir, db_path, &[]);
     let path = format!("/api/users/alice/chats/{}", chat.chat);
