@@ -92,8 +92,8 @@ impl fmt::Display for Error {
             Error::Create(out, e) => write!(f, "cannot create {}: {e}", out.display()),
             Error::Copy(db::Error::Damaged(cause)) => write!(
                 f,
-                "the backup failed: the database file is damaged (sqlite: {cause}); \
-                 `neptun-local doctor` says where, and what to do"
+                "the backup failed: the database file is damaged (sqlite: {cause}); {}",
+                doctor::SEE_DOCTOR
             ),
             Error::Copy(e) => write!(f, "the backup failed: {e}"),
             Error::Unconfirmed { out, why } => write!(

@@ -286,7 +286,7 @@ impl fmt::Display for Error {
             Error::Database { path, source } => {
                 write!(f, "{}: {source}", path.display())?;
                 if let db::Error::Damaged(_) = source {
-                    f.write_str("; `neptun-local doctor` says where, and how to repair it")?;
+                    write!(f, "; {}", doctor::SEE_DOCTOR)?;
                 }
                 Ok(())
             }

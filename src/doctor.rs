@@ -14,6 +14,10 @@ use rusqlite::Connection;
 
 use crate::db::{self, Database};
 
+/// What every message that meets a damaged file says to do: `doctor` tells
+/// which repair fits.
+pub const SEE_DOCTOR: &str = "`neptun-local doctor` says where, and how to repair it";
+
 /// What the doctor found.
 #[derive(Default)]
 pub struct Report {

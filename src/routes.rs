@@ -156,8 +156,9 @@ fn database_failure(error: db::Error) -> ApiError {
         // Retrying will not help, and the one who runs the server can act.
         db::Error::Damaged(cause) => {
             log::error!(
-                "the database file is damaged, answering 500 (sqlite: {cause}); \
-                 `neptun-local doctor` says where, and how to repair it while the server runs"
+                "the database file is damaged, answering 500 (sqlite: {cause}); {} while \
+                 the server runs",
+                crate::doctor::SEE_DOCTOR
             );
             ApiError::Internal
         }
