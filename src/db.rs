@@ -697,22 +697,44 @@ impl Database {
     /// run towards this file): other connections, a running server's too,
     /// see the old contents or the new, never a mix, and a failure leaves
     /// the old. The page sizes must match, as the WAL cannot change its own.
-    pub fn replace_with(&self, from: &Connection) -> Result<()> {
+    ///
+    /// `vet` first sees the database as the copy will replace it, on another
+    /// connection, once the copy holds the write lock: nothing can commit
+    /// between what it saw and the copy. If it refuses, nothing is copied,
+    /// and its error comes back inside `Ok`.
+    pub fn replace_with<T, E>(
+        &self,
+        from: &Connection,
+        vet: impl FnOnce(&Connection) -> std::result::Result<T, E>,
+    ) -> Result<std::result::Result<T, E>> {
         use rusqlite::backup::{Backup, StepResult};
 
         let _turn = take_turn(&self.write_turn);
         let mut conn = self.conn()?;
-        let copied = (|| match Backup::new(from, &mut conn)?.step(-1)? {
-            StepResult::Done => Ok(()),
-            // Every page in one step: it is done, or it waited the busy
-            // timeout for the lock in vain.
-            _ => Err(Error::Busy(
-                "another connection kept the database locked".to_owned(),
-            )),
+        let look = self.conn()?;
+        let busy = || Error::Busy("another connection kept the database locked".to_owned());
+        let copied = (|| {
+            let backup = Backup::new(from, &mut conn)?;
+            // No page yet: this step only takes the write lock, which the
+            // backup keeps until it is done (dropped before that, it rolls
+            // back). It waits the busy timeout for the lock.
+            if let StepResult::Busy | StepResult::Locked = backup.step(0)? {
+                return Err(busy());
+            }
+            let verdict = vet(&look);
+            if verdict.is_ok() {
+                match backup.step(-1)? {
+                    StepResult::Done => {}
+                    _ => return Err(busy()),
+                }
+            }
+            Ok(verdict)
         })();
-        copied.map_err(|e| explain_access(&self.path, explain_full(&conn, e)))?;
-        self.wake_upkeep();
-        Ok(())
+        let verdict = copied.map_err(|e| explain_access(&self.path, explain_full(&conn, e)))?;
+        if verdict.is_ok() {
+            self.wake_upkeep();
+        }
+        Ok(verdict)
     }
 
     /// Deletes the session with this token hash; returns whether one existed.
@@ -968,6 +990,35 @@ pub(crate) mod tests {
             }
             std::thread::yield_now();
         }
+    }
+
+    /// What `vet` sees is what the copy replaces: another process cannot
+    /// commit in between. Without the lock, a `user add` that commits just
+    /// after a restore counted an empty database is replaced unasked.
+    #[test]
+    fn replace_with_vets_the_database_while_no_other_writer_can_commit() {
+        let (_dir, db) = open_temp();
+        let (_source_dir, source) = open_temp();
+        source.add_user("from-backup", None).unwrap();
+        let from = Connection::open(source.path()).unwrap();
+        let other_process = Connection::open(db.path()).unwrap();
+        other_process.busy_timeout(Duration::ZERO).unwrap();
+        let add_user = || other_process.execute("INSERT INTO users (id) VALUES ('added')", []);
+
+        let refused = db.replace_with(&from, |_| add_user()).unwrap();
+        let refused = refused.expect_err("another connection committed under the copy's lock");
+        assert_eq!(refused.sqlite_error_code(), Some(ErrorCode::DatabaseBusy));
+        assert!(
+            !db.user_exists("from-backup").unwrap(),
+            "a refused copy was made"
+        );
+
+        let vetted = db.replace_with(&from, |look| {
+            look.query_row("SELECT count(*) FROM users", [], |r| r.get::<_, i64>(0))
+        });
+        assert_eq!(vetted.unwrap().unwrap(), 0);
+        assert!(db.user_exists("from-backup").unwrap());
+        add_user().expect("the lock outlived the copy");
     }
 
     #[test]

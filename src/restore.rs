@@ -186,35 +186,41 @@ pub fn check(from: &Path, database: &Path) -> Result<Checked, Error> {
 /// Puts the contents of `backup` in place of `db`'s, which must hold no
 /// user and no chat unless `replace` is set; checks the result.
 pub fn restore(db: &Database, backup: &Checked, replace: bool) -> Result<Restored, Error> {
-    let (before, database_page_size) = db
-        .with_connection(|conn| {
-            let before = match Contents::of(conn) {
-                Ok(before) => Some(before),
-                // Putting a backup in place of a damaged database is what a
-                // restore is most often for.
-                Err(db::Error::Damaged(_)) => None,
-                Err(e) => return Err(e),
-            };
-            Ok((before, page_size(conn)?))
-        })
-        .map_err(Error::Copy)?;
-    if !(before.is_some_and(Contents::is_empty) || replace) {
-        return Err(Error::WouldReplace {
-            database: db.path().to_owned(),
-            before,
-            backup: backup.contents,
-        });
-    }
+    // Before the copy: SQLite refuses to lock the database for a copy of
+    // another page size, and a WAL database's page size cannot change.
     let backup_page_size =
         page_size(&backup.conn).map_err(|e| Error::Unreadable(backup.path.clone(), e))?;
+    let database_page_size = db
+        .with_connection(|conn| page_size(conn))
+        .map_err(Error::Copy)?;
     if backup_page_size != database_page_size {
         return Err(Error::PageSize {
             backup: backup_page_size,
             database: database_page_size,
         });
     }
-
-    db.replace_with(&backup.conn).map_err(Error::Copy)?;
+    // Looked at under the copy's write lock, so that nothing another
+    // process adds (a `user add`, say) is replaced without being counted.
+    let before = db
+        .replace_with(&backup.conn, |conn| {
+            let before = match Contents::of(conn) {
+                Ok(before) => Some(before),
+                // Putting a backup in place of a damaged database is what a
+                // restore is most often for.
+                Err(db::Error::Damaged(_)) => None,
+                Err(e) => return Err(Error::Copy(e)),
+            };
+            if before.is_some_and(Contents::is_empty) || replace {
+                Ok(before)
+            } else {
+                Err(Error::WouldReplace {
+                    database: db.path().to_owned(),
+                    before,
+                    backup: backup.contents,
+                })
+            }
+        })
+        .map_err(Error::Copy)??;
     let checked =
         db.with_connection(|conn| Ok((Contents::of(conn)?, doctor::integrity_problems(conn)?)));
     match checked {
