@@ -353,7 +353,9 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     // The default, a name in the working directory, which may not be where
     // the user thinks (systemd starts a service in /): the directory is
     // named in full, not as ".".
-    let out = command(Path::new("neptun.db"), &["--demo"])
+    // Port 0: a server the developer runs on the default port must not
+    // fail this test.
+    let out = command(Path::new("neptun.db"), &["--demo", "--addr", "127.0.0.1:0"])
         .current_dir(&locked)
         .output()
         .unwrap();
