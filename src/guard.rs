@@ -180,7 +180,7 @@ impl Policy {
             }
             // A chunked body's size is unknown until it is read, and this
             // API reads no body.
-            return Err(ApiError::PayloadTooLarge);
+            return Err(ApiError::LengthRequired);
         }
         // The API takes no body; tiny_http has already read one of up to
         // 1024 bytes, and anything larger is refused unread.

@@ -204,6 +204,9 @@ pub enum ApiError {
     /// 404: the path's user is not the session's. The log says so; the
     /// client is told only "User not found".
     NotSessionsUser,
+    /// 411: the request carries a chunked body, whose size is unknown until
+    /// it has been read (RFC 9110 §15.5.12).
+    LengthRequired,
     /// 413: the request carries a body larger than we accept.
     PayloadTooLarge,
     /// 414: the request-target is longer than any this API uses.
@@ -264,6 +267,7 @@ impl ApiError {
             ApiError::ChatNotFound { .. } | ApiError::NoSuchRoute | ApiError::NotSessionsUser => {
                 404
             }
+            ApiError::LengthRequired => 411,
             ApiError::PayloadTooLarge => 413,
             ApiError::UriTooLong => 414,
             ApiError::HeaderFieldsTooLarge => 431,
@@ -282,6 +286,7 @@ impl ApiError {
             ApiError::ChatNotFound { .. } | ApiError::NoSuchRoute | ApiError::NotSessionsUser => {
                 "Not Found"
             }
+            ApiError::LengthRequired => "Length Required",
             ApiError::PayloadTooLarge => "Payload Too Large",
             ApiError::UriTooLong => "URI Too Long",
             ApiError::HeaderFieldsTooLarge => "Request Header Fields Too Large",
@@ -302,6 +307,9 @@ impl ApiError {
             ApiError::NotSessionsUser => "User not found",
             ApiError::AmbiguousFraming => "Ambiguous message framing",
             ApiError::MethodNotAllowed { .. } => "Method not allowed on this route",
+            ApiError::LengthRequired => {
+                "Chunked request bodies are not accepted; this API takes no body"
+            }
             ApiError::PayloadTooLarge => "Request bodies over 1024 bytes are not accepted",
             ApiError::UriTooLong => "Request targets over 8192 bytes are not accepted",
             ApiError::HeaderFieldsTooLarge => {
@@ -353,7 +361,7 @@ impl ApiError {
             // request: ask the client to close (tiny_http would not).
             close_connection: matches!(
                 self,
-                ApiError::AmbiguousFraming | ApiError::PayloadTooLarge
+                ApiError::AmbiguousFraming | ApiError::LengthRequired | ApiError::PayloadTooLarge
             ),
             ..Response::json(self.status(), &body)
         };
@@ -504,6 +512,7 @@ mod tests {
     fn only_answers_about_a_body_ask_to_close_the_connection() {
         for (error, closes) in [
             (ApiError::AmbiguousFraming, true),
+            (ApiError::LengthRequired, true),
             (ApiError::PayloadTooLarge, true),
             (ApiError::BadRequest("x"), false),
             (

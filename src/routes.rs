@@ -1,7 +1,7 @@
 //! The route table and the delete-chat handler.
 //!
 //! Order of checks, and why:
-//! 0. the size of the head (414/431) and the body's framing (400/413), then
+//! 0. the size of the head (414/431) and the body's framing (400/411/413), then
 //!    the `Host` and, for state-changing methods, the `Origin` (see
 //!    `guard`): a request a foreign page made the browser send is refused
 //!    before anything else (400/403); CORS preflights are answered here too;

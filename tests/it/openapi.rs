@@ -153,6 +153,10 @@ fn every_status_the_chat_route_produces_is_documented_and_vice_versa() {
         (
             "DELETE",
             server.request("DELETE", &path(1), &[("Transfer-Encoding", "chunked")]),
+        ), // 411
+        (
+            "DELETE",
+            server.request("DELETE", &path(1), &[("Content-Length", "2000")]),
         ), // 413
         (
             "DELETE",
