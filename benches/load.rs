@@ -407,6 +407,12 @@ fn start_server(db_path: &Path) -> Server {
         .arg(db_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    // The figures are the defaults', whatever the shell exports.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("NEPTUN_") {
+            command.env_remove(name);
+        }
+    }
     // A bench that dies midway (Ctrl-C, or `| head` closing its output) must
     // not leave a server behind to load the next run's cores. Linux only.
     // SAFETY: prctl is async-signal-safe, as pre_exec requires.

@@ -182,7 +182,7 @@ fn a_backup_never_replaces_a_file_and_names_what_is_wrong() {
 fn names_that_look_like_uris_are_plain_file_names() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(BIN)
+        let out = neptun_local()
             .args(args)
             .current_dir(dir.path())
             .output()
@@ -209,7 +209,7 @@ fn names_that_look_like_uris_are_plain_file_names() {
 #[cfg(unix)]
 #[test]
 fn a_backup_killed_halfway_leaves_no_file_under_the_backups_name() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let (server, db, _) = start_with_alice_and_bob(&[]);
     seed_chat(&db, "alice", "bob");
@@ -229,7 +229,7 @@ fn a_backup_killed_halfway_leaves_no_file_under_the_backups_name() {
         for leftover in [&out, &partial] {
             let _ = std::fs::remove_file(leftover);
         }
-        let mut child = Command::new(BIN)
+        let mut child = neptun_local()
             .arg("--db")
             .arg(&server.db_path)
             .arg("backup")

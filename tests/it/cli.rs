@@ -204,7 +204,7 @@ fn an_unusable_database_is_reported_with_its_path() {
     // A ~ that nothing expanded, as in a unit's environment file, is
     // pointed out.
     for args in [&["--addr", "127.0.0.1:0"][..], &["doctor"]] {
-        let out = std::process::Command::new(BIN)
+        let out = neptun_local()
             .current_dir(dir.path())
             .env("NEPTUN_DB", "~/neptun.db")
             .args(args)
@@ -235,7 +235,7 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     // Root may do anything, so as root the commands run as nobody.
     let as_root = unsafe { libc::geteuid() } == 0;
     let command = |db: &Path, args: &[&str]| {
-        let mut command = std::process::Command::new(BIN);
+        let mut command = neptun_local();
         command.arg("--db").arg(db).args(args);
         if as_root {
             command.uid(65534).gid(65534);
@@ -544,11 +544,11 @@ fn commands_leave_no_wal_or_shm_file_behind() {
 #[cfg(unix)]
 #[test]
 fn environment_values_are_taken_as_unit_and_env_files_write_them() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let dir = tempfile::tempdir().unwrap();
     let serve = |env: &[(&str, &str)], addr: &str| {
-        let mut command = Command::new(BIN);
+        let mut command = neptun_local();
         command
             .args(["--addr", addr, "--db"])
             .arg(dir.path().join("neptun.db"))
@@ -832,7 +832,7 @@ fn commands_on_existing_data_refuse_a_missing_file_and_create_nothing() {
 
     // The default name, run from a directory without it (not the one the
     // server ran in): the message says which directory was looked in.
-    let out = std::process::Command::new(BIN)
+    let out = neptun_local()
         .args(["user", "list"])
         .env_remove("NEPTUN_DB")
         .current_dir(dir.path())
@@ -1143,7 +1143,7 @@ fn a_second_signal_exits_at_once_with_130() {
 #[test]
 fn log_lines_start_with_the_time_or_for_the_journal_with_the_priority() {
     use std::os::unix::fs::MetadataExt;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     use std::time::SystemTime;
 
     use neptun_local::utc::rfc3339_millis;
@@ -1153,7 +1153,7 @@ fn log_lines_start_with_the_time_or_for_the_journal_with_the_priority() {
     let serve_one_request = |journal_stream: Option<&dyn Fn(&str) -> String>| {
         let log = std::fs::File::create(&log_path).unwrap();
         let identity = log.metadata().map(|m| format!("{}:{}", m.dev(), m.ino()));
-        let mut command = Command::new(BIN);
+        let mut command = neptun_local();
         command
             .args(["--addr", "127.0.0.1:0", "--synchronous", "normal", "--db"])
             .arg(dir.path().join("neptun.db"))
@@ -1229,7 +1229,7 @@ fn log_lines_start_with_the_time_or_for_the_journal_with_the_priority() {
     ] {
         let log = std::fs::File::create(&log_path).unwrap();
         let identity = log.metadata().map(|m| format!("{}:{}", m.dev(), m.ino()));
-        let status = Command::new(BIN)
+        let status = neptun_local()
             .arg("--db")
             .arg(dir.path().join("neptun.db"))
             .env(env.0, env.1)
@@ -1312,9 +1312,9 @@ fn fill_an_unread_stderr(
 ) -> (std::process::Child, std::process::ChildStderr) {
     use std::io::{BufReader, Write};
     use std::net::TcpStream;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
-    let mut command = Command::new(BIN);
+    let mut command = neptun_local();
     command
         .args(["--addr", "127.0.0.1:0", "--db"])
         .arg(dir.join("neptun.db"))
@@ -1370,7 +1370,7 @@ fn a_stderr_that_no_one_reads_does_not_keep_the_server_from_exiting() {
 #[test]
 fn a_reader_that_has_gone_ends_the_output_without_a_panic() {
     use std::os::fd::{FromRawFd, OwnedFd};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     // A pipe whose reading end is closed: every write to it fails with EPIPE.
     let closed_pipe = || {
@@ -1389,7 +1389,7 @@ fn a_reader_that_has_gone_ends_the_output_without_a_panic() {
             .success()
     );
     let run = |args: &[&str], stdout: Stdio, stderr: Stdio| {
-        Command::new(BIN)
+        neptun_local()
             .arg("--db")
             .arg(&db)
             .args(args)
@@ -1442,7 +1442,7 @@ fn a_reader_that_has_gone_ends_the_output_without_a_panic() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let log_path = dir.path().join("stderr.log");
-    let mut server = Command::new(BIN)
+    let mut server = neptun_local()
         .args(["--addr", &addr, "--db"])
         .arg(&db)
         .stdin(Stdio::null())
@@ -1492,10 +1492,7 @@ fn stdout_carries_exactly_the_listening_line() {
 
 #[test]
 fn help_lists_the_commands() {
-    let out = std::process::Command::new(BIN)
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = neptun_local().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for word in [

@@ -14,7 +14,20 @@ use rusqlite::OptionalExtension;
 use neptun_local::auth::{self, Token};
 use neptun_local::db::{self, Actor, Database, NewFile, NewSession};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_neptun-local");
+const BIN: &str = env!("CARGO_BIN_EXE_neptun-local");
+
+/// The binary under test, without the developer's own `NEPTUN_*` settings
+/// (an exported `NEPTUN_LOG=warn` failed every test that reads the log):
+/// each test passes the settings it is about.
+pub fn neptun_local() -> Command {
+    let mut command = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("NEPTUN_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -52,7 +65,7 @@ impl TestServer {
             &["--addr", "127.0.0.1:0"]
         };
         let mut child = spawn(
-            Command::new(BIN)
+            neptun_local()
                 .args(default_addr)
                 .arg("--db")
                 .arg(&db_path)
@@ -431,7 +444,7 @@ pub fn spawn(command: &mut Command) -> Child {
 /// Runs the binary with `args` on `db_path` and returns its output.
 pub fn run_cli(db_path: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = spawn(
-        Command::new(BIN)
+        neptun_local()
             .arg("--db")
             .arg(db_path)
             .args(args)
@@ -455,7 +468,7 @@ pub fn run_cli(db_path: &Path, args: &[&str], stdin: Option<&str>) -> Output {
 pub fn run_cli_with_file_size_limit(db_path: &Path, args: &[&str], bytes: u64) -> Output {
     use std::os::unix::process::CommandExt;
 
-    let mut command = Command::new(BIN);
+    let mut command = neptun_local();
     command
         .arg("--db")
         .arg(db_path)

@@ -777,7 +777,7 @@ impl Drop for KillOnDrop {
 
 /// The real binary with `workers` workers on `db`, on a free loopback port.
 fn server_command(workers: usize, db: &std::path::Path) -> Command {
-    let mut command = Command::new(BIN);
+    let mut command = neptun_local();
     command
         .args(["--addr", "127.0.0.1:0", "--workers", &workers.to_string()])
         .arg("--db")
