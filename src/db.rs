@@ -507,13 +507,31 @@ impl Database {
     /// only, as it does without a word when the file or its file system is
     /// write-protected (a backup restored with `cp`, which keeps its mode
     /// 0444): a server would start, and then fail every delete.
+    ///
+    /// SQLite opens the `-wal` or `-shm` file for reading only, too, when it
+    /// may not write it (one left by a run as root), and then only a write
+    /// says so: the check begins one. SQLite refuses it before it waits for
+    /// the write lock, so another process's writing delays nothing here.
     pub fn check_writable(&self) -> Result<()> {
-        if !self.conn()?.is_readonly(rusqlite::MAIN_DB)? {
-            return Ok(());
+        let no_access = || {
+            Error::NoAccess(
+                access::problem(&self.path)
+                    .unwrap_or_else(|| "SQLite could open the file for reading only".to_owned()),
+            )
+        };
+        let conn = self.conn()?;
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(no_access());
         }
-        Err(Error::NoAccess(access::problem(&self.path).unwrap_or_else(
-            || "SQLite could open the file for reading only".to_owned(),
-        )))
+        conn.busy_timeout(Duration::ZERO)?;
+        let began = conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK");
+        conn.busy_timeout(self.settings.busy_timeout)?;
+        match began.map_err(|e| (e.sqlite_error_code(), e)) {
+            Err((Some(ErrorCode::ReadOnly), _)) => Err(no_access()),
+            // Another process is writing: so may we, once it is done.
+            Err((Some(ErrorCode::DatabaseBusy), _)) => Ok(()),
+            other => Ok(other.map_err(|(_, e)| e)?),
+        }
     }
 
     /// Whether any session expires after `now` (Unix seconds): whether a

@@ -249,17 +249,25 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     let dir = tempfile::tempdir().unwrap();
     set_mode(dir.path(), 0o755);
 
+    // A write-protected file in a directory where SQLite cannot make its
+    // -wal and -shm files either. (Run by a user other than root, the test
+    // owns its directories, so this one is closed by its mode.)
     let cannot_write = "permission denied: this user cannot read and write the file";
-    let read_only = dir.path().join("read-only.db");
+    let closed = dir.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    let read_only = closed.join("read-only.db");
     assert!(
         run_cli(&read_only, &["user", "add", "alice"], None)
             .status
             .success()
     );
     set_mode(&read_only, 0o444);
+    set_mode(&closed, 0o555);
     let (code, err) = run(&read_only, &["doctor"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(cannot_write), "{err}");
+    // Open again, so that the temporary directory can be removed.
+    set_mode(&closed, 0o755);
 
     // A write-protected file where SQLite may make its -wal and -shm files
     // (a 0444 backup restored with cp): SQLite opens it for reading only,
@@ -276,20 +284,19 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
         assert!(run_cli(&restored, args, None).status.success());
     }
     set_mode(&restored, 0o444);
-    let mut server = command(&restored, &["serve", "--addr", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_with_deadline(&mut server);
-    let output = server.wait_with_output().unwrap();
-    assert_eq!(status.code(), Some(1));
-    assert!(output.stdout.is_empty(), "it listened");
-    assert!(
-        stderr_of(&output).contains(cannot_write),
-        "{}",
-        stderr_of(&output)
-    );
+    let refused_to_serve = |db: &Path, why: &str| {
+        let mut server = command(db, &["serve", "--addr", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_with_deadline(&mut server);
+        let output = server.wait_with_output().unwrap();
+        assert_eq!(status.code(), Some(1));
+        assert!(output.stdout.is_empty(), "it listened");
+        assert!(stderr_of(&output).contains(why), "{}", stderr_of(&output));
+    };
+    refused_to_serve(&restored, cannot_write);
     for args in [
         &["chat", "add", "alice", "New"][..],
         &["session", "new", "alice"],
@@ -308,23 +315,35 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
         "{report}"
     );
 
-    // A -wal file left by another user (run once with sudo, say).
-    let wal_left = dir.path().join("wal-left.db");
+    // A -wal file left by another user (run once with sudo, say), in a
+    // directory this user may write to: SQLite opens the WAL for reading
+    // only, without a word, and only a write fails.
+    let wal_left = open_dir.join("wal-left.db");
     assert!(
         run_cli(&wal_left, &["user", "add", "alice"], None)
             .status
             .success()
     );
     set_mode(&wal_left, 0o666);
-    let wal = dir.path().join("wal-left.db-wal");
-    std::fs::write(&wal, b"").unwrap();
+    // Not empty: SQLite gives an empty one that this user owns (as a test
+    // not run as root does) the database's mode, which would repair it.
+    let wal = open_dir.join("wal-left.db-wal");
+    std::fs::write(&wal, b"no frames").unwrap();
     set_mode(&wal, 0o444);
-    let (code, err) = run(&wal_left, &["doctor"]);
-    assert_eq!(code, Some(1), "{err}");
     let cannot_use_wal = format!(
         "permission denied: this user cannot read and write {}, beside the database",
         wal.display()
     );
+    let doctor = command(&wal_left, &["doctor"]).output().unwrap();
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(&format!("PROBLEM      {cannot_use_wal}")),
+        "{report}"
+    );
+    refused_to_serve(&wal_left, &cannot_use_wal);
+    let (code, err) = run(&wal_left, &["session", "new", "alice"]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&cannot_use_wal), "{err}");
 
     let locked = dir.path().join("locked");
