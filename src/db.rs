@@ -526,11 +526,12 @@ impl Database {
         conn.busy_timeout(Duration::ZERO)?;
         let began = conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK");
         conn.busy_timeout(self.settings.busy_timeout)?;
-        match began.map_err(|e| (e.sqlite_error_code(), e)) {
-            Err((Some(ErrorCode::ReadOnly), _)) => Err(no_access()),
+        let Err(e) = began else { return Ok(()) };
+        match e.sqlite_error_code() {
+            Some(ErrorCode::ReadOnly) => Err(no_access()),
             // Another process is writing: so may we, once it is done.
-            Err((Some(ErrorCode::DatabaseBusy), _)) => Ok(()),
-            other => Ok(other.map_err(|(_, e)| e)?),
+            Some(ErrorCode::DatabaseBusy) => Ok(()),
+            _ => Err(e.into()),
         }
     }
 
