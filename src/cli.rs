@@ -265,6 +265,9 @@ pub enum Error {
     /// `--db` names a directory, which SQLite reports only as "unable to
     /// open database file".
     IsDirectory(PathBuf),
+    /// `--db` names a device, a FIFO or a socket, which SQLite reports as
+    /// "disk I/O error" or worse.
+    NotAFile(PathBuf),
     /// The database file was deleted or replaced while the server ran.
     DatabaseGone {
         path: PathBuf,
@@ -360,6 +363,12 @@ impl fmt::Display for Error {
                 "{}: that is a directory; --db takes the database file, for example {}",
                 path.display(),
                 path.join(DEFAULT_DB).display()
+            ),
+            Error::NotAFile(path) => write!(
+                f,
+                "{}: that is not a regular file (a device, a FIFO or a socket); --db takes \
+                 the database file",
+                path.display()
             ),
             Error::DatabaseGone { path, what } => write!(
                 f,
@@ -497,8 +506,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     // missing; SQLite would refuse a missing directory with only "unable to
     // open database file".
     let open = |settings: &db::Settings| {
-        if cli.db.is_dir() {
-            return Err(Error::IsDirectory(cli.db.clone()));
+        match std::fs::metadata(&cli.db) {
+            Ok(m) if m.is_dir() => return Err(Error::IsDirectory(cli.db.clone())),
+            Ok(m) if !m.is_file() => return Err(Error::NotAFile(cli.db.clone())),
+            _ => {}
         }
         // Or, for a link, where it leads.
         let target = db::resolved_path(&cli.db);

@@ -201,6 +201,17 @@ fn an_unusable_database_is_reported_with_its_path() {
         let err = stderr_of(&out);
         assert!(err.contains("that is a directory"), "{args:?}: {err}");
     }
+    // Nor says more than "disk I/O error" of a device.
+    #[cfg(unix)]
+    for args in [&["--addr", "127.0.0.1:0"][..], &["doctor"]] {
+        let out = run_cli(std::path::Path::new("/dev/null"), args, None);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("/dev/null: that is not a regular file"),
+            "{args:?}: {err}"
+        );
+    }
     // A ~ that nothing expanded, as in a unit's environment file, is
     // pointed out.
     for args in [&["--addr", "127.0.0.1:0"][..], &["doctor"]] {
