@@ -106,10 +106,12 @@ fn options() -> Options {
         }
     }
     // A quick run checks correctness; its figures are not worth keeping
-    // next to those of a full run.
+    // next to those of a full run. They go under this checkout's target
+    // directory, not to a fixed name in /tmp, which another user's run
+    // (or another checkout's) may hold.
     o.out = out.unwrap_or_else(|| {
         if o.quick {
-            std::env::temp_dir().join("neptun-bench-quick")
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-quick")
         } else {
             PathBuf::from("bench-results")
         }
