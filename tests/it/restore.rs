@@ -9,12 +9,15 @@ use neptun_local::db::{self, Database};
 
 use crate::support::*;
 
-/// The bytes of the database file and of its WAL, where replaced rows
-/// could linger.
+/// The bytes of the WAL and of the database file, where replaced rows
+/// could linger. The WAL is read first: in that order, a page
+/// that the server's upkeep checkpoints meanwhile is seen in one or the
+/// other (see `markers_on_disk` in durability.rs). Read the other way
+/// round, under load, a committed chat was missed in both.
 fn file_bytes(db_path: &Path) -> Vec<u8> {
     let mut wal = db_path.as_os_str().to_owned();
     wal.push("-wal");
-    [db_path.to_owned(), PathBuf::from(wal)]
+    [PathBuf::from(wal), db_path.to_owned()]
         .iter()
         .flat_map(|path| std::fs::read(path).unwrap_or_default())
         .collect()
