@@ -27,11 +27,7 @@ pub fn problem(path: &Path) -> Option<String> {
             } else {
                 format!("read and write {}, beside the database", file.display())
             };
-            return Some(explain(
-                &what,
-                "run as its owner, or give this user access",
-                &e,
-            ));
+            return Some(explain(&what, &whose(&file), &e));
         }
     }
     let dir = match path.parent() {
@@ -67,6 +63,29 @@ pub fn problem(path: &Path) -> Option<String> {
             path.display()
         )
     })
+}
+
+/// What to do about a file this user may not read and write. Most often
+/// another user made it: a run with `sudo` leaves root's files behind.
+#[cfg(unix)]
+fn whose(file: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    match std::fs::metadata(file).map(|m| m.uid()) {
+        Ok(owner) if owner != me => {
+            let owner = match owner {
+                0 => "root (a run with sudo?)".to_owned(),
+                uid => format!("the user with uid {uid}"),
+            };
+            format!(
+                "it belongs to {owner}: `sudo chown \"$(id -un)\" {}` makes it this user's",
+                file.display()
+            )
+        }
+        _ => "run as its owner, or give this user access".to_owned(),
+    }
 }
 
 /// Whether this process may access `path` in `mode` (`access(2)`, which

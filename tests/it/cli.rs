@@ -356,6 +356,17 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     let (code, err) = run(&wal_left, &["session", "new", "alice"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&cannot_use_wal), "{err}");
+    // Run as nobody, the file is another user's: root's, made by this test.
+    let advice = if as_root {
+        format!(
+            "; it belongs to root (a run with sudo?): `sudo chown \"$(id -un)\" {}` makes \
+             it this user's",
+            wal.display()
+        )
+    } else {
+        "; run as its owner, or give this user access".to_owned()
+    };
+    assert!(err.contains(&format!("{cannot_use_wal}{advice}")), "{err}");
 
     let locked = dir.path().join("locked");
     std::fs::create_dir(&locked).unwrap();
