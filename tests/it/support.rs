@@ -17,8 +17,8 @@ use neptun_local::db::{self, Actor, Database, NewFile, NewSession};
 const BIN: &str = env!("CARGO_BIN_EXE_neptun-local");
 
 /// The binary under test, without the developer's own `NEPTUN_*` settings
-/// (an exported `NEPTUN_LOG=warn` failed every test that reads the log):
-/// each test passes the settings it is about.
+/// (with `NEPTUN_LOG=off` exported, dozens of tests that read the log
+/// failed): each test passes the settings it is about.
 pub fn neptun_local() -> Command {
     let mut command = Command::new(BIN);
     for (name, _) in std::env::vars_os() {
@@ -28,6 +28,7 @@ pub fn neptun_local() -> Command {
     }
     command
 }
+
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
