@@ -1059,11 +1059,12 @@ pub(crate) mod tests {
         assert!(matches!(db.add_user("u", None), Err(Error::UserExists(_))));
     }
 
-    /// Seeds three chats with a message each and a trigger that fails the
-    /// delete of the middle one with `RAISE(raise)`, then deletes all three
+    /// Seeds three chats, "first", "failing" and "last", with a message
+    /// each ("failing" has a second, "poison"), creates `trigger`, which
+    /// fails some part of deleting the middle one, then deletes all three
     /// in one batch.
     fn delete_batch_whose_middle_fails(
-        raise: &str,
+        trigger: &str,
     ) -> (tempfile::TempDir, Database, Vec<i64>, Vec<Result<bool>>) {
         let (dir, db) = open_temp();
         db.add_user("a", None).unwrap();
@@ -1074,20 +1075,27 @@ pub(crate) mod tests {
                     .map(|name| {
                         let chat = insert_chat(tx, "a", name, "m")?;
                         insert_message(tx, chat, Actor::User, "hi")?;
+                        if *name == "failing" {
+                            insert_message(tx, chat, Actor::User, "poison")?;
+                        }
                         Ok(chat)
                     })
                     .collect()
             })
             .unwrap();
-        db.with_connection(|c| {
-            Ok(c.execute_batch(&format!(
-                "CREATE TRIGGER fail BEFORE DELETE ON chats WHEN old.name = 'failing'
-                 BEGIN SELECT RAISE({raise}); END;"
-            ))?)
-        })
-        .unwrap();
+        db.with_connection(|c| Ok(c.execute_batch(trigger)?))
+            .unwrap();
         let results = db.delete_chats_together(&jobs(&chats));
         (dir, db, chats, results)
+    }
+
+    /// A trigger that fails the delete of the chat named "failing" with
+    /// `RAISE(raise)`, before anything of it is deleted.
+    fn refuse_the_failing_chat(raise: &str) -> String {
+        format!(
+            "CREATE TRIGGER fail BEFORE DELETE ON chats WHEN old.name = 'failing'
+             BEGIN SELECT RAISE({raise}); END;"
+        )
     }
 
     fn messages_of(db: &Database, chat: i64) -> i64 {
@@ -1115,12 +1123,13 @@ pub(crate) mod tests {
     /// batch still commit.
     #[test]
     fn a_failing_delete_in_a_batch_is_undone_alone() {
-        let (_dir, db, chats, results) = delete_batch_whose_middle_fails("ABORT, 'refused'");
+        let (_dir, db, chats, results) =
+            delete_batch_whose_middle_fails(&refuse_the_failing_chat("ABORT, 'refused'"));
         assert!(
             matches!(results[..], [Ok(true), Err(_), Ok(true)]),
             "{results:?}"
         );
-        assert_eq!(messages_of(&db, chats[1]), 1, "the refused chat is intact");
+        assert_eq!(messages_of(&db, chats[1]), 2, "the refused chat is intact");
         assert_eq!(messages_of(&db, chats[0]) + messages_of(&db, chats[2]), 0);
     }
 
@@ -1131,31 +1140,10 @@ pub(crate) mod tests {
     /// its chat stays whole, and the others are deleted.
     #[test]
     fn a_delete_that_fails_half_done_is_rolled_back_and_the_rest_commit() {
-        let (_dir, db) = open_temp();
-        db.add_user("a", None).unwrap();
-        let chats: Vec<i64> = db
-            .write(|tx| {
-                ["first", "half", "last"]
-                    .iter()
-                    .map(|name| {
-                        let chat = insert_chat(tx, "a", name, "m")?;
-                        insert_message(tx, chat, Actor::User, "hi")?;
-                        if *name == "half" {
-                            insert_message(tx, chat, Actor::User, "poison")?;
-                        }
-                        Ok(chat)
-                    })
-                    .collect()
-            })
-            .unwrap();
-        db.with_connection(|c| {
-            Ok(c.execute_batch(
-                "CREATE TRIGGER fail BEFORE DELETE ON messages WHEN old.message = 'poison'
-                 BEGIN SELECT RAISE(FAIL, 'half done'); END;",
-            )?)
-        })
-        .unwrap();
-        let results = db.delete_chats_together(&jobs(&chats));
+        let (_dir, db, chats, results) = delete_batch_whose_middle_fails(
+            "CREATE TRIGGER fail BEFORE DELETE ON messages WHEN old.message = 'poison'
+             BEGIN SELECT RAISE(FAIL, 'half done'); END;",
+        );
         assert!(
             matches!(results[..], [Ok(true), Err(_), Ok(true)]),
             "{results:?}"
@@ -1180,7 +1168,8 @@ pub(crate) mod tests {
     /// transaction either.
     #[test]
     fn a_batch_rolled_back_by_sqlite_fails_as_a_whole() {
-        let (_dir, db, chats, results) = delete_batch_whose_middle_fails("ROLLBACK, 'rolled back'");
+        let (_dir, db, chats, results) =
+            delete_batch_whose_middle_fails(&refuse_the_failing_chat("ROLLBACK, 'rolled back'"));
         for result in &results {
             // The caller hears the real cause (a full disk is a 503), not
             // some later complaint about a transaction that is gone.
@@ -1189,8 +1178,12 @@ pub(crate) mod tests {
                 "{results:?}"
             );
         }
-        for chat in chats {
-            assert_eq!(messages_of(&db, chat), 1, "chat {chat} must be intact");
+        for (chat, messages) in chats.into_iter().zip([1, 2, 1]) {
+            assert_eq!(
+                messages_of(&db, chat),
+                messages,
+                "chat {chat} must be intact"
+            );
         }
     }
 
