@@ -318,13 +318,16 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     }
     let (code, err) = run(&restored, &["chat", "list", "alice"]);
     assert_eq!(code, Some(0), "{err}");
-    let doctor = command(&restored, &["doctor"]).output().unwrap();
-    let report = String::from_utf8_lossy(&doctor.stdout);
-    assert_eq!(doctor.status.code(), Some(1), "{report}");
-    assert!(
-        report.contains(&format!("PROBLEM      {cannot_write}")),
-        "{report}"
-    );
+    let doctor_finds = |db: &Path, problem: &str| {
+        let doctor = command(db, &["doctor"]).output().unwrap();
+        let report = String::from_utf8_lossy(&doctor.stdout);
+        assert_eq!(doctor.status.code(), Some(1), "{report}");
+        assert!(
+            report.contains(&format!("PROBLEM      {problem}")),
+            "{report}"
+        );
+    };
+    doctor_finds(&restored, cannot_write);
 
     // A -wal file left by another user (run once with sudo, say), in a
     // directory this user may write to: SQLite opens the WAL for reading
@@ -345,13 +348,7 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
         "permission denied: this user cannot read and write {}, beside the database",
         wal.display()
     );
-    let doctor = command(&wal_left, &["doctor"]).output().unwrap();
-    let report = String::from_utf8_lossy(&doctor.stdout);
-    assert_eq!(doctor.status.code(), Some(1), "{report}");
-    assert!(
-        report.contains(&format!("PROBLEM      {cannot_use_wal}")),
-        "{report}"
-    );
+    doctor_finds(&wal_left, &cannot_use_wal);
     refused_to_serve(&wal_left, &cannot_use_wal);
     let (code, err) = run(&wal_left, &["session", "new", "alice"]);
     assert_eq!(code, Some(1), "{err}");

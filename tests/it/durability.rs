@@ -81,6 +81,16 @@ fn database_files(db_path: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Runs `doctor` with the repair `flag` on `db_path`, which must succeed
+/// and say `said`; returns the report that follows the repair.
+fn doctor_repairs(db_path: &Path, flag: &str, said: &str) -> String {
+    let out = run_cli(db_path, &["doctor", flag], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains(said), "{}", stderr_of(&out));
+    text
+}
+
 /// The given markers found in the raw bytes of the database, its WAL and
 /// its shm. One pass over the bytes collects every marker present (they all
 /// start with the same prefix), so polling stays cheap on large files.
@@ -727,13 +737,10 @@ fn doctor_reports_the_facts_and_fails_on_orphans_which_it_can_delete() {
     );
 
     // The repair, while the server runs.
-    let out = run_cli(&server.db_path, &["doctor", "--delete-orphans"], None);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("deleted 2 orphaned row(s), and what hung off them"),
-        "{}",
-        stderr_of(&out)
+    let text = doctor_repairs(
+        &server.db_path,
+        "--delete-orphans",
+        "deleted 2 orphaned row(s), and what hung off them",
     );
     assert!(text.contains("\nforeign keys ok\n"), "{text}");
     assert!(!text.contains("TO REPAIR"), "{text}");
@@ -875,13 +882,10 @@ fn doctor_names_damage_to_an_index_and_reindex_repairs_it_under_the_server() {
         stderr_of(&out)
     );
 
-    let out = run_cli(&db_path, &["doctor", "--reindex"], None);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("rebuilt every index from its table's rows"),
-        "{}",
-        stderr_of(&out)
+    let text = doctor_repairs(
+        &db_path,
+        "--reindex",
+        "rebuilt every index from its table's rows",
     );
     assert!(text.contains("\nintegrity    ok\n"), "{text}");
     server.delete(&path, &token).assert_true();
