@@ -25,6 +25,8 @@ mod rows;
 mod schema;
 mod upkeep;
 
+#[cfg(unix)]
+pub use access::shell_word;
 pub use file::{
     create_owner_only, describe, is_rollback_journal_file, resolved_path, side_file, sqlite_path,
 };

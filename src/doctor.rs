@@ -377,7 +377,7 @@ fn check_access(db_path: &Path, report: &mut Report) {
             report.problems.push(format!(
                 "other users of this machine can open the database file (mode {mode:04o}); \
                  `chmod 600 {}` keeps it to you",
-                db_path.display()
+                db::shell_word(db_path)
             ));
         }
     }

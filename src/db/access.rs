@@ -81,11 +81,30 @@ fn whose(file: &Path) -> String {
             };
             format!(
                 "it belongs to {owner}: `sudo chown \"$(id -un)\" {}` makes it this user's",
-                file.display()
+                shell_word(file)
             )
         }
         _ => "run as its owner, or give this user access".to_owned(),
     }
+}
+
+/// `path` as one word of a POSIX shell command, so that advice such as
+/// `chmod 600 PATH` can be pasted as it is: single-quoted when it holds
+/// anything but the characters no shell treats specially (a space, say, as
+/// in `~/My Chats/neptun.db`), and never taken for an option.
+#[cfg(unix)]
+pub fn shell_word(path: &Path) -> String {
+    let mut path = path.to_string_lossy().into_owned();
+    if path.starts_with('-') {
+        path.insert_str(0, "./");
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@".contains(c);
+    if !path.is_empty() && path.chars().all(plain) {
+        return path;
+    }
+    // Inside single quotes nothing is special but the quote itself, which
+    // is closed, escaped and reopened.
+    format!("'{}'", path.replace('\'', r"'\''"))
 }
 
 /// Whether this process may access `path` in `mode` (`access(2)`, which
@@ -137,6 +156,43 @@ mod tests {
         assert!(
             why.contains(&format!("attrib -r \"{}\"", file.display())),
             "{why}"
+        );
+    }
+}
+
+#[cfg(all(test, unix))]
+mod unix_tests {
+    use super::*;
+
+    /// Each path, put in a command as `shell_word` writes it, reaches the
+    /// command as that one path.
+    #[test]
+    fn a_path_in_advice_reaches_the_command_as_one_word() {
+        for path in [
+            "neptun.db",
+            "/home/ana/My Chats/neptun.db",
+            "it's.db",
+            "$HOME/`id`/*.db",
+            "~/neptun.db",
+            "a\\b\"c;d&e|f.db",
+            "-rf.db",
+        ] {
+            let word = shell_word(Path::new(path));
+            let out = std::process::Command::new("sh")
+                .args(["-c", &format!("printf %s {word}")])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{word}");
+            let expected = if path.starts_with('-') {
+                format!("./{path}")
+            } else {
+                path.to_owned()
+            };
+            assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{word}");
+        }
+        assert_eq!(
+            shell_word(Path::new("/var/lib/neptun.db")),
+            "/var/lib/neptun.db"
         );
     }
 }

@@ -495,7 +495,9 @@ fn a_new_database_and_its_wal_are_for_their_owner_only() {
         path.push(suffix);
         assert_eq!(mode(path.as_ref()), "0600", "neptun.db{suffix}");
     }
-    let added = server.dir.path().join("added.db");
+    // A space in the name, as in a path under "My Documents", so that the
+    // advice below has to quote it.
+    let added = server.dir.path().join("added chats.db");
     assert!(
         run_cli(&added, &["user", "add", "carol"], None)
             .status
@@ -525,6 +527,20 @@ fn a_new_database_and_its_wal_are_for_their_owner_only() {
         ),
         "{text}"
     );
+    // The advice works as it is printed, pasted into a shell.
+    let advice = text
+        .split_once("`chmod")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(args, _)| format!("chmod{args}"))
+        .unwrap_or_else(|| panic!("no chmod advice: {text}"));
+    let pasted = std::process::Command::new("sh")
+        .args(["-c", &advice])
+        .current_dir(server.dir.path())
+        .status()
+        .unwrap();
+    assert!(pasted.success(), "{advice}");
+    assert_eq!(mode(&added), "0600", "{advice}");
+    assert_eq!(doctor(&added).0, Some(0));
 }
 
 /// A command leaves no `-wal` or `-shm` file behind: SQLite deletes them
