@@ -273,6 +273,12 @@ pub enum Error {
         path: PathBuf,
         what: &'static str,
     },
+    /// SQLite's `-wal` or `-shm` file beside the database was deleted or
+    /// replaced while the server ran.
+    SideFileGone {
+        path: PathBuf,
+        what: &'static str,
+    },
     /// stdout failed, other than by a reader that went away.
     Output(io::Error),
     /// `session new` could not write its token, so no one has it.
@@ -374,6 +380,14 @@ impl fmt::Display for Error {
                 f,
                 "{}: the database file {what} while the server ran; start the server \
                  again to serve the file that is there now",
+                path.display()
+            ),
+            Error::SideFileGone { path, what } => write!(
+                f,
+                "{}, which SQLite keeps beside the database while it is open, {what} while \
+                 the server ran, so the server stopped; start it again, and leave that \
+                 file alone while the database is in use (SQLite removes it when the last \
+                 connection closes)",
                 path.display()
             ),
             Error::Output(e) => write!(f, "cannot write to stdout: {e}"),

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use parking_lot::{FairMutex, FairMutexGuard};
 use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use scheduled_thread_pool::ScheduledThreadPool;
 
@@ -535,6 +536,24 @@ impl Database {
             Some(ErrorCode::DatabaseBusy) => Ok(()),
             _ => Err(e.into()),
         }
+    }
+
+    /// Makes the pool's connections close without the checkpoint that the
+    /// last one to close runs, which also truncates the WAL and removes it
+    /// with the `-shm`. Call it once nothing else uses the pool.
+    ///
+    /// For a `-shm` that someone deleted under the server: other processes
+    /// then index the WAL in a new one, and their commits are in the WAL
+    /// but not in this process's index. A checkpoint from here would copy
+    /// only what this process knows of, and truncate theirs away. Left in
+    /// the WAL, all of it is recovered by the next open.
+    pub fn close_without_checkpoint(&self) -> Result<()> {
+        let idle = self.pool.state().connections;
+        let held = (0..idle).map(|_| self.conn()).collect::<Result<Vec<_>>>()?;
+        for conn in &held {
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        }
+        Ok(())
     }
 
     /// Whether any session expires after `now` (Unix seconds): whether a

@@ -1,5 +1,5 @@
-//! Notices when the database file is deleted, or replaced by another file,
-//! while the server runs.
+//! Notices when the database file, or one of the files SQLite keeps beside
+//! it, is deleted or replaced by another file while the server runs.
 //!
 //! SQLite keeps using the file it opened, so after `rm neptun.db` (to start
 //! over with fresh demo data, say) the server would go on answering from a
@@ -9,43 +9,60 @@
 //! file goes); so does this server, and a service manager starts it again
 //! on the file that is there now.
 //!
+//! The `-wal` and `-shm` files are watched for the same reason, and more is
+//! at stake. While the server runs they never go (SQLite removes them when
+//! the last connection closes), so a change is someone's `rm`. After it,
+//! the server's commits went to a WAL that no other process sees until the
+//! next checkpoint, so a crash in between would bring deleted chats back;
+//! and every other process made a new WAL of its own, which its commands
+//! failed on ("disk I/O error"). Stopping checkpoints the server's WAL into
+//! the database, and closes the two views of it.
+//!
 //! Files are told apart by device and inode, so this works on Unix only.
 //! Windows does not let an open database file be deleted or replaced.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-/// How often the server checks its database file: a stat, so cheap, and
-/// soon enough that few requests are answered from a file no one sees.
+/// How often the server checks its files: a stat each, so cheap, and soon
+/// enough that few requests are answered from a file no one sees.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// A thread that checks, every `every`, that `path` is still the file it
-/// was at the start.
+/// A thread that checks, every `every`, that each watched path is still
+/// the file it was at the start.
 pub struct FileWatch {
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: JoinHandle<()>,
 }
 
 impl FileWatch {
-    /// Starts watching `path`; calls `on_change` once, with what happened
-    /// ("was deleted", "was replaced by another file"), if it changes.
+    /// Starts watching `files`; calls `on_change` once, with the first file
+    /// that changed and what happened to it ("was deleted", "was replaced
+    /// by another file"). A file that does not exist now is not watched.
     pub fn start(
-        path: &Path,
+        files: &[PathBuf],
         every: Duration,
-        on_change: impl FnOnce(&'static str) + Send + 'static,
+        on_change: impl FnOnce(&Path, &'static str) + Send + 'static,
     ) -> std::io::Result<FileWatch> {
-        let path = path.to_owned();
-        let first = identity(&path)?;
+        let mut watched = Vec::new();
+        for file in files {
+            match identity(file) {
+                Ok(Some(first)) => watched.push((file.clone(), first)),
+                Ok(None) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread = {
             let stop = Arc::clone(&stop);
             thread::Builder::new()
                 .name("file-watch".into())
                 .spawn(move || {
-                    if let Some(change) = wait_for_change(&path, first, every, &stop) {
-                        on_change(change);
+                    if let Some((file, change)) = wait_for_change(&watched, every, &stop) {
+                        on_change(file, change);
                     }
                 })?
         };
@@ -61,15 +78,16 @@ impl FileWatch {
     }
 }
 
-/// Looks at `path` every `every` until it is no longer the file `first`
-/// (returns what happened) or `stop` is set (returns `None`).
-fn wait_for_change(
-    path: &Path,
-    first: Option<(u64, u64)>,
+/// Looks at each file every `every` until one is no longer the file it was
+/// (returns it and what happened) or `stop` is set (returns `None`).
+fn wait_for_change<'a>(
+    watched: &'a [(PathBuf, (u64, u64))],
     every: Duration,
     stop: &(Mutex<bool>, Condvar),
-) -> Option<&'static str> {
-    let first = first?;
+) -> Option<(&'a Path, &'static str)> {
+    if watched.is_empty() {
+        return None;
+    }
     let (stopped, wake) = stop;
     let mut stopped = stopped.lock().unwrap_or_else(|e| e.into_inner());
     loop {
@@ -80,12 +98,18 @@ fn wait_for_change(
         if *stopped {
             return None;
         }
-        match identity(path) {
-            Ok(Some(now)) if now != first => return Some("was replaced by another file"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("was deleted"),
-            // The same file; or an error that says nothing about it (a
-            // directory briefly unreadable): look again next time.
-            _ => {}
+        for (file, first) in watched {
+            match identity(file) {
+                Ok(Some(now)) if now != *first => {
+                    return Some((file, "was replaced by another file"));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Some((file, "was deleted"));
+                }
+                // The same file; or an error that says nothing about it (a
+                // directory briefly unreadable): look again next time.
+                _ => {}
+            }
         }
     }
 }
@@ -110,10 +134,12 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
-    fn watch(path: &Path) -> (FileWatch, mpsc::Receiver<&'static str>) {
+    type Change = (PathBuf, &'static str);
+
+    fn watch(files: &[PathBuf]) -> (FileWatch, mpsc::Receiver<Change>) {
         let (changed, change) = mpsc::channel();
-        let watch = FileWatch::start(path, Duration::from_millis(5), move |what| {
-            let _ = changed.send(what);
+        let watch = FileWatch::start(files, Duration::from_millis(5), move |file, what| {
+            let _ = changed.send((file.to_owned(), what));
         })
         .unwrap();
         (watch, change)
@@ -124,27 +150,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         std::fs::write(&path, b"one").unwrap();
+        let watched = [path.clone()];
 
-        let (same, change) = watch(&path);
+        let (same, change) = watch(&watched);
         // Written in place, as SQLite does: the same file.
         std::fs::write(&path, b"two").unwrap();
         assert!(change.recv_timeout(Duration::from_millis(100)).is_err());
         same.stop();
 
-        let (replaced, change) = watch(&path);
+        let (replaced, change) = watch(&watched);
         let other = dir.path().join("other.db");
         std::fs::write(&other, b"three").unwrap();
         std::fs::rename(&other, &path).unwrap();
         let what = change.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_eq!(what, "was replaced by another file");
+        assert_eq!(what, (path.clone(), "was replaced by another file"));
         replaced.stop();
 
-        let (deleted, change) = watch(&path);
+        let (deleted, change) = watch(&watched);
         std::fs::remove_file(&path).unwrap();
         assert_eq!(
             change.recv_timeout(Duration::from_secs(5)).unwrap(),
-            "was deleted"
+            (path, "was deleted")
         );
         deleted.stop();
+    }
+
+    /// The file that changed is the one named; a file missing at the start
+    /// (no `-shm` yet, say) is not watched, so its coming is no change.
+    #[test]
+    fn of_several_files_the_one_that_changed_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let [db, wal, shm] = ["t.db", "t.db-wal", "t.db-shm"].map(|name| dir.path().join(name));
+        std::fs::write(&db, b"db").unwrap();
+        std::fs::write(&wal, b"wal").unwrap();
+
+        let (watching, change) = watch(&[db.clone(), wal.clone(), shm.clone()]);
+        std::fs::write(&shm, b"shm").unwrap();
+        assert!(change.recv_timeout(Duration::from_millis(100)).is_err());
+        std::fs::remove_file(&wal).unwrap();
+        assert_eq!(
+            change.recv_timeout(Duration::from_secs(5)).unwrap(),
+            (wal, "was deleted")
+        );
+        watching.stop();
     }
 }

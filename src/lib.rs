@@ -9,7 +9,8 @@
 //! `maintenance` keeps the file checkpointed and small; `group_commit`
 //! lets concurrent deletes share one commit; `memory` keeps the allocator
 //! from holding on to memory per thread; `file_watch` stops the server if
-//! its database file is deleted or replaced under it.
+//! its database file, or SQLite's `-wal` or `-shm` beside it, is deleted or
+//! replaced under it.
 
 pub mod auth;
 pub mod backup;

@@ -84,7 +84,7 @@ impl Default for Pacing {
 
 /// The running upkeep thread. [`Maintenance::stop`] runs a final pass.
 pub struct Maintenance {
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopRequest>,
     db: Database,
     thread: JoinHandle<()>,
 }
@@ -93,7 +93,7 @@ impl Maintenance {
     /// Starts the upkeep thread on its own connection.
     pub fn start(db: Database, pacing: Pacing) -> std::io::Result<Maintenance> {
         let upkeep = db.upkeep_connection().map_err(std::io::Error::other)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopRequest::default());
         let thread = {
             let (db, stop) = (db.clone(), Arc::clone(&stop));
             thread::Builder::new()
@@ -106,7 +106,21 @@ impl Maintenance {
     /// Stops the thread after a last pass that checkpoints and truncates the
     /// WAL (retried for a little while if a reader is still active).
     pub fn stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop_after(true);
+    }
+
+    /// Stops the thread without that last pass: for a WAL that may hold
+    /// commits this process cannot see (see
+    /// [`Database::close_without_checkpoint`]).
+    pub fn stop_without_checkpoint(self) {
+        self.stop_after(false);
+    }
+
+    fn stop_after(self, final_pass: bool) {
+        self.stop
+            .skip_final_pass
+            .store(!final_pass, Ordering::SeqCst);
+        self.stop.requested.store(true, Ordering::SeqCst);
         // Wake the thread now rather than at its next timeout.
         self.db.wake_upkeep();
         if self.thread.join().is_err() {
@@ -115,7 +129,14 @@ impl Maintenance {
     }
 }
 
-fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
+/// What [`Maintenance`] asks of its thread.
+#[derive(Default)]
+struct StopRequest {
+    requested: AtomicBool,
+    skip_final_pass: AtomicBool,
+}
+
+fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &StopRequest) {
     let mut next_prune = Instant::now();
     // Whether to come back after `retry` rather than `look_for_others_every`:
     // at start (the last run may have left work), after pruning, and after a
@@ -126,8 +147,10 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
     let mut last_truncation = Instant::now();
     let mut failures = Failures::default();
     loop {
-        if stop.load(Ordering::SeqCst) {
-            final_pass(db, upkeep, pacing);
+        if stop.requested.load(Ordering::SeqCst) {
+            if !stop.skip_final_pass.load(Ordering::SeqCst) {
+                final_pass(db, upkeep, pacing);
+            }
             return;
         }
         if Instant::now() >= next_prune {
@@ -159,7 +182,7 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &AtomicBool) {
             }
         }
         // Woken, retrying, or another process left commits: a pass is due.
-        if !stop.load(Ordering::SeqCst) {
+        if !stop.requested.load(Ordering::SeqCst) {
             let work = if under_load {
                 Work {
                     vacuum: false,

@@ -1,10 +1,10 @@
 //! `serve`: binds, opens the database, starts the background threads, and
-//! answers requests until a stop signal (or until the database file is
-//! deleted or replaced under it).
+//! answers requests until a stop signal (or until the database file, its
+//! `-wal` or its `-shm` is deleted or replaced under it).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::{Error, ServeArgs};
@@ -89,16 +89,36 @@ pub(super) fn serve(
         log::warn!("could not write the listening line to stdout: {e}");
     }
 
-    let app = App { db, policy };
+    let app = App {
+        db: db.clone(),
+        policy,
+    };
     let served = server.run(workers, move |request| routes::handle(&app, request));
     watch.stop();
-    // Also after a transport failure: leave the file checkpointed and clean.
-    upkeep.stop();
+    let gone = gone.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if gone
+        .as_ref()
+        .is_some_and(|(file, _)| *file == db::side_file(db_path, "-shm"))
+    {
+        // Other processes index the WAL in a new -shm now; see
+        // `Database::close_without_checkpoint`.
+        upkeep.stop_without_checkpoint();
+        match db.close_without_checkpoint() {
+            Ok(()) => log::info!("left the WAL as it is, for the next start to recover"),
+            Err(e) => log::error!("could not leave the WAL as it is: {e}"),
+        }
+    } else {
+        // Also after a transport failure: leave the file checkpointed and
+        // clean. After a WAL deleted under the server, this copies what it
+        // held into the database.
+        upkeep.stop();
+    }
     served.map_err(Error::Transport)?;
-    if let Some(what) = gone.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        return Err(Error::DatabaseGone {
-            path: db_path.to_owned(),
-            what,
+    if let Some((file, what)) = gone {
+        return Err(if file == db_path {
+            Error::DatabaseGone { path: file, what }
+        } else {
+            Error::SideFileGone { path: file, what }
         });
     }
     log::info!("stopped");
@@ -128,25 +148,31 @@ fn say_if_no_session_can_sign_in(db: &Database, db_path: &Path) {
     }
 }
 
-/// What happened to the database file, once [`FileWatch`] saw it.
-type Gone = Arc<Mutex<Option<&'static str>>>;
+/// Which file changed, and what happened to it, once [`FileWatch`] saw it.
+type Gone = Arc<Mutex<Option<(PathBuf, &'static str)>>>;
 
-/// Shuts the server down if its database file is deleted or replaced; the
-/// returned slot then says which (see `file_watch`).
+/// Shuts the server down if its database file, or SQLite's `-wal` or
+/// `-shm` file beside it, is deleted or replaced; the returned slot then
+/// says which (see `file_watch`).
 fn watch_database_file(
     db_path: &Path,
     shutdown: ShutdownHandle,
 ) -> Result<(FileWatch, Gone), Error> {
     let gone = Gone::default();
+    let files = [
+        db_path.to_owned(),
+        db::side_file(db_path, "-wal"),
+        db::side_file(db_path, "-shm"),
+    ];
     let watch = {
         let gone = Arc::clone(&gone);
-        let path = db_path.display().to_string();
-        FileWatch::start(db_path, file_watch::CHECK_EVERY, move |what| {
+        FileWatch::start(&files, file_watch::CHECK_EVERY, move |file, what| {
             log::error!(
-                "{path} {what} while the server ran; stopping, so that no answer comes \
-                 from a file that no one else sees"
+                "{} {what} while the server ran; stopping, so that no answer comes \
+                 from a file that no one else sees",
+                file.display()
             );
-            *gone.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
+            *gone.lock().unwrap_or_else(|e| e.into_inner()) = Some((file.to_owned(), what));
             shutdown.shutdown();
         })
         .map_err(Error::Io)?

@@ -1146,6 +1146,90 @@ fn a_database_file_deleted_or_replaced_under_the_server_stops_it() {
     }
 }
 
+/// `rm neptun.db-wal` or `rm neptun.db-shm` while the server runs (taking
+/// them for leftovers). Before, the server went on: its commits went to a
+/// WAL that no other process could see, every command failed with "disk
+/// I/O error", and a command's commit made through a new `-shm` was
+/// truncated away by the server's next checkpoint. Now the server stops
+/// within a second and says why, and no answered delete or command's
+/// commit is lost.
+#[cfg(unix)]
+#[test]
+fn a_wal_or_shm_deleted_under_the_server_stops_it_and_loses_no_commit() {
+    for suffix in ["-wal", "-shm"] {
+        let (server, db, token) = start_with_alice_and_bob(&[]);
+        let [before, after] = [(); 2].map(|()| seed_chat(&db, "alice", "bob"));
+        // This process's connections would keep the files in use.
+        drop(db);
+        let delete = |chat: &SeededChat| format!("/api/users/alice/chats/{}", chat.chat);
+        server.delete(&delete(&before), &token).assert_true();
+        let side_file = |suffix| {
+            let mut path = server.db_path.clone().into_os_string();
+            path.push(suffix);
+            std::path::PathBuf::from(path)
+        };
+        // Past the server's upkeep after that commit, which checkpoints
+        // and truncates the WAL.
+        let wal = side_file("-wal");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&wal).unwrap().len() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL was never truncated"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let side_file = side_file(suffix);
+        std::fs::remove_file(&side_file).unwrap();
+
+        let (answered, added_chat) = if suffix == "-wal" {
+            // Committed to the WAL the server still has open. The server
+            // may have stopped already: then this got no answer.
+            let answered = try_delete(server.addr, &delete(&after), &token);
+            if let Some(answer) = &answered {
+                answer.assert_true();
+            }
+            (answered, None)
+        } else {
+            // The command makes a new -shm, and commits through it. (Had
+            // the server written too in the second before it stops, its
+            // next write could start the WAL over, and lose that commit:
+            // two indexes of one WAL cannot both be right.)
+            let added = run_cli(&server.db_path, &["chat", "add", "alice", "added"], None);
+            assert!(added.status.success(), "{}", stderr_of(&added));
+            let id: i64 = String::from_utf8_lossy(&added.stdout)
+                .trim()
+                .parse()
+                .unwrap();
+            (None, Some(id))
+        };
+
+        let db_path = server.db_path.clone();
+        let stopped = server.wait_for_exit();
+        let stderr = std::fs::read_to_string(stopped.dir.path().join("stderr.log")).unwrap();
+        assert_eq!(stopped.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{}, which SQLite keeps beside the database while it is open, was ",
+                side_file.display()
+            )),
+            "{stderr}"
+        );
+        let conn = rusqlite::Connection::open(&db_path).unwrap();
+        assert_fully_gone(&conn, &before);
+        if answered.is_some() {
+            assert_fully_gone(&conn, &after);
+        } else {
+            assert_fully_present(&conn, &after);
+        }
+        let chats: Vec<i64> = column(&conn, "SELECT id FROM chats");
+        if let Some(id) = added_chat {
+            assert!(chats.contains(&id), "{suffix}: chat {id} lost: {chats:?}");
+        }
+        assert_consistent(&conn);
+    }
+}
+
 /// A shutdown stuck behind a request (here one waiting for the write lock)
 /// is cut short by a second signal: exit 130 at once, and the request's
 /// transaction never committed, so its chat is whole.
