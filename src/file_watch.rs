@@ -39,8 +39,9 @@ pub struct FileWatch {
 
 impl FileWatch {
     /// Starts watching `files`; calls `on_change` once, with the first file
-    /// that changed and what happened to it ("was deleted", "was replaced
-    /// by another file"). A file that does not exist now is not watched.
+    /// that changed and what happened to it ("was deleted or moved away",
+    /// "was replaced by another file"). A file that does not exist now is
+    /// not watched.
     pub fn start(
         files: &[PathBuf],
         every: Duration,
@@ -104,7 +105,7 @@ fn wait_for_change<'a>(
                     return Some((file, "was replaced by another file"));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Some((file, "was deleted"));
+                    return Some((file, "was deleted or moved away"));
                 }
                 // The same file; or an error that says nothing about it (a
                 // directory briefly unreadable): look again next time.
@@ -170,7 +171,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert_eq!(
             change.recv_timeout(Duration::from_secs(5)).unwrap(),
-            (path, "was deleted")
+            (path, "was deleted or moved away")
         );
         deleted.stop();
     }
@@ -190,7 +191,7 @@ mod tests {
         std::fs::remove_file(&wal).unwrap();
         assert_eq!(
             change.recv_timeout(Duration::from_secs(5)).unwrap(),
-            (wal, "was deleted")
+            (wal, "was deleted or moved away")
         );
         watching.stop();
     }

@@ -1134,7 +1134,7 @@ fn a_database_file_deleted_or_replaced_under_the_server_stops_it() {
                 path.push(suffix);
                 let _ = std::fs::remove_file(path);
             }
-            "was deleted"
+            "was deleted or moved away"
         };
         let stopped = server.wait_for_exit();
         let stderr = std::fs::read_to_string(stopped.dir.path().join("stderr.log")).unwrap();
