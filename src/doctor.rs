@@ -365,20 +365,44 @@ fn foreign_key_check(conn: &Connection) -> db::Result<Vec<String>> {
 
 /// On Unix, a database file that other users of the machine may read or
 /// write is a problem: it holds every chat. New files are created 0600.
+///
+/// So are the `-wal` and `-shm` beside it, which hold recent pages (a
+/// deleted chat's too, until the next checkpoint). SQLite gives them the
+/// database's mode when it makes them, so they differ from it only if
+/// the database's was changed while a server had them open: after
+/// `chmod 600 neptun.db`, say. They are looked at only once the database
+/// file is right, so that each piece of advice names files that stay.
 fn check_access(db_path: &Path, report: &mut Report) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let Ok(mode) = std::fs::metadata(db_path).map(|m| m.permissions().mode() & 0o777) else {
+        let mode_of = |path: &Path| {
+            std::fs::metadata(path)
+                .ok()
+                .map(|m| m.permissions().mode() & 0o777)
+        };
+        let open_to_others = |mode| mode & 0o066 != 0;
+        let Some(mode) = mode_of(db_path) else {
             return;
         };
         report.facts.push(("mode", format!("{mode:04o}")));
-        if mode & 0o066 != 0 {
+        if open_to_others(mode) {
             report.problems.push(format!(
                 "other users of this machine can open the database file (mode {mode:04o}); \
                  `chmod 600 {}` keeps it to you",
                 db::shell_word(db_path)
             ));
+            return;
+        }
+        for side_file in ["-wal", "-shm"].map(|suffix| db::side_file(db_path, suffix)) {
+            if let Some(mode) = mode_of(&side_file).filter(|&mode| open_to_others(mode)) {
+                report.problems.push(format!(
+                    "other users of this machine can open {}, beside the database (mode \
+                     {mode:04o}); `chmod 600 {}` keeps it to you",
+                    side_file.display(),
+                    db::shell_word(&side_file)
+                ));
+            }
         }
     }
     #[cfg(not(unix))]

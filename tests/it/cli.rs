@@ -528,19 +528,57 @@ fn a_new_database_and_its_wal_are_for_their_owner_only() {
         "{text}"
     );
     // The advice works as it is printed, pasted into a shell.
-    let advice = text
-        .split_once("`chmod")
-        .and_then(|(_, rest)| rest.split_once('`'))
-        .map(|(args, _)| format!("chmod{args}"))
-        .unwrap_or_else(|| panic!("no chmod advice: {text}"));
-    let pasted = std::process::Command::new("sh")
-        .args(["-c", &advice])
-        .current_dir(server.dir.path())
-        .status()
-        .unwrap();
-    assert!(pasted.success(), "{advice}");
-    assert_eq!(mode(&added), "0600", "{advice}");
+    let follow_advice = |text: &str| {
+        let advice: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.split_once("`chmod ")?.1.split_once('`'))
+            .map(|(args, _)| args)
+            .collect();
+        assert!(!advice.is_empty(), "no chmod advice: {text}");
+        for args in &advice {
+            let pasted = std::process::Command::new("sh")
+                .args(["-c", &format!("chmod {args}")])
+                .current_dir(server.dir.path())
+                .status()
+                .unwrap();
+            assert!(pasted.success(), "chmod {args}");
+        }
+        advice.len()
+    };
+    assert_eq!(follow_advice(&text), 1);
+    assert_eq!(mode(&added), "0600");
     assert_eq!(doctor(&added).0, Some(0));
+
+    // A server started on a database open to others has its -wal and -shm
+    // open to them too, and they keep their mode when the database's is
+    // set right. Advice comes for the database first, then for them. (An
+    // empty -wal, SQLite gives the database's mode when it opens it.)
+    let files = ["", "-wal", "-shm"].map(|suffix| {
+        let mut path = server.db_path.clone().into_os_string();
+        path.push(suffix);
+        std::path::PathBuf::from(path)
+    });
+    for file in &files {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (code, text) = doctor(&server.db_path);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(follow_advice(&text), 1, "{text}");
+    let (code, text) = doctor(&server.db_path);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "PROBLEM      other users of this machine can open {}, beside the database \
+             (mode 0644)",
+            files[2].display()
+        )),
+        "{text}"
+    );
+    assert!(follow_advice(&text) >= 1, "{text}");
+    for file in &files {
+        assert_eq!(mode(file), "0600", "{}", file.display());
+    }
+    assert_eq!(doctor(&server.db_path).0, Some(0));
 }
 
 /// A command leaves no `-wal` or `-shm` file behind: SQLite deletes them
