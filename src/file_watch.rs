@@ -11,12 +11,15 @@
 //!
 //! The `-wal` and `-shm` files are watched for the same reason, and more is
 //! at stake. While the server runs they never go (SQLite removes them when
-//! the last connection closes), so a change is someone's `rm`. After it,
-//! the server's commits went to a WAL that no other process sees until the
-//! next checkpoint, so a crash in between would bring deleted chats back;
-//! and every other process made a new WAL of its own, which its commands
-//! failed on ("disk I/O error"). Stopping checkpoints the server's WAL into
-//! the database, and closes the two views of it.
+//! the last connection closes), so a change is someone's `rm`, or a sync
+//! tool's. Then the server and every other process see the database
+//! through different files. After a deleted WAL, the server's commits went
+//! to one that no other process sees until the next checkpoint (a crash in
+//! between would bring deleted chats back), and commands failed with "disk
+//! I/O error". After a deleted `-shm`, commands index the WAL in a new one,
+//! and the server's next checkpoint can truncate their commits away.
+//! Stopping ends the two views; what the server does with the WAL as it
+//! stops depends on which file went (see `cli::serve`).
 //!
 //! Files are told apart by device and inode, so this works on Unix only.
 //! Windows does not let an open database file be deleted or replaced.
