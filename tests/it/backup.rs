@@ -106,12 +106,8 @@ fn a_backup_taken_while_the_server_deletes_is_whole_and_serves_when_restored() {
         "reading changed the copy"
     );
     for suffix in ["-wal", "-shm", "-journal"] {
-        let mut beside = out.clone().into_os_string();
-        beside.push(suffix);
-        assert!(
-            !std::path::Path::new(&beside).exists(),
-            "reading left {beside:?}"
-        );
+        let beside = neptun_local::db::side_file(&out, suffix);
+        assert!(!beside.exists(), "reading left {beside:?}");
     }
 
     // Restoring is copying the backup into place; the sessions come with it.

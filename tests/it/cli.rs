@@ -490,10 +490,8 @@ fn a_new_database_and_its_wal_are_for_their_owner_only() {
     server
         .delete(&format!("/api/users/alice/chats/{}", chat.chat), &token)
         .assert_true();
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = server.db_path.clone().into_os_string();
-        path.push(suffix);
-        assert_eq!(mode(path.as_ref()), "0600", "neptun.db{suffix}");
+    for file in database_files(&server.db_path) {
+        assert_eq!(mode(&file), "0600", "{}", file.display());
     }
     // A space in the name, as in a path under "My Documents", so that the
     // advice below has to quote it.
@@ -553,11 +551,7 @@ fn a_new_database_and_its_wal_are_for_their_owner_only() {
     // open to them too, and they keep their mode when the database's is
     // set right. Advice comes for the database first, then for them. (An
     // empty -wal, SQLite gives the database's mode when it opens it.)
-    let files = ["", "-wal", "-shm"].map(|suffix| {
-        let mut path = server.db_path.clone().into_os_string();
-        path.push(suffix);
-        std::path::PathBuf::from(path)
-    });
+    let files = database_files(&server.db_path);
     for file in &files {
         std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
@@ -600,18 +594,14 @@ fn commands_leave_no_wal_or_shm_file_behind() {
                             .status
                             .success()
                     );
-                    let with_suffix = |suffix: &str| {
-                        let mut path = db.clone().into_os_string();
-                        path.push(suffix);
-                        std::path::PathBuf::from(path)
-                    };
+                    let [_, wal, shm] = database_files(&db);
                     let mut left = 0;
                     for _ in 0..RUNS {
                         assert!(run_cli(&db, &["doctor"], None).status.success());
-                        if with_suffix("-wal").exists() || with_suffix("-shm").exists() {
+                        if wal.exists() || shm.exists() {
                             left += 1;
-                            let _ = std::fs::remove_file(with_suffix("-wal"));
-                            let _ = std::fs::remove_file(with_suffix("-shm"));
+                            let _ = std::fs::remove_file(&wal);
+                            let _ = std::fs::remove_file(&shm);
                         }
                     }
                     left
@@ -771,8 +761,7 @@ fn user_remove_takes_the_user_and_its_chats_only_with_with_chats() {
     server
         .delete(&format!("/api/users/bob/chats/{}", bobs.chat), &bob)
         .assert_error(401, "Unauthorized");
-    let mut wal = server.db_path.clone().into_os_string();
-    wal.push("-wal");
+    let [_, wal, _] = database_files(&server.db_path);
     assert_eq!(
         std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0),
         0,
@@ -1167,10 +1156,8 @@ fn a_database_file_deleted_or_replaced_under_the_server_stops_it() {
             std::fs::rename(&copy, &server.db_path).unwrap();
             "was replaced by another file"
         } else {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut path = server.db_path.clone().into_os_string();
-                path.push(suffix);
-                let _ = std::fs::remove_file(path);
+            for file in database_files(&server.db_path) {
+                let _ = std::fs::remove_file(file);
             }
             "was deleted or moved away"
         };
@@ -1194,33 +1181,29 @@ fn a_database_file_deleted_or_replaced_under_the_server_stops_it() {
 #[cfg(unix)]
 #[test]
 fn a_wal_or_shm_deleted_under_the_server_stops_it_and_loses_no_commit() {
-    for suffix in ["-wal", "-shm"] {
+    for removed in [1, 2] {
         let (server, db, token) = start_with_alice_and_bob(&[]);
         let [before, after] = [(); 2].map(|()| seed_chat(&db, "alice", "bob"));
         // This process's connections would keep the files in use.
         drop(db);
         let delete = |chat: &SeededChat| format!("/api/users/alice/chats/{}", chat.chat);
         server.delete(&delete(&before), &token).assert_true();
-        let side_file = |suffix| {
-            let mut path = server.db_path.clone().into_os_string();
-            path.push(suffix);
-            std::path::PathBuf::from(path)
-        };
+        let files = database_files(&server.db_path);
         // Past the server's upkeep after that commit, which checkpoints
         // and truncates the WAL.
-        let wal = side_file("-wal");
+        let wal = &files[1];
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::fs::metadata(&wal).unwrap().len() > 0 {
+        while std::fs::metadata(wal).unwrap().len() > 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the WAL was never truncated"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        let side_file = side_file(suffix);
-        std::fs::remove_file(&side_file).unwrap();
+        let side_file = &files[removed];
+        std::fs::remove_file(side_file).unwrap();
 
-        let (answered, added_chat) = if suffix == "-wal" {
+        let (answered, added_chat) = if side_file == wal {
             // Committed to the WAL the server still has open. The server
             // may have stopped already: then this got no answer.
             let answered = try_delete(server.addr, &delete(&after), &token);
@@ -1262,7 +1245,7 @@ fn a_wal_or_shm_deleted_under_the_server_stops_it_and_loses_no_commit() {
         }
         let chats: Vec<i64> = column(&conn, "SELECT id FROM chats");
         if let Some(id) = added_chat {
-            assert!(chats.contains(&id), "{suffix}: chat {id} lost: {chats:?}");
+            assert!(chats.contains(&id), "chat {id} lost: {chats:?}");
         }
         assert_consistent(&conn);
     }

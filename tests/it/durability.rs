@@ -2,7 +2,7 @@
 //! space given back, nothing half-deleted after a crash, faults survived,
 //! and a clean shutdown. Plus the operator tools that check all that.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use neptun_local::auth::Token;
@@ -70,17 +70,6 @@ fn seed_marked_chat(db: &Database, user: &str, friend: &str) -> MarkedChat {
     MarkedChat { id, markers }
 }
 
-fn database_files(db_path: &Path) -> Vec<PathBuf> {
-    ["", "-wal", "-shm"]
-        .iter()
-        .map(|suffix| {
-            let mut p = db_path.as_os_str().to_owned();
-            p.push(suffix);
-            PathBuf::from(p)
-        })
-        .collect()
-}
-
 /// Runs `doctor` with the repair `flag` on `db_path`, which must succeed
 /// and say `said`; returns the report that follows the repair.
 fn doctor_repairs(db_path: &Path, flag: &str, said: &str) -> String {
@@ -106,7 +95,7 @@ fn markers_on_disk<'a>(
     markers: impl IntoIterator<Item = &'a String>,
 ) -> Vec<String> {
     let mut present = std::collections::HashSet::new();
-    let [db, wal, shm]: [PathBuf; 3] = database_files(db_path).try_into().unwrap();
+    let [db, wal, shm] = database_files(db_path);
     for path in [wal, db, shm] {
         let bytes = std::fs::read(path).unwrap_or_default();
         let mut rest = &bytes[..];

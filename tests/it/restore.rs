@@ -15,9 +15,7 @@ use crate::support::*;
 /// other (see `markers_on_disk` in durability.rs). Read the other way
 /// round, under load, a committed chat was missed in both.
 fn file_bytes(db_path: &Path) -> Vec<u8> {
-    let mut wal = db_path.as_os_str().to_owned();
-    wal.push("-wal");
-    [PathBuf::from(wal), db_path.to_owned()]
+    [db::side_file(db_path, "-wal"), db_path.to_owned()]
         .iter()
         .flat_map(|path| std::fs::read(path).unwrap_or_default())
         .collect()

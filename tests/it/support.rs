@@ -704,6 +704,15 @@ pub fn damage(db_path: &Path, names: &[&str]) {
 }
 
 /// `integrity_check` is ok and `foreign_key_check` finds nothing.
+/// The database file and SQLite's `-wal` and `-shm` beside it.
+pub fn database_files(db_path: &Path) -> [PathBuf; 3] {
+    [
+        db_path.to_owned(),
+        db::side_file(db_path, "-wal"),
+        db::side_file(db_path, "-shm"),
+    ]
+}
+
 pub fn assert_consistent(conn: &rusqlite::Connection) {
     let integrity: Vec<String> = column(conn, "PRAGMA integrity_check");
     assert_eq!(integrity, ["ok"]);

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::database_files;
 use crate::support::*;
 
 fn set_file_size_limit(pid: u32, bytes: u64) {
