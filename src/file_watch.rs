@@ -43,8 +43,8 @@ pub struct FileWatch {
 impl FileWatch {
     /// Starts watching `files`; calls `on_change` once, with the first file
     /// that changed and what happened to it ("was deleted or moved away",
-    /// "was replaced by another file"). A file that does not exist now is
-    /// not watched.
+    /// "was deleted or replaced by another file"). A file that does not
+    /// exist now is not watched.
     pub fn start(
         files: &[PathBuf],
         every: Duration,
@@ -104,8 +104,10 @@ fn wait_for_change<'a>(
         }
         for (file, first) in watched {
             match identity(file) {
+                // A new file at the path is not always someone's: after an
+                // `rm` of a side file, the next command's SQLite makes one.
                 Ok(Some(now)) if now != *first => {
-                    return Some((file, "was replaced by another file"));
+                    return Some((file, "was deleted or replaced by another file"));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Some((file, "was deleted or moved away"));
@@ -167,7 +169,10 @@ mod tests {
         std::fs::write(&other, b"three").unwrap();
         std::fs::rename(&other, &path).unwrap();
         let what = change.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_eq!(what, (path.clone(), "was replaced by another file"));
+        assert_eq!(
+            what,
+            (path.clone(), "was deleted or replaced by another file")
+        );
         replaced.stop();
 
         let (deleted, change) = watch(&watched);

@@ -1154,7 +1154,7 @@ fn a_database_file_deleted_or_replaced_under_the_server_stops_it() {
             let out = run_cli(&server.db_path, &["backup", copy.to_str().unwrap()], None);
             assert!(out.status.success(), "{}", stderr_of(&out));
             std::fs::rename(&copy, &server.db_path).unwrap();
-            "was replaced by another file"
+            "was deleted or replaced by another file"
         } else {
             for file in database_files(&server.db_path) {
                 let _ = std::fs::remove_file(file);
