@@ -29,7 +29,8 @@ mod upkeep;
 #[cfg(unix)]
 pub use access::shell_word;
 pub use file::{
-    create_owner_only, describe, is_rollback_journal_file, resolved_path, side_file, sqlite_path,
+    create_owner_only, describe, is_rollback_journal_file, is_wal_file, resolved_path, side_file,
+    sqlite_path,
 };
 pub use listings::{ChatInfo, SessionInfo, UserInfo};
 pub use rows::{
@@ -245,9 +246,39 @@ fn configure_connection(
 /// a byte (a backup, which may itself be read-only): with the pragmas the
 /// server's connections have, but no migration and no switch to WAL.
 /// Fails as [`Database::open`] does on a file that is not ours or too new.
+///
+/// A database in WAL mode is read through a `-shm` file, which SQLite
+/// makes beside it if there is none. Where it cannot (a file-system
+/// snapshot or a read-only mount of a stopped server's database, a
+/// directory of another user's), the file is read as it is, provided no
+/// `-wal` beside it holds commits that are not in it yet.
 pub fn open_read_only(path: &Path) -> Result<Connection> {
-    let mut conn =
-        Connection::open_with_flags(sqlite_path(path), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    match open_read_only_as(&sqlite_path(path), OpenFlags::SQLITE_OPEN_READ_ONLY) {
+        // "unable to open database file" on a read-only file system, and
+        // "attempt to write a readonly database" in a directory closed to
+        // this user: SQLite's words for a -shm it could not make.
+        Err(e)
+            if matches!(
+                e.sqlite_code(),
+                Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly)
+            ) && is_wal_file(path) =>
+        {
+            let wal = side_file(path, "-wal");
+            if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                return Err(Error::NoAccess(wal_beyond_reach(path, &wal)));
+            }
+            // No lock is taken, but none is needed: a process with the
+            // database open would have made a -wal, and none can be made.
+            let immutable = file::immutable_uri(path).map_err(|_| e.clone())?;
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+            open_read_only_as(&immutable, flags).map_err(|_| e)
+        }
+        result => result,
+    }
+}
+
+fn open_read_only_as(name: &Path, flags: OpenFlags) -> Result<Connection> {
+    let mut conn = Connection::open_with_flags(name, flags)?;
     configure_connection(
         &mut conn,
         Settings::default().busy_timeout,
@@ -258,6 +289,18 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
         Found::Version(found) => Err(Error::SchemaTooNew { found }),
         Found::Empty => Err(Error::NoSchema),
     }
+}
+
+/// Why a database whose `-wal` holds commits cannot be read here, and what
+/// to do: SQLite reads a WAL only through a `-shm` file, and cannot make one.
+fn wal_beyond_reach(path: &Path, wal: &Path) -> String {
+    let cause = access::problem(path).map_or_else(String::new, |why| format!(" ({why})"));
+    format!(
+        "{} may hold commits that are not in the database file yet, and SQLite reads them \
+         only through a -shm file beside it, which it cannot make here{cause}; copy the \
+         database and its -wal file to a directory this user may write to, and name the copy",
+        wal.display()
+    )
 }
 
 /// Bytes the WAL file is cut back to when it is reset (see

@@ -1,6 +1,7 @@
 //! The database file on disk: the name SQLite must be given for it, where
 //! a symbolic link to it leads (SQLite keeps its other files there), how a
-//! new one is made, and how a copy that `backup` wrote is told apart.
+//! new one is made, how a copy that `backup` wrote is told apart, and how
+//! a file that SQLite cannot make its `-shm` beside is named to be read.
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
@@ -8,15 +9,26 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Whether the file at `path` is an SQLite database in rollback-journal
-/// mode, as `backup` writes its copies: bytes 18 and 19 of the header are 1
-/// for a rollback journal and 2 for WAL. Read from the file, because
+/// mode, as `backup` writes its copies. Read from the file, because
 /// opening it as the commands do would switch it to WAL.
 pub fn is_rollback_journal_file(path: &Path) -> bool {
+    journal_in_header(path) == Some(1)
+}
+
+/// Whether the file at `path` is an SQLite database in WAL mode, as the
+/// server leaves it.
+pub fn is_wal_file(path: &Path) -> bool {
+    journal_in_header(path) == Some(2)
+}
+
+/// Bytes 18 and 19 of an SQLite database's header, which are equal: 1 for
+/// a rollback journal, 2 for WAL. `None` for any other file.
+fn journal_in_header(path: &Path) -> Option<u8> {
     use std::io::Read;
     let mut header = [0u8; 20];
-    File::open(path)
-        .and_then(|mut file| file.read_exact(&mut header))
-        .is_ok_and(|()| header.starts_with(b"SQLite format 3\0") && header[18..20] == [1, 1])
+    File::open(path).ok()?.read_exact(&mut header).ok()?;
+    let versions = header[18..20] == [header[18]; 2];
+    (header.starts_with(b"SQLite format 3\0") && versions).then_some(header[18])
 }
 
 /// The path that SQLite names the `-wal`, `-shm` and `-journal` files
@@ -71,6 +83,40 @@ pub fn sqlite_path(path: &Path) -> Cow<'_, Path> {
     }
 }
 
+/// A URI that opens the database at `path` as immutable: SQLite then reads
+/// the file as it is, with no lock, no `-shm` file and no look at the
+/// `-wal` (see <https://sqlite.org/uri.html#uriimmutable>). Every byte of
+/// the path but the plainest is percent-encoded, so that no `?`, `#` or
+/// `%` in a name is read as URI syntax.
+pub fn immutable_uri(path: &Path) -> io::Result<PathBuf> {
+    let path = std::path::absolute(path)?;
+    #[cfg(unix)]
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
+    // Windows: `C:\dir\a.db` is written `/C:/dir/a.db`, as SQLite's
+    // URIs name a drive. (A share's `\\host\…` becomes `//host/…`, an
+    // authority that SQLite refuses: such a path is not opened this way.)
+    #[cfg(not(unix))]
+    let bytes = {
+        let path = path.to_string_lossy().replace('\\', "/");
+        let rooted = if path.starts_with('/') {
+            path
+        } else {
+            format!("/{path}")
+        };
+        rooted.into_bytes()
+    };
+    let mut uri = String::from("file:");
+    for byte in bytes {
+        if byte.is_ascii_alphanumeric() || b"/-._~:".contains(&byte) {
+            uri.push(char::from(byte));
+        } else {
+            uri.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    uri.push_str("?immutable=1");
+    Ok(PathBuf::from(uri))
+}
+
 /// Creates an empty file that must not exist yet, readable and writable by
 /// its owner only on Unix (mode 0600): it will hold every chat. SQLite
 /// treats an empty file as a new database, and gives its `-wal` and `-shm`
@@ -99,5 +145,52 @@ mod tests {
         assert_eq!(plain("files/a.db"), Path::new("files/a.db"));
         let absolute = std::env::temp_dir().join("file:a.db");
         assert_eq!(sqlite_path(&absolute), absolute.as_path());
+    }
+
+    /// Each name is written to a database of its own, which is then read
+    /// through its URI: a character taken for URI syntax would open
+    /// another file, or none.
+    #[test]
+    fn an_immutable_uri_opens_the_file_it_was_made_for() {
+        use rusqlite::{Connection, OpenFlags};
+        let dir = tempfile::tempdir().unwrap();
+        let mut names: Vec<std::ffi::OsString> = [
+            "plain.db",
+            "a space.db",
+            "hash#frag.db",
+            "per%41cent.db",
+            "é ü 日本.db",
+        ]
+        .map(Into::into)
+        .to_vec();
+        // Names that Windows does not allow.
+        if cfg!(unix) {
+            names.extend(["what?immutable=0.db", "file:x.db"].map(Into::into));
+        }
+        #[cfg(unix)]
+        names.push(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"not utf-8 \xff.db")
+                .into(),
+        );
+        for (i, name) in names.iter().enumerate() {
+            let path = dir.path().join(name);
+            let conn = Connection::open(sqlite_path(&path)).unwrap();
+            conn.execute_batch(&format!("CREATE TABLE t (v); INSERT INTO t VALUES ({i});"))
+                .unwrap();
+            drop(conn);
+            let uri = immutable_uri(&path).unwrap();
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+            let read: i64 = Connection::open_with_flags(&uri, flags)
+                .and_then(|conn| conn.query_row("SELECT v FROM t", [], |r| r.get(0)))
+                .unwrap_or_else(|e| panic!("{name:?} as {uri:?}: {e}"));
+            assert_eq!(read, i as i64, "{name:?} as {uri:?}");
+        }
+        // A relative name is made absolute, so the URI does not depend on
+        // where SQLite would resolve it.
+        let absolute = std::path::absolute("neptun.db").unwrap();
+        assert_eq!(
+            immutable_uri(Path::new("neptun.db")).unwrap(),
+            immutable_uri(&absolute).unwrap()
+        );
     }
 }

@@ -482,3 +482,117 @@ fn a_database_too_damaged_to_open_says_to_move_it_aside_and_restore_into_a_new_o
     assert_fully_gone(&sql, &chat);
     assert_consistent(&sql);
 }
+
+/// A file-system snapshot (btrfs, ZFS, Time Machine) or a read-only mount
+/// holds the database as a stopped server left it: in WAL mode, with no
+/// `-shm` beside it, and none can be made there, which SQLite needs to read
+/// a WAL database. Before, `restore` from it failed with "unable to open
+/// database file". It is read as it is, unless a `-wal` beside it may hold
+/// commits that are not in the file: those are read through a `-shm`
+/// that the snapshot caught too, and cannot be read without one (leaving
+/// them out would restore less than the snapshot holds).
+#[cfg(unix)]
+#[test]
+fn a_restore_reads_a_stopped_servers_database_from_a_read_only_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let set_mode = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    set_mode(dir.path(), 0o755);
+    let snapshot = dir.path().join("snapshot");
+    let restored = dir.path().join("restored");
+    for made in [&snapshot, &restored] {
+        std::fs::create_dir(made).unwrap();
+    }
+    set_mode(&restored, 0o777);
+
+    // As a stopped server leaves it, and with a -wal that was not
+    // checkpointed (as a snapshot of a server killed mid-commit has).
+    let stopped = snapshot.join("neptun.db");
+    let with_wal = snapshot.join("with wal?#%.db");
+    for args in [
+        &["user", "add", "alice"][..],
+        &["chat", "add", "alice", "In the snapshot"],
+    ] {
+        let out = run_cli(&stopped, args, None);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    }
+    assert!(db::is_wal_file(&stopped));
+    let live = dir.path().join("live.db");
+    std::fs::copy(&stopped, &live).unwrap();
+    let conn = rusqlite::Connection::open(&live).unwrap();
+    conn.execute_batch(
+        "PRAGMA wal_autocheckpoint = 0;
+         INSERT INTO chats (user_id, name, model) VALUES ('alice', 'Only in the WAL', 'm');",
+    )
+    .unwrap();
+    let wal = db::side_file(&with_wal, "-wal");
+    std::fs::copy(&live, &with_wal).unwrap();
+    std::fs::copy(db::side_file(&live, "-wal"), &wal).unwrap();
+    // And one whose snapshot caught all three files.
+    let caught = snapshot.join("caught.db");
+    let caught_files = database_files(&caught);
+    for (from, to) in database_files(&live).iter().zip(&caught_files) {
+        std::fs::copy(from, to).unwrap();
+    }
+    drop(conn);
+    for file in [&stopped, &with_wal, &wal].into_iter().chain(&caught_files) {
+        set_mode(file, 0o644);
+    }
+    set_mode(&snapshot, 0o555);
+    let listed_before = std::fs::read_dir(&snapshot).unwrap().count();
+
+    let restore = |from: &Path, into: &Path| {
+        without_root(
+            neptun_local()
+                .arg("--db")
+                .arg(into)
+                .arg("restore")
+                .arg(from),
+        )
+        .output()
+        .unwrap()
+    };
+    let into = restored.join("neptun.db");
+    let out = restore(&stopped, &into);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let chats = column::<String>(
+        &db::open_read_only(&into).unwrap(),
+        "SELECT name FROM chats",
+    );
+    assert_eq!(chats, ["In the snapshot"]);
+    let into = restored.join("caught.db");
+    let out = restore(&caught, &into);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let chats = column::<String>(
+        &db::open_read_only(&into).unwrap(),
+        "SELECT name FROM chats",
+    );
+    assert_eq!(chats, ["In the snapshot", "Only in the WAL"]);
+
+    let refused_into = restored.join("refused.db");
+    let out = restore(&with_wal, &refused_into);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let said = format!(
+        "{} cannot be restored from: {} may hold commits that are not in the database file \
+         yet, and SQLite reads them only through a -shm file beside it, which it cannot make \
+         here",
+        with_wal.display(),
+        wal.display()
+    );
+    assert!(stderr_of(&out).contains(&said), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(
+            "copy the database and its -wal file to a directory this user may write to, and \
+             name the copy; the database was left as it was"
+        ),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!refused_into.exists());
+
+    // Nothing was made in the snapshot; opened so that it can be removed.
+    assert_eq!(std::fs::read_dir(&snapshot).unwrap().count(), listed_before);
+    set_mode(&snapshot, 0o755);
+}

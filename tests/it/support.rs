@@ -461,6 +461,19 @@ pub fn run_cli(db_path: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// `command`, run as nobody if the tests run as root, whom no file mode
+/// stops: so that a directory of mode 0555 is closed to it, as it is to
+/// any other user. Whatever it reads must be open to others.
+#[cfg(unix)]
+pub fn without_root(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        command.uid(65534).gid(65534);
+    }
+    command
+}
+
 /// Runs a command as [`run_cli`] does (with no stdin), but with no file
 /// of its own allowed to grow past `bytes` (`ulimit -f`): the way a test
 /// fills the disk under one process. It must end within [`IO_TIMEOUT`]
