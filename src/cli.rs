@@ -560,11 +560,29 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     // The listings only read. A copy that `backup` wrote is read as it is,
     // as `doctor` reads it: opened as the other commands open files, it
     // would become a WAL database, and a read-only copy could not be read.
+    // So is a database that this user cannot open to write (in a snapshot,
+    // or on a read-only mount), if it can be read: a WAL database is read
+    // through a -shm file, which SQLite cannot make there.
     let list = |query: &dyn Fn(&Connection) -> db::Result<String>| {
         let text = if db::is_rollback_journal_file(&cli.db) {
             query(&db::open_read_only(&cli.db).map_err(db_error)?)
         } else {
-            open_existing()?.with_connection(|conn| query(conn))
+            match open_existing() {
+                Ok(db) => db.with_connection(|conn| query(conn)),
+                // If it cannot be read either, the first error says why,
+                // naming what is missing, unless the second one does (a
+                // -wal that cannot be read without a -shm).
+                Err(
+                    no_access @ Error::Database {
+                        source: db::Error::NoAccess(_),
+                        ..
+                    },
+                ) => query(&db::open_read_only(&cli.db).map_err(|e| match e {
+                    db::Error::NoAccess(_) => db_error(e),
+                    _ => no_access,
+                })?),
+                Err(e) => return Err(e),
+            }
         };
         print_result(&text.map_err(db_error)?)
     };

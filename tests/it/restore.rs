@@ -487,13 +487,14 @@ fn a_database_too_damaged_to_open_says_to_move_it_aside_and_restore_into_a_new_o
 /// holds the database as a stopped server left it: in WAL mode, with no
 /// `-shm` beside it, and none can be made there, which SQLite needs to read
 /// a WAL database. Before, `restore` from it failed with "unable to open
-/// database file". It is read as it is, unless a `-wal` beside it may hold
-/// commits that are not in the file: those are read through a `-shm`
-/// that the snapshot caught too, and cannot be read without one (leaving
-/// them out would restore less than the snapshot holds).
+/// database file", and the listings said the file could not be written.
+/// It is read as it is, unless a `-wal` beside it may hold commits that
+/// are not in the file: those are read through a `-shm` that the snapshot
+/// caught too, and cannot be read without one (leaving them out would
+/// restore less than the snapshot holds).
 #[cfg(unix)]
 #[test]
-fn a_restore_reads_a_stopped_servers_database_from_a_read_only_directory() {
+fn a_stopped_servers_database_in_a_read_only_directory_can_be_listed_and_restored() {
     use std::os::unix::fs::PermissionsExt;
     let set_mode = |path: &Path, mode| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
@@ -543,54 +544,57 @@ fn a_restore_reads_a_stopped_servers_database_from_a_read_only_directory() {
     set_mode(&snapshot, 0o555);
     let listed_before = std::fs::read_dir(&snapshot).unwrap().count();
 
-    let restore = |from: &Path, into: &Path| {
-        without_root(
-            neptun_local()
-                .arg("--db")
-                .arg(into)
-                .arg("restore")
-                .arg(from),
+    let run = |db: &Path, args: &[&str]| {
+        let out = without_root(neptun_local().arg("--db").arg(db).args(args))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr_of(&out),
         )
-        .output()
-        .unwrap()
     };
-    let into = restored.join("neptun.db");
-    let out = restore(&stopped, &into);
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let chats = column::<String>(
-        &db::open_read_only(&into).unwrap(),
-        "SELECT name FROM chats",
-    );
-    assert_eq!(chats, ["In the snapshot"]);
-    let into = restored.join("caught.db");
-    let out = restore(&caught, &into);
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let chats = column::<String>(
-        &db::open_read_only(&into).unwrap(),
-        "SELECT name FROM chats",
-    );
-    assert_eq!(chats, ["In the snapshot", "Only in the WAL"]);
+    for (snapshotted, chats) in [
+        (&stopped, &["In the snapshot"][..]),
+        (&caught, &["In the snapshot", "Only in the WAL"]),
+    ] {
+        let (code, listed, err) = run(snapshotted, &["chat", "list", "alice"]);
+        assert_eq!(code, Some(0), "{err}");
+        for chat in chats {
+            assert!(listed.contains(chat), "{listed}");
+        }
+        let into = restored.join(snapshotted.file_name().unwrap());
+        let (code, _, err) = run(&into, &["restore", snapshotted.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{err}");
+        let conn = db::open_read_only(&into).unwrap();
+        assert_eq!(column::<String>(&conn, "SELECT name FROM chats"), chats);
+    }
 
     let refused_into = restored.join("refused.db");
-    let out = restore(&with_wal, &refused_into);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    let said = format!(
-        "{} cannot be restored from: {} may hold commits that are not in the database file \
-         yet, and SQLite reads them only through a -shm file beside it, which it cannot make \
-         here",
-        with_wal.display(),
+    let (code, _, err) = run(&refused_into, &["restore", with_wal.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    let wal_unread = format!(
+        "{} may hold commits that are not in the database file yet, and SQLite reads them \
+         only through a -shm file beside it, which it cannot make here",
         wal.display()
     );
-    assert!(stderr_of(&out).contains(&said), "{}", stderr_of(&out));
     assert!(
-        stderr_of(&out).contains(
-            "copy the database and its -wal file to a directory this user may write to, and \
-             name the copy; the database was left as it was"
-        ),
-        "{}",
-        stderr_of(&out)
+        err.contains(&format!(
+            "{} cannot be restored from: {wal_unread}",
+            with_wal.display()
+        )),
+        "{err}"
+    );
+    let advice = "copy the database and its -wal file to a directory this user may write to, \
+                  and name the copy";
+    assert!(
+        err.contains(&format!("{advice}; the database was left as it was")),
+        "{err}"
     );
     assert!(!refused_into.exists());
+    let (code, _, err) = run(&with_wal, &["chat", "list", "alice"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&wal_unread) && err.contains(advice), "{err}");
 
     // Nothing was made in the snapshot; opened so that it can be removed.
     assert_eq!(std::fs::read_dir(&snapshot).unwrap().count(), listed_before);
