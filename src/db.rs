@@ -250,8 +250,9 @@ fn configure_connection(
 /// A database in WAL mode is read through a `-shm` file, which SQLite
 /// makes beside it if there is none. Where it cannot (a file-system
 /// snapshot or a read-only mount of a stopped server's database, a
-/// directory of another user's), the file is read as it is, provided no
-/// `-wal` beside it holds commits that are not in it yet.
+/// directory of another user's), the file is read as it is, provided
+/// there is no `-wal` beside it, which a process that has it open keeps,
+/// and which can hold commits that are not in the file yet.
 pub fn open_read_only(path: &Path) -> Result<Connection> {
     match open_read_only_as(&sqlite_path(path), OpenFlags::SQLITE_OPEN_READ_ONLY) {
         // "unable to open database file" on a read-only file system, and
@@ -263,12 +264,12 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
                 Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly)
             ) && is_wal_file(path) =>
         {
+            // No lock is taken, but none is needed without a -wal: a
+            // process that has the database open keeps one, even empty.
             let wal = side_file(path, "-wal");
-            if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            if !matches!(std::fs::exists(&wal), Ok(false)) {
                 return Err(Error::NoAccess(wal_beyond_reach(path, &wal)));
             }
-            // No lock is taken, but none is needed: a process with the
-            // database open would have made a -wal, and none can be made.
             let immutable = file::immutable_uri(path).map_err(|_| e.clone())?;
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
             open_read_only_as(&immutable, flags).map_err(|_| e)
@@ -291,13 +292,14 @@ fn open_read_only_as(name: &Path, flags: OpenFlags) -> Result<Connection> {
     }
 }
 
-/// Why a database whose `-wal` holds commits cannot be read here, and what
-/// to do: SQLite reads a WAL only through a `-shm` file, and cannot make one.
+/// Why a database with a `-wal` beside it cannot be read here, and what to
+/// do: SQLite reads a WAL only through a `-shm` file, and cannot make one.
 fn wal_beyond_reach(path: &Path, wal: &Path) -> String {
     let cause = access::problem(path).map_or_else(String::new, |why| format!(" ({why})"));
     format!(
-        "{} may hold commits that are not in the database file yet, and SQLite reads them \
-         only through a -shm file beside it, which it cannot make here{cause}; copy the \
+        "{} is beside it, so a server may have the database open, or commits may be in \
+         that file only; SQLite reads it only through a -shm file beside it, which it \
+         cannot make here{cause}. If no server runs on it (in a snapshot, say), copy the \
          database and its -wal file to a directory this user may write to, and name the copy",
         wal.display()
     )

@@ -488,10 +488,10 @@ fn a_database_too_damaged_to_open_says_to_move_it_aside_and_restore_into_a_new_o
 /// `-shm` beside it, and none can be made there, which SQLite needs to read
 /// a WAL database. Before, `restore` from it failed with "unable to open
 /// database file", and the listings said the file could not be written.
-/// It is read as it is, unless a `-wal` beside it may hold commits that
-/// are not in the file: those are read through a `-shm` that the snapshot
-/// caught too, and cannot be read without one (leaving them out would
-/// restore less than the snapshot holds).
+/// It is read as it is, unless a `-wal` is beside it, which may hold
+/// commits that are not in the file: those are read through a `-shm` that
+/// the snapshot caught too, and cannot be read without one (leaving them
+/// out would restore less than the snapshot holds).
 #[cfg(unix)]
 #[test]
 fn a_stopped_servers_database_in_a_read_only_directory_can_be_listed_and_restored() {
@@ -574,8 +574,9 @@ fn a_stopped_servers_database_in_a_read_only_directory_can_be_listed_and_restore
     let (code, _, err) = run(&refused_into, &["restore", with_wal.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{err}");
     let wal_unread = format!(
-        "{} may hold commits that are not in the database file yet, and SQLite reads them \
-         only through a -shm file beside it, which it cannot make here",
+        "{} is beside it, so a server may have the database open, or commits may be in that \
+         file only; SQLite reads it only through a -shm file beside it, which it cannot make \
+         here",
         wal.display()
     );
     assert!(
@@ -585,8 +586,8 @@ fn a_stopped_servers_database_in_a_read_only_directory_can_be_listed_and_restore
         )),
         "{err}"
     );
-    let advice = "copy the database and its -wal file to a directory this user may write to, \
-                  and name the copy";
+    let advice = "If no server runs on it (in a snapshot, say), copy the database and its -wal \
+                  file to a directory this user may write to, and name the copy";
     assert!(
         err.contains(&format!("{advice}; the database was left as it was")),
         "{err}"
