@@ -165,6 +165,7 @@ pub enum UserCommand {
     /// Remove a user and its sessions (refused while it has chats, unless
     /// --with-chats deletes them too; that cannot be undone).
     Remove {
+        /// The user's id (as it appears in API paths).
         id: String,
         /// Also delete the user's chats, and everything that hangs off them.
         #[arg(long)]
@@ -176,6 +177,7 @@ pub enum UserCommand {
 pub enum SessionCommand {
     /// Create a session; prints only its token on stdout.
     New {
+        /// The user's id (as it appears in API paths).
         user_id: String,
         /// Lifetime, e.g. 7d, 12h, 30m, 90s.
         #[arg(long, default_value = "7d", value_parser = parse_ttl)]
@@ -185,6 +187,8 @@ pub enum SessionCommand {
     /// keeps it out of the process list and shell history), or with --user
     /// every session of a user.
     Revoke {
+        /// The token, as `session new` printed it, or "-" to read it from
+        /// stdin.
         #[arg(required_unless_present = "user", conflicts_with = "user")]
         token: Option<String>,
         /// Revoke every session of this user instead: signs them out
@@ -193,7 +197,10 @@ pub enum SessionCommand {
         user: Option<String>,
     },
     /// List a user's sessions (never their tokens).
-    List { user_id: String },
+    List {
+        /// The user's id (as it appears in API paths).
+        user_id: String,
+    },
     /// Delete expired sessions (the server also does this every 15 minutes).
     Prune,
 }
@@ -206,10 +213,14 @@ const MAX_NEW_CHAT_MESSAGES: u32 = 100_000;
 pub enum ChatCommand {
     /// List a user's chats: the ids that API paths take, with their messages,
     /// files and share.
-    List { user_id: String },
+    List {
+        /// The user's id (as it appears in API paths).
+        user_id: String,
+    },
     /// Add a chat, something to delete while a front end is developed or
     /// demonstrated; prints only its id on stdout.
     Add {
+        /// The user's id (as it appears in API paths).
         user_id: String,
         /// The chat's name (its title).
         name: String,
@@ -859,6 +870,30 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// `--help` shows a bare `<USER_ID>` for an argument without a doc
+    /// comment; six had none.
+    #[test]
+    fn every_command_and_argument_says_what_it_is() {
+        fn undocumented(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let builtin = ["help", "version"].contains(&arg.get_id().as_str());
+                if arg.get_help().is_none() && !builtin {
+                    found.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    found.push(path.clone());
+                }
+                undocumented(sub, &path, found);
+            }
+        }
+        let mut found = Vec::new();
+        undocumented(&Cli::command(), "neptun-local", &mut found);
+        assert_eq!(found, Vec::<String>::new());
     }
 
     #[test]
