@@ -1,7 +1,8 @@
 //! The database file on disk: the name SQLite must be given for it, where
 //! a symbolic link to it leads (SQLite keeps its other files there), how a
-//! new one is made, how a copy that `backup` wrote is told apart, and how
-//! a file that SQLite cannot make its `-shm` beside is named to be read.
+//! new one is made, how a copy that `backup` wrote is told apart, and the
+//! URI that reads a file as it is where SQLite cannot make a `-shm` beside
+//! it.
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
