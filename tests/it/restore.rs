@@ -508,10 +508,11 @@ fn a_stopped_servers_database_in_a_read_only_directory_can_be_listed_and_restore
     }
     set_mode(&restored, 0o777);
 
-    // As a stopped server leaves it, and with a -wal that was not
-    // checkpointed (as a snapshot of a server killed mid-commit has).
-    let stopped = snapshot.join("neptun.db");
-    let with_wal = snapshot.join("with wal?#%.db");
+    // As a stopped server leaves it (named so that it must be escaped in
+    // a URI), and with a -wal that holds a commit but no -shm, as a backup
+    // tool that skips -shm files leaves a running server's database.
+    let stopped = snapshot.join("stopped ?#%.db");
+    let with_wal = snapshot.join("with-wal.db");
     for args in [
         &["user", "add", "alice"][..],
         &["chat", "add", "alice", "In the snapshot"],
