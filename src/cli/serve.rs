@@ -159,11 +159,7 @@ fn watch_database_file(
     shutdown: ShutdownHandle,
 ) -> Result<(FileWatch, Gone), Error> {
     let gone = Gone::default();
-    let files = [
-        db_path.to_owned(),
-        db::side_file(db_path, "-wal"),
-        db::side_file(db_path, "-shm"),
-    ];
+    let files = db::database_files(db_path);
     let watch = {
         let gone = Arc::clone(&gone);
         FileWatch::start(&files, file_watch::CHECK_EVERY, move |file, what| {

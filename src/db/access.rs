@@ -16,8 +16,7 @@ pub fn problem(path: &Path) -> Option<String> {
 
     // In WAL mode SQLite keeps two more files beside the database, and
     // creates and removes them as it opens and closes it.
-    let side_file = |suffix| super::side_file(path, suffix);
-    for file in [path.to_owned(), side_file("-wal"), side_file("-shm")] {
+    for file in super::database_files(path) {
         if !file.exists() {
             continue;
         }

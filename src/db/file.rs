@@ -59,6 +59,16 @@ pub fn side_file(path: &Path, suffix: &str) -> PathBuf {
     name.into()
 }
 
+/// The database file at `path`, and the `-wal` and `-shm` files that
+/// SQLite keeps beside it in WAL mode (see [`side_file`]).
+pub fn database_files(path: &Path) -> [PathBuf; 3] {
+    [
+        path.to_owned(),
+        side_file(path, "-wal"),
+        side_file(path, "-shm"),
+    ]
+}
+
 /// `shown`, the name of `path` for a person, and if `path` is a symbolic
 /// link, the file it points to, where SQLite's other files are.
 pub fn describe(shown: &Path, path: &Path) -> String {

@@ -238,7 +238,6 @@ fn an_unusable_database_is_reported_with_its_path() {
 #[test]
 fn a_missing_permission_is_named_with_the_file_or_directory() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     use std::path::Path;
     let set_mode = |path: &Path, mode| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
@@ -247,10 +246,7 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     let as_root = unsafe { libc::geteuid() } == 0;
     let command = |db: &Path, args: &[&str]| {
         let mut command = neptun_local();
-        command.arg("--db").arg(db).args(args);
-        if as_root {
-            command.uid(65534).gid(65534);
-        }
+        without_root(command.arg("--db").arg(db).args(args));
         command
     };
     let run = |db: &Path, args: &[&str]| {

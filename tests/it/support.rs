@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use rusqlite::OptionalExtension;
 
 use neptun_local::auth::{self, Token};
+/// Every test names the database's files as the server does.
+pub use neptun_local::db::database_files;
 use neptun_local::db::{self, Actor, Database, NewFile, NewSession};
 
 const BIN: &str = env!("CARGO_BIN_EXE_neptun-local");
@@ -717,15 +719,6 @@ pub fn damage(db_path: &Path, names: &[&str]) {
 }
 
 /// `integrity_check` is ok and `foreign_key_check` finds nothing.
-/// The database file and SQLite's `-wal` and `-shm` beside it.
-pub fn database_files(db_path: &Path) -> [PathBuf; 3] {
-    [
-        db_path.to_owned(),
-        db::side_file(db_path, "-wal"),
-        db::side_file(db_path, "-shm"),
-    ]
-}
-
 pub fn assert_consistent(conn: &rusqlite::Connection) {
     let integrity: Vec<String> = column(conn, "PRAGMA integrity_check");
     assert_eq!(integrity, ["ok"]);
