@@ -207,14 +207,24 @@ fn add_chats(db: &Database, user: &str, chats: usize, messages: usize) -> Vec<i6
     ids
 }
 
-/// Times one in-process delete.
-fn time_delete(db: &Database, chat: i64) -> Duration {
+/// Times one in-process delete of `USER`'s `chat`, asked by the session
+/// whose token has the hash `session`.
+fn time_delete(db: &Database, session: &[u8; 32], chat: i64) -> Duration {
     let t = Instant::now();
-    assert!(
-        db.delete_chat(USER, chat).unwrap(),
+    assert_eq!(
+        db.delete_chat(USER, chat, session).unwrap(),
+        db::Deletion::Deleted,
         "chat {chat} was not deleted"
     );
     t.elapsed()
+}
+
+/// A new session of `USER`, who must exist: the hash of its token, which a
+/// delete names.
+fn session(db: &Database) -> [u8; 32] {
+    auth::new_session(db, USER, auth::DEFAULT_SESSION_TTL)
+        .unwrap()
+        .hash()
 }
 
 /// Waits until the upkeep thread of whichever process has the database at
@@ -274,10 +284,16 @@ fn scaling(dir: &Path, quick: bool) -> String {
         .into_iter()
         .zip(add_chats(&large, USER, sample, 20))
         .collect();
+    let (on_small_as, on_large_as) = (session(&small), session(&large));
     thread::sleep(Duration::from_millis(500)); // let upkeep settle
     let (small_times, large_times) = pairs
         .iter()
-        .map(|&(a, b)| (time_delete(&small, a), time_delete(&large, b)))
+        .map(|&(a, b)| {
+            (
+                time_delete(&small, &on_small_as, a),
+                time_delete(&large, &on_large_as, b),
+            )
+        })
         .unzip();
     let (on_small, on_large) = (median(small_times), median(large_times));
     small_upkeep.stop();
@@ -300,12 +316,13 @@ fn scaling(dir: &Path, quick: bool) -> String {
         .iter()
         .map(|&size| add_chats(&db, USER, (200_000 / size).clamp(5, per_size), size))
         .collect();
+    let signed_in = session(&db);
     let mut times: Vec<Vec<Duration>> = vec![vec![]; sizes.len()];
     for round in 0..per_size {
         for (of_size, times) in chats.iter().zip(&mut times) {
             if let Some(&chat) = of_size.get(round) {
                 wait_for_upkeep(db.path());
-                times.push(time_delete(&db, chat));
+                times.push(time_delete(&db, &signed_in, chat));
             }
         }
     }
@@ -353,6 +370,7 @@ enum Upkeep {
 /// only after it), no HTTP.
 fn in_process(path: &Path, ids: &[i64], threads: usize, upkeep: Upkeep) -> Phase {
     let db = Database::open(path, &db::Settings::default()).unwrap();
+    let signed_in = session(&db);
     let start_upkeep = || Maintenance::start(db.clone(), Pacing::default()).unwrap();
     let during = (upkeep == Upkeep::During).then(start_upkeep);
     let cpu_before = cpu_time(std::process::id());
@@ -360,10 +378,12 @@ fn in_process(path: &Path, ids: &[i64], threads: usize, upkeep: Upkeep) -> Phase
     let latencies = thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let db = &db;
+                let (db, signed_in) = (&db, &signed_in);
                 s.spawn(move || {
                     let share = ids.iter().skip(t).step_by(threads);
-                    share.map(|&id| time_delete(db, id)).collect::<Vec<_>>()
+                    share
+                        .map(|&id| time_delete(db, signed_in, id))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();

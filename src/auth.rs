@@ -170,11 +170,20 @@ pub fn now_unix() -> i64 {
     i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Resolves the session cookie to the id of its user.
+/// The live session a request was authenticated with.
+#[derive(Debug)]
+pub struct Session {
+    pub user_id: String,
+    /// The SHA-256 of its token, with which a delete looks the session up
+    /// again as it commits (see [`Database::delete_chat`]).
+    pub token_hash: [u8; 32],
+}
+
+/// Resolves the session cookie to its live session.
 pub fn authenticate<'a>(
     db: &Database,
     cookie_headers: impl IntoIterator<Item = &'a str>,
-) -> Result<Result<String, AuthFailure>, db::Error> {
+) -> Result<Result<Session, AuthFailure>, db::Error> {
     let value = match find_session_cookie(cookie_headers) {
         SessionCookie::Missing => return Ok(Err(AuthFailure::NoCookie)),
         SessionCookie::Conflicting => return Ok(Err(AuthFailure::Refused(Refusal::Conflicting))),
@@ -183,12 +192,16 @@ pub fn authenticate<'a>(
     let Some(token) = Token::parse(value) else {
         return Ok(Err(AuthFailure::Refused(Refusal::Malformed)));
     };
-    Ok(match db.find_session(&token.hash())? {
+    let token_hash = token.hash();
+    Ok(match db.find_session(&token_hash)? {
         None => Err(AuthFailure::Refused(Refusal::Unknown)),
         Some((_, expires_at)) if expires_at <= now_unix() => {
             Err(AuthFailure::Refused(Refusal::Expired))
         }
-        Some((user_id, _)) => Ok(user_id),
+        Some((user_id, _)) => Ok(Session {
+            user_id,
+            token_hash,
+        }),
     })
 }
 

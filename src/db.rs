@@ -330,7 +330,7 @@ pub struct Database {
     settings: Settings,
     writes: Arc<WriteSignal>,
     write_turn: WriteTurn,
-    deletes: Arc<GroupCommit<ChatToDelete, Result<bool>>>,
+    deletes: Arc<GroupCommit<ChatToDelete, Result<Deletion>>>,
     /// After `pool`: fields are dropped in order, and this waits for the
     /// pool's connections to close once the last handle is gone.
     _pool_tasks: Arc<PoolTasks>,
@@ -391,6 +391,21 @@ fn take_turn(turn: &WriteTurn) -> FairMutexGuard<'_, ()> {
 struct ChatToDelete {
     user_id: String,
     chat_id: i64,
+    /// The SHA-256 of the token of the session that asked.
+    session: [u8; 32],
+}
+
+/// What a delete did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// The chat and every row that hung off it are gone, for good.
+    Deleted,
+    /// The user has no chat with this id. Nothing was changed.
+    NoSuchChat,
+    /// The session that asked was gone when the delete's turn to write
+    /// came: revoked, or its user removed, after the request was
+    /// authenticated. Nothing was changed.
+    SessionGone,
 }
 
 /// How long opening waits for the pool's connections to be opened and set
@@ -624,16 +639,25 @@ impl Database {
     }
 
     /// Deletes the chat if and only if it exists and belongs to `user_id`,
-    /// with every row that hangs off it. Returns whether a chat was deleted,
+    /// and `user_id`'s session whose token has the hash `session` still
+    /// exists, with every row that hangs off the chat. Returns what it did,
     /// once that is committed (and, with [`Durability::Full`], synced).
+    ///
+    /// The session is looked up again in the transaction that deletes,
+    /// though the caller authenticated the request with it: a delete can
+    /// wait for its turn to write (behind a batch, or behind another
+    /// process's lock for up to the busy timeout), and once a command that
+    /// revokes the session (`session revoke`, `user remove`, a `restore` of
+    /// a copy without it) has returned, the session must delete nothing.
     ///
     /// Concurrent calls are committed together (see `GroupCommit`): one
     /// transaction and one sync for the batch. One that fails is undone,
     /// and the others still commit.
-    pub fn delete_chat(&self, user_id: &str, chat_id: i64) -> Result<bool> {
+    pub fn delete_chat(&self, user_id: &str, chat_id: i64, session: &[u8; 32]) -> Result<Deletion> {
         let job = ChatToDelete {
             user_id: user_id.to_owned(),
             chat_id,
+            session: *session,
         };
         self.deletes
             .submit(job, |batch| self.delete_chats_together(&batch))
@@ -648,8 +672,8 @@ impl Database {
     /// after the chat's row is gone, and that is not reverted. Committing
     /// the rest would keep half a chat. So a failure rolls back the whole
     /// transaction, and the batch runs again without the failed delete.
-    fn delete_chats_together(&self, batch: &[ChatToDelete]) -> Vec<Result<bool>> {
-        let mut results: Vec<Option<Result<bool>>> = vec![None; batch.len()];
+    fn delete_chats_together(&self, batch: &[ChatToDelete]) -> Vec<Result<Deletion>> {
+        let mut results: Vec<Option<Result<Deletion>>> = vec![None; batch.len()];
         loop {
             let pending: Vec<usize> = (0..batch.len()).filter(|&i| results[i].is_none()).collect();
             if pending.is_empty() {
@@ -662,7 +686,7 @@ impl Database {
             let committed = self.write(|tx| {
                 for &i in &pending {
                     match delete_one_chat(tx, &batch[i]) {
-                        Ok(found) => deleted.push((i, found)),
+                        Ok(deletion) => deleted.push((i, deletion)),
                         Err(e) => {
                             // On some errors (a full disk, I/O) SQLite has
                             // rolled back the whole transaction itself:
@@ -678,8 +702,8 @@ impl Database {
             });
             match (committed, failed_alone) {
                 (Ok(()), _) => {
-                    for (i, found) in deleted {
-                        results[i] = Some(Ok(found));
+                    for (i, deletion) in deleted {
+                        results[i] = Some(Ok(deletion));
                     }
                 }
                 (Err(e), Some(i)) => results[i] = Some(Err(e)),
@@ -887,11 +911,20 @@ fn explain_full(conn: &Connection, e: Error) -> Error {
     e
 }
 
-/// Deletes one chat if it belongs to the user; the cascade takes the rest.
-fn delete_one_chat(conn: &Connection, job: &ChatToDelete) -> Result<bool> {
+/// Deletes one chat if it belongs to the user and the session that asked
+/// is still there (why: [`Database::delete_chat`]); the cascade takes the
+/// rest.
+fn delete_one_chat(conn: &Connection, job: &ChatToDelete) -> Result<Deletion> {
+    let mut session = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM sessions WHERE token_hash = ?1 AND user_id = ?2)",
+    )?;
+    if !session.query_row(params![&job.session[..], job.user_id], |r| r.get(0))? {
+        return Ok(Deletion::SessionGone);
+    }
     let mut stmt = conn.prepare_cached("DELETE FROM chats WHERE id = ?1 AND user_id = ?2")?;
     match stmt.execute(params![job.chat_id, job.user_id]) {
-        Ok(deleted) => Ok(deleted == 1),
+        Ok(1) => Ok(Deletion::Deleted),
+        Ok(_) => Ok(Deletion::NoSuchChat),
         // The cascade deletes every row that points at the chat, so a row
         // left pointing at it means that an index hid that row from the
         // cascade: damage, which `doctor` finds and says how to repair.
@@ -921,6 +954,21 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::open(&dir.path().join("t.db"), &Settings::default()).unwrap();
         (dir, db)
+    }
+
+    /// Adds a session of `user`, an existing user, and returns its token's
+    /// hash, which a delete names. One per user: the hash is made of its id.
+    pub(crate) fn signed_in(db: &Database, user: &str) -> [u8; 32] {
+        let mut token_hash = [0; 32];
+        token_hash[..user.len()].copy_from_slice(user.as_bytes());
+        db.add_session(&NewSession {
+            token_hash,
+            user_id: user,
+            created_at: 0,
+            expires_at: i64::MAX,
+        })
+        .unwrap();
+        token_hash
     }
 
     #[test]
@@ -1131,9 +1179,10 @@ pub(crate) mod tests {
     /// in one batch.
     fn delete_batch_whose_middle_fails(
         trigger: &str,
-    ) -> (tempfile::TempDir, Database, Vec<i64>, Vec<Result<bool>>) {
+    ) -> (tempfile::TempDir, Database, Vec<i64>, Vec<Result<Deletion>>) {
         let (dir, db) = open_temp();
         db.add_user("a", None).unwrap();
+        let session = signed_in(&db, "a");
         let chats: Vec<i64> = db
             .write(|tx| {
                 ["first", "failing", "last"]
@@ -1151,7 +1200,7 @@ pub(crate) mod tests {
             .unwrap();
         db.with_connection(|c| Ok(c.execute_batch(trigger)?))
             .unwrap();
-        let results = db.delete_chats_together(&jobs(&chats));
+        let results = db.delete_chats_together(&jobs(&chats, session));
         (dir, db, chats, results)
     }
 
@@ -1175,12 +1224,13 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    fn jobs(chats: &[i64]) -> Vec<ChatToDelete> {
+    fn jobs(chats: &[i64], session: [u8; 32]) -> Vec<ChatToDelete> {
         chats
             .iter()
             .map(|&chat_id| ChatToDelete {
                 user_id: "a".into(),
                 chat_id,
+                session,
             })
             .collect()
     }
@@ -1192,7 +1242,10 @@ pub(crate) mod tests {
         let (_dir, db, chats, results) =
             delete_batch_whose_middle_fails(&refuse_the_failing_chat("ABORT, 'refused'"));
         assert!(
-            matches!(results[..], [Ok(true), Err(_), Ok(true)]),
+            matches!(
+                results[..],
+                [Ok(Deletion::Deleted), Err(_), Ok(Deletion::Deleted)]
+            ),
             "{results:?}"
         );
         assert_eq!(messages_of(&db, chats[1]), 2, "the refused chat is intact");
@@ -1211,7 +1264,10 @@ pub(crate) mod tests {
              BEGIN SELECT RAISE(FAIL, 'half done'); END;",
         );
         assert!(
-            matches!(results[..], [Ok(true), Err(_), Ok(true)]),
+            matches!(
+                results[..],
+                [Ok(Deletion::Deleted), Err(_), Ok(Deletion::Deleted)]
+            ),
             "{results:?}"
         );
         assert_eq!(messages_of(&db, chats[1]), 2, "the failed chat is whole");
@@ -1258,6 +1314,7 @@ pub(crate) mod tests {
         let (_dir, db) = open_temp();
         db.add_user("a", None).unwrap();
         db.add_user("b", None).unwrap();
+        let session = signed_in(&db, "a");
         let chats: Vec<i64> = db
             .write(|tx| {
                 (0..64)
@@ -1271,14 +1328,14 @@ pub(crate) mod tests {
             .unwrap();
         // Every chat is deleted as user "a": the even ones are a's and go,
         // the odd ones are b's and must stay, whichever batch they land in.
-        let answers: Vec<(i64, bool)> = std::thread::scope(|s| {
+        let answers: Vec<(i64, Deletion)> = std::thread::scope(|s| {
             let threads: Vec<_> = chats
                 .chunks(8)
                 .map(|chunk| {
                     s.spawn(|| {
                         chunk
                             .iter()
-                            .map(|&c| (c, db.delete_chat("a", c).unwrap()))
+                            .map(|&c| (c, db.delete_chat("a", c, &session).unwrap()))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -1288,8 +1345,12 @@ pub(crate) mod tests {
                 .flat_map(|t| t.join().unwrap())
                 .collect()
         });
-        for (i, (chat, deleted)) in answers.into_iter().enumerate() {
-            assert_eq!(deleted, i % 2 == 0, "chat {chat}");
+        for (i, (chat, deletion)) in answers.into_iter().enumerate() {
+            let expected = match i % 2 {
+                0 => Deletion::Deleted,
+                _ => Deletion::NoSuchChat,
+            };
+            assert_eq!(deletion, expected, "chat {chat}");
             assert_eq!(messages_of(&db, chat), i64::from(i % 2 == 1), "chat {chat}");
         }
     }
@@ -1306,14 +1367,43 @@ pub(crate) mod tests {
                 Ok(chat)
             })
             .unwrap();
-        assert!(!db.delete_chat("b", chat).unwrap());
-        assert!(db.delete_chat("a", chat).unwrap());
-        assert!(!db.delete_chat("a", chat).unwrap());
+        let (a, b) = (signed_in(&db, "a"), signed_in(&db, "b"));
+        assert_eq!(db.delete_chat("b", chat, &b).unwrap(), Deletion::NoSuchChat);
+        assert_eq!(db.delete_chat("a", chat, &a).unwrap(), Deletion::Deleted);
+        assert_eq!(db.delete_chat("a", chat, &a).unwrap(), Deletion::NoSuchChat);
         let orphans: i64 = db
             .with_connection(
                 |c| Ok(c.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?),
             )
             .unwrap();
         assert_eq!(orphans, 0);
+    }
+
+    /// The session is looked up again as the chat is deleted: one revoked
+    /// (or another user's) deletes nothing, whatever was checked before.
+    #[test]
+    fn a_delete_needs_its_session_to_exist_when_it_commits() {
+        let (_dir, db) = open_temp();
+        db.add_user("a", None).unwrap();
+        db.add_user("b", None).unwrap();
+        let chat = db
+            .write(|tx| {
+                let chat = insert_chat(tx, "a", "c", "m")?;
+                insert_message(tx, chat, Actor::User, "hi")?;
+                Ok(chat)
+            })
+            .unwrap();
+        let (a, b) = (signed_in(&db, "a"), signed_in(&db, "b"));
+        assert_eq!(
+            db.delete_chat("a", chat, &b).unwrap(),
+            Deletion::SessionGone,
+            "b's session is not a's"
+        );
+        assert!(db.delete_session(&a).unwrap());
+        assert_eq!(
+            db.delete_chat("a", chat, &a).unwrap(),
+            Deletion::SessionGone
+        );
+        assert_eq!(messages_of(&db, chat), 1, "the chat is whole");
     }
 }

@@ -426,7 +426,11 @@ mod tests {
                 Ok(chat)
             })
             .unwrap();
-        assert!(db.delete_chat("u", chat).unwrap());
+        let session = db::tests::signed_in(&db, "u");
+        assert_eq!(
+            db.delete_chat("u", chat, &session).unwrap(),
+            db::Deletion::Deleted
+        );
         assert!(upkeep.wal_content().is_some());
 
         db.wait_for_writes(Duration::ZERO);
@@ -506,7 +510,11 @@ mod tests {
         };
         let deleted = add_chat();
         add_chat();
-        assert!(db.delete_chat("u", deleted).unwrap());
+        let session = db::tests::signed_in(&db, "u");
+        assert_eq!(
+            db.delete_chat("u", deleted, &session).unwrap(),
+            db::Deletion::Deleted
+        );
         let upkeep = db.upkeep_connection().unwrap();
         assert_eq!(upkeep.copy_wal().unwrap(), Step::Done);
         assert_eq!(upkeep.truncate_wal().unwrap(), Step::Done);

@@ -15,10 +15,12 @@
 //! 3. the chat id must be a canonical positive integer (400);
 //! 4. the path's user must be the session's user (404 "User not found");
 //! 5. the delete itself is scoped to the owner in SQL (404 "Chat not found"
-//!    whether the chat does not exist or belongs to someone else).
+//!    whether the chat does not exist or belongs to someone else), in a
+//!    transaction that first looks the session up again (401 if it was
+//!    revoked since step 2).
 
-use crate::auth::{self, AuthFailure};
-use crate::db::{self, Database};
+use crate::auth::{self, AuthFailure, Session};
+use crate::db::{self, Database, Deletion};
 use crate::guard::Policy;
 use crate::http::{ApiError, Caller, Request, Response};
 
@@ -97,21 +99,24 @@ fn delete_chat(
     path_user_id: &str,
     chat_id: &str,
 ) -> Result<Response, ApiError> {
-    let session_user = authenticate(app, request)?;
+    let session = authenticate(app, request)?;
     let chat_id = parse_chat_id(chat_id)?;
-    if path_user_id != session_user {
+    if path_user_id != session.user_id {
         return Err(ApiError::NotSessionsUser);
     }
-    if app
+    match app
         .db
-        .delete_chat(&session_user, chat_id)
+        .delete_chat(&session.user_id, chat_id, &session.token_hash)
         .map_err(database_failure)?
     {
-        Ok(Response::json(200, &serde_json::Value::Bool(true)))
-    } else {
-        Err(ApiError::ChatNotFound {
+        Deletion::Deleted => Ok(Response::json(200, &serde_json::Value::Bool(true))),
+        Deletion::NoSuchChat => Err(ApiError::ChatNotFound {
             why: why_no_chat(app, chat_id),
-        })
+        }),
+        Deletion::SessionGone => Err(ApiError::InvalidSession {
+            why: "the session was revoked, or its user removed, while the delete waited \
+                  for its turn to write",
+        }),
     }
 }
 
@@ -131,10 +136,10 @@ fn why_no_chat(app: &App, chat_id: i64) -> Option<&'static str> {
     }
 }
 
-/// Cookie → session → user id, or 401.
-fn authenticate(app: &App, request: &Request) -> Result<String, ApiError> {
+/// Cookie → session, or 401.
+fn authenticate(app: &App, request: &Request) -> Result<Session, ApiError> {
     match auth::authenticate(&app.db, request.header_values("Cookie")).map_err(database_failure)? {
-        Ok(user_id) => Ok(user_id),
+        Ok(session) => Ok(session),
         Err(AuthFailure::NoCookie) => Err(ApiError::NoSessionCookie {
             from: Caller::of(request),
         }),

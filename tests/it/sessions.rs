@@ -1,6 +1,8 @@
 //! Sessions end to end: minted by the CLI, stored only as hashes, expiring,
 //! revocable, and never logged.
 
+use std::time::Duration;
+
 use crate::support::*;
 use neptun_local::auth::Token;
 
@@ -134,6 +136,47 @@ fn all_of_a_users_sessions_can_be_revoked_at_once() {
     server
         .delete(&format!("/api/users/bob/chats/{}", bobs_chat.chat), &bobs)
         .assert_true();
+}
+
+/// A delete is authenticated when it arrives, but may wait for its turn to
+/// write (here behind another process's write lock, as behind a `restore`
+/// or a `backup`'s commit). A session revoked in the meantime must delete
+/// nothing: once `session revoke` (or `user remove`, or a `restore`) has
+/// returned, its token deletes nothing more. It used to delete the chat
+/// and answer `200`.
+#[test]
+fn a_session_revoked_while_its_delete_waits_deletes_nothing() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let chat = seed_chat(&db, "alice", "bob");
+    let path = format!("/api/users/alice/chats/{}", chat.chat);
+    let mut locker = server.sql();
+    let revoke = locker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    std::thread::scope(|s| {
+        let waiting = s.spawn(|| server.delete(&path, &token));
+        // Authenticated at once (a read), then waiting for the write lock,
+        // which the busy timeout (5 s) lets it do.
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!waiting.is_finished(), "the delete waits for the lock");
+        let hash = Token::parse(&token).unwrap().hash();
+        let revoked = revoke
+            .execute("DELETE FROM sessions WHERE token_hash = ?1", [&hash[..]])
+            .unwrap();
+        assert_eq!(revoked, 1);
+        revoke.commit().unwrap();
+        waiting.join().unwrap().assert_error(401, "Unauthorized");
+    });
+    assert_fully_present(&locker, &chat);
+    assert_consistent(&locker);
+    // The log line says why, for the person who ran the revoke.
+    let line = format!("DELETE {path} 401 ");
+    let log = server.log_with(&[&line]);
+    assert!(
+        log.lines().any(|l| l.contains(&line)
+            && l.contains("revoked, or its user removed, while the delete waited")),
+        "{log}"
+    );
 }
 
 #[test]
