@@ -402,10 +402,10 @@ pub enum Deletion {
     Deleted,
     /// The user has no chat with this id. Nothing was changed.
     NoSuchChat,
-    /// The session that asked was gone when the delete's turn to write
-    /// came: revoked, or its user removed, after the request was
+    /// The session that asked had ended when the delete's turn to write
+    /// came: revoked, expired, or its user removed, after the request was
     /// authenticated. Nothing was changed.
-    SessionGone,
+    SessionEnded,
 }
 
 /// How long opening waits for the pool's connections to be opened and set
@@ -639,8 +639,8 @@ impl Database {
     }
 
     /// Deletes the chat if and only if it exists and belongs to `user_id`,
-    /// and `user_id`'s session whose token has the hash `session` still
-    /// exists, with every row that hangs off the chat. Returns what it did,
+    /// and `user_id`'s session whose token has the hash `session` is still
+    /// live, with every row that hangs off the chat. Returns what it did,
     /// once that is committed (and, with [`Durability::Full`], synced).
     ///
     /// The session is looked up again in the transaction that deletes,
@@ -648,7 +648,8 @@ impl Database {
     /// wait for its turn to write (behind a batch, or behind another
     /// process's lock for up to the busy timeout), and once a command that
     /// revokes the session (`session revoke`, `user remove`, a `restore` of
-    /// a copy without it) has returned, the session must delete nothing.
+    /// a copy without it) has returned, or the session has expired, the
+    /// session must delete nothing.
     ///
     /// Concurrent calls are committed together (see `GroupCommit`): one
     /// transaction and one sync for the batch. One that fails is undone,
@@ -912,14 +913,16 @@ fn explain_full(conn: &Connection, e: Error) -> Error {
 }
 
 /// Deletes one chat if it belongs to the user and the session that asked
-/// is still there (why: [`Database::delete_chat`]); the cascade takes the
+/// is still live (why: [`Database::delete_chat`]); the cascade takes the
 /// rest.
 fn delete_one_chat(conn: &Connection, job: &ChatToDelete) -> Result<Deletion> {
+    // unixepoch(): the clock `auth::now_unix` reads, at this moment.
     let mut session = conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM sessions WHERE token_hash = ?1 AND user_id = ?2)",
+        "SELECT EXISTS (SELECT 1 FROM sessions
+                        WHERE token_hash = ?1 AND user_id = ?2 AND expires_at > unixepoch())",
     )?;
     if !session.query_row(params![&job.session[..], job.user_id], |r| r.get(0))? {
-        return Ok(Deletion::SessionGone);
+        return Ok(Deletion::SessionEnded);
     }
     let mut stmt = conn.prepare_cached("DELETE FROM chats WHERE id = ?1 AND user_id = ?2")?;
     match stmt.execute(params![job.chat_id, job.user_id]) {
@@ -1379,10 +1382,11 @@ pub(crate) mod tests {
         assert_eq!(orphans, 0);
     }
 
-    /// The session is looked up again as the chat is deleted: one revoked
-    /// (or another user's) deletes nothing, whatever was checked before.
+    /// The session is looked up again as the chat is deleted: one revoked,
+    /// expired or another user's deletes nothing, whatever was checked
+    /// before.
     #[test]
-    fn a_delete_needs_its_session_to_exist_when_it_commits() {
+    fn a_delete_needs_its_session_to_be_live_when_it_commits() {
         let (_dir, db) = open_temp();
         db.add_user("a", None).unwrap();
         db.add_user("b", None).unwrap();
@@ -1396,13 +1400,27 @@ pub(crate) mod tests {
         let (a, b) = (signed_in(&db, "a"), signed_in(&db, "b"));
         assert_eq!(
             db.delete_chat("a", chat, &b).unwrap(),
-            Deletion::SessionGone,
+            Deletion::SessionEnded,
             "b's session is not a's"
+        );
+        let expired = [b'x'; 32];
+        db.add_session(&NewSession {
+            token_hash: expired,
+            user_id: "a",
+            created_at: 0,
+            expires_at: crate::auth::now_unix(),
+        })
+        .unwrap();
+        assert_eq!(
+            db.delete_chat("a", chat, &expired).unwrap(),
+            Deletion::SessionEnded,
+            "an expired session"
         );
         assert!(db.delete_session(&a).unwrap());
         assert_eq!(
             db.delete_chat("a", chat, &a).unwrap(),
-            Deletion::SessionGone
+            Deletion::SessionEnded,
+            "a revoked session"
         );
         assert_eq!(messages_of(&db, chat), 1, "the chat is whole");
     }

@@ -17,7 +17,7 @@
 //! 5. the delete itself is scoped to the owner in SQL (404 "Chat not found"
 //!    whether the chat does not exist or belongs to someone else), in a
 //!    transaction that first looks the session up again (401 if it was
-//!    revoked since step 2).
+//!    revoked, or expired, since step 2).
 
 use crate::auth::{self, AuthFailure, Session};
 use crate::db::{self, Database, Deletion};
@@ -113,9 +113,9 @@ fn delete_chat(
         Deletion::NoSuchChat => Err(ApiError::ChatNotFound {
             why: why_no_chat(app, chat_id),
         }),
-        Deletion::SessionGone => Err(ApiError::InvalidSession {
-            why: "the session was revoked, or its user removed, while the delete waited \
-                  for its turn to write",
+        Deletion::SessionEnded => Err(ApiError::InvalidSession {
+            why: "the session was revoked, expired or its user removed while the delete \
+                  waited for its turn to write",
         }),
     }
 }

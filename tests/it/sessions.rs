@@ -174,7 +174,7 @@ fn a_session_revoked_while_its_delete_waits_deletes_nothing() {
     let log = server.log_with(&[&line]);
     assert!(
         log.lines().any(|l| l.contains(&line)
-            && l.contains("revoked, or its user removed, while the delete waited")),
+            && l.contains("revoked, expired or its user removed while the delete waited")),
         "{log}"
     );
 }
