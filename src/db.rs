@@ -1358,9 +1358,11 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn delete_chat_is_scoped_to_the_owner() {
-        let (_dir, db) = open_temp();
+    /// Users "a" and "b", a chat of a's with one message, and a session of
+    /// each (their token hashes, a's first).
+    fn a_chat_of_a_and_sessions_of_a_and_b()
+    -> (tempfile::TempDir, Database, i64, [u8; 32], [u8; 32]) {
+        let (dir, db) = open_temp();
         db.add_user("a", None).unwrap();
         db.add_user("b", None).unwrap();
         let chat = db
@@ -1371,6 +1373,12 @@ pub(crate) mod tests {
             })
             .unwrap();
         let (a, b) = (signed_in(&db, "a"), signed_in(&db, "b"));
+        (dir, db, chat, a, b)
+    }
+
+    #[test]
+    fn delete_chat_is_scoped_to_the_owner() {
+        let (_dir, db, chat, a, b) = a_chat_of_a_and_sessions_of_a_and_b();
         assert_eq!(db.delete_chat("b", chat, &b).unwrap(), Deletion::NoSuchChat);
         assert_eq!(db.delete_chat("a", chat, &a).unwrap(), Deletion::Deleted);
         assert_eq!(db.delete_chat("a", chat, &a).unwrap(), Deletion::NoSuchChat);
@@ -1387,17 +1395,7 @@ pub(crate) mod tests {
     /// before.
     #[test]
     fn a_delete_needs_its_session_to_be_live_when_it_commits() {
-        let (_dir, db) = open_temp();
-        db.add_user("a", None).unwrap();
-        db.add_user("b", None).unwrap();
-        let chat = db
-            .write(|tx| {
-                let chat = insert_chat(tx, "a", "c", "m")?;
-                insert_message(tx, chat, Actor::User, "hi")?;
-                Ok(chat)
-            })
-            .unwrap();
-        let (a, b) = (signed_in(&db, "a"), signed_in(&db, "b"));
+        let (_dir, db, chat, a, b) = a_chat_of_a_and_sessions_of_a_and_b();
         assert_eq!(
             db.delete_chat("a", chat, &b).unwrap(),
             Deletion::SessionEnded,
