@@ -23,6 +23,8 @@
 //!   panic at its first request (the peer address it could not take is
 //!   unwrapped): that panic drops only the connection, and the server
 //!   serves on (also in [`log_panics_and_exit_if_the_transport_panics`]);
+//!   the thread is replaced at once, since a connection queued for it
+//!   would wait for no one (`SpareThreads::connection_thread_lost`);
 //! - after answering a request whose body it has not read, tiny_http waits
 //!   for that body until the client sends it or closes: such requests are
 //!   answered on a thread of their own (`answer_off_the_worker`), so that
@@ -42,7 +44,7 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::Instant;
 
@@ -155,6 +157,7 @@ impl HttpServer {
     where
         H: Fn(&Request) -> Response + Send + Sync + 'static,
     {
+        let _registered = Registered::while_serving(&self.spares);
         let handler = Arc::new(handler);
         let shutdown = self.shutdown_handle(workers);
         let threads: Vec<_> = (0..workers)
@@ -172,16 +175,14 @@ impl HttpServer {
             })
             .collect::<io::Result<_>>()?;
         let spares = Arc::clone(&self.spares);
-        let refresher = match spares.count() {
-            0 => None,
-            // Without spares the server still works (the keep-alive rules
-            // bound every wait), so a failed spawn is not fatal.
-            _ => thread::Builder::new()
-                .name("spare-threads".to_owned())
-                .spawn(move || spares.run())
-                .inspect_err(|e| log::warn!("running without spare connection threads: {e}"))
-                .ok(),
-        };
+        // Without it the server still serves (the keep-alive rules bound
+        // every wait; a connection queued for a lost thread waits until
+        // another connection ends), so a failed spawn is not fatal.
+        let refresher = thread::Builder::new()
+            .name("spare-threads".to_owned())
+            .spawn(move || spares.run())
+            .inspect_err(|e| log::warn!("running without spare connection threads: {e}"))
+            .ok();
         for t in threads {
             // A worker never panics (handler panics are caught), but if one
             // did, the others still have to be joined.
@@ -200,6 +201,41 @@ impl HttpServer {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// The spare threads of every server serving in this process, so that the
+/// panic hook can have a lost connection thread replaced: tiny_http's
+/// threads have no name, and a panicking one cannot say whose it is.
+static SERVING: Mutex<Vec<Weak<SpareThreads>>> = Mutex::new(Vec::new());
+
+/// A server's entry in [`SERVING`], removed when dropped.
+struct Registered(Weak<SpareThreads>);
+
+impl Registered {
+    fn while_serving(spares: &Arc<SpareThreads>) -> Registered {
+        let spares = Arc::downgrade(spares);
+        lock_serving().push(Weak::clone(&spares));
+        Registered(spares)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock_serving().retain(|other| !other.ptr_eq(&self.0));
+    }
+}
+
+fn lock_serving() -> std::sync::MutexGuard<'static, Vec<Weak<SpareThreads>>> {
+    // Nothing panics while it is held.
+    SERVING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Has a thread started in place of a lost connection thread, by every
+/// server serving in this process (see `SpareThreads::connection_thread_lost`).
+fn replace_lost_connection_thread() {
+    for spares in lock_serving().iter().filter_map(Weak::upgrade) {
+        spares.connection_thread_lost();
     }
 }
 
@@ -443,8 +479,9 @@ fn to_tiny_http(response: Response) -> tiny_http::Response<io::Cursor<Vec<u8>>> 
 /// and so does any panic while the log is off.
 ///
 /// Except a panic in tiny_http's `client.rs`, the code of one connection's
-/// thread: it ends that thread and drops that connection, and tiny_http's
-/// pool starts another thread for the next one. tiny_http 0.12 takes a
+/// thread: it ends that thread and drops that connection, and a thread is
+/// started in its place (a connection may be queued for it: see
+/// `SpareThreads::connection_thread_lost`). tiny_http 0.12 takes a
 /// connection's peer address when it accepts it and unwraps it at the first
 /// request. A client that sends a request and resets the connection before
 /// the accept (`SO_LINGER` 0, as our own spare connections close) leaves
@@ -480,6 +517,7 @@ pub fn log_panics_and_exit_if_the_transport_panics() {
                      for it panicked at client.rs:{})",
                     location.map_or(0, |at| at.line())
                 );
+                replace_lost_connection_thread();
             }
             None if !logged => {
                 default_hook(info);

@@ -54,6 +54,9 @@ const PATIENCE: Duration = Duration::from_millis(50);
 /// Our own requests are answered by a worker without the handler, the log
 /// or the keep-alive rules ([`SpareThreads::is_ours`]). A server that gets
 /// no requests opens no connections after the refresh at start-up.
+///
+/// The same thread also replaces a pool thread that died with a connection
+/// still queued for it ([`SpareThreads::connection_thread_lost`]).
 pub(super) struct SpareThreads {
     /// Where our connections go: the listener, on loopback if it listens on
     /// every address.
@@ -75,6 +78,8 @@ pub(super) struct SpareThreads {
     ours: Mutex<Vec<Arc<TcpStream>>>,
     /// Set by every client request, cleared when a refresh is due.
     used: AtomicBool,
+    /// Set when a pool thread died, cleared when it is replaced.
+    lost: AtomicBool,
     stopped: Mutex<bool>,
     wake: Condvar,
 }
@@ -101,13 +106,10 @@ impl SpareThreads {
             marker: format!("/.spare/{:032x}", u128::from_be_bytes(secret)),
             ours: Mutex::new(Vec::new()),
             used: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
             stopped: Mutex::new(false),
             wake: Condvar::new(),
         })
-    }
-
-    pub(super) fn count(&self) -> usize {
-        self.count
     }
 
     /// Whether a request for `url` (its request target) is one of our own.
@@ -127,6 +129,26 @@ impl SpareThreads {
         }
     }
 
+    /// Called when one of tiny_http's connection threads has died (a panic):
+    /// a thread is started in its place at once, so that nothing waits in
+    /// the pool's queue for it.
+    ///
+    /// tiny_http queues a new connection for a pool thread that it counts
+    /// as idle, and it counts a thread as idle until the thread wakes.
+    /// When the threads woken for a burst each take one of its connections
+    /// and die of it (see `log_panics_and_exit_if_the_transport_panics`),
+    /// a connection queued behind them has no thread left to take it: it
+    /// waited, unanswered, until another connection came and its thread
+    /// ended, or for ever. One connection of our own makes a thread that,
+    /// once done with it, takes what waits in the queue.
+    pub(super) fn connection_thread_lost(&self) {
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            // Under the lock, as in `request_received`.
+            let _stopped = lock(&self.stopped);
+            self.wake.notify_one();
+        }
+    }
+
     /// Ends [`SpareThreads::run`], also in the middle of a refresh.
     pub(super) fn stop(&self) {
         *lock(&self.stopped) = true;
@@ -137,30 +159,50 @@ impl SpareThreads {
         }
     }
 
-    /// Refreshes the spares while the server is in use, until stopped.
+    /// Refreshes the spares while the server is in use, and replaces lost
+    /// connection threads, until stopped.
     pub(super) fn run(&self) {
+        let mut due = Due::Refresh;
+        let mut next_refresh = Instant::now();
         loop {
-            if let Err(e) = self.refresh() {
-                log::debug!("could not refresh the spare connection threads: {e}");
+            match due {
+                Due::Refresh => {
+                    match self.refresh() {
+                        Ok(ready) => log::debug!("{ready} spare connection threads ready"),
+                        Err(e) => {
+                            log::debug!("could not refresh the spare connection threads: {e}");
+                        }
+                    }
+                    next_refresh = Instant::now() + self.refresh_every;
+                }
+                Due::Replacement => {
+                    if let Err(e) = self.replace_lost_thread() {
+                        log::debug!("could not replace a lost connection thread: {e}");
+                    }
+                }
             }
-            if !self.wait_for_next_refresh() {
-                return;
+            match self.wait_for_what_is_due(next_refresh) {
+                Some(next) => due = next,
+                None => return,
             }
         }
     }
 
-    /// Waits [`REFRESH_EVERY`], and then until a client request came since
-    /// the last refresh. False once stopped.
-    fn wait_for_next_refresh(&self) -> bool {
-        let due = Instant::now() + self.refresh_every;
+    /// Waits until a lost thread is to be replaced, or for a refresh: at
+    /// `next_refresh` or after, once a client request came since the last
+    /// (never without spares). `None` once stopped.
+    fn wait_for_what_is_due(&self, next_refresh: Instant) -> Option<Due> {
         let mut stopped = lock(&self.stopped);
         loop {
             if *stopped {
-                return false;
+                return None;
             }
-            let wait = due.saturating_duration_since(Instant::now());
-            if wait.is_zero() && self.used.swap(false, Ordering::SeqCst) {
-                return true;
+            if self.lost.swap(false, Ordering::SeqCst) {
+                return Some(Due::Replacement);
+            }
+            let wait = next_refresh.saturating_duration_since(Instant::now());
+            if wait.is_zero() && self.count > 0 && self.used.swap(false, Ordering::SeqCst) {
+                return Some(Due::Refresh);
             }
             stopped = if wait.is_zero() {
                 self.wake.wait(stopped).unwrap_or_else(|e| e.into_inner())
@@ -174,33 +216,53 @@ impl SpareThreads {
         }
     }
 
-    fn refresh(&self) -> io::Result<()> {
-        let result = self.hold_connections();
-        let held = std::mem::take(&mut *lock(&self.ours));
-        for stream in &held {
+    /// Makes `self.count` spares: returns how many are ready.
+    fn refresh(&self) -> io::Result<usize> {
+        self.hold_then_close(self.count)
+    }
+
+    /// Makes a thread in place of a lost one: the pool thread that serves
+    /// our connection then takes what waits in the queue.
+    fn replace_lost_thread(&self) -> io::Result<()> {
+        self.hold_then_close(1).map(|_| ())
+    }
+
+    /// Holds connections until `count` are answered (see
+    /// `hold_connections`), then closes them all: their threads are idle.
+    /// Returns how many were answered.
+    ///
+    /// Those answered are reset, so that they leave no socket in
+    /// TIME_WAIT. One not answered is closed the usual way: it may not be
+    /// accepted yet, and a connection reset before its accept kills the
+    /// thread that takes it (see `log_panics_and_exit_if_the_transport_panics`).
+    fn hold_then_close(&self, count: usize) -> io::Result<usize> {
+        let mut answered = Vec::with_capacity(count);
+        let result = self.hold_connections(count, &mut answered);
+        lock(&self.ours).clear();
+        for stream in &answered {
             reset_on_close(stream);
         }
-        result
+        result.map(|()| answered.len())
     }
 
     /// Opens connections one after another, each held (in `ours`) once a
     /// request on it is answered (then a tiny_http thread is busy with it
-    /// until we close it), until `count` are answered or we are stopped.
+    /// until we close it), until `count` are answered (and in `answered`)
+    /// or we are stopped.
     ///
     /// One that gets no answer within [`PATIENCE`] is held too, but we go
     /// on to the next: it may have queued in tiny_http behind the very burst
     /// this refresh is to set free, and it would wait there until some
     /// connection closes. The next one arrives when no thread is idle, and
     /// gets a thread of its own.
-    fn hold_connections(&self) -> io::Result<()> {
+    fn hold_connections(&self, count: usize, answered: &mut Vec<Arc<TcpStream>>) -> io::Result<()> {
         let give_up = Instant::now() + REFRESH_TIMEOUT;
-        let mut answered = 0;
-        while answered < self.count {
+        while answered.len() < count {
             let held = lock(&self.ours).len();
-            if held >= 2 * self.count || Instant::now() >= give_up {
+            if held >= 2 * count || Instant::now() >= give_up {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("{answered} of {held} connections answered"),
+                    format!("{} of {held} connections answered", answered.len()),
                 ));
             }
             let stream = Arc::new(TcpStream::connect_timeout(&self.target, REFRESH_TIMEOUT)?);
@@ -213,7 +275,7 @@ impl SpareThreads {
             // Not under the lock: the answer may take PATIENCE, and `stop`
             // must not wait for it.
             if send_and_await_answer(&stream, &self.marker)? {
-                answered += 1;
+                answered.push(stream);
             }
         }
         Ok(())
@@ -245,6 +307,12 @@ fn send_and_await_answer(mut stream: &TcpStream, marker: &str) -> io::Result<boo
         }
     }
     Ok(true)
+}
+
+/// What [`SpareThreads::run`] does next.
+enum Due {
+    Refresh,
+    Replacement,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -375,6 +443,25 @@ mod tests {
                 connections_reach(&accepted, 9, patient),
                 "no refresh one interval after the next request"
             );
+        });
+    }
+
+    /// A lost connection thread is replaced at once, by one connection,
+    /// also by a server that keeps no spares.
+    #[test]
+    fn a_lost_connection_thread_is_replaced_at_once_without_spares_too() {
+        let (addr, accepted) = answering_listener();
+        let spares = SpareThreads::new(addr, 0).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| spares.run());
+            let _stop = StopOnDrop(&spares);
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(accepted.load(Ordering::SeqCst), 0, "no spares to make");
+
+            spares.connection_thread_lost();
+            assert!(connections_reach(&accepted, 1, Duration::from_secs(5)));
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(accepted.load(Ordering::SeqCst), 1, "one is enough");
         });
     }
 
