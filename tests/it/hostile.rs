@@ -843,14 +843,7 @@ fn connections_reset_before_they_are_accepted_are_dropped_and_harm_nothing() {
     let w = World::new(&["--log-level", "debug"]);
     let dropped = "dropped a connection reset before it was accepted";
     for attempt in 1..=5000 {
-        let stream = TcpStream::connect(w.server.addr).unwrap();
-        (&stream)
-            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        socket2::SockRef::from(&stream)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-        drop(stream);
+        send_and_reset(w.server.addr);
         if attempt % 100 == 0 && w.server.stderr().contains(dropped) {
             break;
         }
@@ -883,17 +876,24 @@ fn the_connection_right_behind_a_burst_of_reset_connections_is_answered() {
         // A few more than the idle threads: the spares, and the 4 that
         // tiny_http keeps.
         for _ in 0..70 {
-            let stream = TcpStream::connect(server.addr).unwrap();
-            (&stream)
-                .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                .unwrap();
-            socket2::SockRef::from(&stream)
-                .set_linger(Some(Duration::ZERO))
-                .unwrap();
+            send_and_reset(server.addr);
         }
         let r = server.request("DELETE", "/api/users/alice/chats/1", &[]);
         assert_eq!(r.status, 401, "round {round}: {r:?}");
     }
+}
+
+/// Connects, sends a request, and resets the connection (`SO_LINGER` 0)
+/// at once, most often before the server has accepted it.
+#[cfg(target_os = "linux")]
+fn send_and_reset(addr: SocketAddr) {
+    let stream = TcpStream::connect(addr).unwrap();
+    (&stream)
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
 }
 
 /// Heads that tiny_http answers itself, before the request reaches us, so
