@@ -33,7 +33,10 @@
 //!   keep-alive connection, for as long as those connections stay open: so
 //!   idle connection threads are kept ready by connecting to ourselves
 //!   (`SpareThreads`), and some answers close their connection
-//!   (`KeepAlive`) for bursts larger than that.
+//!   (`KeepAlive`) for bursts larger than that; connections queued behind
+//!   threads that no client frees (each holding a connection that sends
+//!   nothing) get threads of our own, a few every second
+//!   (`SpareThreads::threads_for_the_queue`).
 //! - tiny_http queues a connection's next request as soon as it is read,
 //!   so two requests pipelined on one connection would run at the same
 //!   time, and the second could take effect first: a connection's requests

@@ -23,6 +23,16 @@ pub(super) const SPARE_CONNECTION_THREADS: usize = 64;
 /// while the server is in use.
 const REFRESH_EVERY: Duration = Duration::from_secs(4);
 
+/// How often, besides the refreshes, connections of our own make sure that
+/// threads come for whatever waits in tiny_http's queue (see
+/// [`SpareThreads::threads_for_the_queue`]).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How many connections each such check opens: each sets one connection in
+/// the queue free. On a quiet server they go to tiny_http's 4 lasting
+/// threads, so a check starts no thread.
+const CHECK_CONNECTIONS: usize = 4;
+
 /// How long one refresh may take. Its requests wait behind the queued
 /// requests of clients, so generous.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,10 +63,11 @@ const PATIENCE: Duration = Duration::from_millis(50);
 ///
 /// Our own requests are answered by a worker without the handler, the log
 /// or the keep-alive rules ([`SpareThreads::is_ours`]). A server that gets
-/// no requests opens no connections after the refresh at start-up.
+/// no requests makes no spares after the refresh at start-up.
 ///
-/// The same thread also replaces a pool thread that died with a connection
-/// still queued for it ([`SpareThreads::connection_thread_lost`]).
+/// The same thread also makes sure that no connection waits in tiny_http's
+/// queue with no thread to come for it
+/// ([`SpareThreads::threads_for_the_queue`]).
 pub(super) struct SpareThreads {
     /// Where our connections go: the listener, on loopback if it listens on
     /// every address.
@@ -64,6 +75,8 @@ pub(super) struct SpareThreads {
     count: usize,
     /// [`REFRESH_EVERY`], shorter in tests.
     refresh_every: Duration,
+    /// [`CHECK_EVERY`], other in tests.
+    check_every: Duration,
     /// The path our own requests ask for, which no client can guess (128
     /// random bits): a request is known as ours by its path alone. By the
     /// connection it came on, a request that a worker took
@@ -78,7 +91,8 @@ pub(super) struct SpareThreads {
     ours: Mutex<Vec<Arc<TcpStream>>>,
     /// Set by every client request, cleared when a refresh is due.
     used: AtomicBool,
-    /// Set when a pool thread died, cleared when it is replaced.
+    /// Set when a pool thread died, cleared when a thread is sent for the
+    /// queue.
     lost: AtomicBool,
     stopped: Mutex<bool>,
     wake: Condvar,
@@ -103,6 +117,7 @@ impl SpareThreads {
             target,
             count,
             refresh_every: REFRESH_EVERY,
+            check_every: CHECK_EVERY,
             marker: format!("/.spare/{:032x}", u128::from_be_bytes(secret)),
             ours: Mutex::new(Vec::new()),
             used: AtomicBool::new(false),
@@ -129,18 +144,9 @@ impl SpareThreads {
         }
     }
 
-    /// Called when one of tiny_http's connection threads has died (a panic):
-    /// a thread is started in its place at once, so that nothing waits in
-    /// the pool's queue for it.
-    ///
-    /// tiny_http queues a new connection for a pool thread that it counts
-    /// as idle, and it counts a thread as idle until the thread wakes.
-    /// When the threads woken for a burst each take one of its connections
-    /// and die of it (see `log_panics_and_exit_if_the_transport_panics`),
-    /// a connection queued behind them has no thread left to take it: it
-    /// waited, unanswered, until another connection came and its thread
-    /// ended, or for ever. One connection of our own makes a thread that,
-    /// once done with it, takes what waits in the queue.
+    /// Called when one of tiny_http's connection threads has died (a
+    /// panic): a connection may be queued for it, so a thread comes for the
+    /// queue at once ([`SpareThreads::threads_for_the_queue`]).
     pub(super) fn connection_thread_lost(&self) {
         if !self.lost.swap(true, Ordering::SeqCst) {
             // Under the lock, as in `request_received`.
@@ -159,8 +165,8 @@ impl SpareThreads {
         }
     }
 
-    /// Refreshes the spares while the server is in use, and replaces lost
-    /// connection threads, until stopped.
+    /// Refreshes the spares while the server is in use, and sends threads
+    /// for tiny_http's queue, until stopped.
     pub(super) fn run(&self) {
         let mut due = Due::Refresh;
         let mut next_refresh = Instant::now();
@@ -175,9 +181,9 @@ impl SpareThreads {
                     }
                     next_refresh = Instant::now() + self.refresh_every;
                 }
-                Due::Replacement => {
-                    if let Err(e) = self.replace_lost_thread() {
-                        log::debug!("could not replace a lost connection thread: {e}");
+                Due::ThreadsForTheQueue(count) => {
+                    if let Err(e) = self.threads_for_the_queue(count) {
+                        log::debug!("could not send a thread for tiny_http's queue: {e}");
                     }
                 }
             }
@@ -188,30 +194,43 @@ impl SpareThreads {
         }
     }
 
-    /// Waits until a lost thread is to be replaced, or for a refresh: at
-    /// `next_refresh` or after, once a client request came since the last
-    /// (never without spares). `None` once stopped.
+    /// Waits until something is due: a thread for the queue, at once after
+    /// a connection thread died and else [`CHECK_EVERY`] after the last; or
+    /// a refresh, at `next_refresh` or after, once a client request came
+    /// since the last (never without spares). `None` once stopped.
     fn wait_for_what_is_due(&self, next_refresh: Instant) -> Option<Due> {
+        let next_check = Instant::now() + self.check_every;
         let mut stopped = lock(&self.stopped);
         loop {
             if *stopped {
                 return None;
             }
             if self.lost.swap(false, Ordering::SeqCst) {
-                return Some(Due::Replacement);
+                return Some(Due::ThreadsForTheQueue(1));
             }
-            let wait = next_refresh.saturating_duration_since(Instant::now());
-            if wait.is_zero() && self.count > 0 && self.used.swap(false, Ordering::SeqCst) {
+            let now = Instant::now();
+            let refresh_is_due = now >= next_refresh;
+            if refresh_is_due && self.count > 0 && self.used.swap(false, Ordering::SeqCst) {
                 return Some(Due::Refresh);
             }
-            stopped = if wait.is_zero() {
+            if self.count > 0 && now >= next_check {
+                return Some(Due::ThreadsForTheQueue(CHECK_CONNECTIONS));
+            }
+            stopped = if self.count == 0 {
+                // Only a lost thread or the stop is ever due.
                 self.wake.wait(stopped).unwrap_or_else(|e| e.into_inner())
             } else {
-                let (stopped, _) = self
+                // A refresh that is due waits for a request, which wakes us.
+                let until = if refresh_is_due {
+                    next_check
+                } else {
+                    next_check.min(next_refresh)
+                };
+                let (woken, _) = self
                     .wake
-                    .wait_timeout(stopped, wait)
+                    .wait_timeout(stopped, until - now)
                     .unwrap_or_else(|e| e.into_inner());
-                stopped
+                woken
             };
         }
     }
@@ -221,10 +240,29 @@ impl SpareThreads {
         self.hold_then_close(self.count)
     }
 
-    /// Makes a thread in place of a lost one: the pool thread that serves
-    /// our connection then takes what waits in the queue.
-    fn replace_lost_thread(&self) -> io::Result<()> {
-        self.hold_then_close(1).map(|_| ())
+    /// Opens `count` connections of our own, so that threads come for
+    /// whatever waits in tiny_http's queue: each pool thread that serves
+    /// one (a new thread, when none is idle) takes up the next connection
+    /// in the queue once we close ours.
+    ///
+    /// tiny_http queues a new connection for a pool thread that it counts
+    /// as idle, and it counts a thread as idle until the thread wakes. So
+    /// connections can be queued behind the threads woken for a burst,
+    /// and wait there until one of those is done with its own connection.
+    /// Two kinds of burst left a request there, unanswered, for as long as
+    /// the test waited:
+    /// - connections reset before their accept, whose threads each die
+    ///   (see `log_panics_and_exit_if_the_transport_panics`): one thread
+    ///   comes at once ([`SpareThreads::connection_thread_lost`]);
+    /// - connections that send nothing, which hold their threads until
+    ///   they close: [`CHECK_CONNECTIONS`] threads come every
+    ///   [`CHECK_EVERY`], if the server keeps spares. Behind 70 such
+    ///   connections, the next request was answered after 2 s in 18 rounds
+    ///   of 40 (else at once); behind 100, after 10.5 s in 18 rounds of 40.
+    ///   Without spares (the process may start few threads), no check
+    ///   runs: each starts threads.
+    fn threads_for_the_queue(&self, count: usize) -> io::Result<()> {
+        self.hold_then_close(count).map(|_| ())
     }
 
     /// Holds connections until `count` are answered (see
@@ -312,7 +350,8 @@ fn send_and_await_answer(mut stream: &TcpStream, marker: &str) -> io::Result<boo
 /// What [`SpareThreads::run`] does next.
 enum Due {
     Refresh,
-    Replacement,
+    /// This many connections of our own (see `threads_for_the_queue`).
+    ThreadsForTheQueue(usize),
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -411,6 +450,7 @@ mod tests {
         let (addr, accepted) = answering_listener();
         let mut spares = SpareThreads::new(addr, 3).unwrap();
         spares.refresh_every = Duration::from_millis(50);
+        spares.check_every = NEVER;
         std::thread::scope(|s| {
             s.spawn(|| spares.run());
             // Stops the spares also when an assertion fails: the scope
@@ -446,22 +486,53 @@ mod tests {
         });
     }
 
+    /// Long enough for no check to come during a test.
+    const NEVER: Duration = Duration::from_secs(3600);
+
     /// A lost connection thread is replaced at once, by one connection,
     /// also by a server that keeps no spares.
     #[test]
     fn a_lost_connection_thread_is_replaced_at_once_without_spares_too() {
         let (addr, accepted) = answering_listener();
-        let spares = SpareThreads::new(addr, 0).unwrap();
+        let mut spares = SpareThreads::new(addr, 0).unwrap();
+        spares.check_every = Duration::from_millis(10);
         std::thread::scope(|s| {
             s.spawn(|| spares.run());
             let _stop = StopOnDrop(&spares);
             std::thread::sleep(Duration::from_millis(100));
-            assert_eq!(accepted.load(Ordering::SeqCst), 0, "no spares to make");
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                0,
+                "no spares to make, and no checks without them"
+            );
 
             spares.connection_thread_lost();
             assert!(connections_reach(&accepted, 1, Duration::from_secs(5)));
             std::thread::sleep(Duration::from_millis(100));
             assert_eq!(accepted.load(Ordering::SeqCst), 1, "one is enough");
+        });
+    }
+
+    /// A quiet server with spares still sends threads for the queue now
+    /// and then.
+    #[test]
+    fn threads_come_for_the_queue_every_check_when_nothing_else_happens() {
+        let (addr, accepted) = answering_listener();
+        let mut spares = SpareThreads::new(addr, 1).unwrap();
+        spares.check_every = Duration::from_millis(50);
+        std::thread::scope(|s| {
+            s.spawn(|| spares.run());
+            let _stop = StopOnDrop(&spares);
+            let started = Instant::now();
+            // The spare at start, then two checks.
+            let checked_twice = 1 + 2 * CHECK_CONNECTIONS;
+            assert!(connections_reach(
+                &accepted,
+                checked_twice,
+                Duration::from_secs(5)
+            ));
+            // A check apart, not all at once.
+            assert!(started.elapsed() >= 2 * spares.check_every);
         });
     }
 
