@@ -194,10 +194,11 @@ impl SpareThreads {
         }
     }
 
-    /// Waits until something is due: a thread for the queue, at once after
-    /// a connection thread died and else [`CHECK_EVERY`] after the last; or
-    /// a refresh, at `next_refresh` or after, once a client request came
-    /// since the last (never without spares). `None` once stopped.
+    /// Waits until something is due: threads for the queue, at once after
+    /// a connection thread died, and else [`CHECK_EVERY`] after the last
+    /// while no client request comes; or a refresh, at `next_refresh` or
+    /// after, once a client request came since the last. Without spares,
+    /// only the first. `None` once stopped.
     fn wait_for_what_is_due(&self, next_refresh: Instant) -> Option<Due> {
         let next_check = Instant::now() + self.check_every;
         let mut stopped = lock(&self.stopped);
@@ -208,30 +209,27 @@ impl SpareThreads {
             if self.lost.swap(false, Ordering::SeqCst) {
                 return Some(Due::ThreadsForTheQueue(1));
             }
+            if self.count == 0 {
+                // Only a lost thread or the stop is ever due.
+                stopped = self.wake.wait(stopped).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
             let now = Instant::now();
-            let refresh_is_due = now >= next_refresh;
-            if refresh_is_due && self.count > 0 && self.used.swap(false, Ordering::SeqCst) {
+            if now >= next_refresh && self.used.swap(false, Ordering::SeqCst) {
                 return Some(Due::Refresh);
             }
-            if self.count > 0 && now >= next_check {
+            // A request that came wakes us. Until the refresh it brings,
+            // which sets more threads free than a check, no check runs.
+            let used = self.used.load(Ordering::SeqCst);
+            if !used && now >= next_check {
                 return Some(Due::ThreadsForTheQueue(CHECK_CONNECTIONS));
             }
-            stopped = if self.count == 0 {
-                // Only a lost thread or the stop is ever due.
-                self.wake.wait(stopped).unwrap_or_else(|e| e.into_inner())
-            } else {
-                // A refresh that is due waits for a request, which wakes us.
-                let until = if refresh_is_due {
-                    next_check
-                } else {
-                    next_check.min(next_refresh)
-                };
-                let (woken, _) = self
-                    .wake
-                    .wait_timeout(stopped, until - now)
-                    .unwrap_or_else(|e| e.into_inner());
-                woken
-            };
+            let until = if used { next_refresh } else { next_check };
+            let (woken, _) = self
+                .wake
+                .wait_timeout(stopped, until.saturating_duration_since(now))
+                .unwrap_or_else(|e| e.into_inner());
+            stopped = woken;
         }
     }
 
@@ -256,11 +254,12 @@ impl SpareThreads {
     ///   comes at once ([`SpareThreads::connection_thread_lost`]);
     /// - connections that send nothing, which hold their threads until
     ///   they close: [`CHECK_CONNECTIONS`] threads come every
-    ///   [`CHECK_EVERY`], if the server keeps spares. Behind 70 such
-    ///   connections, the next request was answered after 2 s in 18 rounds
-    ///   of 40 (else at once); behind 100, after 10.5 s in 18 rounds of 40.
-    ///   Without spares (the process may start few threads), no check
-    ///   runs: each starts threads.
+    ///   [`CHECK_EVERY`] while no client request comes (one brings a
+    ///   refresh, which sets up to `count` free), if the server keeps
+    ///   spares. Behind 70 such connections, the next request was answered
+    ///   after 2 s in 18 rounds of 40 (else at once); behind 100, after
+    ///   10.5 s in 18 rounds of 40. Without spares (the process may start
+    ///   few threads), no check runs: each starts threads.
     fn threads_for_the_queue(&self, count: usize) -> io::Result<()> {
         self.hold_then_close(count).map(|_| ())
     }
