@@ -234,8 +234,9 @@ fn lock_serving() -> std::sync::MutexGuard<'static, Vec<Weak<SpareThreads>>> {
     SERVING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Has a thread started in place of a lost connection thread, by every
-/// server serving in this process (see `SpareThreads::connection_thread_lost`).
+/// Tells every server serving in this process that a connection thread
+/// was lost, so that each sends a thread for tiny_http's queue (see
+/// `SpareThreads::connection_thread_lost`).
 fn replace_lost_connection_thread() {
     for spares in lock_serving().iter().filter_map(Weak::upgrade) {
         spares.connection_thread_lost();
