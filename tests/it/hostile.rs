@@ -898,10 +898,11 @@ fn the_connection_right_behind_a_burst_of_reset_connections_is_answered() {
 /// A request right behind a burst of connections that send nothing is
 /// answered. Each of those holds a tiny_http thread until it closes, and
 /// tiny_http queues some of a burst (see the test above) behind threads
-/// that will never be free. The server's own connections every second
-/// bring threads for that queue. Before them, the request waited until one
-/// of the idle connections closed, and here it failed 3 runs of 3 (tiny_http
-/// has no read timeout). Each round is a fresh server, as above.
+/// that will never be free. The server's own connections, 4 a second while
+/// no client request comes, bring threads for that queue. Before them, the
+/// request waited until one of the idle connections closed, and here it
+/// failed 3 runs of 3 (tiny_http has no read timeout). Each round is a
+/// fresh server, as above.
 #[test]
 fn a_request_behind_a_burst_of_connections_that_send_nothing_is_answered() {
     for round in 1..=8 {
