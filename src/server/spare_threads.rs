@@ -513,12 +513,14 @@ mod tests {
     }
 
     /// A quiet server with spares still sends threads for the queue now
-    /// and then.
+    /// and then; once a client request came, it waits for the refresh
+    /// instead.
     #[test]
-    fn threads_come_for_the_queue_every_check_when_nothing_else_happens() {
+    fn threads_come_for_the_queue_every_check_while_no_request_comes() {
         let (addr, accepted) = answering_listener();
         let mut spares = SpareThreads::new(addr, 1).unwrap();
         spares.check_every = Duration::from_millis(50);
+        spares.refresh_every = NEVER;
         std::thread::scope(|s| {
             s.spawn(|| spares.run());
             let _stop = StopOnDrop(&spares);
@@ -532,6 +534,17 @@ mod tests {
             ));
             // A check apart, not all at once.
             assert!(started.elapsed() >= 2 * spares.check_every);
+
+            spares.request_received();
+            // Time for a check already under way to end.
+            std::thread::sleep(2 * spares.check_every);
+            let before = accepted.load(Ordering::SeqCst);
+            std::thread::sleep(10 * spares.check_every);
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                before,
+                "no checks once a request came"
+            );
         });
     }
 
