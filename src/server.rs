@@ -35,7 +35,8 @@
 //!   (`SpareThreads`), and some answers close their connection
 //!   (`KeepAlive`) for bursts larger than that; connections queued behind
 //!   threads that no client frees (each holding a connection that sends
-//!   nothing) get threads of our own, a few every second
+//!   nothing) get threads of our own, a few every second while a
+//!   connection is open
 //!   (`SpareThreads::threads_for_the_queue`).
 //! - tiny_http queues a connection's next request as soon as it is read,
 //!   so two requests pipelined on one connection would run at the same
@@ -57,6 +58,7 @@ use crate::logging::{self, printable};
 mod in_order;
 mod keep_alive;
 mod limits;
+mod open_connections;
 mod spare_threads;
 
 use in_order::{InOrder, Next};

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use rand::TryRng;
 use rand::rngs::SysRng;
 
+use super::open_connections;
+
 /// How many idle connection threads are kept ready while the server is in
 /// use. A browser opens up to 6 connections to one host, and the load
 /// bench's largest burst is 64. A fresh server's RSS was 7.6 MiB with its
@@ -181,11 +183,12 @@ impl SpareThreads {
                     }
                     next_refresh = Instant::now() + self.refresh_every;
                 }
-                Due::ThreadsForTheQueue(count) => {
-                    if let Err(e) = self.threads_for_the_queue(count) {
-                        log::debug!("could not send a thread for tiny_http's queue: {e}");
-                    }
-                }
+                Due::ThreadsForTheQueue(count) => self.threads_for_the_queue(count),
+                // Nothing can wait in the queue while no connection is open
+                // (its connections are open ones). Skipped then, a quiet
+                // server sleeps: each check wakes about a dozen threads.
+                Due::Check if open_connections::accepted_on(self.target.port()) == Some(0) => {}
+                Due::Check => self.threads_for_the_queue(CHECK_CONNECTIONS),
             }
             match self.wait_for_what_is_due(next_refresh) {
                 Some(next) => due = next,
@@ -222,7 +225,7 @@ impl SpareThreads {
             // which sets more threads free than a check, no check runs.
             let used = self.used.load(Ordering::SeqCst);
             if !used && now >= next_check {
-                return Some(Due::ThreadsForTheQueue(CHECK_CONNECTIONS));
+                return Some(Due::Check);
             }
             let until = if used { next_refresh } else { next_check };
             let (woken, _) = self
@@ -256,12 +259,15 @@ impl SpareThreads {
     ///   they close: [`CHECK_CONNECTIONS`] threads come every
     ///   [`CHECK_EVERY`] while no client request comes (one brings a
     ///   refresh, which sets up to `count` free), if the server keeps
-    ///   spares. Behind 70 such connections, the next request was answered
+    ///   spares and a connection is open (on Linux, where we can tell:
+    ///   `open_connections::accepted_on`). Behind 70 such connections, the next request was answered
     ///   after 2 s in 18 rounds of 40 (else at once); behind 100, after
     ///   10.5 s in 18 rounds of 40. Without spares (the process may start
     ///   few threads), no check runs: each starts threads.
-    fn threads_for_the_queue(&self, count: usize) -> io::Result<()> {
-        self.hold_then_close(count).map(|_| ())
+    fn threads_for_the_queue(&self, count: usize) {
+        if let Err(e) = self.hold_then_close(count) {
+            log::debug!("could not send a thread for tiny_http's queue: {e}");
+        }
     }
 
     /// Holds connections until `count` are answered (see
@@ -351,6 +357,8 @@ enum Due {
     Refresh,
     /// This many connections of our own (see `threads_for_the_queue`).
     ThreadsForTheQueue(usize),
+    /// [`CHECK_CONNECTIONS`] of them, if a connection is open.
+    Check,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -513,20 +521,24 @@ mod tests {
     }
 
     /// A quiet server with spares still sends threads for the queue now
-    /// and then; once a client request came, it waits for the refresh
-    /// instead.
+    /// and then while a connection is open; once a client request came, it
+    /// waits for the refresh instead.
     #[test]
     fn threads_come_for_the_queue_every_check_while_no_request_comes() {
         let (addr, accepted) = answering_listener();
         let mut spares = SpareThreads::new(addr, 1).unwrap();
         spares.check_every = Duration::from_millis(50);
         spares.refresh_every = NEVER;
+        // A client's, which sends nothing (the answering listener is in
+        // this process, like a server's connections).
+        let _idle = TcpStream::connect(addr).unwrap();
+        assert!(connections_reach(&accepted, 1, Duration::from_secs(5)));
         std::thread::scope(|s| {
             s.spawn(|| spares.run());
             let _stop = StopOnDrop(&spares);
             let started = Instant::now();
-            // The spare at start, then two checks.
-            let checked_twice = 1 + 2 * CHECK_CONNECTIONS;
+            // The idle one, the spare at start, then two checks.
+            let checked_twice = 2 + 2 * CHECK_CONNECTIONS;
             assert!(connections_reach(
                 &accepted,
                 checked_twice,
@@ -544,6 +556,35 @@ mod tests {
                 accepted.load(Ordering::SeqCst),
                 before,
                 "no checks once a request came"
+            );
+        });
+    }
+
+    /// With no connection open nothing can wait in tiny_http's queue, and
+    /// no check runs: a quiet server sleeps. The first connection brings
+    /// the checks back. (Elsewhere than on Linux they always run.)
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn no_checks_while_no_connection_is_open() {
+        let (addr, accepted) = answering_listener();
+        let mut spares = SpareThreads::new(addr, 1).unwrap();
+        spares.check_every = Duration::from_millis(50);
+        spares.refresh_every = NEVER;
+        std::thread::scope(|s| {
+            s.spawn(|| spares.run());
+            let _stop = StopOnDrop(&spares);
+            let patient = Duration::from_secs(5);
+            assert!(
+                connections_reach(&accepted, 1, patient),
+                "the refresh at start"
+            );
+            std::thread::sleep(20 * spares.check_every);
+            assert_eq!(accepted.load(Ordering::SeqCst), 1, "no checks");
+
+            let _idle = TcpStream::connect(addr).unwrap();
+            assert!(
+                connections_reach(&accepted, 2 + CHECK_CONNECTIONS, patient),
+                "no check once a connection was open"
             );
         });
     }

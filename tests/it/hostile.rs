@@ -917,6 +917,64 @@ fn a_request_behind_a_burst_of_connections_that_send_nothing_is_answered() {
     }
 }
 
+/// The checks of the test above run only while a connection is open:
+/// nothing can wait in tiny_http's queue otherwise. So a quiet server with
+/// no connection open sleeps. With the checks, its threads woke about 40
+/// times a second (each check wakes about a dozen), and without them about
+/// 3 (upkeep and the file watch, once a second each).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_quiet_server_sleeps_while_no_connection_is_open() {
+    let server = TestServer::start_with(&["--log-level", "debug"]);
+    server.log_with(&["spare connection threads ready"]);
+    let watch = Duration::from_secs(3);
+    let woken_while = |open: Vec<TcpStream>| {
+        let before = thread_wake_ups(server.pid());
+        std::thread::sleep(watch);
+        let woken = wake_ups_since(&before, server.pid());
+        drop(open);
+        woken
+    };
+    let quiet = woken_while(vec![]);
+    let one_open = woken_while(vec![TcpStream::connect(server.addr).unwrap()]);
+    assert!(
+        quiet < 30,
+        "{quiet} wake-ups in {watch:?} with no connection"
+    );
+    assert!(
+        one_open > 60,
+        "{one_open} wake-ups in {watch:?} with a connection open: no checks?"
+    );
+}
+
+/// How often each of `pid`'s threads has been switched out, by thread id.
+#[cfg(target_os = "linux")]
+fn thread_wake_ups(pid: u32) -> std::collections::HashMap<String, u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            let switches = status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+            Some((task.file_name().to_string_lossy().into_owned(), switches))
+        })
+        .collect()
+}
+
+/// The wake-ups of `pid`'s threads since `before`, counting threads that
+/// started since in full (threads that ended since are left out).
+#[cfg(target_os = "linux")]
+fn wake_ups_since(before: &std::collections::HashMap<String, u64>, pid: u32) -> u64 {
+    thread_wake_ups(pid)
+        .iter()
+        .map(|(tid, now)| now.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
+}
+
 /// Connects, sends a request, and resets the connection (`SO_LINGER` 0)
 /// at once, most often before the server has accepted it.
 #[cfg(target_os = "linux")]
