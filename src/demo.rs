@@ -67,7 +67,9 @@ const CHATS: &[DemoChat] = &[
     },
 ];
 
-/// Ensures the demo users and chats exist; returns the demo chats' ids.
+/// Ensures the demo users and chats exist; returns the demo chats' ids, in
+/// ascending order (a re-created chat has the highest), as `chat list`
+/// shows them.
 pub fn seed(db: &Database) -> db::Result<Vec<i64>> {
     db.write(|tx| {
         for (id, name) in [(DEMO_USER, "Demo User"), (DEMO_FRIEND, "Demo Friend")] {
@@ -90,6 +92,7 @@ pub fn seed(db: &Database) -> db::Result<Vec<i64>> {
                 None => insert_chat(tx, chat)?,
             });
         }
+        ids.sort_unstable();
         Ok(ids)
     })
 }

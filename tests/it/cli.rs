@@ -1008,6 +1008,19 @@ fn the_demo_prints_a_working_curl_command_and_reseeds_idempotently() {
     let again = server.restart(&["--demo"]);
     let sql = again.sql();
     assert_eq!(demo_chats(&sql), 3);
+    // It lists them by id, the restored one (a new id) last, and its curl
+    // line deletes the first.
+    let ids: Vec<String> = sql
+        .prepare("SELECT id FROM chats WHERE user_id = 'demo' ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get::<_, i64>(0))
+        .unwrap()
+        .map(|id| id.unwrap().to_string())
+        .collect();
+    let owns = format!("demo user \"demo\" owns chats {}", ids.join(", "));
+    again.log_with(&[&owns]);
+    let (_, _, path) = demo_curl(&again);
+    assert!(path.ends_with(&format!("/chats/{}", ids[0])), "{path}");
     let tables: Vec<(String, i64)> = [
         "users",
         "messages",
