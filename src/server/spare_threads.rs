@@ -399,9 +399,7 @@ mod tests {
             SpareThreads::new(addr, 1).unwrap(),
             SpareThreads::new(addr, 1).unwrap(),
         );
-        std::thread::scope(|s| {
-            s.spawn(|| spares.run());
-            let _stop = StopOnDrop(&spares);
+        while_running(&spares, || {
             let (mut stream, _) = listener.accept().unwrap();
             let mut head = [0u8; 256];
             let read = stream.read(&mut head).unwrap();
@@ -455,14 +453,8 @@ mod tests {
     #[test]
     fn refreshes_stop_in_a_quiet_spell_and_the_next_request_wakes_them() {
         let (addr, accepted) = answering_listener();
-        let mut spares = SpareThreads::new(addr, 3).unwrap();
-        spares.refresh_every = Duration::from_millis(50);
-        spares.check_every = NEVER;
-        std::thread::scope(|s| {
-            s.spawn(|| spares.run());
-            // Stops the spares also when an assertion fails: the scope
-            // waits for `run` before it passes the panic on.
-            let _stop = StopOnDrop(&spares);
+        let spares = spares_for(addr, 3, Duration::from_millis(50), NEVER);
+        while_running(&spares, || {
             let patient = Duration::from_secs(5);
             assert!(
                 connections_reach(&accepted, 3, patient),
@@ -501,11 +493,8 @@ mod tests {
     #[test]
     fn a_lost_connection_thread_is_replaced_at_once_without_spares_too() {
         let (addr, accepted) = answering_listener();
-        let mut spares = SpareThreads::new(addr, 0).unwrap();
-        spares.check_every = Duration::from_millis(10);
-        std::thread::scope(|s| {
-            s.spawn(|| spares.run());
-            let _stop = StopOnDrop(&spares);
+        let spares = spares_for(addr, 0, REFRESH_EVERY, Duration::from_millis(10));
+        while_running(&spares, || {
             std::thread::sleep(Duration::from_millis(100));
             assert_eq!(
                 accepted.load(Ordering::SeqCst),
@@ -526,16 +515,12 @@ mod tests {
     #[test]
     fn threads_come_for_the_queue_every_check_while_no_request_comes() {
         let (addr, accepted) = answering_listener();
-        let mut spares = SpareThreads::new(addr, 1).unwrap();
-        spares.check_every = Duration::from_millis(50);
-        spares.refresh_every = NEVER;
+        let spares = spares_for(addr, 1, NEVER, Duration::from_millis(50));
         // A client's, which sends nothing (the answering listener is in
         // this process, like a server's connections).
         let _idle = TcpStream::connect(addr).unwrap();
         assert!(connections_reach(&accepted, 1, Duration::from_secs(5)));
-        std::thread::scope(|s| {
-            s.spawn(|| spares.run());
-            let _stop = StopOnDrop(&spares);
+        while_running(&spares, || {
             let started = Instant::now();
             // The idle one, the spare at start, then two checks.
             let checked_twice = 2 + 2 * CHECK_CONNECTIONS;
@@ -567,12 +552,8 @@ mod tests {
     #[test]
     fn no_checks_while_no_connection_is_open() {
         let (addr, accepted) = answering_listener();
-        let mut spares = SpareThreads::new(addr, 1).unwrap();
-        spares.check_every = Duration::from_millis(50);
-        spares.refresh_every = NEVER;
-        std::thread::scope(|s| {
-            s.spawn(|| spares.run());
-            let _stop = StopOnDrop(&spares);
+        let spares = spares_for(addr, 1, NEVER, Duration::from_millis(50));
+        while_running(&spares, || {
             let patient = Duration::from_secs(5);
             assert!(
                 connections_reach(&accepted, 1, patient),
@@ -586,6 +567,31 @@ mod tests {
                 connections_reach(&accepted, 2 + CHECK_CONNECTIONS, patient),
                 "no check once a connection was open"
             );
+        });
+    }
+
+    /// Spares for `addr` that refresh and check at these intervals.
+    fn spares_for(
+        addr: SocketAddr,
+        count: usize,
+        refresh_every: Duration,
+        check_every: Duration,
+    ) -> SpareThreads {
+        SpareThreads {
+            refresh_every,
+            check_every,
+            ..SpareThreads::new(addr, count).unwrap()
+        }
+    }
+
+    /// Runs `spares` on a thread of its own during `test`.
+    fn while_running(spares: &SpareThreads, test: impl FnOnce()) {
+        std::thread::scope(|s| {
+            s.spawn(|| spares.run());
+            // Stops the spares also when an assertion fails: the scope
+            // waits for `run` before it passes the panic on.
+            let _stop = StopOnDrop(spares);
+            test();
         });
     }
 
