@@ -187,7 +187,8 @@ impl SpareThreads {
                 // Nothing can wait in the queue while no connection is open
                 // (its connections are open ones). Skipped then, a quiet
                 // server sleeps: each check wakes about a dozen threads.
-                Due::Check if open_connections::accepted_on(self.target.port()) == Some(0) => {}
+                Due::Check
+                    if open_connections::any_accepted_on(self.target.port()) == Some(false) => {}
                 Due::Check => self.threads_for_the_queue(CHECK_CONNECTIONS),
             }
             match self.wait_for_what_is_due(next_refresh) {
@@ -260,7 +261,7 @@ impl SpareThreads {
     ///   [`CHECK_EVERY`] while no client request comes (one brings a
     ///   refresh, which sets up to `count` free), if the server keeps
     ///   spares and a connection is open (on Linux, where we can tell:
-    ///   `open_connections::accepted_on`). Behind 70 such connections, the next request was answered
+    ///   `open_connections::any_accepted_on`). Behind 70 such connections, the next request was answered
     ///   after 2 s in 18 rounds of 40 (else at once); behind 100, after
     ///   10.5 s in 18 rounds of 40. Without spares (the process may start
     ///   few threads), no check runs: each starts threads.
