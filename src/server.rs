@@ -35,9 +35,9 @@
 //!   (`SpareThreads`), and some answers close their connection
 //!   (`KeepAlive`) for bursts larger than that; connections queued behind
 //!   threads that no client frees (each holding a connection that sends
-//!   nothing) get threads of our own, a few every second while a
-//!   connection is open
-//!   (`SpareThreads::threads_for_the_queue`).
+//!   nothing) get threads of our own every second while no request
+//!   comes: one per open connection (on Linux; 4 elsewhere), none while
+//!   none is open (`SpareThreads::check_the_queue`).
 //! - tiny_http queues a connection's next request as soon as it is read,
 //!   so two requests pipelined on one connection would run at the same
 //!   time, and the second could take effect first: a connection's requests

@@ -1,36 +1,45 @@
-//! Tells whether a connection to the server is open in this process (see
-//! [`any_accepted_on`]).
+//! Counts the connections to the server that are open in this process (see
+//! [`accepted_on`]).
 
-/// Whether one of this process's open sockets is a connection accepted on
-/// `port`: connected, with `port` as its own end. Every connection that
-/// tiny_http holds is one, those waiting in its queue too, so without one
-/// nothing can wait there (see `SpareThreads::threads_for_the_queue`).
+#[cfg(target_os = "linux")]
+use std::net::SocketAddr;
+
+/// How many connections accepted on `port` are open in this process:
+/// connected sockets with `port` as their own end, told apart by their
+/// peer's address. Every connection that tiny_http holds is one, those
+/// waiting in its queue too, so no more can wait there (see
+/// `SpareThreads::check_the_queue`).
 ///
 /// Read from the process's descriptors, on Linux: `None` elsewhere, or if
 /// they cannot be listed. (macOS's `/dev/fd` is said to leave sockets out,
-/// and a connection missed would be left waiting in the queue.)
+/// and a connection missed could be left waiting in the queue.)
 #[cfg(target_os = "linux")]
-pub(super) fn any_accepted_on(port: u16) -> Option<bool> {
+pub(super) fn accepted_on(port: u16) -> Option<usize> {
     let descriptors = std::fs::read_dir("/proc/self/fd").ok()?;
-    Some(
-        descriptors
-            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-            .any(|fd| is_connection_accepted_on(fd, port)),
-    )
+    // A set, because tiny_http holds each connection twice (a descriptor to
+    // read and a clone to write).
+    let peers: std::collections::HashSet<_> = descriptors
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(|fd| peer_of_a_connection_accepted_on(fd, port))
+        .collect();
+    Some(peers.len())
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(super) fn any_accepted_on(_port: u16) -> Option<bool> {
+pub(super) fn accepted_on(_port: u16) -> Option<usize> {
     None
 }
 
-/// Whether `fd` is a connected socket whose own port is `port`. The
-/// listener has that port too, but no peer; our own connections to the
+/// The peer of `fd`, if it is a connected socket whose own port is `port`.
+/// The listener has that port too, but no peer; our own connections to the
 /// server have the server's port as their peer's.
 #[cfg(target_os = "linux")]
-fn is_connection_accepted_on(fd: libc::c_int, port: u16) -> bool {
-    let own = address(fd, libc::getsockname);
-    own.is_some_and(|own| own.port() == port) && address(fd, libc::getpeername).is_some()
+fn peer_of_a_connection_accepted_on(fd: libc::c_int, port: u16) -> Option<SocketAddr> {
+    let own = address(fd, libc::getsockname)?;
+    if own.port() != port {
+        return None;
+    }
+    address(fd, libc::getpeername)
 }
 
 /// The address that `query` (getsockname or getpeername) gives for `fd`, if
@@ -43,7 +52,7 @@ fn address(
         *mut libc::sockaddr,
         *mut libc::socklen_t,
     ) -> libc::c_int,
-) -> Option<std::net::SocketAddr> {
+) -> Option<SocketAddr> {
     // SAFETY: `query` writes at most `len` bytes into the storage that
     // socket2 hands us, and sets `len`. Another thread may close `fd`, or
     // open another file under its number, while we ask: then the answer
@@ -68,24 +77,30 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
 
     #[test]
-    fn sees_the_accepted_connections_and_nothing_else() {
+    fn counts_the_accepted_connections_and_nothing_else() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        assert_eq!(any_accepted_on(addr.port()), Some(false), "the listener");
+        assert_eq!(accepted_on(addr.port()), Some(0), "the listener");
 
         // Our end of a connection to the server is not one either.
         let ours = TcpStream::connect(addr).unwrap();
-        assert_eq!(any_accepted_on(addr.port()), Some(false), "not accepted");
+        assert_eq!(accepted_on(addr.port()), Some(0), "not accepted");
         let (accepted, _) = listener.accept().unwrap();
-        assert_eq!(any_accepted_on(addr.port()), Some(true));
-        drop(accepted);
-        assert_eq!(any_accepted_on(addr.port()), Some(false), "closed");
+        assert_eq!(accepted_on(addr.port()), Some(1));
+        // Held twice, as tiny_http holds each: still one.
+        let clone = accepted.try_clone().unwrap();
+        assert_eq!(accepted_on(addr.port()), Some(1), "a clone");
+        let another = TcpStream::connect(addr).unwrap();
+        let (another_accepted, _) = listener.accept().unwrap();
+        assert_eq!(accepted_on(addr.port()), Some(2));
+        drop((accepted, clone, another_accepted));
+        assert_eq!(accepted_on(addr.port()), Some(0), "closed");
 
         // Only this port's.
         let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
         let _to_elsewhere = TcpStream::connect(elsewhere.local_addr().unwrap()).unwrap();
         let (_accepted_elsewhere, _) = elsewhere.accept().unwrap();
-        assert_eq!(any_accepted_on(addr.port()), Some(false), "elsewhere");
-        drop(ours);
+        assert_eq!(accepted_on(addr.port()), Some(0), "elsewhere");
+        drop((ours, another));
     }
 }
