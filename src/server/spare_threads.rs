@@ -271,7 +271,7 @@ impl SpareThreads {
     ///   free), if the server keeps spares (see
     ///   [`SpareThreads::check_the_queue`]). Behind 70 or 100 such
     ///   connections, the next request was answered within 1.05 s in 40
-    ///   rounds (2026-11-28). With 4 threads a check, as before that day
+    ///   rounds (2026-11-28). With 4 threads a check, as earlier that day
     ///   and still where the open connections cannot be counted, it took
     ///   up to 2 s behind 70 and 10 s behind 100, in a quarter to half of
     ///   the rounds. Without spares (the process may start few threads),
