@@ -184,7 +184,7 @@ impl SpareThreads {
                     }
                     next_refresh = Instant::now() + self.refresh_every;
                 }
-                Due::ThreadsForTheQueue(count) => self.threads_for_the_queue(count),
+                Due::ThreadLost => self.threads_for_the_queue(1),
                 Due::Check => self.check_the_queue(),
             }
             match self.wait_for_what_is_due(next_refresh) {
@@ -207,7 +207,7 @@ impl SpareThreads {
                 return None;
             }
             if self.lost.swap(false, Ordering::SeqCst) {
-                return Some(Due::ThreadsForTheQueue(1));
+                return Some(Due::ThreadLost);
             }
             if self.count == 0 {
                 // Only a lost thread or the stop is ever due.
@@ -367,9 +367,11 @@ fn send_and_await_answer(mut stream: &TcpStream, marker: &str) -> io::Result<boo
 /// What [`SpareThreads::run`] does next.
 enum Due {
     Refresh,
-    /// This many connections of our own (see `threads_for_the_queue`).
-    ThreadsForTheQueue(usize),
-    /// As many as could wait in the queue (see `check_the_queue`).
+    /// One connection of our own, for a connection thread that died (see
+    /// `threads_for_the_queue`).
+    ThreadLost,
+    /// Connections of our own, as many as could wait in the queue (see
+    /// `check_the_queue`).
     Check,
 }
 
