@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::db::{self, Database};
+use crate::db;
 use crate::{auth, doctor, utc};
 
 /// What a finished backup holds.
@@ -113,10 +113,11 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Writes a consistent copy of `db` to `out`, a path where no file is yet,
-/// syncs it to disk, and checks it (integrity and foreign keys); only then
-/// does the copy take the name `out`.
-pub fn back_up(db: &Database, out: &Path) -> Result<Backup, Error> {
+/// Writes a consistent copy of the database that `from` reads to `out`, a
+/// path where no file is yet, syncs it to disk, and checks it (integrity and
+/// foreign keys); only then does the copy take the name `out`. `from` may be
+/// open read-only: the database is not changed.
+pub fn back_up(from: &Connection, out: &Path) -> Result<Backup, Error> {
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty());
     if out.is_dir() {
         return Err(Error::IsDirectory(out.to_owned()));
@@ -142,7 +143,7 @@ pub fn back_up(db: &Database, out: &Path) -> Result<Backup, Error> {
         why,
     };
     let copied = || -> Result<Backup, Error> {
-        db.vacuum_into(partial_text).map_err(Error::Copy)?;
+        db::vacuum_into(from, partial_text).map_err(Error::Copy)?;
         // Write access: Windows flushes only a handle that may write.
         OpenOptions::new()
             .write(true)

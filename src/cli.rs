@@ -19,10 +19,12 @@ use crate::doctor::Damage;
 use crate::{backup, doctor, logging, maintenance, restore};
 
 mod listings;
+mod reading;
 mod serve;
 mod table;
 mod values;
 use listings::{chats_table, sessions_table, users_table};
+use reading::Reading;
 use serve::serve;
 use values::{parse_busy_timeout, parse_durability, parse_switch, parse_ttl};
 
@@ -568,33 +570,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         path: cli.db.clone(),
         source,
     };
-    // The listings only read. A copy that `backup` wrote is read as it is,
-    // as `doctor` reads it: opened as the other commands open files, it
-    // would become a WAL database, and a read-only copy could not be read.
-    // So is a database that this user cannot open to write (in a snapshot,
-    // or on a read-only mount), if it can be read: a WAL database is read
-    // through a -shm file, which SQLite cannot make there.
+    // The listings only read: see `reading` for how they open the file.
     let list = |query: &dyn Fn(&Connection) -> db::Result<String>| {
-        let text = if db::is_rollback_journal_file(&cli.db) {
-            query(&db::open_read_only(&cli.db).map_err(db_error)?)
-        } else {
-            match open_existing() {
-                Ok(db) => db.with_connection(|conn| query(conn)),
-                // If it cannot be read either, the first error says why,
-                // naming what is missing, unless the second one does (a
-                // -wal that cannot be read without a -shm).
-                Err(
-                    no_access @ Error::Database {
-                        source: db::Error::NoAccess(_),
-                        ..
-                    },
-                ) => query(&db::open_read_only(&cli.db).map_err(|e| match e {
-                    db::Error::NoAccess(_) => db_error(e),
-                    _ => no_access,
-                })?),
-                Err(e) => return Err(e),
-            }
-        };
+        let reading = reading::open(&cli.db, open_existing)?;
+        let text = reading.read(query).and_then(|text| text);
         print_result(&text.map_err(db_error)?)
     };
     match cli.command {
@@ -686,12 +665,20 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             reindex,
             delete_orphans,
         }) => {
-            // A copy is only read, unless it is to be repaired.
-            let copy = !(reindex || delete_orphans) && db::is_rollback_journal_file(&cli.db);
-            let report = if copy {
-                // A backup: opened as the other commands do, it would become
-                // a WAL database, and a read-only one could not be opened.
-                doctor::examine_copy(&cli.db).map_err(db_error)?
+            let mut copy = false;
+            let report = if !(reindex || delete_orphans) {
+                // Only read: see `reading` for how the file is opened.
+                match reading::open(&cli.db, open_existing)? {
+                    Reading::AsServed(db) => doctor::examine(&db),
+                    Reading::Copy(conn) => {
+                        copy = true;
+                        doctor::examine_copy(&conn, &cli.db)
+                    }
+                    Reading::Unwritable { conn, why } => {
+                        doctor::examine_unwritable(&conn, &cli.db, &why)
+                    }
+                }
+                .map_err(db_error)?
             } else {
                 let db = open_existing()?;
                 if reindex {
@@ -727,8 +714,11 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Some(Command::Backup { ref out }) => {
-            let db = open_existing()?;
-            let copy = backup::back_up(&db, out).map_err(Error::Backup)?;
+            // Only read: see `reading` for how the file is opened.
+            let copy = reading::open(&cli.db, open_existing)?
+                .read(|conn| backup::back_up(conn, out))
+                .map_err(db_error)?
+                .map_err(Error::Backup)?;
             tell(format_args!(
                 "backed up {} chat(s), {} bytes, to {}; integrity and foreign keys checked",
                 copy.chats,

@@ -791,17 +791,6 @@ impl Database {
         })
     }
 
-    /// Writes the snapshot of one read transaction, live rows only, into a
-    /// new database file at `out` (SQLite refuses a file that exists and is
-    /// not empty). Writers go on meanwhile; upkeep cannot finish a
-    /// checkpoint, nor cut the WAL, until it ends.
-    pub fn vacuum_into(&self, out: &str) -> Result<()> {
-        let conn = self.conn()?;
-        conn.execute("VACUUM INTO ?1", [out])
-            .map_err(|e| explain_full(&conn, e.into()))?;
-        Ok(())
-    }
-
     /// Replaces every page of the database with those of the database
     /// `from` is open on, in one write transaction (SQLite's online backup,
     /// run towards this file): other connections, a running server's too,
@@ -910,6 +899,17 @@ fn explain_full(conn: &Connection, e: Error) -> Error {
     #[cfg(not(unix))]
     let _ = conn;
     e
+}
+
+/// Writes the snapshot of one read transaction on `conn`, live rows only,
+/// into a new database file at `out` (SQLite refuses a file that exists and
+/// is not empty), changing nothing in the database `conn` reads, which may
+/// be open read-only. On a server's database, writers go on meanwhile;
+/// upkeep cannot finish a checkpoint, nor cut the WAL, until it ends.
+pub fn vacuum_into(conn: &Connection, out: &str) -> Result<()> {
+    conn.execute("VACUUM INTO ?1", [out])
+        .map_err(|e| explain_full(conn, e.into()))?;
+    Ok(())
 }
 
 /// Deletes one chat if it belongs to the user and the session that asked

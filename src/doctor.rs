@@ -4,9 +4,10 @@
 //! current schema) and, when asked for, the repair of indexes. A copy in
 //! rollback-journal mode, as `backup` writes them, is opened read-only and
 //! left as it is, so that a backup can be checked, even when it is itself
-//! read-only, without being turned into a WAL database. Returns the facts
-//! to print, the problems that make the command exit non-zero, and how far
-//! any damage goes, which decides the repair to advise.
+//! read-only, without being turned into a WAL database; so is a database
+//! that this user cannot write, which is checked all the same. Returns the
+//! facts to print, the problems that make the command exit non-zero, and
+//! how far any damage goes, which decides the repair to advise.
 
 use std::path::Path;
 
@@ -55,12 +56,12 @@ pub fn examine(db: &Database) -> db::Result<Report> {
     report.facts.push(("files", file_sizes(db.path())));
     check_access(db.path(), &mut report);
     match db.check_writable() {
-        Err(db::Error::NoAccess(why)) => report
-            .problems
-            .push(format!("{why} (a server would refuse to start on it)")),
+        Err(db::Error::NoAccess(why)) => report.problems.push(unwritable(&why)),
         other => other?,
     }
-    db.with_connection(|conn| examine_connection(conn, Journal::MustBeWal, &mut report))?;
+    db.with_connection(|conn| {
+        examine_connection(conn, db.path(), Journal::MustBeWal, &mut report)
+    })?;
     Ok(report)
 }
 
@@ -128,20 +129,48 @@ fn quoted(name: &str) -> String {
 }
 
 /// Examines a copy in rollback-journal mode (see [`db::is_rollback_journal_file`])
-/// through a read-only connection, changing nothing in it.
-pub fn examine_copy(path: &Path) -> db::Result<Report> {
-    let conn = db::open_read_only(path)?;
+/// at `path`, through `conn`, a read-only connection to it, changing
+/// nothing in it.
+pub fn examine_copy(conn: &Connection, path: &Path) -> db::Result<Report> {
+    let opened = "read-only, and left as it is: a copy in rollback-journal mode, as `backup` \
+                  writes them (a server started on it switches it to WAL)";
+    examine_read_only(conn, path, opened, None, Journal::AsCopied)
+}
+
+/// Examines the database at `path`, which this user cannot open to write
+/// (`why` says why), through `conn`, a read-only connection to it. That is
+/// a problem, as a server would refuse it, but the rest is checked as for
+/// any database: it may be a snapshot to restore from, or a file to mend.
+pub fn examine_unwritable(conn: &Connection, path: &Path, why: &str) -> db::Result<Report> {
+    let opened = "read-only, as this user cannot write it";
+    examine_read_only(
+        conn,
+        path,
+        opened,
+        Some(unwritable(why)),
+        Journal::MustBeWal,
+    )
+}
+
+fn examine_read_only(
+    conn: &Connection,
+    path: &Path,
+    opened: &str,
+    problem: Option<String>,
+    journal: Journal,
+) -> db::Result<Report> {
     let mut report = Report::default();
     report.facts.push(("files", file_sizes(path)));
-    report.facts.push((
-        "opened",
-        "read-only, and left as it is: a copy in rollback-journal mode, as `backup` writes \
-         them (a server started on it switches it to WAL)"
-            .to_owned(),
-    ));
+    report.facts.push(("opened", opened.to_owned()));
     check_access(path, &mut report);
-    examine_connection(&conn, Journal::AsCopied, &mut report)?;
+    report.problems.extend(problem);
+    examine_connection(conn, path, journal, &mut report)?;
     Ok(report)
+}
+
+/// The problem a database this user cannot write is.
+fn unwritable(why: &str) -> String {
+    format!("{why} (a server would refuse to start on it)")
 }
 
 /// What the journal mode should be.
@@ -153,8 +182,14 @@ enum Journal {
     AsCopied,
 }
 
-fn examine_connection(conn: &Connection, journal: Journal, report: &mut Report) -> db::Result<()> {
-    check_settings(conn, journal, report)?;
+/// Examines the database at `path` through `conn`, a connection to it.
+fn examine_connection(
+    conn: &Connection,
+    path: &Path,
+    journal: Journal,
+    report: &mut Report,
+) -> db::Result<()> {
+    check_settings(conn, path, journal, report)?;
     count_pages(conn, report)?;
     // A damaged table may fail a count; integrity_check then says where.
     match count_rows(conn, report) {
@@ -173,9 +208,21 @@ fn pragma<T: rusqlite::types::FromSql>(conn: &Connection, name: &str) -> rusqlit
     conn.pragma_query_value(None, name, |r| r.get(0))
 }
 
-fn check_settings(conn: &Connection, expected: Journal, report: &mut Report) -> db::Result<()> {
+fn check_settings(
+    conn: &Connection,
+    path: &Path,
+    expected: Journal,
+    report: &mut Report,
+) -> db::Result<()> {
     let version: i64 = pragma(conn, "user_version")?;
-    let journal: String = pragma(conn, "journal_mode")?;
+    // A WAL database read as it is (`db::open_read_only`, where no -shm can
+    // be made) is read without its WAL, and SQLite then reports "delete";
+    // the file's header says what it is.
+    let journal: String = if db::is_wal_file(path) {
+        "wal".to_owned()
+    } else {
+        pragma(conn, "journal_mode")?
+    };
     let synchronous: i64 = pragma(conn, "synchronous")?;
     let secure_delete: i64 = pragma(conn, "secure_delete")?;
     let auto_vacuum: i64 = pragma(conn, "auto_vacuum")?;

@@ -101,6 +101,11 @@ fn a_backup_taken_while_the_server_deletes_is_whole_and_serves_when_restored() {
         assert!(listed.status.success(), "{args:?}: {}", stderr_of(&listed));
         assert!(text.contains(shows), "{args:?}: {text}");
     }
+    // So does a backup of it, which once switched it to WAL.
+    let again = server.dir.path().join("again.db");
+    let backed_up = run_cli(&out, &["backup", again.to_str().unwrap()], None);
+    assert!(backed_up.status.success(), "{}", stderr_of(&backed_up));
+    assert_fully_present(&rusqlite::Connection::open(&again).unwrap(), &chats[299]);
     assert!(
         std::fs::read(&out).unwrap() == before,
         "reading changed the copy"

@@ -253,6 +253,16 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
         let out = command(db, args).output().unwrap();
         (out.status.code(), stderr_of(&out))
     };
+    // doctor reads what it may, and reports what it may not write.
+    let doctor_finds = |db: &Path, problem: &str| {
+        let doctor = command(db, &["doctor"]).output().unwrap();
+        let report = String::from_utf8_lossy(&doctor.stdout);
+        assert_eq!(doctor.status.code(), Some(1), "{report}");
+        assert!(
+            report.contains(&format!("PROBLEM      {problem}")),
+            "{report}"
+        );
+    };
     let dir = tempfile::tempdir().unwrap();
     set_mode(dir.path(), 0o755);
 
@@ -270,9 +280,7 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     );
     set_mode(&read_only, 0o444);
     set_mode(&closed, 0o555);
-    let (code, err) = run(&read_only, &["doctor"]);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains(cannot_write), "{err}");
+    doctor_finds(&read_only, cannot_write);
     // Open again, so that the temporary directory can be removed.
     set_mode(&closed, 0o755);
 
@@ -314,15 +322,6 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     }
     let (code, err) = run(&restored, &["chat", "list", "alice"]);
     assert_eq!(code, Some(0), "{err}");
-    let doctor_finds = |db: &Path, problem: &str| {
-        let doctor = command(db, &["doctor"]).output().unwrap();
-        let report = String::from_utf8_lossy(&doctor.stdout);
-        assert_eq!(doctor.status.code(), Some(1), "{report}");
-        assert!(
-            report.contains(&format!("PROBLEM      {problem}")),
-            "{report}"
-        );
-    };
     doctor_finds(&restored, cannot_write);
 
     // A -wal file left by another user (run once with sudo, say), in a
@@ -375,9 +374,9 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
         "permission denied: this user cannot create files in {}",
         locked.display()
     );
+    doctor_finds(&inside, &cannot_create);
     for (db, args) in [
-        (&inside, &["doctor"][..]),
-        (&inside, &["user", "add", "bob"]),
+        (&inside, &["user", "add", "bob"][..]),
         (&locked.join("new.db"), &["user", "add", "bob"]),
     ] {
         let (code, err) = run(db, args);

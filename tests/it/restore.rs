@@ -487,14 +487,14 @@ fn a_database_too_damaged_to_open_says_to_move_it_aside_and_restore_into_a_new_o
 /// holds the database as a stopped server left it: in WAL mode, with no
 /// `-shm` beside it, and none can be made there, which SQLite needs to read
 /// a WAL database. Before, `restore` from it failed with "unable to open
-/// database file", and the listings said the file could not be written.
-/// It is read as it is, unless a `-wal` is beside it, which may hold
+/// database file", and the listings said the file could not be written;
+/// so, until later, did `doctor` and `backup`. It is read as it is, unless a `-wal` is beside it, which may hold
 /// commits that are not in the file: those are read through a `-shm` that
 /// the snapshot caught too, and cannot be read without one (leaving them
 /// out would restore less than the snapshot holds).
 #[cfg(unix)]
 #[test]
-fn a_stopped_servers_database_in_a_read_only_directory_can_be_listed_and_restored() {
+fn a_stopped_servers_database_in_a_read_only_directory_is_read_by_every_command_that_reads() {
     use std::os::unix::fs::PermissionsExt;
     let set_mode = |path: &Path, mode| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
@@ -564,12 +564,48 @@ fn a_stopped_servers_database_in_a_read_only_directory_can_be_listed_and_restore
         for chat in chats {
             assert!(listed.contains(chat), "{listed}");
         }
+        let name = snapshotted.file_name().unwrap().to_str().unwrap();
+        let backup = restored.join(format!("backup of {name}"));
+        let (code, _, err) = run(snapshotted, &["backup", backup.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{err}");
+        let conn = db::open_read_only(&backup).unwrap();
+        assert_eq!(column::<String>(&conn, "SELECT name FROM chats"), chats);
+
         let into = restored.join(snapshotted.file_name().unwrap());
         let (code, _, err) = run(&into, &["restore", snapshotted.to_str().unwrap()]);
         assert_eq!(code, Some(0), "{err}");
         let conn = db::open_read_only(&into).unwrap();
         assert_eq!(column::<String>(&conn, "SELECT name FROM chats"), chats);
     }
+
+    // Checked whole, with the missing write access as its one problem (bar
+    // the mode that lets nobody read it here); a WAL database read as it is
+    // is still reported as one. (Where a -shm is there, the outcome depends
+    // on who runs it: SQLite writes through the -wal and -shm of a file's
+    // owner, though it may make no file in the directory.)
+    let (code, report, err) = run(&stopped, &["doctor"]);
+    assert_eq!(code, Some(1), "{report}{err}");
+    for fact in [
+        "opened       read-only, as this user cannot write it",
+        "journal_mode=wal",
+        "integrity    ok",
+        "foreign keys ok",
+    ] {
+        assert!(report.contains(fact), "{fact}: {report}");
+    }
+    let problems: Vec<&str> = report
+        .lines()
+        .filter(|line| line.starts_with("PROBLEM"))
+        .filter(|line| !line.contains("other users of this machine can open"))
+        .collect();
+    assert_eq!(problems.len(), 1, "{report}");
+    // The file (run as nobody), or else the directory.
+    let denied = "PROBLEM      permission denied: this user cannot ";
+    assert!(problems[0].starts_with(denied), "{report}");
+    assert!(
+        problems[0].ends_with("(a server would refuse to start on it)"),
+        "{report}"
+    );
 
     let refused_into = restored.join("refused.db");
     let (code, _, err) = run(&refused_into, &["restore", with_wal.to_str().unwrap()]);
