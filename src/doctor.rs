@@ -50,15 +50,19 @@ impl Report {
     }
 }
 
-/// Examines the database behind `db`.
+/// Examines the database behind `db`. SQLite opens a file that this user
+/// may not write (or whose `-wal` it may not) read-only, without a word; it
+/// is then examined as one that could not be opened to write.
 pub fn examine(db: &Database) -> db::Result<Report> {
+    if let Err(e) = db.check_writable() {
+        let db::Error::NoAccess(why) = e else {
+            return Err(e);
+        };
+        return db.with_connection(|conn| examine_unwritable(conn, db.path(), &why));
+    }
     let mut report = Report::default();
     report.facts.push(("files", file_sizes(db.path())));
     check_access(db.path(), &mut report);
-    match db.check_writable() {
-        Err(db::Error::NoAccess(why)) => report.problems.push(unwritable(&why)),
-        other => other?,
-    }
     db.with_connection(|conn| {
         examine_connection(conn, db.path(), Journal::MustBeWal, &mut report)
     })?;
@@ -147,7 +151,7 @@ pub fn examine_unwritable(conn: &Connection, path: &Path, why: &str) -> db::Resu
         conn,
         path,
         opened,
-        Some(unwritable(why)),
+        Some(format!("{why} (a server would refuse to start on it)")),
         Journal::MustBeWal,
     )
 }
@@ -166,11 +170,6 @@ fn examine_read_only(
     report.problems.extend(problem);
     examine_connection(conn, path, journal, &mut report)?;
     Ok(report)
-}
-
-/// The problem a database this user cannot write is.
-fn unwritable(why: &str) -> String {
-    format!("{why} (a server would refuse to start on it)")
 }
 
 /// What the journal mode should be.

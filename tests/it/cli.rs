@@ -262,6 +262,9 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
             report.contains(&format!("PROBLEM      {problem}")),
             "{report}"
         );
+        let opened = "opened       read-only, as this user cannot write it";
+        assert!(report.contains(opened), "{report}");
+        assert!(report.contains("integrity    ok"), "{report}");
     };
     let dir = tempfile::tempdir().unwrap();
     set_mode(dir.path(), 0o755);
