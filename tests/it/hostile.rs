@@ -947,48 +947,72 @@ fn a_quiet_server_sleeps_while_no_connection_is_open() {
         drop(open);
         woken
     };
-    let quiet = woken_while(vec![]);
+    // The spares' own connections may still be winding down when they are
+    // reported ready (36 wake-ups in the first 3 s once, in CI): the
+    // quieter of two windows. Checks that ran with none open would fill both.
+    let quiet = woken_while(vec![]).min(woken_while(vec![]));
     let open = woken_while(
         (0..4)
             .map(|_| TcpStream::connect(server.addr).unwrap())
             .collect(),
     );
     assert!(
-        quiet < 30,
-        "{quiet} wake-ups in {watch:?} with no connection"
+        quiet.0 < 30,
+        "{} wake-ups in {watch:?} with no connection: {}",
+        quiet.0,
+        quiet.1
     );
     assert!(
-        open > 60,
-        "{open} wake-ups in {watch:?} with connections open: no checks?"
+        open.0 > 60,
+        "{} wake-ups in {watch:?} with connections open, no checks? {}",
+        open.0,
+        open.1
     );
 }
 
-/// How often each of `pid`'s threads has been switched out, by thread id.
+/// How often each thread has been switched out: by thread id, with the
+/// thread's name.
 #[cfg(target_os = "linux")]
-fn thread_wake_ups(pid: u32) -> std::collections::HashMap<String, u64> {
+type WakeUps = std::collections::HashMap<String, (String, u64)>;
+
+/// [`WakeUps`] of `pid`'s threads.
+#[cfg(target_os = "linux")]
+fn thread_wake_ups(pid: u32) -> WakeUps {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     tasks
         .filter_map(|task| {
             let task = task.ok()?;
             let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            let name = status.lines().next()?.trim_start_matches("Name:").trim();
             let switches = status
                 .lines()
                 .filter(|l| l.contains("ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .sum();
-            Some((task.file_name().to_string_lossy().into_owned(), switches))
+            let tid = task.file_name().to_string_lossy().into_owned();
+            Some((tid, (name.to_owned(), switches)))
         })
         .collect()
 }
 
 /// The wake-ups of `pid`'s threads since `before`, counting threads that
-/// started since in full (threads that ended since are left out).
+/// started since in full (threads that ended since are left out), in all
+/// and by thread name, the busiest first: a failure says whose they were.
 #[cfg(target_os = "linux")]
-fn wake_ups_since(before: &std::collections::HashMap<String, u64>, pid: u32) -> u64 {
-    thread_wake_ups(pid)
+fn wake_ups_since(before: &WakeUps, pid: u32) -> (u64, String) {
+    let mut by_name = std::collections::HashMap::<String, u64>::new();
+    for (tid, (name, now)) in thread_wake_ups(pid) {
+        let then = before.get(&tid).map_or(0, |(_, then)| *then);
+        *by_name.entry(name).or_default() += now.saturating_sub(then);
+    }
+    let mut by_name: Vec<_> = by_name.into_iter().filter(|&(_, n)| n > 0).collect();
+    by_name.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+    let total = by_name.iter().map(|(_, n)| n).sum();
+    let named: Vec<String> = by_name
         .iter()
-        .map(|(tid, now)| now.saturating_sub(before.get(tid).copied().unwrap_or(0)))
-        .sum()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    (total, named.join(", "))
 }
 
 /// Connects, sends a request, and resets the connection (`SO_LINGER` 0)
