@@ -11,6 +11,7 @@ mod durability;
 mod footprint;
 mod hostile;
 mod openapi;
+mod readme;
 mod restore;
 mod sessions;
 mod support;
