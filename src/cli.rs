@@ -253,6 +253,7 @@ pub enum Error {
         path: PathBuf,
         cause: String,
     },
+    NotADatabase(PathBuf),
     Bind {
         addr: String,
         source: io::Error,
@@ -323,6 +324,14 @@ impl fmt::Display for Error {
                  with its -wal and -shm files if there are any, and `neptun-local restore \
                  BACKUP` writes a new one from a backup",
                 path.display()
+            ),
+            Error::NotADatabase(path) => write!(
+                f,
+                "{}: {}, and it was left as it was. Is --db right? If it names neptun-local's \
+                 database, move the file aside, with its -wal and -shm files if there are any, \
+                 and `neptun-local restore BACKUP` writes a new one from a backup",
+                path.display(),
+                db::Error::NotADatabase
             ),
             Error::Bind { addr, source } => {
                 write!(f, "cannot listen on {addr}: {source}")?;
@@ -552,6 +561,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 path: cli.db.clone(),
                 cause,
             },
+            db::Error::NotADatabase => Error::NotADatabase(cli.db.clone()),
             source => Error::Database {
                 path: cli.db.clone(),
                 source,

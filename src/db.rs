@@ -121,6 +121,9 @@ pub enum Error {
     Foreign,
     /// The file, opened only to be read, holds no tables at all.
     NoSchema,
+    /// The file is not an SQLite database, or its header is damaged
+    /// (SQLite's "file is not a database"). It is left as it was.
+    NotADatabase,
     /// The file was written by a newer neptun-local whose schema we do not know.
     SchemaTooNew { found: i64 },
     /// This user may not read or write the file, or create SQLite's files
@@ -163,6 +166,10 @@ impl fmt::Display for Error {
             Error::NoSchema => {
                 f.write_str("the file holds no tables: it is not a neptun-local database yet")
             }
+            Error::NotADatabase => f.write_str(
+                "not an SQLite database, or one whose header is damaged (sqlite: file is not \
+                 a database)",
+            ),
             Error::SchemaTooNew { found } => write!(
                 f,
                 "the database has schema version {found}, but this neptun-local only knows \
@@ -198,6 +205,7 @@ impl From<rusqlite::Error> for Error {
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Busy(e.to_string()),
             Some(ErrorCode::DiskFull) => Error::StorageFull(e.to_string()),
             Some(ErrorCode::DatabaseCorrupt) => Error::Damaged(e.to_string()),
+            Some(ErrorCode::NotADatabase) => Error::NotADatabase,
             _ => Error::Sqlite(Arc::new(e)),
         }
     }

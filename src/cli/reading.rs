@@ -38,9 +38,12 @@ pub(super) fn open(
     path: &Path,
     open_existing: impl FnOnce() -> Result<Database, Error>,
 ) -> Result<Reading, Error> {
-    let db_error = |source| Error::Database {
-        path: path.to_owned(),
-        source,
+    let db_error = |source| match source {
+        db::Error::NotADatabase => Error::NotADatabase(path.to_owned()),
+        source => Error::Database {
+            path: path.to_owned(),
+            source,
+        },
     };
     if db::is_rollback_journal_file(path) {
         return Ok(Reading::Copy(db::open_read_only(path).map_err(db_error)?));

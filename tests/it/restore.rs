@@ -199,7 +199,8 @@ fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
         (server.db_path.clone(), "is the database itself"),
         (
             garbage,
-            "garbage.db cannot be restored from: sqlite: file is not a database",
+            "garbage.db cannot be restored from: not an SQLite database, or one whose header is \
+             damaged (sqlite: file is not a database); the database was left as it was",
         ),
         (
             foreign,
@@ -440,6 +441,32 @@ fn a_damaged_database_says_what_to_do_and_a_restore_under_the_server_repairs_it(
 /// command says to move it aside, and `restore` then writes a new file.
 #[test]
 fn a_database_too_damaged_to_open_says_to_move_it_aside_and_restore_into_a_new_one() {
+    // Page 1: the file header's 100 bytes, then the schema's b-tree page.
+    let damage = |file: &mut Vec<u8>, page_size| file[100..page_size].fill(0xFF);
+    let advice = "neptun.db: the file is too damaged to be opened (sqlite: database disk image \
+                  is malformed); move it aside, with its -wal and -shm files if there are any, \
+                  and `neptun-local restore BACKUP` writes a new one from a backup";
+    moved_aside_and_restored(damage, advice);
+}
+
+/// Damage to the file header's first bytes, SQLite's "SQLite format 3",
+/// makes the file one SQLite does not know: it said only "file is not a
+/// database", and nothing of what to do.
+#[test]
+fn a_database_whose_header_is_damaged_says_to_move_it_aside_too() {
+    let damage = |file: &mut Vec<u8>, _| file[..16].fill(b'x');
+    let advice = "neptun.db: not an SQLite database, or one whose header is damaged (sqlite: \
+                  file is not a database), and it was left as it was. Is --db right? If it \
+                  names neptun-local's database, move the file aside, with its -wal and -shm \
+                  files if there are any, and `neptun-local restore BACKUP` writes a new one \
+                  from a backup";
+    moved_aside_and_restored(damage, advice);
+}
+
+/// Damages a database's first page with `damage` (given the file and its
+/// page size), checks that every command fails with `advice` and leaves
+/// the file as it was, then follows the advice.
+fn moved_aside_and_restored(damage: impl Fn(&mut Vec<u8>, usize), advice: &str) {
     let BackedUp {
         dir,
         db_path,
@@ -447,19 +474,18 @@ fn a_database_too_damaged_to_open_says_to_move_it_aside_and_restore_into_a_new_o
         chat,
         token,
     } = backed_up_and_closed();
-    // Page 1: the file header's 100 bytes, then the schema's b-tree page.
     let page_size = first_page_of(&db_path, "users").len();
     let mut file = std::fs::read(&db_path).unwrap();
-    file[100..page_size].fill(0xFF);
-    std::fs::write(&db_path, file).unwrap();
+    damage(&mut file, page_size);
+    std::fs::write(&db_path, &file).unwrap();
 
-    let advice = "neptun.db: the file is too damaged to be opened (sqlite: database disk image \
-                  is malformed); move it aside, with its -wal and -shm files if there are any, \
-                  and `neptun-local restore BACKUP` writes a new one from a backup";
     let restore = ["restore", backup.to_str().unwrap(), "--replace"];
+    let copy = dir.path().join("copy.db");
     for args in [
         &["serve", "--addr", "127.0.0.1:0"][..],
         &["doctor"],
+        &["chat", "list", "alice"],
+        &["backup", copy.to_str().unwrap()],
         &restore,
     ] {
         let out = run_cli(&db_path, args, None);
@@ -470,6 +496,8 @@ fn a_database_too_damaged_to_open_says_to_move_it_aside_and_restore_into_a_new_o
             stderr_of(&out)
         );
     }
+    assert!(std::fs::read(&db_path).unwrap() == file, "the file changed");
+    assert!(!copy.exists());
 
     std::fs::rename(&db_path, dir.path().join("neptun.db.damaged")).unwrap();
     let out = run_cli(&db_path, &restore, None);
@@ -488,10 +516,11 @@ fn a_database_too_damaged_to_open_says_to_move_it_aside_and_restore_into_a_new_o
 /// `-shm` beside it, and none can be made there, which SQLite needs to read
 /// a WAL database. Before, `restore` from it failed with "unable to open
 /// database file", and the listings said the file could not be written;
-/// so, until later, did `doctor` and `backup`. It is read as it is, unless a `-wal` is beside it, which may hold
-/// commits that are not in the file: those are read through a `-shm` that
-/// the snapshot caught too, and cannot be read without one (leaving them
-/// out would restore less than the snapshot holds).
+/// so did `doctor` and `backup` until 2026-11-28. It is read as it is,
+/// unless a `-wal` is beside it, which may hold commits that are not in
+/// the file: those are read through a `-shm` that the snapshot caught too,
+/// and cannot be read without one (leaving them out would restore less
+/// than the snapshot holds).
 #[cfg(unix)]
 #[test]
 fn a_stopped_servers_database_in_a_read_only_directory_is_read_by_every_command_that_reads() {
