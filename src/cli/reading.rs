@@ -38,8 +38,13 @@ pub(super) fn open(
     path: &Path,
     open_existing: impl FnOnce() -> Result<Database, Error>,
 ) -> Result<Reading, Error> {
+    // Failures to open, as the other commands report them.
     let db_error = |source| match source {
         db::Error::NotADatabase => Error::NotADatabase(path.to_owned()),
+        db::Error::Damaged(cause) => Error::DamagedBeyondOpening {
+            path: path.to_owned(),
+            cause,
+        },
         source => Error::Database {
             path: path.to_owned(),
             source,

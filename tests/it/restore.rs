@@ -443,7 +443,7 @@ fn a_damaged_database_says_what_to_do_and_a_restore_under_the_server_repairs_it(
 fn a_database_too_damaged_to_open_says_to_move_it_aside_and_restore_into_a_new_one() {
     // Page 1: the file header's 100 bytes, then the schema's b-tree page.
     let damage = |file: &mut Vec<u8>, page_size| file[100..page_size].fill(0xFF);
-    let advice = "neptun.db: the file is too damaged to be opened (sqlite: database disk image \
+    let advice = "the file is too damaged to be opened (sqlite: database disk image \
                   is malformed); move it aside, with its -wal and -shm files if there are any, \
                   and `neptun-local restore BACKUP` writes a new one from a backup";
     moved_aside_and_restored(damage, advice);
@@ -455,7 +455,7 @@ fn a_database_too_damaged_to_open_says_to_move_it_aside_and_restore_into_a_new_o
 #[test]
 fn a_database_whose_header_is_damaged_says_to_move_it_aside_too() {
     let damage = |file: &mut Vec<u8>, _| file[..16].fill(b'x');
-    let advice = "neptun.db: not an SQLite database, or one whose header is damaged (sqlite: \
+    let advice = "not an SQLite database, or one whose header is damaged (sqlite: \
                   file is not a database), and it was left as it was. Is --db right? If it \
                   names neptun-local's database, move the file aside, with its -wal and -shm \
                   files if there are any, and `neptun-local restore BACKUP` writes a new one \
@@ -464,8 +464,10 @@ fn a_database_whose_header_is_damaged_says_to_move_it_aside_too() {
 }
 
 /// Damages a database's first page with `damage` (given the file and its
-/// page size), checks that every command fails with `advice` and leaves
-/// the file as it was, then follows the advice.
+/// page size), checks that every command fails with `advice` after the
+/// file's name and leaves the file as it was, then follows the advice. A
+/// backup copied into place with `cp` (in rollback-journal mode, which the
+/// commands that only read leave as it is) gets the same advice.
 fn moved_aside_and_restored(damage: impl Fn(&mut Vec<u8>, usize), advice: &str) {
     let BackedUp {
         dir,
@@ -474,29 +476,40 @@ fn moved_aside_and_restored(damage: impl Fn(&mut Vec<u8>, usize), advice: &str) 
         chat,
         token,
     } = backed_up_and_closed();
+    let copied = dir.path().join("copied.db");
+    std::fs::copy(&backup, &copied).unwrap();
     let page_size = first_page_of(&db_path, "users").len();
-    let mut file = std::fs::read(&db_path).unwrap();
-    damage(&mut file, page_size);
-    std::fs::write(&db_path, &file).unwrap();
+    let damaged: Vec<(&Path, Vec<u8>)> = [&db_path, &copied]
+        .into_iter()
+        .map(|path| {
+            let mut file = std::fs::read(path).unwrap();
+            damage(&mut file, page_size);
+            std::fs::write(path, &file).unwrap();
+            (path.as_path(), file)
+        })
+        .collect();
 
     let restore = ["restore", backup.to_str().unwrap(), "--replace"];
     let copy = dir.path().join("copy.db");
-    for args in [
-        &["serve", "--addr", "127.0.0.1:0"][..],
-        &["doctor"],
-        &["chat", "list", "alice"],
-        &["backup", copy.to_str().unwrap()],
-        &restore,
-    ] {
-        let out = run_cli(&db_path, args, None);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert!(
-            stderr_of(&out).contains(advice),
-            "{args:?}: {}",
-            stderr_of(&out)
-        );
+    for (path, file) in &damaged {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        for args in [
+            &["serve", "--addr", "127.0.0.1:0"][..],
+            &["doctor"],
+            &["chat", "list", "alice"],
+            &["backup", copy.to_str().unwrap()],
+            &restore,
+        ] {
+            let out = run_cli(path, args, None);
+            assert_eq!(out.status.code(), Some(1), "{name} {args:?}");
+            assert!(
+                stderr_of(&out).contains(&format!("{name}: {advice}")),
+                "{name} {args:?}: {}",
+                stderr_of(&out)
+            );
+        }
+        assert!(std::fs::read(path).unwrap() == *file, "{name} changed");
     }
-    assert!(std::fs::read(&db_path).unwrap() == file, "the file changed");
     assert!(!copy.exists());
 
     std::fs::rename(&db_path, dir.path().join("neptun.db.damaged")).unwrap();
