@@ -675,37 +675,41 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             reindex,
             delete_orphans,
         }) => {
-            let mut copy = false;
-            let report = if !(reindex || delete_orphans) {
-                // Only read: see `reading` for how the file is opened.
-                match reading::open(&cli.db, open_existing)? {
-                    Reading::AsServed(db) => doctor::examine(&db),
-                    Reading::Copy(conn) => {
-                        copy = true;
-                        doctor::examine_copy(&conn, &cli.db)
-                    }
-                    Reading::Unwritable { conn, why } => {
-                        doctor::examine_unwritable(&conn, &cli.db, &why)
-                    }
-                }
-                .map_err(db_error)?
+            // Only read, unless a repair is asked for: see `reading` for
+            // how the file is opened then.
+            let reading = if reindex || delete_orphans {
+                None
             } else {
-                let db = open_existing()?;
-                if reindex {
-                    doctor::rebuild_indexes(&db).map_err(db_error)?;
-                    tell(format_args!("rebuilt every index from its table's rows"));
-                }
-                if delete_orphans {
-                    let Some(orphans) = doctor::delete_orphans(&db).map_err(db_error)? else {
-                        return Err(Error::DamagedFirst);
-                    };
-                    tell(format_args!(
-                        "deleted {orphans} orphaned row(s), and what hung off them"
-                    ));
-                    erase_now(&db);
-                }
-                doctor::examine(&db).map_err(db_error)?
+                Some(reading::open(&cli.db, open_existing)?)
             };
+            // A copy gets no TO REPAIR line: a damaged backup is one to
+            // replace, not to mend.
+            let copy = matches!(reading, Some(Reading::Copy(_)));
+            let report = match reading {
+                Some(Reading::AsServed(db)) => doctor::examine(&db),
+                Some(Reading::Copy(conn)) => doctor::examine_copy(&conn, &cli.db),
+                Some(Reading::Unwritable { conn, why }) => {
+                    doctor::examine_unwritable(&conn, &cli.db, &why)
+                }
+                None => {
+                    let db = open_existing()?;
+                    if reindex {
+                        doctor::rebuild_indexes(&db).map_err(db_error)?;
+                        tell(format_args!("rebuilt every index from its table's rows"));
+                    }
+                    if delete_orphans {
+                        let Some(orphans) = doctor::delete_orphans(&db).map_err(db_error)? else {
+                            return Err(Error::DamagedFirst);
+                        };
+                        tell(format_args!(
+                            "deleted {orphans} orphaned row(s), and what hung off them"
+                        ));
+                        erase_now(&db);
+                    }
+                    doctor::examine(&db)
+                }
+            }
+            .map_err(db_error)?;
             let mut text = format!("{:<13}{}\n", "database", db::describe(&cli.db, &cli.db));
             for (topic, finding) in &report.facts {
                 let _ = writeln!(text, "{topic:<13}{finding}");
