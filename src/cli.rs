@@ -556,17 +556,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 dir: dir.to_owned(),
             });
         }
-        Database::open(&cli.db, settings).map_err(|source| match source {
-            db::Error::Damaged(cause) => Error::DamagedBeyondOpening {
-                path: cli.db.clone(),
-                cause,
-            },
-            db::Error::NotADatabase => Error::NotADatabase(cli.db.clone()),
-            source => Error::Database {
-                path: cli.db.clone(),
-                source,
-            },
-        })
+        Database::open(&cli.db, settings).map_err(|source| failed_to_open(&cli.db, source))
     };
     // The other commands read or change what is there: run on a mistyped
     // path, they would create an empty file and report on it.
@@ -761,6 +751,23 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             erase_now(&db);
             Ok(())
         }
+    }
+}
+
+/// Why the database at `path` could not be opened, as every command says
+/// it: damage that keeps SQLite from opening the file, or a file it does
+/// not know for a database, comes with what to do about it.
+fn failed_to_open(path: &Path, source: db::Error) -> Error {
+    match source {
+        db::Error::Damaged(cause) => Error::DamagedBeyondOpening {
+            path: path.to_owned(),
+            cause,
+        },
+        db::Error::NotADatabase => Error::NotADatabase(path.to_owned()),
+        source => Error::Database {
+            path: path.to_owned(),
+            source,
+        },
     }
 }
 

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use super::Error;
+use super::{Error, failed_to_open};
 use crate::db::{self, Database};
 
 /// A database opened to be read, and how.
@@ -38,18 +38,7 @@ pub(super) fn open(
     path: &Path,
     open_existing: impl FnOnce() -> Result<Database, Error>,
 ) -> Result<Reading, Error> {
-    // Failures to open, as the other commands report them.
-    let db_error = |source| match source {
-        db::Error::NotADatabase => Error::NotADatabase(path.to_owned()),
-        db::Error::Damaged(cause) => Error::DamagedBeyondOpening {
-            path: path.to_owned(),
-            cause,
-        },
-        source => Error::Database {
-            path: path.to_owned(),
-            source,
-        },
-    };
+    let db_error = |source| failed_to_open(path, source);
     if db::is_rollback_journal_file(path) {
         return Ok(Reading::Copy(db::open_read_only(path).map_err(db_error)?));
     }
