@@ -26,7 +26,7 @@ mod values;
 use listings::{chats_table, sessions_table, users_table};
 use reading::Reading;
 use serve::serve;
-use values::{parse_busy_timeout, parse_durability, parse_switch, parse_ttl};
+use values::{parse_busy_timeout, parse_durability, parse_log_level, parse_switch, parse_ttl};
 
 /// Loopback only: a browser on this machine can reach it, nobody else can.
 /// Not 3000, which front-end dev servers usually take.
@@ -43,7 +43,7 @@ pub struct Cli {
 
     /// Log level on stderr: off, error, warn, info (one line per request), debug, trace.
     #[arg(long, env = "NEPTUN_LOG", default_value = "info", global = true,
-          value_parser = |s: &str| s.parse::<LevelFilter>().map_err(|e| e.to_string()))]
+          value_parser = parse_log_level)]
     pub log_level: LevelFilter,
 
     #[command(subcommand)]

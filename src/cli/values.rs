@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use log::LevelFilter;
+
 use crate::db::Durability;
 
 /// A switch's value in its environment variable, written as people write
@@ -43,6 +45,18 @@ pub(super) fn parse_ttl(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(ttl)
+}
+
+/// A log level, in any case. `warning` is taken for `warn`, as Python and
+/// syslog spell it; anything else is refused with the levels there are
+/// (the `log` crate's own error names none).
+pub(super) fn parse_log_level(text: &str) -> Result<LevelFilter, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "warning" => Ok(LevelFilter::Warn),
+        lower => lower.parse().map_err(|_| {
+            format!("{text:?} is not a log level; use off, error, warn, info, debug or trace")
+        }),
+    }
 }
 
 pub(super) fn parse_durability(text: &str) -> Result<Durability, String> {
@@ -112,6 +126,21 @@ mod tests {
         }
         for bad in ["flase", "2", "enabled"] {
             assert!(parse_switch(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn log_levels_parse_in_any_case_and_a_wrong_one_lists_them() {
+        assert_eq!(parse_log_level("info"), Ok(LevelFilter::Info));
+        assert_eq!(parse_log_level("DEBUG"), Ok(LevelFilter::Debug));
+        assert_eq!(parse_log_level("Off"), Ok(LevelFilter::Off));
+        assert_eq!(parse_log_level("warning"), Ok(LevelFilter::Warn));
+        for bad in ["", "verbose", "warnings", "3"] {
+            let error = parse_log_level(bad).unwrap_err();
+            assert!(
+                error.contains("use off, error, warn, info, debug or trace"),
+                "{bad:?}: {error}"
+            );
         }
     }
 
