@@ -122,6 +122,11 @@ pub fn back_up(from: &Connection, out: &Path) -> Result<Backup, Error> {
     if out.is_dir() {
         return Err(Error::IsDirectory(out.to_owned()));
     }
+    // `new-dir/` names a directory, which is not there: without this the
+    // copy would go to `new-dir/.partial`, and fail with the OS's words.
+    if out.to_string_lossy().ends_with(std::path::is_separator) {
+        return Err(Error::NoDirectory(out.to_owned()));
+    }
     if out.symlink_metadata().is_ok() {
         return Err(Error::Exists(out.to_owned()));
     }

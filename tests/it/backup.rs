@@ -1,6 +1,7 @@
 //! `neptun-local backup`: a consistent, checked copy of the database, taken
 //! while the server deletes, that a server started on it serves.
 
+use std::path::{MAIN_SEPARATOR, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -135,6 +136,8 @@ fn a_backup_never_replaces_a_file_and_names_what_is_wrong() {
     let existing = dir.join("precious.txt");
     std::fs::write(&existing, "keep me").unwrap();
     let missing_dir = dir.join("no/such/dir/b.db");
+    // As `cp db new-dir/` would take it: a directory, and it is not there.
+    let missing_dir_only = format!("{}{}", dir.join("new-dir").display(), MAIN_SEPARATOR);
     let cases = [
         (existing.clone(), "already exists".to_owned()),
         (server.db_path.clone(), "already exists".to_owned()),
@@ -153,6 +156,10 @@ fn a_backup_never_replaces_a_file_and_names_what_is_wrong() {
                 missing_dir.parent().unwrap().display()
             ),
         ),
+        (
+            PathBuf::from(&missing_dir_only),
+            format!("the directory {missing_dir_only} does not exist"),
+        ),
     ];
     for (out, message) in cases {
         let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
@@ -161,6 +168,7 @@ fn a_backup_never_replaces_a_file_and_names_what_is_wrong() {
     }
     assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep me");
     assert!(!missing_dir.exists());
+    assert!(!dir.join("new-dir").exists());
     // The server's own file is untouched and still served.
     assert_consistent(&server.sql());
     server
