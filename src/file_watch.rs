@@ -121,7 +121,7 @@ fn wait_for_change<'a>(
 }
 
 /// The file's device and inode; `None` where there are none to compare.
-fn identity(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
+pub(crate) fn identity(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
     let metadata = std::fs::metadata(path)?;
     #[cfg(unix)]
     {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 use crate::db::{self, Database};
-use crate::doctor;
+use crate::{doctor, file_watch};
 
 /// How many users and chats a database holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +70,8 @@ pub enum Error {
     NoBackup(PathBuf),
     /// The backup named is the database itself.
     SameFile(PathBuf),
+    /// A directory was named where the backup file belongs.
+    IsDirectory(PathBuf),
     /// The file is not a neptun-local database this version can read.
     Unreadable(PathBuf, db::Error),
     /// The backup is damaged or has orphaned rows.
@@ -93,6 +95,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::NoBackup(path) => write!(f, "{} does not exist", path.display()),
+            Error::IsDirectory(path) => write!(
+                f,
+                "{} is a directory; name the backup file in it to restore from",
+                path.display()
+            ),
             Error::SameFile(path) => write!(
                 f,
                 "{} is the database itself; name the backup to restore from",
@@ -164,6 +171,9 @@ pub fn check(from: &Path, database: &Path) -> Result<Checked, Error> {
     if from.symlink_metadata().is_err() {
         return Err(Error::NoBackup(from.to_owned()));
     }
+    if from.is_dir() {
+        return Err(Error::IsDirectory(from.to_owned()));
+    }
     if same_file(from, database) {
         return Err(Error::SameFile(from.to_owned()));
     }
@@ -234,8 +244,14 @@ fn page_size(conn: &Connection) -> db::Result<i64> {
     Ok(conn.pragma_query_value(None, "page_size", |r| r.get(0))?)
 }
 
-/// Whether two paths name one file (through links, or `./` and the like).
+/// Whether two paths name one file: through a symbolic link, `./` and the
+/// like, or (on Unix, by device and inode) a hard link. Restoring a hard
+/// link to the database would read its file without its `-wal`, and so put
+/// back chats deleted since the last checkpoint.
 fn same_file(a: &Path, b: &Path) -> bool {
+    if let (Ok(Some(a)), Ok(Some(b))) = (file_watch::identity(a), file_watch::identity(b)) {
+        return a == b;
+    }
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,

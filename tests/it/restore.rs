@@ -194,9 +194,15 @@ fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
         .unwrap();
     let missing = dir.join("missing.db");
 
-    let cases = [
+    let folder = dir.join("backups");
+    std::fs::create_dir(&folder).unwrap();
+    let mut cases = vec![
         (missing.clone(), "missing.db does not exist"),
         (server.db_path.clone(), "is the database itself"),
+        (
+            folder.clone(),
+            "backups is a directory; name the backup file in it to restore from",
+        ),
         (
             garbage,
             "garbage.db cannot be restored from: not an SQLite database, or one whose header is \
@@ -215,6 +221,14 @@ fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
             "the backup's pages are 8192 bytes and the database's 4096",
         ),
     ];
+    // Read through its own name, the database's file comes without its
+    // -wal: the chats deleted since the last checkpoint would come back.
+    // (Windows' hard links are not told apart.)
+    if cfg!(unix) {
+        let hard_link = dir.join("hard-link.db");
+        std::fs::hard_link(&server.db_path, &hard_link).unwrap();
+        cases.push((hard_link, "hard-link.db is the database itself"));
+    }
     let before = listing(&server.db_path);
     for (from, message) in cases {
         let ran = run_cli(
