@@ -411,6 +411,7 @@ fn foreign_key_check(conn: &Connection) -> db::Result<Vec<String>> {
 
 /// On Unix, a database file that other users of the machine may read or
 /// write is a problem: it holds every chat. New files are created 0600.
+/// So is one with a second name (see [`db::more_than_one_name`]).
 ///
 /// So are the `-wal` and `-shm` beside it, which hold recent pages (a
 /// deleted chat's too, until the next checkpoint). SQLite gives them the
@@ -432,6 +433,7 @@ fn check_access(db_path: &Path, report: &mut Report) {
             return;
         };
         report.facts.push(("mode", format!("{mode:04o}")));
+        report.problems.extend(db::more_than_one_name(db_path));
         if open_to_others(mode) {
             report.problems.push(format!(
                 "other users of this machine can open the database file (mode {mode:04o}); \

@@ -43,6 +43,9 @@ pub(super) fn serve(
         path: db_path.to_owned(),
         source,
     })?;
+    if let Some(warning) = db::more_than_one_name(db_path) {
+        log::warn!("{warning}");
+    }
     if args.synchronous == Durability::Normal {
         log::warn!("--synchronous normal: deletes answered just before a power loss may come back");
     }

@@ -32,6 +32,35 @@ fn journal_in_header(path: &Path) -> Option<u8> {
     (header.starts_with(b"SQLite format 3\0") && versions).then_some(header[18])
 }
 
+/// What to say when the database file at `path` has more than one name
+/// (hard links), on Unix; `None` when it has one. SQLite finds the `-wal`
+/// and a hot `-journal` by the name a process opened, so one that opens the
+/// file by another name misses the newest commits, and its writes or
+/// checkpoints can damage the file (<https://sqlite.org/howtocorrupt.html>,
+/// "Multiple links to the same file"). Nor is a second name a backup: both
+/// are the same file.
+pub fn more_than_one_name(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let links = std::fs::metadata(path).ok()?.nlink();
+        (links > 1).then(|| {
+            format!(
+                "the database file has {links} names (hard links): a process that opens it by \
+                 another name misses the newest commits in its -wal and can damage it, and \
+                 none of them is a backup; keep one name (`find / -samefile {} 2>/dev/null` lists \
+                 them) and use `neptun-local backup`",
+                super::shell_word(path)
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// The path that SQLite names the `-wal`, `-shm` and `-journal` files
 /// after: `path` with a symbolic link resolved, as SQLite resolves it. A
 /// `--db` that is a link has those files beside the file it points to.

@@ -573,6 +573,54 @@ fn a_new_database_and_its_wal_are_for_their_owner_only() {
     assert_eq!(doctor(&server.db_path).0, Some(0));
 }
 
+/// A second name (a hard link) for the database file. SQLite finds the
+/// `-wal` by the name a process opened, so one that opens the file by the
+/// other name misses the newest commits and can damage it; and the second
+/// name looks like a backup and is not one. `doctor` reports it, with a
+/// command that lists the names; a server warns at start-up.
+#[cfg(unix)]
+#[test]
+fn a_second_name_for_the_database_file_is_a_problem_and_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("neptun.db");
+    let added = run_cli(&db_path, &["user", "add", "alice"], None);
+    assert!(added.status.success(), "{}", stderr_of(&added));
+    let doctor = || run_cli(&db_path, &["doctor"], None);
+    assert_eq!(doctor().status.code(), Some(0));
+
+    let second = dir.path().join("copy.db");
+    std::fs::hard_link(&db_path, &second).unwrap();
+    let out = doctor();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("PROBLEM      the database file has 2 names (hard links)"),
+        "{text}"
+    );
+    // The advice's command, run over the test's directory rather than /,
+    // lists both names.
+    let (_, advice) = text.split_once("`find / ").expect(&text);
+    let (args, _) = advice.split_once('`').unwrap();
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("find . {args}")])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let mut names: Vec<&str> = std::str::from_utf8(&found.stdout)
+        .unwrap()
+        .lines()
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["./copy.db", "./neptun.db"], "find . {args}");
+
+    let server = TestServer::start_in(dir, db_path.clone(), &[]);
+    server.log_with(&["WARN  the database file has 2 names (hard links)"]);
+    let stopped = server.stop();
+    assert!(stopped.status.success());
+    std::fs::remove_file(&second).unwrap();
+    assert_eq!(doctor().status.code(), Some(0));
+}
+
 /// A command leaves no `-wal` or `-shm` file behind: SQLite deletes them
 /// when the last connection closes, and the process waits for that. Before,
 /// 14 `doctor` runs in 100 exited while r2d2's thread was still closing the
