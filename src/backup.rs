@@ -124,7 +124,7 @@ pub fn back_up(from: &Connection, out: &Path) -> Result<Backup, Error> {
     }
     // `new-dir/` names a directory, which is not there: without this the
     // copy would go to `new-dir/.partial`, and fail with the OS's words.
-    if out.to_string_lossy().ends_with(std::path::is_separator) {
+    if db::names_a_directory(out) {
         return Err(Error::NoDirectory(out.to_owned()));
     }
     if out.symlink_metadata().is_ok() {

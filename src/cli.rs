@@ -279,6 +279,9 @@ pub enum Error {
     /// `--db` names a directory, which SQLite reports only as "unable to
     /// open database file".
     IsDirectory(PathBuf),
+    /// `--db` ends in a separator but is no directory: SQLite would create
+    /// the file without it (mode 0644, and beyond the server's file watch).
+    EndsInSeparator(PathBuf),
     /// `--db` names a device, a FIFO or a socket, which SQLite reports as
     /// "disk I/O error" or worse.
     NotAFile(PathBuf),
@@ -391,6 +394,14 @@ impl fmt::Display for Error {
                 "{}: that is a directory; --db takes the database file, for example {}",
                 path.display(),
                 path.join(DEFAULT_DB).display()
+            ),
+            Error::EndsInSeparator(path) => write!(
+                f,
+                "{}: a name that ends in {} is a directory's; --db takes the database file, \
+                 for example {}",
+                path.display(),
+                std::path::MAIN_SEPARATOR,
+                path.components().as_path().display()
             ),
             Error::NotAFile(path) => write!(
                 f,
@@ -538,6 +549,9 @@ fn advice_for(path: &Path, usual: &'static str) -> &'static str {
 pub fn run(cli: Cli) -> Result<(), Error> {
     logging::init(cli.log_level);
     ignore_file_size_signal();
+    if db::names_a_directory(&cli.db) && !cli.db.is_dir() {
+        return Err(Error::EndsInSeparator(cli.db.clone()));
+    }
     // Serving, adding a user and restoring create the file if it is
     // missing; SQLite would refuse a missing directory with only "unable to
     // open database file".

@@ -30,7 +30,7 @@ mod upkeep;
 pub use access::shell_word;
 pub use file::{
     create_owner_only, database_files, describe, is_rollback_journal_file, is_wal_file,
-    more_than_one_name, resolved_path, side_file, sqlite_path,
+    more_than_one_name, names_a_directory, resolved_path, side_file, sqlite_path,
 };
 pub use listings::{ChatInfo, SessionInfo, UserInfo};
 pub use rows::{

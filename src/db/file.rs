@@ -61,6 +61,12 @@ pub fn more_than_one_name(path: &Path) -> Option<String> {
     }
 }
 
+/// Whether `path` ends in a separator (`new-dir/`), and so can only name a
+/// directory. SQLite takes such a name for the file without it.
+pub fn names_a_directory(path: &Path) -> bool {
+    path.to_string_lossy().ends_with(std::path::is_separator)
+}
+
 /// The path that SQLite names the `-wal`, `-shm` and `-journal` files
 /// after: `path` with a symbolic link resolved, as SQLite resolves it. A
 /// `--db` that is a link has those files beside the file it points to.

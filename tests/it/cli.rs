@@ -1,6 +1,7 @@
 //! The binary's command line, run for real: errors and exit codes, the demo,
 //! the stdout contract, and graceful shutdown.
 
+use std::path::{MAIN_SEPARATOR, Path};
 use std::time::Duration;
 
 use crate::support::*;
@@ -201,6 +202,28 @@ fn an_unusable_database_is_reported_with_its_path() {
         let err = stderr_of(&out);
         assert!(err.contains("that is a directory"), "{args:?}: {err}");
     }
+    // A name that ends in a separator: SQLite would take it for the file
+    // without it, created readable by every user, and a server's watch of
+    // the name would then fail. Nothing is created.
+    let with_separator = format!("{}{}", dir.path().join("new.db").display(), MAIN_SEPARATOR);
+    for args in [
+        &["--addr", "127.0.0.1:0"][..],
+        &["user", "add", "a"],
+        &["doctor"],
+    ] {
+        let out = run_cli(Path::new(&with_separator), args, None);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{with_separator}: a name that ends in {MAIN_SEPARATOR} is a directory's; \
+                 --db takes the database file, for example {}",
+                dir.path().join("new.db").display()
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!dir.path().join("new.db").exists());
     // Nor says more than "disk I/O error" of a device.
     #[cfg(unix)]
     for args in [&["--addr", "127.0.0.1:0"][..], &["doctor"]] {
