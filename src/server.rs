@@ -332,8 +332,8 @@ fn serve_one(
         refuse_without_draining(request, response)
     } else if body_left_unread(&request) {
         answer_off_the_worker(request, response)
-    } else if closes {
-        respond_and_close(request, response)
+    } else if closes || response.status == 204 {
+        respond_written_out(request, response, closes)
     } else {
         request.respond(to_tiny_http(response))
     };
@@ -390,27 +390,54 @@ fn respond((request, response): (tiny_http::Request, Response)) -> io::Result<()
     request.respond(to_tiny_http(response))
 }
 
-/// Answers with `Connection: close`, which tiny_http's `respond` cannot send
-/// (it drops that header): tiny_http writes the response into a buffer, we
-/// add the header after the status line and write it through `into_writer`.
-/// tiny_http still reads on until the client closes, which a client told
-/// `close` does (RFC 9112 §9.6).
-fn respond_and_close(request: tiny_http::Request, response: Response) -> io::Result<()> {
+/// Answers through `into_writer`, with the head tiny_http's `respond`
+/// would write changed in two ways it cannot be told to make: with
+/// `Connection: close` when `close` (its `respond` drops that header), and
+/// without `Content-Length` on a `204` (it adds one to every answer, which
+/// RFC 9110 §8.6 forbids there). tiny_http renders the response into a
+/// buffer; the head is amended and the whole written in one go. After a
+/// `close`, tiny_http still reads on until the client closes, which a
+/// client told `close` does (RFC 9112 §9.6); otherwise the connection
+/// stays open as after `respond`.
+fn respond_written_out(
+    request: tiny_http::Request,
+    response: Response,
+    close: bool,
+) -> io::Result<()> {
     let head_only = request.method() == &tiny_http::Method::Head;
     let version = request.http_version().clone();
-    let mut raw = Vec::with_capacity(256 + response.body.len());
-    to_tiny_http(response).raw_print(&mut raw, version, &[], head_only, None)?;
-    let status_line_end = raw
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map_or(0, |i| i + 2);
-    raw.splice(
-        status_line_end..status_line_end,
-        b"Connection: close\r\n".iter().copied(),
-    );
+    let no_content = response.status == 204;
+    let mut rendered = Vec::with_capacity(256 + response.body.len());
+    to_tiny_http(response).raw_print(&mut rendered, version, &[], head_only, None)?;
+    let raw = amend_head(&rendered, close, no_content);
     let mut writer = request.into_writer();
     writer.write_all(&raw)?;
     writer.flush()
+}
+
+/// `rendered`, a whole response, with `Connection: close` added after the
+/// status line when `close`, and its `Content-Length` taken out when
+/// `no_content`.
+fn amend_head(rendered: &[u8], close: bool, no_content: bool) -> Vec<u8> {
+    let head_end = rendered
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(rendered.len(), |i| i + 2);
+    let (head, rest) = rendered.split_at(head_end);
+    let mut raw = Vec::with_capacity(rendered.len() + 19);
+    for (i, line) in head.split_inclusive(|&b| b == b'\n').enumerate() {
+        let is_length = line
+            .get(..15)
+            .is_some_and(|name| name.eq_ignore_ascii_case(b"content-length:"));
+        if !(no_content && is_length) {
+            raw.extend_from_slice(line);
+        }
+        if i == 0 && close {
+            raw.extend_from_slice(b"Connection: close\r\n");
+        }
+    }
+    raw.extend_from_slice(rest);
+    raw
 }
 
 /// Declared bodies larger than this are never dropped (see below).
@@ -597,6 +624,34 @@ fn in_a_connection_thread(location: &panic::Location) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_is_amended_and_the_body_left_alone() {
+        let rendered = b"HTTP/1.1 204 No Content\r\nDate: x\r\ncontent-length: 0\r\n\r\n";
+        let amended =
+            |close, no_content| String::from_utf8(amend_head(rendered, close, no_content)).unwrap();
+        assert_eq!(
+            amended(false, true),
+            "HTTP/1.1 204 No Content\r\nDate: x\r\n\r\n"
+        );
+        assert_eq!(
+            amended(true, true),
+            "HTTP/1.1 204 No Content\r\nConnection: close\r\nDate: x\r\n\r\n"
+        );
+        let with_body =
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 21\r\n\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            String::from_utf8(amend_head(with_body, true, false)).unwrap(),
+            "HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 21\r\n\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        // Even with no_content, the body (had a 204 one) is not looked at.
+        assert!(
+            String::from_utf8(amend_head(with_body, false, true))
+                .unwrap()
+                .ends_with("\r\n\r\nContent-Length: 0\r\n\r\n")
+        );
+    }
 
     #[test]
     fn a_panic_is_told_on_one_line_with_where_and_what() {

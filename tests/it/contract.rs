@@ -378,7 +378,38 @@ fn other_methods_on_the_route_are_405_with_allow() {
         (204, Some("DELETE, OPTIONS"))
     );
     assert!(options.body.is_empty());
+    // tiny_http adds one to every answer; RFC 9110 §8.6 forbids it here.
+    assert_eq!(options.header("Content-Length"), None, "{options:?}");
     assert_fully_present(&w.server.sql(), &w.chat);
+}
+
+/// A `204`, written out without tiny_http's `respond`, leaves a keep-alive
+/// connection as `respond` does: the next request on it is answered.
+#[test]
+fn a_connection_serves_on_after_a_204() {
+    use std::io::{BufReader, Write};
+    let w = world();
+    let path = chat_path("alice", w.chat.chat);
+    let mut stream = std::net::TcpStream::connect(w.server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let host = w.server.addr;
+    let requests = format!(
+        "OPTIONS {path} HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         DELETE {path} HTTP/1.1\r\nHost: {host}\r\nCookie: neptun-session={}\r\n\r\n",
+        w.alice
+    );
+    stream.write_all(requests.as_bytes()).unwrap();
+    let mut stream = BufReader::new(stream);
+    let options = read_response(&mut stream).unwrap();
+    assert_eq!(
+        (options.status, options.header("Content-Length")),
+        (204, None),
+        "{options:?}"
+    );
+    read_response(&mut stream).unwrap().assert_true();
+    assert_fully_gone(&w.server.sql(), &w.chat);
 }
 
 #[test]

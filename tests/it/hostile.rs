@@ -296,6 +296,7 @@ fn cors_lets_an_allowed_front_end_delete_with_credentials_and_nobody_else() {
     assert_eq!(r.header("Vary"), Some("Origin"));
     assert_eq!(r.header("Access-Control-Allow-Private-Network"), None);
     assert!(r.body.is_empty());
+    assert_eq!(r.header("Content-Length"), None, "{r:?}");
     // What tracing (Sentry's default on localhost, OpenTelemetry), axios's
     // CSRF header and a signing API client add without being asked.
     let added = "sentry-trace, baggage, traceparent, tracestate, authorization, x-xsrf-token";
