@@ -43,9 +43,6 @@ pub(super) fn serve(
         path: db_path.to_owned(),
         source,
     })?;
-    if let Some(warning) = db::more_than_one_name(db_path) {
-        log::warn!("{warning}");
-    }
     if args.synchronous == Durability::Normal {
         log::warn!("--synchronous normal: deletes answered just before a power loss may come back");
     }
@@ -53,6 +50,9 @@ pub(super) fn serve(
     // "where is my neptun.db?" is the usual question.
     let full_path = std::path::absolute(db_path).unwrap_or_else(|_| db_path.to_owned());
     log::info!("database {}", db::describe(&full_path, db_path));
+    if let Some(warning) = db::more_than_one_name(db_path) {
+        log::warn!("{warning}");
+    }
 
     match server::raise_open_file_limit() {
         Ok(Some(limit)) => log::debug!("open file limit {limit}"),
