@@ -323,18 +323,17 @@ impl fmt::Display for Error {
             ),
             Error::DamagedBeyondOpening { path, cause } => write!(
                 f,
-                "{}: the file is too damaged to be opened (sqlite: {cause}); move it aside, \
-                 with its -wal and -shm files if there are any, and `neptun-local restore \
-                 BACKUP` writes a new one from a backup",
-                path.display()
+                "{}: the file is too damaged to be opened (sqlite: {cause}); {}",
+                path.display(),
+                db::MOVE_ASIDE_AND_RESTORE
             ),
             Error::NotADatabase(path) => write!(
                 f,
                 "{}: {}, and it was left as it was. Is --db right? If it names neptun-local's \
-                 database, move the file aside, with its -wal and -shm files if there are any, \
-                 and `neptun-local restore BACKUP` writes a new one from a backup",
+                 database, {}",
                 path.display(),
-                db::Error::NotADatabase
+                db::Error::NotADatabase,
+                db::MOVE_ASIDE_AND_RESTORE
             ),
             Error::Bind { addr, source } => {
                 write!(f, "cannot listen on {addr}: {source}")?;

@@ -199,8 +199,20 @@ impl Error {
     }
 }
 
+/// What to do with a database file whose header is damaged: SQLite cannot
+/// open it, or not to write, so not even `restore` can copy a backup in.
+pub const MOVE_ASIDE_AND_RESTORE: &str = "move the file aside, with its -wal and -shm files if \
+     there are any, and `neptun-local restore BACKUP` writes a new one from a backup";
+
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {
+        // A schema format number (header bytes 44-47) beyond any SQLite's:
+        // SQLite's generic error code, with these words.
+        if let rusqlite::Error::SqliteFailure(_, Some(message)) = &e {
+            if message == "unsupported file format" {
+                return Error::Damaged(e.to_string());
+            }
+        }
         match e.sqlite_error_code() {
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Busy(e.to_string()),
             Some(ErrorCode::DiskFull) => Error::StorageFull(e.to_string()),
@@ -585,10 +597,22 @@ impl Database {
     /// the write lock, so another process's writing delays nothing here.
     pub fn check_writable(&self) -> Result<()> {
         let no_access = || {
-            Error::NoAccess(
-                access::problem(&self.path)
-                    .unwrap_or_else(|| "SQLite could open the file for reading only".to_owned()),
-            )
+            let why = access::problem(&self.path).unwrap_or_else(|| {
+                match file::unknown_write_version(&resolved_path(&self.path)) {
+                    // The rest can be read, and a backup's header is new.
+                    Some(version) => format!(
+                        "SQLite could open the file for reading only: its header gives a write \
+                         version of {version} (byte 18), where SQLite knows 1 and 2, so the \
+                         header is damaged (or a newer SQLite wrote the file). What it holds \
+                         can still be read: `neptun-local --db {} backup COPY` writes it to a \
+                         file with a sound header; then {}",
+                        shell_word(&self.path),
+                        MOVE_ASIDE_AND_RESTORE.replace("BACKUP", "COPY")
+                    ),
+                    None => "SQLite could open the file for reading only".to_owned(),
+                }
+            });
+            Error::NoAccess(why)
         };
         let conn = self.conn()?;
         if conn.is_readonly(rusqlite::MAIN_DB)? {

@@ -32,6 +32,18 @@ fn journal_in_header(path: &Path) -> Option<u8> {
     (header.starts_with(b"SQLite format 3\0") && versions).then_some(header[18])
 }
 
+/// The write version in the header of the SQLite database at `path` (byte
+/// 18) when it is one that SQLite does not know (1 is a rollback journal,
+/// 2 WAL): SQLite then opens the file for reading only, without a word.
+/// `None` for a known version, or a file that is not an SQLite database.
+pub fn unknown_write_version(path: &Path) -> Option<u8> {
+    use std::io::Read;
+    let mut header = [0u8; 19];
+    File::open(path).ok()?.read_exact(&mut header).ok()?;
+    let version = header[18];
+    (header.starts_with(b"SQLite format 3\0") && version > 2).then_some(version)
+}
+
 /// What to say when the database file at `path` has more than one name
 /// (hard links), on Unix; `None` when it has one. SQLite finds the `-wal`
 /// and a hot `-journal` by the name a process opened, so one that opens the

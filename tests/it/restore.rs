@@ -458,9 +458,76 @@ fn a_database_too_damaged_to_open_says_to_move_it_aside_and_restore_into_a_new_o
     // Page 1: the file header's 100 bytes, then the schema's b-tree page.
     let damage = |file: &mut Vec<u8>, page_size| file[100..page_size].fill(0xFF);
     let advice = "the file is too damaged to be opened (sqlite: database disk image \
-                  is malformed); move it aside, with its -wal and -shm files if there are any, \
-                  and `neptun-local restore BACKUP` writes a new one from a backup";
+                  is malformed); move the file aside, with its -wal and -shm files if there \
+                  are any, and `neptun-local restore BACKUP` writes a new one from a backup";
     moved_aside_and_restored(damage, advice);
+}
+
+/// A schema format number (header bytes 44-47) that no SQLite has: SQLite
+/// said only "unsupported file format".
+#[test]
+fn a_database_whose_schema_format_is_unknown_says_to_move_it_aside_too() {
+    let damage = |file: &mut Vec<u8>, _| file[47] = 9;
+    let advice = "the file is too damaged to be opened (sqlite: unsupported file format); \
+                  move the file aside, with its -wal and -shm files if there are any, and \
+                  `neptun-local restore BACKUP` writes a new one from a backup";
+    moved_aside_and_restored(damage, advice);
+}
+
+/// A write version (header byte 18) that SQLite does not know: SQLite
+/// opens the file for reading only, without a word, and the server refused
+/// it with only "SQLite could open the file for reading only". The rest of
+/// the file is whole, so the advice copies it out, with every chat since
+/// the last backup, rather than go back to that backup.
+#[test]
+fn a_database_whose_write_version_is_unknown_is_copied_out_whole() {
+    let BackedUp {
+        dir,
+        db_path,
+        token,
+        ..
+    } = backed_up_and_closed();
+    let db = Database::open(&db_path, &db::Settings::default()).unwrap();
+    let since_the_backup = seed_chat(&db, "alice", "bob");
+    drop(db);
+    let mut file = std::fs::read(&db_path).unwrap();
+    file[18] = 9;
+    std::fs::write(&db_path, &file).unwrap();
+
+    let advice = "SQLite could open the file for reading only: its header gives a \
+                  write version of 9 (byte 18), where SQLite knows 1 and 2, so the header is \
+                  damaged (or a newer SQLite wrote the file). What it holds can still be read: \
+                  `neptun-local --db ";
+    for args in [&["serve", "--addr", "127.0.0.1:0"][..], &["doctor"]] {
+        let out = run_cli(&db_path, args, None);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        // doctor lists its problems on stdout.
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr_of(&out)
+        );
+        assert!(said.contains(advice), "{args:?}: {said}");
+    }
+    assert!(std::fs::read(&db_path).unwrap() == file, "the file changed");
+
+    // The advice, followed: back up, move aside, restore.
+    let copy = dir.path().join("copy.db");
+    let out = run_cli(&db_path, &["backup", copy.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    std::fs::rename(&db_path, dir.path().join("neptun.db.damaged")).unwrap();
+    let out = run_cli(&db_path, &["restore", copy.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let server = TestServer::start_in(dir, db_path, &[]);
+    server
+        .delete(
+            &format!("/api/users/alice/chats/{}", since_the_backup.chat),
+            &token,
+        )
+        .assert_true();
+    let sql = server.sql();
+    assert_fully_gone(&sql, &since_the_backup);
+    assert_consistent(&sql);
 }
 
 /// Damage to the file header's first bytes, SQLite's "SQLite format 3",
