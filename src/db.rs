@@ -26,7 +26,6 @@ mod rows;
 mod schema;
 mod upkeep;
 
-#[cfg(unix)]
 pub use access::shell_word;
 pub use file::{
     create_owner_only, database_files, describe, is_rollback_journal_file, is_wal_file,

@@ -106,6 +106,13 @@ pub fn shell_word(path: &Path) -> String {
     format!("'{}'", path.replace('\'', r"'\''"))
 }
 
+/// `path` as one word of a command in cmd or PowerShell: double-quoted,
+/// which neither allows in a file name.
+#[cfg(not(unix))]
+pub fn shell_word(path: &Path) -> String {
+    format!("\"{}\"", path.display())
+}
+
 /// Whether this process may access `path` in `mode` (`access(2)`, which
 /// also knows about root, ACLs, read-only mounts and immutable files).
 #[cfg(unix)]
