@@ -411,7 +411,6 @@ fn foreign_key_check(conn: &Connection) -> db::Result<Vec<String>> {
 
 /// On Unix, a database file that other users of the machine may read or
 /// write is a problem: it holds every chat. New files are created 0600.
-/// So is one with a second name (see [`db::more_than_one_name`]).
 ///
 /// So are the `-wal` and `-shm` beside it, which hold recent pages (a
 /// deleted chat's too, until the next checkpoint). SQLite gives them the
@@ -419,6 +418,9 @@ fn foreign_key_check(conn: &Connection) -> db::Result<Vec<String>> {
 /// the database's was changed while a server had them open: after
 /// `chmod 600 neptun.db`, say. They are looked at only once the database
 /// file is right, so that each piece of advice names files that stay.
+///
+/// A database file with a second name (a hard link) is a problem, too:
+/// see [`db::more_than_one_name`].
 fn check_access(db_path: &Path, report: &mut Report) {
     #[cfg(unix)]
     {
