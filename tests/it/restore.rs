@@ -515,19 +515,7 @@ fn a_database_whose_write_version_is_unknown_is_copied_out_whole() {
     let copy = dir.path().join("copy.db");
     let out = run_cli(&db_path, &["backup", copy.to_str().unwrap()], None);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    std::fs::rename(&db_path, dir.path().join("neptun.db.damaged")).unwrap();
-    let out = run_cli(&db_path, &["restore", copy.to_str().unwrap()], None);
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let server = TestServer::start_in(dir, db_path, &[]);
-    server
-        .delete(
-            &format!("/api/users/alice/chats/{}", since_the_backup.chat),
-            &token,
-        )
-        .assert_true();
-    let sql = server.sql();
-    assert_fully_gone(&sql, &since_the_backup);
-    assert_consistent(&sql);
+    moved_aside_and_restored_from(dir, db_path, &copy, &since_the_backup, &token);
 }
 
 /// Damage to the file header's first bytes, SQLite's "SQLite format 3",
@@ -593,15 +581,28 @@ fn moved_aside_and_restored(damage: impl Fn(&mut Vec<u8>, usize), advice: &str) 
     }
     assert!(!copy.exists());
 
+    moved_aside_and_restored_from(dir, db_path, &backup, &chat, &token);
+}
+
+/// Moves the database at `db_path` aside, as the advice says, restores
+/// `from` into a new file in its place, and checks that a server started
+/// on it deletes `chat`, whole.
+fn moved_aside_and_restored_from(
+    dir: tempfile::TempDir,
+    db_path: PathBuf,
+    from: &Path,
+    chat: &SeededChat,
+    token: &str,
+) {
     std::fs::rename(&db_path, dir.path().join("neptun.db.damaged")).unwrap();
-    let out = run_cli(&db_path, &restore, None);
+    let out = run_cli(&db_path, &["restore", from.to_str().unwrap()], None);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let server = TestServer::start_in(dir, db_path, &[]);
     server
-        .delete(&format!("/api/users/alice/chats/{}", chat.chat), &token)
+        .delete(&format!("/api/users/alice/chats/{}", chat.chat), token)
         .assert_true();
     let sql = server.sql();
-    assert_fully_gone(&sql, &chat);
+    assert_fully_gone(&sql, chat);
     assert_consistent(&sql);
 }
 
