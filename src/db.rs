@@ -596,22 +596,9 @@ impl Database {
     /// the write lock, so another process's writing delays nothing here.
     pub fn check_writable(&self) -> Result<()> {
         let no_access = || {
-            let why = access::problem(&self.path).unwrap_or_else(|| {
-                match file::unknown_write_version(&resolved_path(&self.path)) {
-                    // The rest can be read, and a backup's header is new.
-                    Some(version) => format!(
-                        "SQLite could open the file for reading only: its header gives a write \
-                         version of {version} (byte 18), where SQLite knows 1 and 2, so the \
-                         header is damaged (or a newer SQLite wrote the file). What it holds \
-                         can still be read: `neptun-local --db {} backup COPY` writes it to a \
-                         file with a sound header; then {}",
-                        shell_word(&self.path),
-                        MOVE_ASIDE_AND_RESTORE.replace("BACKUP", "COPY")
-                    ),
-                    None => "SQLite could open the file for reading only".to_owned(),
-                }
-            });
-            Error::NoAccess(why)
+            Error::NoAccess(
+                access::problem(&self.path).unwrap_or_else(|| read_only_by_header(&self.path)),
+            )
         };
         let conn = self.conn()?;
         if conn.is_readonly(rusqlite::MAIN_DB)? {
@@ -886,6 +873,24 @@ impl Database {
             }
             Ok(tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?)
         })
+    }
+}
+
+/// Why SQLite opened the database at `path` for reading only when this
+/// user may write it: a write version in the header that SQLite does not
+/// know, if that is it. The rest of such a file can be read, and a
+/// backup's header is new, so the advice copies it out.
+fn read_only_by_header(path: &Path) -> String {
+    match file::unknown_write_version(&resolved_path(path)) {
+        Some(version) => format!(
+            "SQLite could open the file for reading only: its header gives a write version of \
+             {version} (byte 18), where SQLite knows 1 and 2, so the header is damaged (or a \
+             newer SQLite wrote the file). What it holds can still be read: `neptun-local --db \
+             {} backup COPY` writes it to a file with a sound header; then {}",
+            shell_word(path),
+            MOVE_ASIDE_AND_RESTORE.replace("BACKUP", "COPY")
+        ),
+        None => "SQLite could open the file for reading only".to_owned(),
     }
 }
 
