@@ -26,7 +26,10 @@ mod values;
 use listings::{chats_table, sessions_table, users_table};
 use reading::Reading;
 use serve::serve;
-use values::{parse_busy_timeout, parse_durability, parse_log_level, parse_switch, parse_ttl};
+use values::{
+    parse_busy_timeout, parse_chat_name, parse_durability, parse_log_level, parse_model,
+    parse_switch, parse_ttl, parse_user_name,
+};
 
 /// Loopback only: a browser on this machine can reach it, nobody else can.
 /// Not 3000, which front-end dev servers usually take.
@@ -159,7 +162,7 @@ pub enum UserCommand {
         /// The user's id (as it appears in API paths).
         id: String,
         /// A display name.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_user_name)]
         name: Option<String>,
     },
     /// List the users, with how many chats and active sessions each has.
@@ -211,6 +214,10 @@ pub enum SessionCommand {
 /// bench's largest chat, whose delete takes about a quarter of a second.
 const MAX_NEW_CHAT_MESSAGES: u32 = 100_000;
 
+/// The model `chat add` records unless told another: the one the demo's
+/// chats record.
+const DEFAULT_MODEL: &str = "qwen2.5-coder:7b";
+
 #[derive(Subcommand, Debug)]
 pub enum ChatCommand {
     /// List a user's chats: the ids that API paths take, with their messages,
@@ -225,9 +232,10 @@ pub enum ChatCommand {
         /// The user's id (as it appears in API paths).
         user_id: String,
         /// The chat's name (its title).
+        #[arg(value_parser = parse_chat_name)]
         name: String,
         /// The model name the chat records.
-        #[arg(long, default_value = "qwen2.5-coder:7b")]
+        #[arg(long, default_value = DEFAULT_MODEL, value_parser = parse_model)]
         model: String,
         /// How many messages to put in it, taking turns between the user and
         /// the assistant.

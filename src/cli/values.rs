@@ -59,6 +59,38 @@ pub(super) fn parse_log_level(text: &str) -> Result<LevelFilter, String> {
     }
 }
 
+/// A user's display name: text of any kind, but not blank, which would
+/// show as nothing where the listings show `-` for a user with no name.
+pub(super) fn parse_user_name(text: &str) -> Result<String, String> {
+    not_blank(text, "leave out --name for a user with no name")
+}
+
+/// A chat's name, which a front end shows as its title in the sidebar.
+pub(super) fn parse_chat_name(text: &str) -> Result<String, String> {
+    not_blank(text, "give the chat a title")
+}
+
+/// The model a chat records, which a front end shows with it.
+pub(super) fn parse_model(text: &str) -> Result<String, String> {
+    not_blank(
+        text,
+        &format!(
+            "leave out --model for the default, {}",
+            super::DEFAULT_MODEL
+        ),
+    )
+}
+
+fn not_blank(text: &str, advice: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err(format!("it is empty; {advice}"))
+    } else if text.trim().is_empty() {
+        Err(format!("it is blank; {advice}"))
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
 pub(super) fn parse_durability(text: &str) -> Result<Durability, String> {
     match text.to_ascii_lowercase().as_str() {
         "full" => Ok(Durability::Full),

@@ -40,6 +40,28 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
             1,
             "begins or ends with white space",
         ),
+        // A blank name or model would show as nothing in a listing and a
+        // sidebar; a user with no name is one added without --name.
+        (
+            &["user", "add", "bob", "--name", ""],
+            2,
+            "it is empty; leave out --name for a user with no name",
+        ),
+        (
+            &["user", "add", "bob", "--name", " \t"],
+            2,
+            "it is blank; leave out --name for a user with no name",
+        ),
+        (
+            &["chat", "add", "alice", ""],
+            2,
+            "it is empty; give the chat a title",
+        ),
+        (
+            &["chat", "add", "alice", "x", "--model", ""],
+            2,
+            "leave out --model for the default, qwen2.5-coder:7b",
+        ),
         (&["session", "new", "ghost"], 1, "no user with id \"ghost\""),
         (&["chat", "list", "ghost"], 1, "no user with id \"ghost\""),
         (
