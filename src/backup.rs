@@ -41,6 +41,8 @@ pub enum Error {
     IsDirectory(PathBuf),
     /// The directory to write into does not exist.
     NoDirectory(PathBuf),
+    /// The name ends in a separator, but without it names a file.
+    NotADirectory(PathBuf),
     /// `OUT.partial` is there: a backup to this name was interrupted, or
     /// is running now.
     Interrupted(PathBuf),
@@ -82,6 +84,12 @@ impl fmt::Display for Error {
                     dir.display()
                 )
             }
+            Error::NotADirectory(out) => write!(
+                f,
+                "{} is not a directory: {} is a file; give the path of a new file for the backup",
+                out.display(),
+                out.components().as_path().display()
+            ),
             Error::Interrupted(partial) => write!(
                 f,
                 "{} is there: a backup to this name was interrupted, or is running now; \
@@ -125,7 +133,11 @@ pub fn back_up(from: &Connection, out: &Path) -> Result<Backup, Error> {
     // `new-dir/` names a directory, which is not there: without this the
     // copy would go to `new-dir/.partial`, and fail with the OS's words.
     if db::names_a_directory(out) {
-        return Err(Error::NoDirectory(out.to_owned()));
+        return Err(if out.components().as_path().symlink_metadata().is_ok() {
+            Error::NotADirectory(out.to_owned())
+        } else {
+            Error::NoDirectory(out.to_owned())
+        });
     }
     if out.symlink_metadata().is_ok() {
         return Err(Error::Exists(out.to_owned()));

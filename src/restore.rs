@@ -72,6 +72,8 @@ pub enum Error {
     SameFile(PathBuf),
     /// A directory was named where the backup file belongs.
     IsDirectory(PathBuf),
+    /// The backup's name ends in a separator, and no directory has it.
+    EndsInSeparator(PathBuf),
     /// The file is not a neptun-local database this version can read.
     Unreadable(PathBuf, db::Error),
     /// The backup is damaged or has orphaned rows.
@@ -99,6 +101,14 @@ impl fmt::Display for Error {
                 f,
                 "{} is a directory; name the backup file in it to restore from",
                 path.display()
+            ),
+            Error::EndsInSeparator(path) => write!(
+                f,
+                "{}: a name that ends in {} is a directory's; name the backup file, for \
+                 example {}",
+                path.display(),
+                std::path::MAIN_SEPARATOR,
+                path.components().as_path().display()
             ),
             Error::SameFile(path) => write!(
                 f,
@@ -168,6 +178,9 @@ pub struct Checked {
 /// `database`, before that is opened: a restore refused for its backup
 /// leaves no new database file behind.
 pub fn check(from: &Path, database: &Path) -> Result<Checked, Error> {
+    if db::names_a_directory(from) && !from.is_dir() {
+        return Err(Error::EndsInSeparator(from.to_owned()));
+    }
     if from.symlink_metadata().is_err() {
         return Err(Error::NoBackup(from.to_owned()));
     }

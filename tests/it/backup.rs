@@ -160,6 +160,16 @@ fn a_backup_never_replaces_a_file_and_names_what_is_wrong() {
             PathBuf::from(&missing_dir_only),
             format!("the directory {missing_dir_only} does not exist"),
         ),
+        // A file named as a directory to write into.
+        (
+            PathBuf::from(format!("{}{MAIN_SEPARATOR}", existing.display())),
+            format!(
+                "{}{MAIN_SEPARATOR} is not a directory: {} is a file; give the path of a \
+                 new file",
+                existing.display(),
+                existing.display()
+            ),
+        ),
     ];
     for (out, message) in cases {
         let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);

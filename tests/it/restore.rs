@@ -1,7 +1,7 @@
 //! `neptun-local restore BACKUP`: a checked backup put in place of the
 //! database's contents, while the server runs, or into a new file.
 
-use std::path::{Path, PathBuf};
+use std::path::{MAIN_SEPARATOR, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -196,8 +196,18 @@ fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
 
     let folder = dir.join("backups");
     std::fs::create_dir(&folder).unwrap();
+    // A sound backup, named as a directory would be: `cp` and SQLite take
+    // that for no file, or for the file without the separator.
+    let sound = backup("sound.db");
+    let with_separator = PathBuf::from(format!("{}{MAIN_SEPARATOR}", sound.display()));
+    let ends_in_separator = format!(
+        "sound.db{MAIN_SEPARATOR}: a name that ends in {MAIN_SEPARATOR} is a directory's; \
+         name the backup file, for example {}",
+        sound.display()
+    );
     let mut cases = vec![
         (missing.clone(), "missing.db does not exist"),
+        (with_separator, ends_in_separator.as_str()),
         (server.db_path.clone(), "is the database itself"),
         (
             folder.clone(),
