@@ -273,7 +273,7 @@ fn configure_connection(
 /// there is no `-wal` beside it, which a process that has it open keeps,
 /// and which can hold commits that are not in the file yet.
 pub fn open_read_only(path: &Path) -> Result<Connection> {
-    match open_read_only_as(&sqlite_path(path), OpenFlags::SQLITE_OPEN_READ_ONLY) {
+    match open_ours_with(&sqlite_path(path), OpenFlags::SQLITE_OPEN_READ_ONLY) {
         // "unable to open database file" on a read-only file system, and
         // "attempt to write a readonly database" in a directory closed to
         // this user: SQLite's words for a -shm it could not make.
@@ -291,13 +291,16 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
             }
             let immutable = file::immutable_uri(path).map_err(|_| e.clone())?;
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
-            open_read_only_as(&immutable, flags).map_err(|_| e)
+            open_ours_with(&immutable, flags).map_err(|_| e)
         }
         result => result,
     }
 }
 
-fn open_read_only_as(name: &Path, flags: OpenFlags) -> Result<Connection> {
+/// Opens the database that SQLite finds at `name` with `flags`, configured
+/// as the server's connections are; fails on a file that is not ours or
+/// too new.
+fn open_ours_with(name: &Path, flags: OpenFlags) -> Result<Connection> {
     let mut conn = Connection::open_with_flags(name, flags)?;
     configure_connection(
         &mut conn,
@@ -309,6 +312,25 @@ fn open_read_only_as(name: &Path, flags: OpenFlags) -> Result<Connection> {
         Found::Version(found) => Err(Error::SchemaTooNew { found }),
         Found::Empty => Err(Error::NoSchema),
     }
+}
+
+/// Opens the database at `path` to be read, as [`open_read_only`] does,
+/// but a WAL database through a connection that may write, if this user
+/// may; no row is changed through it. SQLite makes a `-wal` and a `-shm`
+/// file to read a WAL database, and only a connection that may write
+/// removes them when it closes (the last one open, after it has copied any
+/// commits in the `-wal` into the file); a read-only one leaves them there.
+pub fn open_to_read(path: &Path) -> Result<Connection> {
+    if is_wal_file(path) {
+        let writable = open_ours_with(&sqlite_path(path), OpenFlags::SQLITE_OPEN_READ_WRITE);
+        // SQLite opens a file that this user may not write read-only.
+        if let Ok(conn) = writable {
+            if !conn.is_readonly(rusqlite::MAIN_DB)? {
+                return Ok(conn);
+            }
+        }
+    }
+    open_read_only(path)
 }
 
 /// Why a database with a `-wal` beside it cannot be read here, and what to

@@ -191,9 +191,10 @@ pub fn check(from: &Path, database: &Path) -> Result<Checked, Error> {
         return Err(Error::SameFile(from.to_owned()));
     }
     let unreadable = |e| Error::Unreadable(from.to_owned(), e);
-    // As `doctor` opens a backup: read-only, refusing another application's
-    // file and a schema version this one does not know.
-    let conn = db::open_read_only(from).map_err(unreadable)?;
+    // As `doctor` opens a backup: a copy read-only, a server's database so
+    // that its -wal and -shm go when it closes; refusing another
+    // application's file and a schema version this one does not know.
+    let conn = db::open_to_read(from).map_err(unreadable)?;
     let problems = doctor::integrity_problems(&conn).map_err(unreadable)?;
     if !problems.is_empty() {
         return Err(Error::Unsound(from.to_owned(), problems.join("; ")));

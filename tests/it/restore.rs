@@ -160,6 +160,32 @@ fn a_restore_into_a_new_file_needs_no_replace_and_serves() {
     assert_consistent(&restored_server.sql());
 }
 
+/// Restored from as it is, a server's database (stopped, or copied from
+/// another machine) is in WAL mode. Read through a read-only connection,
+/// it kept the `-wal` and `-shm` files SQLite made beside it to read it.
+#[test]
+fn a_restore_from_a_servers_database_leaves_no_wal_or_shm_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.db");
+    for args in [
+        &["user", "add", "alice"][..],
+        &["chat", "add", "alice", "Kept"],
+    ] {
+        let out = run_cli(&old, args, None);
+        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+    }
+    let side_files = || ["-wal", "-shm"].map(|suffix| db::side_file(&old, suffix).exists());
+    assert_eq!(side_files(), [false, false]);
+    let before = listing(&old);
+
+    let new = dir.path().join("new.db");
+    let ran = run_cli(&new, &["restore", old.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    assert_eq!(side_files(), [false, false]);
+    assert_eq!(listing(&new), before);
+    assert_eq!(listing(&old), before);
+}
+
 #[test]
 fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
     let (server, db, _token) = start_with_alice_and_bob(&[]);
