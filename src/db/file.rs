@@ -130,11 +130,14 @@ pub fn describe(shown: &Path, path: &Path) -> String {
 
 /// `path` as SQLite must be given it to open that file. This build of SQLite
 /// reads any name that begins with `file:` as a URI (`file:a.db` opens
-/// `a.db`, and `?` starts its parameters), so such a relative path is
-/// written `./file:…`, which SQLite takes as it is.
+/// `a.db`, and `?` starts its parameters), and `:memory:` as a database in
+/// memory, one per connection; so such a relative path is written `./…`,
+/// which SQLite takes as it is.
 pub fn sqlite_path(path: &Path) -> Cow<'_, Path> {
-    let uri_like = path.to_str().is_some_and(|p| p.starts_with("file:"));
-    if uri_like && path.is_relative() {
+    let special = path
+        .to_str()
+        .is_some_and(|p| p.starts_with("file:") || p == ":memory:");
+    if special && path.is_relative() {
         Cow::Owned(Path::new(".").join(path))
     } else {
         Cow::Borrowed(path)
@@ -199,6 +202,8 @@ mod tests {
             plain("file:a.db?mode=ro"),
             Path::new(".").join("file:a.db?mode=ro")
         );
+        assert_eq!(plain(":memory:"), Path::new(".").join(":memory:"));
+        assert_eq!(plain(":memory:.db"), Path::new(":memory:.db"));
         assert_eq!(plain("neptun.db"), Path::new("neptun.db"));
         assert_eq!(plain("files/a.db"), Path::new("files/a.db"));
         let absolute = std::env::temp_dir().join("file:a.db");

@@ -194,8 +194,10 @@ fn a_backup_never_replaces_a_file_and_names_what_is_wrong() {
 /// SQLite reads a name that begins with `file:` as a URI (`file:y.db`
 /// would open `y.db`); `--db` and `backup` take file names, as written.
 /// Before, `backup file:y.db` wrote the copy to `y.db` (mode 0644) and
-/// reported success for the empty `file:y.db`. (Unix: such names are not
-/// valid on Windows.)
+/// reported success for the empty `file:y.db`; and `:memory:`, the name
+/// SQLite keeps for a database in memory, made every command fail on a
+/// database of its own per connection, and a backup "checked" an empty
+/// one. (Unix: such names are not valid on Windows.)
 #[cfg(unix)]
 #[test]
 fn names_that_look_like_uris_are_plain_file_names() {
@@ -211,14 +213,29 @@ fn names_that_look_like_uris_are_plain_file_names() {
     run(&["--db", "file:x.db", "user", "add", "alice"]);
     run(&["--db", "file:x.db", "backup", "file:y.db"]);
     run(&["--db", "file:y.db", "doctor"]);
+    run(&["--db", "file:x.db", "backup", ":memory:"]);
+    run(&["--db", ":memory:", "user", "add", "bob"]);
+    run(&["--db", ":memory:", "user", "list"]);
+    run(&["--db", ":memory:", "backup", "file:z.db"]);
+    run(&["--db", "new.db", "restore", ":memory:"]);
+    run(&["--db", "new.db", "doctor"]);
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["file:x.db", "file:y.db"]);
-    let copy = rusqlite::Connection::open(dir.path().join("file:y.db")).unwrap();
-    assert_eq!(column::<String>(&copy, "SELECT id FROM users"), ["alice"]);
+    assert_eq!(
+        names,
+        [":memory:", "file:x.db", "file:y.db", "file:z.db", "new.db"]
+    );
+    let users = |name: &str| {
+        let copy = rusqlite::Connection::open(dir.path().join(name)).unwrap();
+        column::<String>(&copy, "SELECT id FROM users")
+    };
+    assert_eq!(users("file:y.db"), ["alice"]);
+    for name in [":memory:", "file:z.db", "new.db"] {
+        assert_eq!(users(name), ["alice", "bob"], "{name}");
+    }
 }
 
 /// A backup killed halfway leaves `OUT.partial`, never `OUT`: before, it
