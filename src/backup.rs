@@ -14,14 +14,16 @@
 //! been synced and checked, so a file named `OUT` is always a whole backup.
 //! Killed halfway, `VACUUM INTO` left a file at `OUT` with a hot journal,
 //! which SQLite rolls back on the next open to an empty database: a file
-//! named like a backup that restores nothing.
+//! named like a backup that restores nothing. A backup stopped by a signal
+//! (Ctrl+C) removes its copy, as after any other failure (see [`Stop`]).
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, InterruptHandle, OpenFlags};
 
 use crate::db;
 use crate::{auth, doctor, utc};
@@ -57,6 +59,8 @@ pub enum Error {
     /// The copy is whole, checked and named, but its name may not survive
     /// a power loss: syncing the directory failed.
     NameNotSynced { out: PathBuf, e: io::Error },
+    /// A stop was asked for (see [`Stop`]) before the copy had its name.
+    Stopped,
 }
 
 impl fmt::Display for Error {
@@ -115,17 +119,63 @@ impl fmt::Display for Error {
                  after a power loss it may be gone",
                 out.display()
             ),
+            Error::Stopped => f.write_str("stopped before the backup was made; nothing was kept"),
         }
     }
 }
 
 impl std::error::Error for Error {}
 
+/// Lets a stop signal end a backup that is being made: SQLite's work in
+/// progress is interrupted, and the copy removed, as after any other
+/// failure. Killed by the signal instead, a backup left `OUT.partial`
+/// (and its journal), which the next backup to that name then refused.
+/// Once the copy has its name, the backup is made, and a stop changes
+/// nothing.
+#[derive(Clone, Default)]
+pub struct Stop(Arc<Mutex<StopState>>);
+
+#[derive(Default)]
+struct StopState {
+    asked: bool,
+    /// The connection whose work a stop interrupts.
+    working: Option<InterruptHandle>,
+}
+
+impl Stop {
+    /// Asks the backup to stop, and returns at once.
+    pub fn ask(&self) {
+        let mut state = self.state();
+        state.asked = true;
+        if let Some(working) = &state.working {
+            working.interrupt();
+        }
+    }
+
+    /// Fails if a stop was asked for. Otherwise a stop from now on
+    /// interrupts `conn`'s work, if given.
+    fn go_on(&self, conn: Option<&Connection>) -> Result<(), Error> {
+        let mut state = self.state();
+        if state.asked {
+            return Err(Error::Stopped);
+        }
+        if let Some(conn) = conn {
+            state.working = Some(conn.get_interrupt_handle());
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> MutexGuard<'_, StopState> {
+        // The state is two plain fields, whole whatever a panic cut short.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Writes a consistent copy of the database that `from` reads to `out`, a
 /// path where no file is yet, syncs it to disk, and checks it (integrity and
 /// foreign keys); only then does the copy take the name `out`. `from` may be
-/// open read-only: the database is not changed.
-pub fn back_up(from: &Connection, out: &Path) -> Result<Backup, Error> {
+/// open read-only: the database is not changed. `stop` can end it early.
+pub fn back_up(from: &Connection, out: &Path, stop: &Stop) -> Result<Backup, Error> {
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty());
     if out.is_dir() {
         return Err(Error::IsDirectory(out.to_owned()));
@@ -160,6 +210,7 @@ pub fn back_up(from: &Connection, out: &Path) -> Result<Backup, Error> {
         why,
     };
     let copied = || -> Result<Backup, Error> {
+        stop.go_on(Some(from))?;
         db::vacuum_into(from, partial_text).map_err(Error::Copy)?;
         // Write access: Windows flushes only a handle that may write.
         OpenOptions::new()
@@ -167,10 +218,19 @@ pub fn back_up(from: &Connection, out: &Path) -> Result<Backup, Error> {
             .open(&partial)
             .and_then(|file| file.sync_all())
             .map_err(|e| unconfirmed(format!("sync: {e}")))?;
-        let chats = check(&partial).map_err(unconfirmed)?;
+        let chats = {
+            let copy =
+                open_copy(&partial).map_err(|e| unconfirmed(format!("reading it back: {e}")))?;
+            stop.go_on(Some(&copy))?;
+            check(&copy).map_err(unconfirmed)?
+            // The copy is closed here, before it is named: Windows renames
+            // no open file.
+        };
         let bytes = std::fs::metadata(&partial)
             .map_err(|e| unconfirmed(e.to_string()))?
             .len();
+        // The last moment to stop: from here on the backup is made.
+        stop.go_on(None)?;
         give_name(&partial, out).map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => Error::Exists(out.to_owned()),
             _ => Error::Create(out.to_owned(), e),
@@ -190,6 +250,8 @@ pub fn back_up(from: &Connection, out: &Path) -> Result<Backup, Error> {
     if result.is_err() {
         // Whatever it holds is not a backup; nor is it anyone else's file.
         let _ = std::fs::remove_file(&partial);
+        // Whatever failed, an interrupted copy or check among them.
+        stop.go_on(None)?;
     }
     result
 }
@@ -214,14 +276,17 @@ fn give_name(partial: &Path, out: &Path) -> io::Result<()> {
     }
 }
 
-/// Reads the copy back, without changing it, with `doctor`'s integrity and
-/// foreign-key checks; returns its number of chats.
-fn check(out: &Path) -> Result<i64, String> {
+/// Opens the copy to read it back, without changing it.
+fn open_copy(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(db::sqlite_path(path), OpenFlags::SQLITE_OPEN_READ_ONLY)
+}
+
+/// Reads the copy back with `doctor`'s integrity and foreign-key checks;
+/// returns its number of chats.
+fn check(copy: &Connection) -> Result<i64, String> {
     let read = || -> db::Result<(Vec<String>, i64)> {
-        let conn =
-            Connection::open_with_flags(db::sqlite_path(out), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let problems = doctor::integrity_problems(&conn)?;
-        let chats = conn.query_row("SELECT count(*) FROM chats", [], |r| r.get(0))?;
+        let problems = doctor::integrity_problems(copy)?;
+        let chats = copy.query_row("SELECT count(*) FROM chats", [], |r| r.get(0))?;
         Ok((problems, chats))
     };
     let (problems, chats) = read().map_err(|e| format!("reading it back: {e}"))?;
@@ -253,12 +318,12 @@ mod tests {
                  INSERT INTO messages VALUES (1), (2);",
             )
             .unwrap();
-        let why = check(&orphans).unwrap_err();
+        let why = check(&open_copy(&orphans).unwrap()).unwrap_err();
         assert!(why.contains("orphaned rows: messages row"), "{why}");
 
         let garbage = dir.path().join("garbage.db");
         std::fs::write(&garbage, vec![b'x'; 8192]).unwrap();
-        let why = check(&garbage).unwrap_err();
+        let why = check(&open_copy(&garbage).unwrap()).unwrap_err();
         assert!(why.starts_with("reading it back: "), "{why}");
 
         let sound = dir.path().join("sound.db");
@@ -268,6 +333,6 @@ mod tests {
                 "CREATE TABLE chats (id INTEGER PRIMARY KEY); INSERT INTO chats VALUES (1), (2);",
             )
             .unwrap();
-        assert_eq!(check(&sound), Ok(2));
+        assert_eq!(check(&open_copy(&sound).unwrap()), Ok(2));
     }
 }

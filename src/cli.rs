@@ -21,6 +21,7 @@ use crate::{backup, doctor, logging, maintenance, restore};
 mod listings;
 mod reading;
 mod serve;
+mod signals;
 mod table;
 mod values;
 use listings::{chats_table, sessions_table, users_table};
@@ -446,6 +447,17 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+impl Error {
+    /// The process's exit status for this error: 130 for a command stopped
+    /// by a signal, as shells report Ctrl+C; 1 for every other failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Backup(backup::Error::Stopped) => 130,
+            _ => 1,
+        }
+    }
+}
+
 /// Parses the command line, exiting with clap's message and code 2 on error.
 /// Takes an empty `NEPTUN_*` variable as unset, which is what it means in
 /// a compose file (`${NEPTUN_WORKERS}` of a variable that is not set) or a
@@ -740,8 +752,13 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         Some(Command::Backup { ref out }) => {
             // Only read: see `reading` for how the file is opened.
+            let stop = backup::Stop::default();
+            signals::on_stop_signals({
+                let stop = stop.clone();
+                move || stop.ask()
+            })?;
             let copy = reading::open(&cli.db, open_existing)?
-                .read(|conn| backup::back_up(conn, out))
+                .read(|conn| backup::back_up(conn, out, &stop))
                 .map_err(db_error)?
                 .map_err(Error::Backup)?;
             tell(format_args!(

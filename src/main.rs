@@ -9,7 +9,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             neptun_local::logging::say_error(format!("neptun-local: error: {e}\n"));
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     };
     // Log lines are written by a thread of their own.

@@ -66,7 +66,11 @@ pub(super) fn serve(
     // The signal handlers go in before the upkeep thread starts, so that a
     // failure leaves no thread behind. A signal from here on is kept until
     // the workers run, which then finish at once.
-    stop_on_signals(server.shutdown_handle(workers))?;
+    let shutdown = server.shutdown_handle(workers);
+    super::signals::on_stop_signals(move || {
+        log::info!("shutting down: finishing requests in flight");
+        shutdown.shutdown();
+    })?;
     // Only once the server can start (a second demo on a taken address
     // must not bring back chats that the running one deleted), and before
     // the upkeep thread, so that a failed seed leaves no thread behind.
@@ -217,46 +221,6 @@ fn in_listening_order(resolved: impl Iterator<Item = SocketAddr>) -> Vec<SocketA
     let mut addrs: Vec<SocketAddr> = resolved.collect();
     addrs.sort_by_key(SocketAddr::is_ipv6);
     addrs
-}
-
-/// Stops the server on SIGINT, SIGTERM or SIGHUP (see [`on_stop_signal`]).
-#[cfg(unix)]
-fn stop_on_signals(shutdown: ShutdownHandle) -> Result<(), Error> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(Error::Io)?;
-    let mut on_signal = on_stop_signal(shutdown);
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || signals.forever().for_each(|_| on_signal()))
-        .map_err(Error::Io)?;
-    Ok(())
-}
-
-/// Stops the server on Ctrl+C, Ctrl+Break or the closing of its console
-/// (see [`on_stop_signal`]).
-#[cfg(windows)]
-fn stop_on_signals(shutdown: ShutdownHandle) -> Result<(), Error> {
-    // ctrlc calls it on a thread of its own, one event after another.
-    ctrlc::set_handler(on_stop_signal(shutdown)).map_err(|e| Error::Io(io::Error::other(e)))
-}
-
-/// What a stop signal does. The first: stop accepting work, finish what is
-/// in flight, exit 0. A second one: exit at once (for a shutdown stuck
-/// behind a slow client).
-fn on_stop_signal(shutdown: ShutdownHandle) -> impl FnMut() + Send + 'static {
-    let mut signals_seen = 0;
-    move || {
-        signals_seen += 1;
-        if signals_seen == 1 {
-            log::info!("shutting down: finishing requests in flight");
-            shutdown.shutdown();
-        } else {
-            log::warn!("second signal: exiting without waiting");
-            crate::logging::flush();
-            std::process::exit(130);
-        }
-    }
 }
 
 /// Windows PowerShell 5.1 takes a bare `curl` for its own Invoke-WebRequest,

@@ -247,17 +247,7 @@ fn names_that_look_like_uris_are_plain_file_names() {
 fn a_backup_killed_halfway_leaves_no_file_under_the_backups_name() {
     use std::process::Stdio;
 
-    let (server, db, _) = start_with_alice_and_bob(&[]);
-    seed_chat(&db, "alice", "bob");
-    // About 30 MB, so that a copy takes long enough to be cut short.
-    server
-        .sql()
-        .execute_batch(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000)
-             INSERT INTO messages (chat_id, actor, message)
-             SELECT (SELECT max(id) FROM chats), 'user', printf('%.200c', 'x') FROM n",
-        )
-        .unwrap();
+    let server = server_with_a_30_mb_chat();
     let out = server.dir.path().join("backup.db");
     let partial = server.dir.path().join("backup.db.partial");
     let mut cut_short = 0;
@@ -311,6 +301,108 @@ fn a_backup_killed_halfway_leaves_no_file_under_the_backups_name() {
     let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
     assert!(ran.status.success(), "{}", stderr_of(&ran));
     assert!(!partial.exists(), "the partial file was left");
+}
+
+/// A server whose one chat is about 30 MB, so that a backup takes long
+/// enough (about half a second) to be cut short.
+#[cfg(unix)]
+fn server_with_a_30_mb_chat() -> TestServer {
+    let (server, db, _) = start_with_alice_and_bob(&[]);
+    seed_chat(&db, "alice", "bob");
+    server
+        .sql()
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000)
+             INSERT INTO messages (chat_id, actor, message)
+             SELECT (SELECT max(id) FROM chats), 'user', printf('%.200c', 'x') FROM n",
+        )
+        .unwrap();
+    server
+}
+
+/// Ctrl+C (SIGINT), SIGTERM or SIGHUP while a backup is made stops it, and
+/// it removes what it wrote. Before, the signal killed it and left
+/// `OUT.partial` and its journal, which the next backup to that name
+/// refused. A signal that comes once the copy has its name changes
+/// nothing: the backup was made.
+#[cfg(unix)]
+#[test]
+fn a_backup_stopped_by_a_signal_keeps_nothing_and_the_next_one_runs() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let server = server_with_a_30_mb_chat();
+    let out = server.dir.path().join("backup.db");
+    let left_over = || {
+        let mut names: Vec<String> = std::fs::read_dir(server.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with("backup.db"))
+            .collect();
+        names.sort();
+        names
+    };
+    let mut stopped = 0;
+    for (signal, delay_ms) in [
+        (libc::SIGINT, 40),
+        (libc::SIGTERM, 80),
+        (libc::SIGHUP, 160),
+        (libc::SIGINT, 320),
+        (libc::SIGINT, 640),
+    ] {
+        let _ = std::fs::remove_file(&out);
+        let child = neptun_local()
+            .arg("--db")
+            .arg(&server.db_path)
+            .arg("backup")
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        // SAFETY: kill(2) on the child's pid, which it keeps until waited for.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+        let ran = child.wait_with_output().unwrap();
+        let said = stderr_of(&ran);
+        let case = format!(
+            "signal {signal} after {delay_ms} ms: {:?}: {said}",
+            ran.status
+        );
+        match ran.status.code() {
+            Some(130) => {
+                assert!(
+                    said.ends_with(
+                        "neptun-local: error: stopped before the backup was made; \
+                         nothing was kept\n"
+                    ),
+                    "{case}"
+                );
+                assert_eq!(left_over(), [] as [&str; 0], "{case}");
+                stopped += 1;
+            }
+            Some(0) => {
+                assert!(said.contains("backed up 1 chat(s)"), "{case}");
+                assert_eq!(left_over(), ["backup.db"], "{case}");
+                assert_consistent(&rusqlite::Connection::open(&out).unwrap());
+            }
+            // Killed before it listened for signals, which it does before
+            // it writes anything.
+            None if ran.status.signal() == Some(signal) => {
+                assert_eq!(left_over(), [] as [&str; 0], "{case}");
+            }
+            _ => panic!("{case}"),
+        }
+    }
+    assert!(
+        stopped > 0,
+        "no signal landed during a backup: the test proves nothing"
+    );
+    let _ = std::fs::remove_file(&out);
+    let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    assert_eq!(left_over(), ["backup.db"]);
 }
 
 /// Under a file-size limit (`ulimit -f`), a write past it sends SIGXFSZ,

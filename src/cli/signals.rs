@@ -1,0 +1,44 @@
+//! Stop signals for the commands that take time: `serve`, and `backup`.
+//! The first one asks the command to stop, cleanly; a second one ends the
+//! process at once, with 130, for a stop that is stuck.
+
+use super::Error;
+
+/// Calls `first` on the first SIGINT, SIGTERM or SIGHUP (Ctrl+C,
+/// Ctrl+Break or the closing of the console, on Windows), from a thread of
+/// its own; exits 130 on the second. `first` is kept until the process
+/// ends, and what it holds with it: `serve`'s shutdown handle keeps the
+/// transport alive, which, dropped while the server finishes, would answer
+/// the requests still queued with a bare `500`.
+pub(super) fn on_stop_signals(mut first: impl FnMut() + Send + 'static) -> Result<(), Error> {
+    let mut seen = 0;
+    let on_signal = move || {
+        seen += 1;
+        if seen == 1 {
+            first();
+        } else {
+            log::warn!("second signal: exiting without waiting");
+            crate::logging::flush();
+            std::process::exit(130);
+        }
+    };
+    listen(on_signal)
+}
+
+#[cfg(unix)]
+fn listen(mut on_signal: impl FnMut() + Send + 'static) -> Result<(), Error> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(Error::Io)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || signals.forever().for_each(|_| on_signal()))
+        .map_err(Error::Io)?;
+    Ok(())
+}
+
+#[cfg(windows)]
+fn listen(on_signal: impl FnMut() + Send + 'static) -> Result<(), Error> {
+    // ctrlc calls it on a thread of its own, one event after another.
+    ctrlc::set_handler(on_signal).map_err(|e| Error::Io(std::io::Error::other(e)))
+}
