@@ -5,7 +5,7 @@
 //! be configured the same way from a shell, a service file or a test.
 
 use std::fmt::{self, Write as _};
-use std::io::{self, BufRead, Write as _};
+use std::io::{self, BufRead, IsTerminal, Write as _};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -882,8 +882,14 @@ fn check_user_id(id: &str) -> Result<(), Error> {
 
 fn read_token_argument(argument: &str) -> Result<Token, Error> {
     let text = if argument == "-" {
+        let stdin = io::stdin();
+        // Typed or pasted at a terminal: without a word, the command would
+        // seem to hang.
+        if stdin.is_terminal() {
+            logging::say("session token (paste it, then press Enter): ".to_owned());
+        }
         let mut line = String::new();
-        io::stdin().lock().read_line(&mut line).map_err(Error::Io)?;
+        stdin.lock().read_line(&mut line).map_err(Error::Io)?;
         line.trim().to_owned()
     } else {
         argument.to_owned()

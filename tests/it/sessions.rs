@@ -107,6 +107,78 @@ fn a_revoked_session_no_longer_authenticates() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no session has that token"));
 }
 
+/// `session revoke -` at a terminal says what it waits for: silent, it
+/// seemed to hang. Read from a pipe, the token needs no word.
+#[cfg(unix)]
+#[test]
+fn session_revoke_from_a_terminal_asks_for_the_token() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let server = TestServer::start();
+    cli_ok(&server, &["user", "add", "alice"], None);
+    let at_terminal = new_session_via_cli(&server, "alice", "7d");
+    let from_pipe = new_session_via_cli(&server, "alice", "7d");
+
+    let (mut terminal, its_other_end) = open_terminal();
+    let child = neptun_local()
+        .arg("--db")
+        .arg(&server.db_path)
+        .args(["session", "revoke", "-"])
+        .stdin(its_other_end)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    terminal
+        .write_all(format!("{at_terminal}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        stderr_of(&out),
+        "session token (paste it, then press Enter): session revoked\n"
+    );
+
+    let out = run_cli(
+        &server.db_path,
+        &["session", "revoke", "-"],
+        Some(&format!("{from_pipe}\n")),
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(stderr_of(&out), "session revoked\n");
+}
+
+/// A pseudo-terminal: the end a terminal emulator holds, and the one a
+/// program run in it reads.
+#[cfg(unix)]
+fn open_terminal() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    // SAFETY: plain calls on a descriptor this function owns; ptsname's
+    // static buffer is copied at once, and no other test calls it.
+    let (terminal, name) = unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(fd >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        let terminal = std::fs::File::from_raw_fd(fd);
+        assert_eq!(libc::grantpt(fd), 0);
+        assert_eq!(libc::unlockpt(fd), 0);
+        let name = libc::ptsname(fd);
+        assert!(!name.is_null());
+        let name = std::ffi::CStr::from_ptr(name).to_bytes().to_vec();
+        (terminal, name)
+    };
+    let other_end = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(std::ffi::OsStr::from_bytes(&name))
+        .unwrap();
+    (terminal, other_end)
+}
+
 /// `revoke --user` signs a user out everywhere without their tokens (after
 /// a restore, say, which brings back sessions revoked since).
 #[test]
