@@ -68,12 +68,16 @@ pub struct Restored {
 pub enum Error {
     /// There is no file to restore from.
     NoBackup(PathBuf),
+    /// The backup named is a symbolic link to nothing.
+    LinkToNothing { link: PathBuf, target: PathBuf },
     /// The backup named is the database itself.
     SameFile(PathBuf),
     /// A directory was named where the backup file belongs.
     IsDirectory(PathBuf),
     /// The backup's name ends in a separator, and no directory has it.
     EndsInSeparator(PathBuf),
+    /// The backup named is a device, a FIFO or a socket.
+    NotAFile(PathBuf),
     /// The file is not a neptun-local database this version can read.
     Unreadable(PathBuf, db::Error),
     /// The backup is damaged or has orphaned rows.
@@ -97,6 +101,12 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::NoBackup(path) => write!(f, "{} does not exist", path.display()),
+            Error::LinkToNothing { link, target } => write!(
+                f,
+                "{} is a symbolic link to {}, which does not exist",
+                link.display(),
+                target.display()
+            ),
             Error::IsDirectory(path) => write!(
                 f,
                 "{} is a directory; name the backup file in it to restore from",
@@ -109,6 +119,12 @@ impl fmt::Display for Error {
                 path.display(),
                 std::path::MAIN_SEPARATOR,
                 path.components().as_path().display()
+            ),
+            Error::NotAFile(path) => write!(
+                f,
+                "{}: that is not a regular file (a device, a FIFO or a socket); name the \
+                 backup file",
+                path.display()
             ),
             Error::SameFile(path) => write!(
                 f,
@@ -181,11 +197,20 @@ pub fn check(from: &Path, database: &Path) -> Result<Checked, Error> {
     if db::names_a_directory(from) && !from.is_dir() {
         return Err(Error::EndsInSeparator(from.to_owned()));
     }
-    if from.symlink_metadata().is_err() {
-        return Err(Error::NoBackup(from.to_owned()));
-    }
-    if from.is_dir() {
-        return Err(Error::IsDirectory(from.to_owned()));
+    match std::fs::metadata(from) {
+        Ok(m) if m.is_dir() => return Err(Error::IsDirectory(from.to_owned())),
+        // Opened to read, a FIFO would block until something wrote to it.
+        Ok(m) if !m.is_file() => return Err(Error::NotAFile(from.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(match std::fs::read_link(from) {
+                Ok(target) => Error::LinkToNothing {
+                    link: from.to_owned(),
+                    target,
+                },
+                Err(_) => Error::NoBackup(from.to_owned()),
+            });
+        }
+        _ => {}
     }
     if same_file(from, database) {
         return Err(Error::SameFile(from.to_owned()));

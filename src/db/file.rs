@@ -25,9 +25,7 @@ pub fn is_wal_file(path: &Path) -> bool {
 /// Bytes 18 and 19 of an SQLite database's header, which are equal: 1 for
 /// a rollback journal, 2 for WAL. `None` for any other file.
 fn journal_in_header(path: &Path) -> Option<u8> {
-    use std::io::Read;
-    let mut header = [0u8; 20];
-    File::open(path).ok()?.read_exact(&mut header).ok()?;
+    let header: [u8; 20] = first_bytes(path)?;
     let versions = header[18..20] == [header[18]; 2];
     (header.starts_with(b"SQLite format 3\0") && versions).then_some(header[18])
 }
@@ -37,11 +35,21 @@ fn journal_in_header(path: &Path) -> Option<u8> {
 /// 2 WAL): SQLite then opens the file for reading only, without a word.
 /// `None` for a known version, or a file that is not an SQLite database.
 pub fn unknown_write_version(path: &Path) -> Option<u8> {
-    use std::io::Read;
-    let mut header = [0u8; 19];
-    File::open(path).ok()?.read_exact(&mut header).ok()?;
+    let header: [u8; 19] = first_bytes(path)?;
     let version = header[18];
     (header.starts_with(b"SQLite format 3\0") && version > 2).then_some(version)
+}
+
+/// The first `N` bytes of the regular file at `path`. Nothing else is
+/// opened: opening a FIFO to read blocks until something writes to it.
+fn first_bytes<const N: usize>(path: &Path) -> Option<[u8; N]> {
+    use std::io::Read;
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = [0u8; N];
+    File::open(path).ok()?.read_exact(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// What to say when the database file at `path` has more than one name

@@ -179,6 +179,61 @@ fn a_database_that_cannot_be_opened_for_want_of_space_says_so() {
     assert!(out.status.success(), "{}", stderr_of(&out));
 }
 
+/// A FIFO or a device named as the database, or as the backup to restore
+/// from, is refused as what it is. A FIFO blocked the commands that only
+/// read, and `restore`, until something wrote to it: they opened it to
+/// read an SQLite header.
+#[cfg(unix)]
+#[test]
+fn a_fifo_or_a_device_is_refused_and_blocks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) reads a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    let db = dir.path().join("t.db");
+    assert!(
+        run_cli(&db, &["user", "add", "alice"], None)
+            .status
+            .success()
+    );
+
+    for args in [
+        &["doctor"][..],
+        &["user", "list"],
+        &["chat", "list", "alice"],
+        &["session", "list", "alice"],
+        &["backup", "b.db"],
+        &["user", "add", "bob"],
+        &["--addr", "127.0.0.1:0"],
+    ] {
+        let out = run_cli_within_deadline(&fifo, args);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{}: that is not a regular file (a device, a FIFO or a socket)",
+                fifo.display()
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    for from in [fifo.as_path(), Path::new("/dev/null")] {
+        let out = run_cli_within_deadline(&db, &["restore", from.to_str().unwrap()]);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{from:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{}: that is not a regular file (a device, a FIFO or a socket); name the \
+                 backup file",
+                from.display()
+            )),
+            "{from:?}: {err}"
+        );
+    }
+    assert!(!dir.path().join("b.db").exists());
+}
+
 #[test]
 fn an_unusable_database_is_reported_with_its_path() {
     let dir = tempfile::tempdir().unwrap();

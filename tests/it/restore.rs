@@ -265,6 +265,19 @@ fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
         std::fs::hard_link(&server.db_path, &hard_link).unwrap();
         cases.push((hard_link, "hard-link.db is the database itself"));
     }
+    // SQLite said only "unable to open database file".
+    #[cfg(unix)]
+    let link_to_nothing = {
+        let link = dir.join("link-to-nothing.db");
+        std::os::unix::fs::symlink(dir.join("moved.db"), &link).unwrap();
+        let message = format!(
+            "link-to-nothing.db is a symbolic link to {}, which does not exist",
+            dir.join("moved.db").display()
+        );
+        (link, message)
+    };
+    #[cfg(unix)]
+    cases.push((link_to_nothing.0, link_to_nothing.1.as_str()));
     let before = listing(&server.db_path);
     for (from, message) in cases {
         let ran = run_cli(

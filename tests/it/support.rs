@@ -504,6 +504,23 @@ pub fn run_cli_with_file_size_limit(db_path: &Path, args: &[&str], bytes: u64) -
             }
         });
     }
+    output_within_deadline(command, args)
+}
+
+/// Runs the CLI with `args` on `db_path`, as [`run_cli`] with no input, but
+/// fails the test if it has not ended within [`IO_TIMEOUT`]: for a command
+/// that may block.
+pub fn run_cli_within_deadline(db_path: &Path, args: &[&str]) -> Output {
+    let mut command = neptun_local();
+    command
+        .arg("--db")
+        .arg(db_path)
+        .args(args)
+        .stdin(Stdio::null());
+    output_within_deadline(command, args)
+}
+
+fn output_within_deadline(mut command: Command, args: &[&str]) -> Output {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
