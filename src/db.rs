@@ -293,6 +293,10 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
             open_ours_with(&immutable, flags).map_err(|_| e)
         }
+        // SQLite's "unable to open database file" names no cause.
+        Err(e) if e.sqlite_code() == Some(ErrorCode::CannotOpen) => {
+            Err(access::unreadable(path).map_or(e, Error::NoAccess))
+        }
         result => result,
     }
 }

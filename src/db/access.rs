@@ -50,6 +50,20 @@ pub fn problem(path: &Path) -> Option<String> {
     None
 }
 
+/// What keeps this process from reading the file at `path` (a backup, say,
+/// which is only read), in words; `None` if nothing does.
+#[cfg(unix)]
+pub fn unreadable(path: &Path) -> Option<String> {
+    let e = access(path, libc::R_OK).err()?;
+    Some(explain("read the file", &whose(path), &e))
+}
+
+/// Outside Unix, SQLite's own words must do.
+#[cfg(not(unix))]
+pub fn unreadable(_path: &Path) -> Option<String> {
+    None
+}
+
 /// Outside Unix, only the usual cause is looked for: a file marked
 /// read-only (on Windows, its Read-only attribute, which a copy keeps).
 #[cfg(not(unix))]

@@ -463,6 +463,26 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     };
     assert!(err.contains(&format!("{cannot_use_wal}{advice}")), "{err}");
 
+    // A backup this user may not read: SQLite said only "unable to open
+    // database file".
+    let secret = open_dir.join("secret.db");
+    let out = run_cli(&restored, &["backup", secret.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    set_mode(&secret, 0o000);
+    let (code, err) = run(
+        &open_dir.join("new.db"),
+        &["restore", secret.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} cannot be restored from: permission denied: this user cannot read the file",
+            secret.display()
+        )),
+        "{err}"
+    );
+    assert!(!open_dir.join("new.db").exists());
+
     let locked = dir.path().join("locked");
     std::fs::create_dir(&locked).unwrap();
     let inside = locked.join("t.db");
