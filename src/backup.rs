@@ -250,7 +250,8 @@ pub fn back_up(from: &Connection, out: &Path, stop: &Stop) -> Result<Backup, Err
     if result.is_err() {
         // Whatever it holds is not a backup; nor is it anyone else's file.
         let _ = std::fs::remove_file(&partial);
-        // Whatever failed, an interrupted copy or check among them.
+        // A stop asked for is the failure to report: the SQLite call it
+        // interrupted says only "interrupted".
         stop.go_on(None)?;
     }
     result
