@@ -255,16 +255,7 @@ fn a_backup_killed_halfway_leaves_no_file_under_the_backups_name() {
         for leftover in [&out, &partial] {
             let _ = std::fs::remove_file(leftover);
         }
-        let mut child = neptun_local()
-            .arg("--db")
-            .arg(&server.db_path)
-            .arg("backup")
-            .arg(&out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = start_backup(&server, &out, Stdio::null());
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill();
         let finished = child.wait().unwrap().success();
@@ -320,6 +311,26 @@ fn server_with_a_30_mb_chat() -> TestServer {
     server
 }
 
+/// Starts `backup OUT` of the server's database, with `stderr`.
+#[cfg(unix)]
+fn start_backup(
+    server: &TestServer,
+    out: &std::path::Path,
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    use std::process::Stdio;
+    neptun_local()
+        .arg("--db")
+        .arg(&server.db_path)
+        .arg("backup")
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 /// Ctrl+C (SIGINT), SIGTERM or SIGHUP while a backup is made stops it, and
 /// it removes what it wrote. Before, the signal killed it and left
 /// `OUT.partial` and its journal, which the next backup to that name
@@ -351,16 +362,7 @@ fn a_backup_stopped_by_a_signal_keeps_nothing_and_the_next_one_runs() {
         (libc::SIGINT, 640),
     ] {
         let _ = std::fs::remove_file(&out);
-        let child = neptun_local()
-            .arg("--db")
-            .arg(&server.db_path)
-            .arg("backup")
-            .arg(&out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = start_backup(&server, &out, Stdio::piped());
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         // SAFETY: kill(2) on the child's pid, which it keeps until waited for.
         assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);

@@ -484,12 +484,7 @@ pub fn without_root(command: &mut Command) -> &mut Command {
 pub fn run_cli_with_file_size_limit(db_path: &Path, args: &[&str], bytes: u64) -> Output {
     use std::os::unix::process::CommandExt;
 
-    let mut command = neptun_local();
-    command
-        .arg("--db")
-        .arg(db_path)
-        .args(args)
-        .stdin(Stdio::null());
+    let mut command = cli_command(db_path, args);
     // SAFETY: setrlimit is async-signal-safe, and the closure allocates nothing.
     unsafe {
         command.pre_exec(move || {
@@ -511,13 +506,18 @@ pub fn run_cli_with_file_size_limit(db_path: &Path, args: &[&str], bytes: u64) -
 /// fails the test if it has not ended within [`IO_TIMEOUT`]: for a command
 /// that may block.
 pub fn run_cli_within_deadline(db_path: &Path, args: &[&str]) -> Output {
+    output_within_deadline(cli_command(db_path, args), args)
+}
+
+/// The CLI with `args` on `db_path`, with no input.
+fn cli_command(db_path: &Path, args: &[&str]) -> Command {
     let mut command = neptun_local();
     command
         .arg("--db")
         .arg(db_path)
         .args(args)
         .stdin(Stdio::null());
-    output_within_deadline(command, args)
+    command
 }
 
 fn output_within_deadline(mut command: Command, args: &[&str]) -> Output {
