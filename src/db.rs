@@ -473,12 +473,15 @@ impl Database {
     /// Opens (creating if needed) the database at `path`, migrates it, and
     /// checks that pooled connections enforce foreign keys.
     pub fn open(path: &Path, settings: &Settings) -> Result<Database> {
-        if !path.exists() {
-            // SQLite would create it readable by every user of the machine.
-            // If this fails, SQLite's own attempt below reports why. Where
-            // a link leads, as SQLite will follow it.
-            let _ = create_owner_only(&resolved_path(path));
-        }
+        // SQLite would create it readable by every user of the machine.
+        // Where a link leads, as SQLite will follow it. If this fails,
+        // SQLite's own attempt below fails too, and says why, unless all it
+        // says is "unable to open database file" (for a name too long, say).
+        let not_created = if path.exists() {
+            None
+        } else {
+            create_owner_only(&resolved_path(path)).err()
+        };
         let set_up = || -> Result<()> {
             let mut conn = Connection::open(sqlite_path(path))?;
             configure_connection(&mut conn, settings.busy_timeout, settings.durability)
@@ -486,7 +489,12 @@ impl Database {
                 .and_then(|()| migrate(&mut conn))
                 .map_err(|e| explain_full(&conn, e))
         };
-        set_up().map_err(|e| explain_access(path, e))?;
+        set_up().map_err(|e| match (explain_access(path, e), not_created) {
+            (e, Some(os)) if e.sqlite_code() == Some(ErrorCode::CannotOpen) => {
+                Error::NoAccess(format!("cannot create the file: {os}"))
+            }
+            (e, _) => e,
+        })?;
 
         let (busy_timeout, durability) = (settings.busy_timeout, settings.durability);
         let pool_tasks = Arc::new(PoolTasks::new());

@@ -273,6 +273,23 @@ fn an_unusable_database_is_reported_with_its_path() {
         assert!(err.contains("is not a neptun-local one"), "{args:?}: {err}");
         assert!(!err.contains("CREATE TABLE"), "schema.sql quoted: {err}");
     }
+    // SQLite says only "unable to open database file" of a file it cannot
+    // create, here for a name longer than a file system allows (255 bytes
+    // on Linux's and macOS's; Windows words the OS error otherwise).
+    #[cfg(unix)]
+    {
+        let too_long = dir.path().join(format!("{}.db", "a".repeat(300)));
+        let out = run_cli(&too_long, &["user", "add", "a"], None);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "{}: cannot create the file: File name too long",
+                too_long.display()
+            )),
+            "{err}"
+        );
+    }
     // SQLite alone says only "unable to open database file" of a directory.
     for args in [&["--addr", "127.0.0.1:0"][..], &["doctor"]] {
         let out = run_cli(dir.path(), args, None);
