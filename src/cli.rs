@@ -73,9 +73,10 @@ pub enum Command {
     /// Check the database file (integrity, foreign keys, settings, sizes);
     /// exits non-zero if something is wrong.
     Doctor {
-        /// Before the check, rebuild every index from its table's rows
-        /// (SQLite's REINDEX): the repair for damage to indexes alone, which
-        /// loses nothing and is safe while the server runs.
+        /// Before the check, make any index of the schema that the file
+        /// lacks, and rebuild every index from its table's rows (SQLite's
+        /// REINDEX): the repair for damaged or missing indexes, which loses
+        /// nothing and is safe while the server runs.
         #[arg(long)]
         reindex: bool,
         /// Before the check (after --reindex), delete every orphaned row: one
@@ -717,7 +718,13 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 None => {
                     let db = open_existing()?;
                     if reindex {
-                        doctor::rebuild_indexes(&db).map_err(db_error)?;
+                        let made = doctor::rebuild_indexes(&db).map_err(db_error)?;
+                        if !made.is_empty() {
+                            tell(format_args!(
+                                "made the missing index(es) {}",
+                                made.join(", ")
+                            ));
+                        }
                         tell(format_args!("rebuilt every index from its table's rows"));
                     }
                     if delete_orphans {
@@ -907,8 +914,9 @@ fn repair_for(report: &doctor::Report) -> Option<&'static str> {
              `neptun-local doctor --delete-orphans` deletes them, and what hangs off them",
         ),
         Damage::IndexesOnly => Some(
-            "only indexes are damaged, and the rows are whole: `neptun-local doctor \
-             --reindex` rebuilds them from the rows, losing nothing, even while a server runs",
+            "only indexes are damaged or missing, and the rows are whole: `neptun-local \
+             doctor --reindex` rebuilds them from the rows, losing nothing, even while a \
+             server runs",
         ),
         Damage::Rows => Some(
             "`neptun-local restore BACKUP --replace` puts a backup's contents in its place, \

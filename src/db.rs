@@ -36,8 +36,8 @@ pub use rows::{
     Actor, NewFile, NewSession, RemovedUser, insert_chat, insert_file, insert_message,
     insert_session, insert_share, insert_share_whitelist_entry, insert_user,
 };
-pub use schema::SCHEMA_VERSION;
 use schema::{Found, migrate, ours};
+pub use schema::{Missing, SCHEMA_VERSION, make_missing_indexes, missing_from_schema};
 pub use upkeep::{Step, Upkeep};
 
 type Pool = r2d2::Pool<SqliteConnectionManager>;

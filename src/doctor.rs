@@ -69,11 +69,17 @@ pub fn examine(db: &Database) -> db::Result<Report> {
     Ok(report)
 }
 
-/// Rebuilds every index from its table's rows (SQLite's `REINDEX`), in one
-/// write transaction: the repair for [`Damage::IndexesOnly`], which loses
-/// nothing. A running server's deletes wait for it, as for any writer.
-pub fn rebuild_indexes(db: &Database) -> db::Result<()> {
-    db.write(|tx| Ok(tx.execute_batch("REINDEX")?))
+/// Makes again every index of the schema that the file lacks, and rebuilds
+/// every index from its table's rows (SQLite's `REINDEX`), in one write
+/// transaction: the repair for [`Damage::IndexesOnly`], which loses
+/// nothing. Returns the names of the indexes made again. A running
+/// server's deletes wait for it, as for any writer.
+pub fn rebuild_indexes(db: &Database) -> db::Result<Vec<String>> {
+    db.write(|tx| {
+        let made = db::make_missing_indexes(tx)?;
+        tx.execute_batch("REINDEX")?;
+        Ok(made)
+    })
 }
 
 /// Deletes every orphaned row, and what hangs off it, in one write
@@ -189,6 +195,7 @@ fn examine_connection(
     report: &mut Report,
 ) -> db::Result<()> {
     check_settings(conn, path, journal, report)?;
+    check_schema(conn, report)?;
     count_pages(conn, report)?;
     // A damaged table may fail a count; integrity_check then says where.
     match count_rows(conn, report) {
@@ -273,6 +280,31 @@ fn check_settings(
     Ok(())
 }
 
+/// The tables and indexes of the schema that the file lacks (dropped by
+/// hand, say): `integrity_check` finds nothing wrong without them.
+fn check_schema(conn: &Connection, report: &mut Report) -> db::Result<()> {
+    let missing = match db::missing_from_schema(conn).map_err(db::Error::from) {
+        // integrity_check says what.
+        Err(db::Error::Damaged(_)) => return Ok(()),
+        other => other?,
+    };
+    for db::Missing { kind, name, .. } in missing {
+        if kind == "index" {
+            report.found(Damage::IndexesOnly);
+            report.problems.push(format!(
+                "the index {name} is missing: a delete reads all of its table to find the \
+                 rows to delete with the chat"
+            ));
+        } else {
+            report.found(Damage::Rows);
+            report.problems.push(format!(
+                "the {kind} {name} is missing, and the rows it held"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn count_pages(conn: &Connection, report: &mut Report) -> db::Result<()> {
     let page_size: i64 = pragma(conn, "page_size")?;
     let page_count: i64 = pragma(conn, "page_count")?;
@@ -295,6 +327,16 @@ fn count_rows(conn: &Connection, report: &mut Report) -> db::Result<()> {
     ];
     let mut counts = Vec::with_capacity(tables.len());
     for table in tables {
+        // One dropped by hand is a problem of its own (see check_schema).
+        let exists: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            counts.push(format!("{table}=missing"));
+            continue;
+        }
         let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
         counts.push(format!("{table}={n}"));
     }

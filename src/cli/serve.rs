@@ -53,6 +53,7 @@ pub(super) fn serve(
     if let Some(warning) = db::more_than_one_name(db_path) {
         log::warn!("{warning}");
     }
+    warn_of_what_the_schema_lacks(&db);
 
     match server::raise_open_file_limit() {
         Ok(Some(limit)) => log::debug!("open file limit {limit}"),
@@ -209,6 +210,23 @@ fn bind(args: &ServeArgs) -> Result<TcpListener, Error> {
         );
     }
     TcpListener::bind(&addrs[..]).map_err(bind_error)
+}
+
+/// A table or index dropped by hand (`doctor` says the same). Deletes
+/// work without them, but each one without an index reads a whole table.
+fn warn_of_what_the_schema_lacks(db: &Database) {
+    match db.with_connection(|conn| Ok(db::missing_from_schema(conn)?)) {
+        Ok(missing) => {
+            for db::Missing { kind, name, .. } in missing {
+                log::warn!(
+                    "the {kind} {name} of the schema is missing from the database: \
+                     `neptun-local doctor` says what to do"
+                );
+            }
+        }
+        // Damage shows in the answers to requests, and in `doctor`.
+        Err(e) => log::debug!("could not compare the schema: {e}"),
+    }
 }
 
 /// The addresses a name resolved to, in the order to try binding them.

@@ -84,6 +84,75 @@ pub(super) fn ours(conn: &Connection) -> Result<Found> {
     }
 }
 
+/// A table or an index of the schema that a database lacks.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Missing {
+    /// `table` or `index`.
+    pub kind: String,
+    pub name: String,
+    /// The table it is, or indexes.
+    table: String,
+    /// The statement that makes it.
+    sql: String,
+}
+
+/// The tables and indexes of the schema that the database behind `conn`
+/// lacks, in the schema's order: dropped by hand, say, since a file of ours
+/// is never migrated again. Without its index, every delete scans a whole
+/// child table for the rows to cascade to; without a table, deletes fail.
+/// The indexes of a missing table are not named: they went with it.
+pub fn missing_from_schema(conn: &Connection) -> rusqlite::Result<Vec<Missing>> {
+    let expected = Connection::open_in_memory()?;
+    expected.execute_batch(SCHEMA)?;
+    let mut objects = expected.prepare(
+        // Not the indexes SQLite makes for a table's constraints, whose
+        // `sql` is NULL: they come and go with their table.
+        "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL \
+         ORDER BY rowid",
+    )?;
+    let mut missing = Vec::new();
+    for object in objects.query_map([], |r| {
+        Ok(Missing {
+            kind: r.get(0)?,
+            name: r.get(1)?,
+            table: r.get(2)?,
+            sql: r.get(3)?,
+        })
+    })? {
+        let object = object?;
+        let present: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = ?1 AND name = ?2",
+            [&object.kind, &object.name],
+            |r| r.get(0),
+        )?;
+        if !present {
+            missing.push(object);
+        }
+    }
+    let tables: Vec<String> = missing
+        .iter()
+        .filter(|m| m.kind == "table")
+        .map(|m| m.name.clone())
+        .collect();
+    missing.retain(|m| m.kind == "table" || !tables.contains(&m.table));
+    Ok(missing)
+}
+
+/// Makes again, in `tx`, the indexes the database lacks whose table it
+/// has; returns their names. (A missing table needs a backup, which
+/// brings its indexes too.)
+pub fn make_missing_indexes(tx: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut made = Vec::new();
+    for index in missing_from_schema(tx)?
+        .into_iter()
+        .filter(|m| m.kind == "index")
+    {
+        tx.execute_batch(&index.sql)?;
+        made.push(index.name);
+    }
+    Ok(made)
+}
+
 pub(super) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |r| r.get(0))
 }
@@ -164,6 +233,42 @@ mod tests {
         let db = Database::open(&empty, &Settings::default()).unwrap();
         let version = db.with_connection(|c| Ok(user_version(c)?)).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    /// A table or an index dropped by hand is named; an index is made again
+    /// from the schema, and the indexes of a dropped table go unnamed.
+    #[test]
+    fn what_the_schema_has_and_the_file_lacks_is_named_and_indexes_made_again() {
+        let (_dir, db) = open_temp();
+        let named = |c: &Connection| -> rusqlite::Result<Vec<(String, String)>> {
+            Ok(missing_from_schema(c)?
+                .into_iter()
+                .map(|m| (m.kind, m.name))
+                .collect())
+        };
+        db.with_connection(|c| {
+            assert_eq!(named(c)?, []);
+            c.execute_batch(
+                "DROP INDEX messages_chat_id; DROP INDEX chat_files_message_id;
+                 DROP TABLE chat_share_whitelist_entries;",
+            )?;
+            let owned = |kind: &str, name: &str| (kind.to_owned(), name.to_owned());
+            assert_eq!(
+                named(c)?,
+                [
+                    owned("index", "messages_chat_id"),
+                    owned("index", "chat_files_message_id"),
+                    owned("table", "chat_share_whitelist_entries"),
+                ]
+            );
+            assert_eq!(
+                make_missing_indexes(c)?,
+                ["messages_chat_id", "chat_files_message_id"]
+            );
+            assert_eq!(named(c)?, [owned("table", "chat_share_whitelist_entries")]);
+            Ok(())
+        })
+        .unwrap();
     }
 
     /// Every foreign key's child column must lead some index; otherwise each

@@ -790,6 +790,91 @@ fn hex_prefix(hash: &[u8; 32]) -> String {
     hash[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// An index dropped by hand (say, to try something in the sqlite3 shell)
+/// leaves a file that `integrity_check` finds sound, while every delete
+/// reads the whole of that index's table. `doctor` names it, and
+/// `--reindex` makes it again from the schema, under a running server. A
+/// dropped table needs a backup; `doctor` failed on it with SQLite's "no
+/// such table".
+#[test]
+fn doctor_names_a_missing_index_and_reindex_makes_it_again() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let chat = seed_chat(&db, "alice", "bob");
+    server
+        .sql()
+        .execute_batch("DROP INDEX messages_chat_id; DROP INDEX chat_files_message_id;")
+        .unwrap();
+
+    let out = run_cli(&server.db_path, &["doctor"], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for index in ["messages_chat_id", "chat_files_message_id"] {
+        assert!(
+            text.contains(&format!(
+                "\nPROBLEM      the index {index} is missing: a delete reads all of its table \
+                 to find the rows to delete with the chat\n"
+            )),
+            "{text}"
+        );
+    }
+    assert!(text.contains("\nintegrity    ok\n"), "{text}");
+    assert!(
+        text.contains("\nTO REPAIR    only indexes are damaged or missing"),
+        "{text}"
+    );
+
+    // A server started on it says so, too.
+    let second = TestServer::start_in(tempfile::tempdir().unwrap(), server.db_path.clone(), &[]);
+    second.log_with(&[
+        "WARN  the index messages_chat_id of the schema is missing from the database: \
+         `neptun-local doctor` says what to do",
+        "WARN  the index chat_files_message_id of the schema",
+    ]);
+    drop(second);
+
+    let text = doctor_repairs(
+        &server.db_path,
+        "--reindex",
+        "made the missing index(es) messages_chat_id, chat_files_message_id\n\
+         rebuilt every index from its table's rows",
+    );
+    assert!(!text.contains("PROBLEM"), "{text}");
+    let made: i64 = server
+        .sql()
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'index' \
+             AND name IN ('messages_chat_id', 'chat_files_message_id')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(made, 2);
+    server
+        .delete(&format!("/api/users/alice/chats/{}", chat.chat), &token)
+        .assert_true();
+    assert_fully_gone(&server.sql(), &chat);
+
+    // A table, though, only a backup brings back, with its rows.
+    server
+        .sql()
+        .execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE chat_files;")
+        .unwrap();
+    let out = run_cli(&server.db_path, &["doctor"], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr_of(&out));
+    assert!(
+        text.contains("\nPROBLEM      the table chat_files is missing, and the rows it held\n"),
+        "{text}"
+    );
+    // Its indexes went with it, unnamed.
+    assert!(!text.contains("the index"), "{text}");
+    assert!(text.contains(" chat_files=missing "), "{text}");
+    assert!(
+        text.contains("\nTO REPAIR    `neptun-local restore BACKUP --replace`"),
+        "{text}"
+    );
+}
+
 /// What a bad sector or a copy cut short can do to a file: one index entry
 /// names the wrong row. SQLite still opens the file and reads it, so only
 /// `integrity_check` finds it. `doctor` must say so and fail, and point at
@@ -828,8 +913,8 @@ fn doctor_names_damage_to_an_index_and_reindex_repairs_it_under_the_server() {
     assert!(!text.contains("integrity    ok"), "{text}");
     assert!(
         text.contains(
-            "\nTO REPAIR    only indexes are damaged, and the rows are whole: `neptun-local \
-             doctor --reindex` rebuilds them from the rows, losing nothing"
+            "\nTO REPAIR    only indexes are damaged or missing, and the rows are whole: \
+             `neptun-local doctor --reindex` rebuilds them from the rows, losing nothing"
         ),
         "{text}"
     );
