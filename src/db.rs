@@ -266,14 +266,28 @@ fn configure_connection(
 /// server's connections have, but no migration and no switch to WAL.
 /// Fails as [`Database::open`] does on a file that is not ours or too new.
 ///
-/// A database in WAL mode is read through a `-shm` file, which SQLite
-/// makes beside it if there is none. Where it cannot (a file-system
-/// snapshot or a read-only mount of a stopped server's database, a
-/// directory of another user's), the file is read as it is, provided
-/// there is no `-wal` beside it, which a process that has it open keeps,
-/// and which can hold commits that are not in the file yet.
+/// A database in WAL mode that no process has open is read as it is, with
+/// no lock and no `-shm` (SQLite's `immutable`): such a database has no
+/// `-wal` beside it (a process that has it open keeps one, even empty),
+/// so every commit is in the file. Read through a `-shm` instead, SQLite
+/// would make a `-wal` and a `-shm` beside it where it can, and a
+/// read-only connection leaves them there, this user's and as
+/// write-protected as the file, in the way of the next writer; where it
+/// cannot (a file-system snapshot or a read-only mount of a stopped
+/// server's database, a directory of another user's), the file could not
+/// be read at all. With a `-wal` beside it, it is read through a `-shm`,
+/// as SQLite reads it, or not at all.
 pub fn open_read_only(path: &Path) -> Result<Connection> {
-    match open_ours_with(&sqlite_path(path), OpenFlags::SQLITE_OPEN_READ_ONLY) {
+    let wal = side_file(path, "-wal");
+    let no_wal = matches!(std::fs::exists(&wal), Ok(false));
+    let opened = match file::immutable_uri(path) {
+        Ok(immutable) if no_wal && is_wal_file(path) => {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+            open_ours_with(&immutable, flags)
+        }
+        _ => open_ours_with(&sqlite_path(path), OpenFlags::SQLITE_OPEN_READ_ONLY),
+    };
+    match opened {
         // "unable to open database file" on a read-only file system, and
         // "attempt to write a readonly database" in a directory closed to
         // this user: SQLite's words for a -shm it could not make.
@@ -281,17 +295,10 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
             if matches!(
                 e.sqlite_code(),
                 Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly)
-            ) && is_wal_file(path) =>
+            ) && !no_wal
+                && is_wal_file(path) =>
         {
-            // No lock is taken, but none is needed without a -wal: a
-            // process that has the database open keeps one, even empty.
-            let wal = side_file(path, "-wal");
-            if !matches!(std::fs::exists(&wal), Ok(false)) {
-                return Err(Error::NoAccess(wal_beyond_reach(path, &wal)));
-            }
-            let immutable = file::immutable_uri(path).map_err(|_| e.clone())?;
-            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
-            open_ours_with(&immutable, flags).map_err(|_| e)
+            Err(Error::NoAccess(wal_beyond_reach(path, &wal)))
         }
         // SQLite's "unable to open database file" names no cause.
         Err(e) if e.sqlite_code() == Some(ErrorCode::CannotOpen) => {
@@ -325,7 +332,9 @@ fn open_ours_with(name: &Path, flags: OpenFlags) -> Result<Connection> {
 /// removes them when it closes (the last one open, after it has copied any
 /// commits in the `-wal` into the file); a read-only one leaves them there.
 pub fn open_to_read(path: &Path) -> Result<Connection> {
-    if is_wal_file(path) {
+    // Not tried on a file this user may not write, which SQLite would open
+    // read-only and leave a -wal and a -shm beside.
+    if is_wal_file(path) && access::file_problem(path).is_none() {
         let writable = open_ours_with(&sqlite_path(path), OpenFlags::SQLITE_OPEN_READ_WRITE);
         // SQLite opens a file that this user may not write read-only.
         if let Ok(conn) = writable {
@@ -478,6 +487,10 @@ impl Database {
         // SQLite's own attempt below fails too, and says why, unless all it
         // says is "unable to open database file" (for a name too long, say).
         let not_created = if path.exists() {
+            // Before SQLite opens it: see `file_problem`.
+            if let Some(why) = access::file_problem(path) {
+                return Err(Error::NoAccess(why));
+            }
             None
         } else {
             create_owner_only(&resolved_path(path)).err()

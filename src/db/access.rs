@@ -50,6 +50,24 @@ pub fn problem(path: &Path) -> Option<String> {
     None
 }
 
+/// What keeps this process from reading and writing the database file at
+/// `path` itself, in words; `None` if nothing does. Asked before SQLite
+/// opens the file: SQLite opens a file it may not write read-only, without
+/// a word, and makes a `-wal` and a `-shm` beside it that a read-only
+/// connection leaves there, in the way of the next writer.
+#[cfg(unix)]
+pub fn file_problem(path: &Path) -> Option<String> {
+    let path = &*super::resolved_path(path);
+    let e = access(path, libc::R_OK | libc::W_OK).err()?;
+    Some(explain("read and write the file", &whose(path), &e))
+}
+
+/// Outside Unix, the file's Read-only attribute is all [`problem`] looks at.
+#[cfg(not(unix))]
+pub fn file_problem(path: &Path) -> Option<String> {
+    problem(path)
+}
+
 /// What keeps this process from reading the file at `path` (a backup, say,
 /// which is only read), in words; `None` if nothing does.
 #[cfg(unix)]

@@ -5,6 +5,7 @@ use std::path::{MAIN_SEPARATOR, Path};
 use std::time::Duration;
 
 use crate::support::*;
+use neptun_local::db;
 
 #[test]
 fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
@@ -443,6 +444,18 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     let (code, err) = run(&restored, &["chat", "list", "alice"]);
     assert_eq!(code, Some(0), "{err}");
     doctor_finds(&restored, cannot_write);
+    let (code, err) = run(
+        &open_dir.join("from-restored.db"),
+        &["restore", restored.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // Read through a read-only connection, the file got a -wal and a -shm
+    // of this user's, as write-protected as it is: in the way of the next
+    // writer, once the file itself is made writable again.
+    for suffix in ["-wal", "-shm"] {
+        let side = db::side_file(&restored, suffix);
+        assert!(!side.exists(), "{} was left", side.display());
+    }
 
     // A -wal file left by another user (run once with sudo, say), in a
     // directory this user may write to: SQLite opens the WAL for reading
