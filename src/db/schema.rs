@@ -1,5 +1,7 @@
 //! The schema and its version: a new file gets it, one of ours is left
 //! as it is, and a newer version or another application's file is refused.
+//! What a file of ours lacks of it (a table or an index dropped by hand)
+//! is named for `doctor`, which can make an index again.
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -99,7 +101,8 @@ pub struct Missing {
 /// The tables and indexes of the schema that the database behind `conn`
 /// lacks, in the schema's order: dropped by hand, say, since a file of ours
 /// is never migrated again. Without its index, every delete scans a whole
-/// child table for the rows to cascade to; without a table, deletes fail.
+/// child table for the rows to cascade to; without a table, its rows are
+/// gone.
 /// The indexes of a missing table are not named: they went with it.
 pub fn missing_from_schema(conn: &Connection) -> rusqlite::Result<Vec<Missing>> {
     let expected = Connection::open_in_memory()?;
