@@ -286,15 +286,13 @@ pub enum Error {
         path: PathBuf,
         dir: PathBuf,
     },
-    /// `--db` names a directory, which SQLite reports only as "unable to
-    /// open database file".
-    IsDirectory(PathBuf),
-    /// `--db` ends in a separator but is no directory: SQLite would create
-    /// the file without it (mode 0644, and beyond the server's file watch).
-    EndsInSeparator(PathBuf),
-    /// `--db` names a device, a FIFO or a socket, which SQLite reports as
-    /// "disk I/O error" or worse.
-    NotAFile(PathBuf),
+    /// `--db` names no file: a directory, which SQLite reports only as
+    /// "unable to open database file"; a name that ends in a separator,
+    /// which SQLite would take for the file without it (created mode 0644,
+    /// and beyond the server's file watch); or a device, a FIFO or a
+    /// socket, which SQLite reports as "disk I/O error" or worse, and a
+    /// FIFO blocks the commands that read its header.
+    NotAFile(PathBuf, db::NotAFile),
     /// The database file was deleted or replaced while the server ran.
     DatabaseGone {
         path: PathBuf,
@@ -398,26 +396,16 @@ impl fmt::Display for Error {
                 dir.display(),
                 advice_for(path, "; create it first, or choose another --db")
             ),
-            Error::IsDirectory(path) => write!(
-                f,
-                "{}: that is a directory; --db takes the database file, for example {}",
-                path.display(),
-                path.join(DEFAULT_DB).display()
-            ),
-            Error::EndsInSeparator(path) => write!(
-                f,
-                "{}: a name that ends in {} is a directory's; --db takes the database file, \
-                 for example {}",
-                path.display(),
-                std::path::MAIN_SEPARATOR,
-                path.components().as_path().display()
-            ),
-            Error::NotAFile(path) => write!(
-                f,
-                "{}: that is not a regular file (a device, a FIFO or a socket); --db takes \
-                 the database file",
-                path.display()
-            ),
+            Error::NotAFile(path, kind) => match kind.explain(path, "--db takes the database file")
+            {
+                Some(why) => f.write_str(&why),
+                None => write!(
+                    f,
+                    "{}: that is a directory; --db takes the database file, for example {}",
+                    path.display(),
+                    path.join(DEFAULT_DB).display()
+                ),
+            },
             Error::DatabaseGone { path, what } => write!(
                 f,
                 "{}: the database file {what} while the server ran; start the server \
@@ -569,18 +557,15 @@ fn advice_for(path: &Path, usual: &'static str) -> &'static str {
 pub fn run(cli: Cli) -> Result<(), Error> {
     logging::init(cli.log_level);
     ignore_file_size_signal();
-    if db::names_a_directory(&cli.db) && !cli.db.is_dir() {
-        return Err(Error::EndsInSeparator(cli.db.clone()));
+    // Before anything opens it: every command would stumble on it in
+    // its own way, and a reading one could block on a FIFO.
+    if let Some(kind) = db::not_a_file(&cli.db) {
+        return Err(Error::NotAFile(cli.db.clone(), kind));
     }
     // Serving, adding a user and restoring create the file if it is
     // missing; SQLite would refuse a missing directory with only "unable to
     // open database file".
     let open = |settings: &db::Settings| {
-        match std::fs::metadata(&cli.db) {
-            Ok(m) if m.is_dir() => return Err(Error::IsDirectory(cli.db.clone())),
-            Ok(m) if !m.is_file() => return Err(Error::NotAFile(cli.db.clone())),
-            _ => {}
-        }
         // Or, for a link, where it leads.
         let target = db::resolved_path(&cli.db);
         let dir = target.parent().filter(|d| !d.as_os_str().is_empty());

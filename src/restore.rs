@@ -72,12 +72,9 @@ pub enum Error {
     LinkToNothing { link: PathBuf, target: PathBuf },
     /// The backup named is the database itself.
     SameFile(PathBuf),
-    /// A directory was named where the backup file belongs.
-    IsDirectory(PathBuf),
-    /// The backup's name ends in a separator, and no directory has it.
-    EndsInSeparator(PathBuf),
-    /// The backup named is a device, a FIFO or a socket.
-    NotAFile(PathBuf),
+    /// The backup named is no file: a directory, a name that ends in a
+    /// separator, or a device, a FIFO or a socket.
+    NotAFile(PathBuf, db::NotAFile),
     /// The file is not a neptun-local database this version can read.
     Unreadable(PathBuf, db::Error),
     /// The backup is damaged or has orphaned rows.
@@ -107,25 +104,14 @@ impl fmt::Display for Error {
                 link.display(),
                 target.display()
             ),
-            Error::IsDirectory(path) => write!(
-                f,
-                "{} is a directory; name the backup file in it to restore from",
-                path.display()
-            ),
-            Error::EndsInSeparator(path) => write!(
-                f,
-                "{}: a name that ends in {} is a directory's; name the backup file, for \
-                 example {}",
-                path.display(),
-                std::path::MAIN_SEPARATOR,
-                path.components().as_path().display()
-            ),
-            Error::NotAFile(path) => write!(
-                f,
-                "{}: that is not a regular file (a device, a FIFO or a socket); name the \
-                 backup file",
-                path.display()
-            ),
+            Error::NotAFile(path, kind) => match kind.explain(path, "name the backup file") {
+                Some(why) => f.write_str(&why),
+                None => write!(
+                    f,
+                    "{} is a directory; name the backup file in it to restore from",
+                    path.display()
+                ),
+            },
             Error::SameFile(path) => write!(
                 f,
                 "{} is the database itself; name the backup to restore from",
@@ -194,14 +180,11 @@ pub struct Checked {
 /// `database`, before that is opened: a restore refused for its backup
 /// leaves no new database file behind.
 pub fn check(from: &Path, database: &Path) -> Result<Checked, Error> {
-    if db::names_a_directory(from) && !from.is_dir() {
-        return Err(Error::EndsInSeparator(from.to_owned()));
+    if let Some(kind) = db::not_a_file(from) {
+        return Err(Error::NotAFile(from.to_owned(), kind));
     }
-    match std::fs::metadata(from) {
-        Ok(m) if m.is_dir() => return Err(Error::IsDirectory(from.to_owned())),
-        // Opened to read, a FIFO would block until something wrote to it.
-        Ok(m) if !m.is_file() => return Err(Error::NotAFile(from.to_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    if let Err(e) = std::fs::metadata(from) {
+        if e.kind() == std::io::ErrorKind::NotFound {
             return Err(match std::fs::read_link(from) {
                 Ok(target) => Error::LinkToNothing {
                     link: from.to_owned(),
@@ -210,7 +193,6 @@ pub fn check(from: &Path, database: &Path) -> Result<Checked, Error> {
                 Err(_) => Error::NoBackup(from.to_owned()),
             });
         }
-        _ => {}
     }
     if same_file(from, database) {
         return Err(Error::SameFile(from.to_owned()));

@@ -13,19 +13,20 @@ use std::path::Path;
 #[cfg(unix)]
 pub fn problem(path: &Path) -> Option<String> {
     let path = &*super::resolved_path(path);
-
+    if path.exists() {
+        if let Some(why) = file_problem(path) {
+            return Some(why);
+        }
+    }
     // In WAL mode SQLite keeps two more files beside the database, and
     // creates and removes them as it opens and closes it.
-    for file in super::database_files(path) {
+    let [_, wal, shm] = super::database_files(path);
+    for file in [wal, shm] {
         if !file.exists() {
             continue;
         }
         if let Err(e) = access(&file, libc::R_OK | libc::W_OK) {
-            let what = if file == path {
-                "read and write the file".to_owned()
-            } else {
-                format!("read and write {}, beside the database", file.display())
-            };
+            let what = format!("read and write {}, beside the database", file.display());
             return Some(explain(&what, &whose(&file), &e));
         }
     }

@@ -87,6 +87,53 @@ pub fn names_a_directory(path: &Path) -> bool {
     path.to_string_lossy().ends_with(std::path::is_separator)
 }
 
+/// What a path given for a file (the database, or a backup to read) names
+/// instead of one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotAFile {
+    /// A name that ends in a separator, where no directory is: SQLite
+    /// would take it for the file without the separator.
+    EndsInSeparator,
+    Directory,
+    /// A device, a FIFO or a socket. Opened to read, a FIFO blocks until
+    /// something writes to it.
+    Special,
+}
+
+/// What `path` names instead of a file; `None` for a regular file, or
+/// for nothing at all (a link is followed).
+pub fn not_a_file(path: &Path) -> Option<NotAFile> {
+    if names_a_directory(path) && !path.is_dir() {
+        return Some(NotAFile::EndsInSeparator);
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Some(NotAFile::Directory),
+        Ok(m) if !m.is_file() => Some(NotAFile::Special),
+        _ => None,
+    }
+}
+
+impl NotAFile {
+    /// What `path` is, then `advice` (what to name instead), in the words
+    /// every command uses; `None` for a directory, whose advice each
+    /// command words with an example of its own.
+    pub fn explain(self, path: &Path, advice: &str) -> Option<String> {
+        match self {
+            NotAFile::EndsInSeparator => Some(format!(
+                "{}: a name that ends in {} is a directory's; {advice}, for example {}",
+                path.display(),
+                std::path::MAIN_SEPARATOR,
+                path.components().as_path().display()
+            )),
+            NotAFile::Special => Some(format!(
+                "{}: that is not a regular file (a device, a FIFO or a socket); {advice}",
+                path.display()
+            )),
+            NotAFile::Directory => None,
+        }
+    }
+}
+
 /// The path that SQLite names the `-wal`, `-shm` and `-journal` files
 /// after: `path` with a symbolic link resolved, as SQLite resolves it. A
 /// `--db` that is a link has those files beside the file it points to.
