@@ -72,6 +72,14 @@ fn seed_marked_chat(db: &Database, user: &str, friend: &str) -> MarkedChat {
 
 /// Runs `doctor` with the repair `flag` on `db_path`, which must succeed
 /// and say `said`; returns the report that follows the repair.
+/// Runs `doctor`, which must find a problem (exit 1); returns its report.
+fn doctor_finds_problems(db_path: &Path) -> String {
+    let out = run_cli(db_path, &["doctor"], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr_of(&out));
+    text
+}
+
 fn doctor_repairs(db_path: &Path, flag: &str, said: &str) -> String {
     let out = run_cli(db_path, &["doctor", flag], None);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -711,9 +719,7 @@ fn doctor_reports_the_facts_and_fails_on_orphans_which_it_can_delete() {
         seeded.chat
     ))
     .unwrap();
-    let out = run_cli(&server.db_path, &["doctor"], None);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr_of(&out));
+    let text = doctor_finds_problems(&server.db_path);
     assert!(text.contains("PROBLEM      orphaned rows: "), "{text}");
     assert!(text.contains("messages row 7777 -> chats"), "{text}");
     assert!(text.contains("sessions row -> users"), "{text}");
@@ -805,9 +811,7 @@ fn doctor_names_a_missing_index_and_reindex_makes_it_again() {
         .execute_batch("DROP INDEX messages_chat_id; DROP INDEX chat_files_message_id;")
         .unwrap();
 
-    let out = run_cli(&server.db_path, &["doctor"], None);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = doctor_finds_problems(&server.db_path);
     for index in ["messages_chat_id", "chat_files_message_id"] {
         assert!(
             text.contains(&format!(
@@ -859,9 +863,7 @@ fn doctor_names_a_missing_index_and_reindex_makes_it_again() {
         .sql()
         .execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE chat_files;")
         .unwrap();
-    let out = run_cli(&server.db_path, &["doctor"], None);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr_of(&out));
+    let text = doctor_finds_problems(&server.db_path);
     assert!(
         text.contains("\nPROBLEM      the table chat_files is missing, and the rows it held\n"),
         "{text}"
@@ -901,9 +903,7 @@ fn doctor_names_damage_to_an_index_and_reindex_repairs_it_under_the_server() {
     file[cell + 3] = 8; // the integer 0: now it names a message that is not there
     std::fs::write(&db_path, file).unwrap();
 
-    let out = run_cli(&db_path, &["doctor"], None);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = doctor_finds_problems(&db_path);
     assert!(
         text.contains(
             "\nPROBLEM      integrity_check failed: row 1 missing from index messages_chat_id"
