@@ -773,8 +773,15 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 Some(before) => format!(", in place of {before}"),
                 None => ", in place of a damaged database".to_owned(),
             };
+            let made = match restored.made_indexes.as_slice() {
+                [] => String::new(),
+                names => format!(
+                    "; made the index(es) {}, which the backup lacked",
+                    names.join(", ")
+                ),
+            };
             tell(format_args!(
-                "restored {} from {}{replaced}; integrity and foreign keys checked",
+                "restored {} from {}{replaced}{made}; integrity and foreign keys checked",
                 restored.now,
                 backup.display(),
             ));

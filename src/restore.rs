@@ -60,6 +60,8 @@ pub struct Restored {
     pub now: Contents,
     /// `None` when the database was too damaged to count what it held.
     pub before: Option<Contents>,
+    /// The indexes of the schema that the backup lacked, made again.
+    pub made_indexes: Vec<String>,
 }
 
 /// Why a restore was not made. In every case but the last, the database
@@ -252,10 +254,21 @@ pub fn restore(db: &Database, backup: &Checked, replace: bool) -> Result<Restore
             }
         })
         .map_err(Error::Copy)??;
+    // A backup of a file whose index was dropped (in the sqlite3 shell,
+    // say) passes every check but `doctor`'s, and every delete would then
+    // read a whole child table. The backup API copies pages, not the
+    // schema, so the index is made in a transaction of its own.
+    let made_indexes = db
+        .write(|tx| Ok(db::make_missing_indexes(tx)?))
+        .map_err(|e| Error::Unconfirmed(format!("the indexes it lacks were not made: {e}")))?;
     let checked =
         db.with_connection(|conn| Ok((Contents::of(conn)?, doctor::integrity_problems(conn)?)));
     match checked {
-        Ok((now, problems)) if problems.is_empty() => Ok(Restored { now, before }),
+        Ok((now, problems)) if problems.is_empty() => Ok(Restored {
+            now,
+            before,
+            made_indexes,
+        }),
         Ok((_, problems)) => Err(Error::Unconfirmed(problems.join("; "))),
         Err(e) => Err(Error::Unconfirmed(e.to_string())),
     }

@@ -186,6 +186,53 @@ fn a_restore_from_a_servers_database_leaves_no_wal_or_shm_beside_it() {
     assert_eq!(listing(&old), before);
 }
 
+/// A backup of a file whose index was dropped by hand passes every check
+/// but `doctor`'s. Restored as it was, every delete would read a whole
+/// child table; the restore makes the index again, and says so.
+#[test]
+fn a_restore_from_a_backup_that_lacks_an_index_makes_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.db");
+    for args in [
+        &["user", "add", "alice"][..],
+        &["chat", "add", "alice", "Kept"],
+    ] {
+        let out = run_cli(&old, args, None);
+        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+    }
+    rusqlite::Connection::open(&old)
+        .unwrap()
+        .execute_batch("DROP INDEX messages_chat_id; DROP INDEX chat_files_chat_id;")
+        .unwrap();
+    let indexes = |path: &Path| -> Vec<String> {
+        column(
+            &rusqlite::Connection::open(path).unwrap(),
+            "SELECT name FROM sqlite_schema WHERE type = 'index' \
+             AND name IN ('messages_chat_id', 'chat_files_chat_id') ORDER BY name",
+        )
+    };
+    assert!(indexes(&old).is_empty());
+
+    let new = dir.path().join("new.db");
+    let ran = run_cli(&new, &["restore", old.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    assert!(
+        stderr_of(&ran).contains(
+            "; made the index(es) messages_chat_id, chat_files_chat_id, which the backup \
+             lacked; integrity and foreign keys checked"
+        ),
+        "{}",
+        stderr_of(&ran)
+    );
+    assert_eq!(indexes(&new), ["chat_files_chat_id", "messages_chat_id"]);
+    assert!(indexes(&old).is_empty(), "the restore changed the backup");
+    let doctor = run_cli(&new, &["doctor"], None);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "{report}{}", stderr_of(&doctor));
+    assert!(!report.contains("PROBLEM"), "{report}");
+    assert_consistent(&rusqlite::Connection::open(&new).unwrap());
+}
+
 #[test]
 fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
     let (server, db, _token) = start_with_alice_and_bob(&[]);
