@@ -159,6 +159,17 @@ impl Policy {
         Ok(())
     }
 
+    /// Refuses a request line that names HTTP/0.9. tiny_http takes it for
+    /// a version like any other, and would answer with the status line
+    /// `HTTP/0.9 200`, which no version has. No client sends it: an HTTP/0.9
+    /// request is a bare `GET /path` line, which tiny_http refuses itself.
+    pub fn check_version(&self, request: &Request) -> Result<(), ApiError> {
+        if request.http_version < (1, 0) {
+            return Err(ApiError::VersionNotSupported);
+        }
+        Ok(())
+    }
+
     /// Refuses a request whose body framing is ambiguous (RFC 9112 §6.3):
     /// several or non-numeric `Content-Length`s, `Content-Length` together
     /// with `Transfer-Encoding`, or a transfer coding other than chunked.

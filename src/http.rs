@@ -216,6 +216,11 @@ pub enum ApiError {
     HeaderFieldsTooLarge,
     /// 405: the route exists but not with this method.
     MethodNotAllowed { allow: &'static str },
+    /// 505: a request line that names HTTP/0.9, whose requests had no
+    /// headers and whose answers no status line (RFC 9112 §2.3 has the
+    /// server answer in the highest version it speaks of the request's
+    /// major version, and it speaks none of major version 0).
+    VersionNotSupported,
     /// 503: the database is busy, or its disk full; nothing was changed, and
     /// the client may retry after a moment. The message says which.
     ServiceUnavailable(&'static str),
@@ -274,6 +279,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Internal => 500,
             ApiError::ServiceUnavailable(_) => 503,
+            ApiError::VersionNotSupported => 505,
         }
     }
 
@@ -293,6 +299,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "Method Not Allowed",
             ApiError::Internal => "Internal Server Error",
             ApiError::ServiceUnavailable(_) => "Service Unavailable",
+            ApiError::VersionNotSupported => "HTTP Version Not Supported",
         }
     }
 
@@ -316,6 +323,7 @@ impl ApiError {
                 "Requests with over 100 header fields or 64 KiB of headers are not accepted"
             }
             ApiError::Internal => "Internal server error",
+            ApiError::VersionNotSupported => "Only HTTP/1.0 and HTTP/1.1 are served",
         }
     }
 
@@ -358,10 +366,14 @@ impl ApiError {
             reason: Some(self.message()),
             log_detail: self.log_detail(),
             // Unread or mis-framed body bytes would be read as the next
-            // request: ask the client to close (tiny_http would not).
+            // request, and a client that names HTTP/0.9 reads no further
+            // answer: ask the client to close (tiny_http would not).
             close_connection: matches!(
                 self,
-                ApiError::AmbiguousFraming | ApiError::LengthRequired | ApiError::PayloadTooLarge
+                ApiError::AmbiguousFraming
+                    | ApiError::LengthRequired
+                    | ApiError::PayloadTooLarge
+                    | ApiError::VersionNotSupported
             ),
             ..Response::json(self.status(), &body)
         };
@@ -509,11 +521,12 @@ mod tests {
     }
 
     #[test]
-    fn only_answers_about_a_body_ask_to_close_the_connection() {
+    fn only_answers_about_a_body_or_the_version_ask_to_close_the_connection() {
         for (error, closes) in [
             (ApiError::AmbiguousFraming, true),
             (ApiError::LengthRequired, true),
             (ApiError::PayloadTooLarge, true),
+            (ApiError::VersionNotSupported, true),
             (ApiError::BadRequest("x"), false),
             (
                 ApiError::NoSessionCookie {

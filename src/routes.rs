@@ -47,6 +47,7 @@ pub fn handle(app: &App, request: &Request) -> Response {
 }
 
 fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
+    app.policy.check_version(request)?;
     app.policy.check_head_size(request)?;
     app.policy.check_framing(request)?;
     app.policy.check_host(request)?;

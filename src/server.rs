@@ -405,7 +405,12 @@ fn respond_written_out(
     close: bool,
 ) -> io::Result<()> {
     let head_only = request.method() == &tiny_http::Method::Head;
-    let version = request.http_version().clone();
+    // The status line of a request that names HTTP/0.9, refused with 505,
+    // says 1.0: 0.9 has none.
+    let version = match request.http_version() {
+        v if v.0 == 0 => tiny_http::HTTPVersion(1, 0),
+        v => v.clone(),
+    };
     let no_content = response.status == 204;
     let mut rendered = Vec::with_capacity(256 + response.body.len());
     to_tiny_http(response).raw_print(&mut rendered, version, &[], head_only, None)?;

@@ -1077,6 +1077,42 @@ fn malformed_heads_get_tiny_https_own_bare_answers_and_harm_nothing() {
     w.assert_unharmed();
 }
 
+/// tiny_http takes `HTTP/0.9` in a request line for a version like any
+/// other. It was served, answered with the status line `HTTP/0.9 200`
+/// (0.9 has no status line), and the connection kept open.
+#[test]
+fn a_request_line_that_names_http_0_9_gets_505_and_deletes_nothing() {
+    let w = World::new(&[]);
+    let raw = format!(
+        "DELETE {} HTTP/0.9\r\nHost: localhost\r\nCookie: neptun-session={}\r\n\r\n",
+        w.chat_path(),
+        w.token
+    );
+    let mut stream = TcpStream::connect(w.server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(raw.as_bytes()).unwrap();
+    let r = read_response(&mut BufReader::new(stream.try_clone().unwrap())).unwrap();
+    assert_eq!(
+        r.assert_error(505, "HTTP Version Not Supported"),
+        "Only HTTP/1.0 and HTTP/1.1 are served"
+    );
+    assert_eq!(r.header("Connection"), Some("close"));
+    w.assert_unharmed();
+    // The status line, which `read_response` does not keep.
+    let again = format!(
+        "DELETE {} HTTP/0.9\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        w.chat_path()
+    );
+    let answer = send_raw(w.server.addr, again.as_bytes());
+    assert!(
+        answer.starts_with(b"HTTP/1.0 505 HTTP Version Not Supported\r\n"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
 /// A client that pipelines requests and never reads the answers holds the
 /// worker whose answer cannot be written, while tiny_http reads the rest
 /// of its requests into memory (README, Limits): with one worker, no one

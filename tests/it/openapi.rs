@@ -200,6 +200,15 @@ fn every_status_the_chat_route_produces_is_documented_and_vice_versa() {
             server.request("OPTIONS", "/api/users/alice/chats/0", &[]),
         ), // 400
     ];
+    // 505: a request line that names HTTP/0.9.
+    let old_version = format!(
+        "DELETE {} HTTP/0.9\r\nHost: localhost\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n",
+        path(chats[1].chat)
+    );
+    seen.push((
+        "DELETE",
+        parse_response(&send_raw(server.addr, old_version.as_bytes()), false).unwrap(),
+    ));
     {
         // 503: another writer holds the lock beyond the busy timeout.
         let mut locker = server.sql();
