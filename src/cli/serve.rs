@@ -191,13 +191,18 @@ fn bind(args: &ServeArgs) -> Result<TcpListener, Error> {
         addr: args.addr.clone(),
         source,
     };
-    if args.addr.starts_with(':') {
-        // Else looked up as the host name "", which fails as "Name or service not known".
-        let missing = io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "there is no host before the port",
-        );
-        return Err(bind_error(missing));
+    // Each is else looked up as a host name, which fails as "Name or
+    // service not known": the host name "", or "http" (a URL copied from
+    // the line "listening on http://...").
+    let malformed = if args.addr.starts_with(':') {
+        Some("there is no host before the port")
+    } else if args.addr.contains("://") {
+        Some("that is a URL, not an address")
+    } else {
+        None
+    };
+    if let Some(why) = malformed {
+        return Err(bind_error(io::Error::new(io::ErrorKind::InvalidInput, why)));
     }
     let addrs = in_listening_order(args.addr.to_socket_addrs().map_err(bind_error)?);
     if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {

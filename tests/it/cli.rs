@@ -117,6 +117,13 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
             "--addr takes HOST:PORT, for example 127.0.0.1:7150",
         ),
         (&["--addr", ":7150"], 1, "there is no host before the port"),
+        // As the server prints it at start ("listening on http://...").
+        (
+            &["--addr", "http://127.0.0.1:7150"],
+            1,
+            "cannot listen on http://127.0.0.1:7150: that is a URL, not an address; --addr \
+             takes HOST:PORT, for example 127.0.0.1:7150",
+        ),
         (
             &["--addr", "127.0.0.1:0", "user", "add", "x"],
             2,
