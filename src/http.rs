@@ -216,14 +216,14 @@ pub enum ApiError {
     HeaderFieldsTooLarge,
     /// 405: the route exists but not with this method.
     MethodNotAllowed { allow: &'static str },
+    /// 503: the database is busy, or its disk full; nothing was changed, and
+    /// the client may retry after a moment. The message says which.
+    ServiceUnavailable(&'static str),
     /// 505: a request line that names HTTP/0.9, whose requests had no
     /// headers and whose answers no status line (RFC 9112 §2.3 has the
     /// server answer in the highest version it speaks of the request's
     /// major version, and it speaks none of major version 0).
     VersionNotSupported,
-    /// 503: the database is busy, or its disk full; nothing was changed, and
-    /// the client may retry after a moment. The message says which.
-    ServiceUnavailable(&'static str),
     /// 500: something failed that the client cannot fix. The cause is logged
     /// where it happened and never sent.
     Internal,
