@@ -160,13 +160,9 @@ fn a_restore_into_a_new_file_needs_no_replace_and_serves() {
     assert_consistent(&restored_server.sql());
 }
 
-/// Restored from as it is, a server's database (stopped, or copied from
-/// another machine) is in WAL mode. Read through a read-only connection,
-/// it kept the `-wal` and `-shm` files SQLite made beside it to read it.
-#[test]
-fn a_restore_from_a_servers_database_leaves_no_wal_or_shm_beside_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let old = dir.path().join("old.db");
+/// `old.db` in `dir`, made through the commands: alice and her chat "Kept".
+fn alice_with_a_chat(dir: &Path) -> PathBuf {
+    let old = dir.join("old.db");
     for args in [
         &["user", "add", "alice"][..],
         &["chat", "add", "alice", "Kept"],
@@ -174,6 +170,16 @@ fn a_restore_from_a_servers_database_leaves_no_wal_or_shm_beside_it() {
         let out = run_cli(&old, args, None);
         assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
     }
+    old
+}
+
+/// Restored from as it is, a server's database (stopped, or copied from
+/// another machine) is in WAL mode. Read through a read-only connection,
+/// it kept the `-wal` and `-shm` files SQLite made beside it to read it.
+#[test]
+fn a_restore_from_a_servers_database_leaves_no_wal_or_shm_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = alice_with_a_chat(dir.path());
     let side_files = || ["-wal", "-shm"].map(|suffix| db::side_file(&old, suffix).exists());
     assert_eq!(side_files(), [false, false]);
     let before = listing(&old);
@@ -192,14 +198,7 @@ fn a_restore_from_a_servers_database_leaves_no_wal_or_shm_beside_it() {
 #[test]
 fn a_restore_from_a_backup_that_lacks_an_index_makes_it_again() {
     let dir = tempfile::tempdir().unwrap();
-    let old = dir.path().join("old.db");
-    for args in [
-        &["user", "add", "alice"][..],
-        &["chat", "add", "alice", "Kept"],
-    ] {
-        let out = run_cli(&old, args, None);
-        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
-    }
+    let old = alice_with_a_chat(dir.path());
     rusqlite::Connection::open(&old)
         .unwrap()
         .execute_batch("DROP INDEX messages_chat_id; DROP INDEX chat_files_chat_id;")
