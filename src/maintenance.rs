@@ -57,8 +57,9 @@ pub struct Pacing {
     /// Each truncation holds writers for a time that grows with the WAL's
     /// size, and the restarts between truncations keep the WAL at what is
     /// written between two passes, whatever this setting is: so the rarer
-    /// the truncations, the fewer requests wait for one. README promises erasure within 1 s; the rest of that
-    /// second is left for the coalescing and a blocked try or two.
+    /// the truncations, the fewer requests wait for one. README promises
+    /// erasure within 1 s; the rest of that second is left for the
+    /// coalescing and a blocked try or two.
     pub truncate_every: Duration,
     /// How often expired sessions are pruned.
     pub prune_every: Duration,
