@@ -37,7 +37,7 @@ pub use rows::{
     insert_session, insert_share, insert_share_whitelist_entry, insert_user,
 };
 use schema::{Found, migrate, ours};
-pub use schema::{Missing, SCHEMA_VERSION, make_missing_indexes, missing_from_schema};
+pub use schema::{Missing, SCHEMA_VERSION, has_object, make_missing_indexes, missing_from_schema};
 pub use upkeep::{Step, Upkeep};
 
 type Pool = r2d2::Pool<SqliteConnectionManager>;

@@ -328,12 +328,7 @@ fn count_rows(conn: &Connection, report: &mut Report) -> db::Result<()> {
     let mut counts = Vec::with_capacity(tables.len());
     for table in tables {
         // One dropped by hand is a problem of its own (see check_schema).
-        let exists: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            [table],
-            |r| r.get(0),
-        )?;
-        if !exists {
+        if !db::has_object(conn, "table", table)? {
             counts.push(format!("{table}=missing"));
             continue;
         }

@@ -406,7 +406,8 @@ fn respond_written_out(
 ) -> io::Result<()> {
     let head_only = request.method() == &tiny_http::Method::Head;
     // The status line of a request that names HTTP/0.9, refused with 505,
-    // says 1.0: 0.9 has none.
+    // says 1.0: 0.9 has none. (One whose body is left unread is answered
+    // through tiny_http's own writer, which still says 0.9.)
     let version = match request.http_version() {
         v if v.0 == 0 => tiny_http::HTTPVersion(1, 0),
         v => v.clone(),

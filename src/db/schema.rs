@@ -123,12 +123,7 @@ pub fn missing_from_schema(conn: &Connection) -> rusqlite::Result<Vec<Missing>> 
         })
     })? {
         let object = object?;
-        let present: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = ?1 AND name = ?2",
-            [&object.kind, &object.name],
-            |r| r.get(0),
-        )?;
-        if !present {
+        if !has_object(conn, &object.kind, &object.name)? {
             missing.push(object);
         }
     }
@@ -139,6 +134,16 @@ pub fn missing_from_schema(conn: &Connection) -> rusqlite::Result<Vec<Missing>> 
         .collect();
     missing.retain(|m| m.kind == "table" || !tables.contains(&m.table));
     Ok(missing)
+}
+
+/// Whether the database behind `conn` has the `kind` (`table` or `index`)
+/// named `name`.
+pub fn has_object(conn: &Connection, kind: &str, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = ?1 AND name = ?2",
+        [kind, name],
+        |r| r.get(0),
+    )
 }
 
 /// Makes again, in `tx`, the indexes the database lacks whose table it
