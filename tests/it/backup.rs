@@ -1,7 +1,7 @@
 //! `neptun-local backup`: a consistent, checked copy of the database, taken
 //! while the server deletes, that a server started on it serves.
 
-use std::path::{MAIN_SEPARATOR, PathBuf};
+use std::path::{MAIN_SEPARATOR, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -297,6 +297,18 @@ fn a_backup_killed_halfway_leaves_no_file_under_the_backups_name() {
 /// A server whose one chat is about 30 MB, so that a backup takes long
 /// enough (about half a second) to be cut short.
 #[cfg(unix)]
+/// The names in `dir` of `backup.db` and what a backup to it makes beside
+/// it (`backup.db.partial` and its journal), sorted.
+fn backup_files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("backup.db"))
+        .collect();
+    names.sort();
+    names
+}
+
 fn server_with_a_30_mb_chat() -> TestServer {
     let (server, db, _) = start_with_alice_and_bob(&[]);
     seed_chat(&db, "alice", "bob");
@@ -344,15 +356,7 @@ fn a_backup_stopped_by_a_signal_keeps_nothing_and_the_next_one_runs() {
 
     let server = server_with_a_30_mb_chat();
     let out = server.dir.path().join("backup.db");
-    let left_over = || {
-        let mut names: Vec<String> = std::fs::read_dir(server.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|name| name.starts_with("backup.db"))
-            .collect();
-        names.sort();
-        names
-    };
+    let left_over = || backup_files_in(server.dir.path());
     let mut stopped = 0;
     for (signal, delay_ms) in [
         (libc::SIGINT, 40),
@@ -441,12 +445,7 @@ fn a_backup_past_a_file_size_limit_fails_cleanly_and_leaves_nothing() {
         "{}",
         stderr_of(&ran)
     );
-    let mut left: Vec<_> = std::fs::read_dir(server.dir.path())
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .filter(|name| name.starts_with("backup.db"))
-        .collect();
-    left.sort();
+    let left = backup_files_in(server.dir.path());
     assert!(left.is_empty(), "left behind: {left:?}");
 
     let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);

@@ -420,12 +420,7 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
     std::fs::create_dir(&open_dir).unwrap();
     set_mode(&open_dir, 0o777);
     let restored = open_dir.join("restored.db");
-    for args in [
-        &["user", "add", "alice"][..],
-        &["chat", "add", "alice", "Kept"],
-    ] {
-        assert!(run_cli(&restored, args, None).status.success());
-    }
+    alice_with_a_chat(&restored, "Kept");
     set_mode(&restored, 0o444);
     let refused_to_serve = |db: &Path, why: &str| {
         let mut server = command(db, &["serve", "--addr", "127.0.0.1:0"])

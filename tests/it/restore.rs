@@ -160,26 +160,14 @@ fn a_restore_into_a_new_file_needs_no_replace_and_serves() {
     assert_consistent(&restored_server.sql());
 }
 
-/// `old.db` in `dir`, made through the commands: alice and her chat "Kept".
-fn alice_with_a_chat(dir: &Path) -> PathBuf {
-    let old = dir.join("old.db");
-    for args in [
-        &["user", "add", "alice"][..],
-        &["chat", "add", "alice", "Kept"],
-    ] {
-        let out = run_cli(&old, args, None);
-        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
-    }
-    old
-}
-
 /// Restored from as it is, a server's database (stopped, or copied from
 /// another machine) is in WAL mode. Read through a read-only connection,
 /// it kept the `-wal` and `-shm` files SQLite made beside it to read it.
 #[test]
 fn a_restore_from_a_servers_database_leaves_no_wal_or_shm_beside_it() {
     let dir = tempfile::tempdir().unwrap();
-    let old = alice_with_a_chat(dir.path());
+    let old = dir.path().join("old.db");
+    alice_with_a_chat(&old, "Kept");
     let side_files = || ["-wal", "-shm"].map(|suffix| db::side_file(&old, suffix).exists());
     assert_eq!(side_files(), [false, false]);
     let before = listing(&old);
@@ -198,7 +186,8 @@ fn a_restore_from_a_servers_database_leaves_no_wal_or_shm_beside_it() {
 #[test]
 fn a_restore_from_a_backup_that_lacks_an_index_makes_it_again() {
     let dir = tempfile::tempdir().unwrap();
-    let old = alice_with_a_chat(dir.path());
+    let old = dir.path().join("old.db");
+    alice_with_a_chat(&old, "Kept");
     rusqlite::Connection::open(&old)
         .unwrap()
         .execute_batch("DROP INDEX messages_chat_id; DROP INDEX chat_files_chat_id;")
@@ -732,13 +721,7 @@ fn a_stopped_servers_database_in_a_read_only_directory_is_read_by_every_command_
     // tool that skips -shm files leaves a running server's database.
     let stopped = snapshot.join("stopped ?#%.db");
     let with_wal = snapshot.join("with-wal.db");
-    for args in [
-        &["user", "add", "alice"][..],
-        &["chat", "add", "alice", "In the snapshot"],
-    ] {
-        let out = run_cli(&stopped, args, None);
-        assert!(out.status.success(), "{}", stderr_of(&out));
-    }
+    alice_with_a_chat(&stopped, "In the snapshot");
     assert!(db::is_wal_file(&stopped));
     let live = dir.path().join("live.db");
     std::fs::copy(&stopped, &live).unwrap();

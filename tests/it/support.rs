@@ -552,6 +552,18 @@ pub struct SeededChat {
     pub whitelist_entries: Vec<i64>,
 }
 
+/// A new database at `path`, made through the commands: alice and her
+/// chat named `chat`.
+pub fn alice_with_a_chat(path: &Path, chat: &str) {
+    for args in [
+        &["user", "add", "alice"][..],
+        &["chat", "add", "alice", chat],
+    ] {
+        let out = run_cli(path, args, None);
+        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+    }
+}
+
 pub fn add_user(db: &Database, id: &str) {
     db.add_user(id, Some("Test User")).unwrap();
 }
