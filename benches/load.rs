@@ -71,21 +71,23 @@ struct Options {
 }
 
 fn options() -> Options {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this
+    // binary without it, with libtest's arguments, for the quick run.
+    if !args.iter().any(|a| a == "--bench") {
+        if !selected_as_a_test(&args) {
+            std::process::exit(0);
+        }
+        return Options::quick();
+    }
     let mut o = Options {
         quick: false,
         chats: 10_000,
         messages: 20,
-        out: PathBuf::new(),
+        out: PathBuf::from("bench-results"),
     };
     let mut out = None;
-    // `cargo bench` passes --bench; `cargo test --all-targets` runs this
-    // binary without it, and then gets the quick correctness run.
-    if !std::env::args().any(|a| a == "--bench") {
-        o.quick = true;
-        o.chats = 300;
-        o.messages = 5;
-    }
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let mut number = |name: &str| -> usize {
             args.next()
@@ -93,11 +95,7 @@ fn options() -> Options {
                 .unwrap_or_else(|| panic!("{name} needs a number"))
         };
         match arg.as_str() {
-            "--quick" => {
-                o.quick = true;
-                o.chats = 300;
-                o.messages = 5;
-            }
+            "--quick" => o = Options::quick(),
             "--chats" => o.chats = number("--chats"),
             "--messages" => o.messages = number("--messages"),
             "--out" => out = Some(PathBuf::from(args.next().expect("--out needs a directory"))),
@@ -105,18 +103,88 @@ fn options() -> Options {
             other => panic!("unknown argument {other:?}"),
         }
     }
-    // A quick run checks correctness; its figures are not worth keeping
-    // next to those of a full run. They go under this checkout's target
-    // directory, not to a fixed name in /tmp, which another user's run
-    // (or another checkout's) may hold.
-    o.out = out.unwrap_or_else(|| {
-        if o.quick {
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-quick")
-        } else {
-            PathBuf::from("bench-results")
+    Options {
+        out: out.unwrap_or(o.out),
+        ..o
+    }
+}
+
+impl Options {
+    fn quick() -> Options {
+        Options {
+            quick: true,
+            chats: 300,
+            messages: 5,
+            // A quick run checks correctness; its figures are not worth
+            // keeping next to those of a full run. They go under this
+            // checkout's target directory, not to a fixed name in /tmp,
+            // which another user's run (or another checkout's) may hold.
+            out: Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-quick"),
         }
-    });
-    o
+    }
+}
+
+/// The name of this binary's one test, the quick run, under `cargo test`.
+const TEST_NAME: &str = "quick_run";
+
+/// Whether libtest's `args` select the quick run, as they would select a
+/// test of that name. `cargo test` passes what follows its `--` to every
+/// test binary, this one too, which has its own main: before 2026-11-28,
+/// `cargo test --all-targets -- --nocapture`, or with a name filter, failed
+/// here on an unknown argument. Name filters, `--exact`, `--skip` and
+/// `--ignored` select the run or not (then, as libtest, it says it ran
+/// nothing), `--list` lists it, and the other flags change nothing here.
+fn selected_as_a_test(args: &[String]) -> bool {
+    const TAKE_A_VALUE: [&str; 7] = [
+        "--test-threads",
+        "--skip",
+        "--color",
+        "--format",
+        "--logfile",
+        "--shuffle-seed",
+        "-Z",
+    ];
+    let (mut filters, mut skips) = (vec![], vec![]);
+    let (mut exact, mut ignored_only, mut list) = (false, false, false);
+    let mut args = args.iter().map(String::as_str);
+    while let Some(arg) = args.next() {
+        let (name, inline_value) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name, Some(value)),
+            _ => (arg, None),
+        };
+        match name {
+            "--exact" => exact = true,
+            "--ignored" => ignored_only = true,
+            "--list" => list = true,
+            _ if TAKE_A_VALUE.contains(&name) => {
+                let value = inline_value.or_else(|| args.next()).unwrap_or_default();
+                if name == "--skip" {
+                    skips.push(value);
+                }
+            }
+            _ if name.starts_with('-') => {} // --nocapture, --quiet, --include-ignored, ...
+            filter => filters.push(filter),
+        }
+    }
+    let matches = |pattern: &str| match exact {
+        true => TEST_NAME == pattern,
+        false => TEST_NAME.contains(pattern),
+    };
+    let selected = !ignored_only
+        && (filters.is_empty() || filters.iter().any(|f| matches(f)))
+        && !skips.iter().any(|s| matches(s));
+    if list {
+        if selected {
+            println!("{TEST_NAME}: test");
+        }
+        return false;
+    }
+    if !selected {
+        println!(
+            "\nrunning 0 tests\n\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out\n"
+        );
+    }
+    selected
 }
 
 /// One measured phase.
