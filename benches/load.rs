@@ -166,9 +166,12 @@ fn selected_as_a_test(args: &[String]) -> bool {
             filter => filters.push(filter),
         }
     }
-    let matches = |pattern: &str| match exact {
-        true => TEST_NAME == pattern,
-        false => TEST_NAME.contains(pattern),
+    let matches = |pattern: &str| {
+        if exact {
+            TEST_NAME == pattern
+        } else {
+            TEST_NAME.contains(pattern)
+        }
     };
     let selected = !ignored_only
         && (filters.is_empty() || filters.iter().any(|f| matches(f)))
