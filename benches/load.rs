@@ -87,26 +87,42 @@ fn options() -> Options {
         out: PathBuf::from("bench-results"),
     };
     let mut out = None;
-    let mut args = args.into_iter();
+    // cargo puts its --bench after ours: a last `--out` must not take it.
+    let mut args = args.into_iter().filter(|a| a != "--bench");
     while let Some(arg) = args.next() {
-        let mut number = |name: &str| -> usize {
+        let mut number = |name: &str, least: usize| -> usize {
             args.next()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{name} needs a number"))
+                .filter(|&n| n >= least)
+                .unwrap_or_else(|| refuse(&format!("{name} needs a number, at least {least}")))
         };
         match arg.as_str() {
             "--quick" => o = Options::quick(),
-            "--chats" => o.chats = number("--chats"),
-            "--messages" => o.messages = number("--messages"),
-            "--out" => out = Some(PathBuf::from(args.next().expect("--out needs a directory"))),
-            "--bench" => {} // passed by `cargo bench`
-            other => panic!("unknown argument {other:?}"),
+            "--chats" => o.chats = number("--chats", 1),
+            "--messages" => o.messages = number("--messages", 0),
+            "--out" => {
+                let dir = args
+                    .next()
+                    .unwrap_or_else(|| refuse("--out needs a directory"));
+                out = Some(PathBuf::from(dir));
+            }
+            other => refuse(&format!("unknown argument {other:?}")),
         }
     }
     Options {
         out: out.unwrap_or(o.out),
         ..o
     }
+}
+
+/// Says what is wrong with the bench's arguments, and what they are; exits
+/// with 2, as a command does on a bad argument.
+fn refuse(problem: &str) -> ! {
+    eprintln!(
+        "load: {problem}\n\
+         usage: cargo bench --bench load [-- [--quick] [--chats N] [--messages M] [--out DIR]]"
+    );
+    std::process::exit(2)
 }
 
 impl Options {
