@@ -11,16 +11,23 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ModuleNotFoundError:
+    sys.exit("plot_latency: needs matplotlib: pip install -r benches/requirements.txt")
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench-results")
 phases = defaultdict(list)
-with open(out / "latencies.csv") as f:
-    for row in csv.DictReader(f):
-        phases[row["phase"]].append(float(row["latency_ms"]))
+try:
+    with open(out / "latencies.csv") as f:
+        for row in csv.DictReader(f):
+            phases[row["phase"]].append(float(row["latency_ms"]))
+except FileNotFoundError:
+    sys.exit(f"plot_latency: no latencies.csv in {out}: give the directory of a run "
+             "(`cargo bench --bench load` writes bench-results, or its --out)")
 
 fig, ax = plt.subplots(figsize=(9, 5.5))
 for name, values in phases.items():
