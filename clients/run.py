@@ -162,6 +162,9 @@ def run_schemathesis(port: int, token: str, workdir: Path) -> None:
 
 
 def main() -> int:
+    if len(sys.argv) != 2 or not os.access(sys.argv[1], os.X_OK):
+        sys.exit("usage: python clients/run.py PATH/TO/neptun-local (an executable: "
+                 "`cargo build` writes target/debug/neptun-local)")
     binary = sys.argv[1]
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "clients.db"
