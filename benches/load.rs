@@ -106,6 +106,10 @@ fn options() -> Options {
                     .unwrap_or_else(|| refuse("--out needs a directory"));
                 out = Some(PathBuf::from(dir));
             }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             other => refuse(&format!("unknown argument {other:?}")),
         }
     }
@@ -118,12 +122,12 @@ fn options() -> Options {
 /// Says what is wrong with the bench's arguments, and what they are; exits
 /// with 2, as a command does on a bad argument.
 fn refuse(problem: &str) -> ! {
-    eprintln!(
-        "load: {problem}\n\
-         usage: cargo bench --bench load [-- [--quick] [--chats N] [--messages M] [--out DIR]]"
-    );
+    eprintln!("load: {problem}\n{USAGE}");
     std::process::exit(2)
 }
+
+const USAGE: &str =
+    "usage: cargo bench --bench load [-- [--quick] [--chats N] [--messages M] [--out DIR]]";
 
 impl Options {
     fn quick() -> Options {
