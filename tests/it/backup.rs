@@ -294,11 +294,9 @@ fn a_backup_killed_halfway_leaves_no_file_under_the_backups_name() {
     assert!(!partial.exists(), "the partial file was left");
 }
 
-/// A server whose one chat is about 30 MB, so that a backup takes long
-/// enough (about half a second) to be cut short.
-#[cfg(unix)]
 /// The names in `dir` of `backup.db` and what a backup to it makes beside
 /// it (`backup.db.partial` and its journal), sorted.
+#[cfg(unix)]
 fn backup_files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -309,6 +307,9 @@ fn backup_files_in(dir: &Path) -> Vec<String> {
     names
 }
 
+/// A server whose one chat is about 30 MB, so that a backup takes long
+/// enough (about half a second) to be cut short.
+#[cfg(unix)]
 fn server_with_a_30_mb_chat() -> TestServer {
     let (server, db, _) = start_with_alice_and_bob(&[]);
     seed_chat(&db, "alice", "bob");

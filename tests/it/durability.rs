@@ -70,8 +70,6 @@ fn seed_marked_chat(db: &Database, user: &str, friend: &str) -> MarkedChat {
     MarkedChat { id, markers }
 }
 
-/// Runs `doctor` with the repair `flag` on `db_path`, which must succeed
-/// and say `said`; returns the report that follows the repair.
 /// Runs `doctor`, which must find a problem (exit 1); returns its report.
 fn doctor_finds_problems(db_path: &Path) -> String {
     let out = run_cli(db_path, &["doctor"], None);
@@ -80,6 +78,8 @@ fn doctor_finds_problems(db_path: &Path) -> String {
     text
 }
 
+/// Runs `doctor` with the repair `flag` on `db_path`, which must succeed
+/// and say `said`; returns the report that follows the repair.
 fn doctor_repairs(db_path: &Path, flag: &str, said: &str) -> String {
     let out = run_cli(db_path, &["doctor", flag], None);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
