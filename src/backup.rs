@@ -15,17 +15,18 @@
 //! Killed halfway, `VACUUM INTO` left a file at `OUT` with a hot journal,
 //! which SQLite rolls back on the next open to an empty database: a file
 //! named like a backup that restores nothing. A backup stopped by a signal
-//! (Ctrl+C) removes its copy, as after any other failure (see [`Stop`]).
+//! (Ctrl+C) removes its copy, as after any other failure; once the copy
+//! has its name, the backup is made, and a stop changes nothing.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use rusqlite::{Connection, InterruptHandle, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::db;
+use crate::stop::{Stop, Stopped};
 use crate::{auth, doctor, utc};
 
 /// What a finished backup holds.
@@ -126,48 +127,9 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Lets a stop signal end a backup that is being made: SQLite's work in
-/// progress is interrupted, and the copy removed, as after any other
-/// failure. Killed by the signal instead, a backup left `OUT.partial`
-/// (and its journal), which the next backup to that name then refused.
-/// Once the copy has its name, the backup is made, and a stop changes
-/// nothing.
-#[derive(Clone, Default)]
-pub struct Stop(Arc<Mutex<StopState>>);
-
-#[derive(Default)]
-struct StopState {
-    asked: bool,
-    /// The connection whose work a stop interrupts.
-    working: Option<InterruptHandle>,
-}
-
-impl Stop {
-    /// Asks the backup to stop, and returns at once.
-    pub fn ask(&self) {
-        let mut state = self.state();
-        state.asked = true;
-        if let Some(working) = &state.working {
-            working.interrupt();
-        }
-    }
-
-    /// Fails if a stop was asked for. Otherwise a stop from now on
-    /// interrupts `conn`'s work, if given.
-    fn go_on(&self, conn: Option<&Connection>) -> Result<(), Error> {
-        let mut state = self.state();
-        if state.asked {
-            return Err(Error::Stopped);
-        }
-        if let Some(conn) = conn {
-            state.working = Some(conn.get_interrupt_handle());
-        }
-        Ok(())
-    }
-
-    fn state(&self) -> MutexGuard<'_, StopState> {
-        // The state is two plain fields, whole whatever a panic cut short.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+impl From<Stopped> for Error {
+    fn from(_: Stopped) -> Error {
+        Error::Stopped
     }
 }
 

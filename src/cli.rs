@@ -16,7 +16,7 @@ use rusqlite::Connection;
 use crate::auth::{self, Token};
 use crate::db::{self, Database, Durability};
 use crate::doctor::Damage;
-use crate::{backup, doctor, logging, maintenance, restore};
+use crate::{backup, doctor, logging, maintenance, restore, stop};
 
 mod listings;
 mod reading;
@@ -744,7 +744,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         Some(Command::Backup { ref out }) => {
             // Only read: see `reading` for how the file is opened.
-            let stop = backup::Stop::default();
+            let stop = stop::Stop::default();
             signals::on_stop_signals({
                 let stop = stop.clone();
                 move || stop.ask()

@@ -28,4 +28,5 @@ pub mod memory;
 pub mod restore;
 pub mod routes;
 pub mod server;
+pub mod stop;
 pub mod utc;
