@@ -441,7 +441,8 @@ impl Error {
     /// by a signal, as shells report Ctrl+C; 1 for every other failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Backup(backup::Error::Stopped) => 130,
+            Error::Backup(backup::Error::Stopped)
+            | Error::Restore(restore::Error::Stopped | restore::Error::StoppedUnchecked) => 130,
             _ => 1,
         }
     }
@@ -765,9 +766,24 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             ref backup,
             replace,
         }) => {
-            let checked = restore::check(backup, &cli.db).map_err(Error::Restore)?;
+            let stop = stop::Stop::default();
+            signals::on_stop_signals({
+                let stop = stop.clone();
+                move || stop.ask()
+            })?;
+            let checked = restore::check(backup, &cli.db, &stop).map_err(Error::Restore)?;
             let db = open(&db::Settings::default())?;
-            let restored = restore::restore(&db, &checked, replace).map_err(Error::Restore)?;
+            let restored = match restore::restore(&db, &checked, replace, &stop) {
+                Ok(restored) => restored,
+                Err(e) => {
+                    if e.copied() {
+                        // What the backup replaced is gone from the tables
+                        // all the same; so it goes from the files.
+                        erase_now(&db);
+                    }
+                    return Err(Error::Restore(e));
+                }
+            };
             let replaced = match restored.before {
                 Some(before) if before.is_empty() => String::new(),
                 Some(before) => format!(", in place of {before}"),

@@ -359,6 +359,10 @@ fn wal_beyond_reach(path: &Path, wal: &Path) -> String {
     )
 }
 
+/// Pages `replace_with` copies a step: 4 MiB of 4 KiB pages, some
+/// milliseconds of work.
+const PAGES_PER_COPY_STEP: std::ffi::c_int = 1024;
+
 /// Bytes the WAL file is cut back to when it is reset (see
 /// `configure_connection`). Above what it reaches under load between two
 /// of upkeep's truncations, because the cut is made by the first commit
@@ -865,11 +869,13 @@ impl Database {
     /// `vet` first sees the database as the copy will replace it, on another
     /// connection, once the copy holds the write lock: nothing can commit
     /// between what it saw and the copy. If it refuses, nothing is copied,
-    /// and its error comes back inside `Ok`.
+    /// and its error comes back inside `Ok`. `go_on` is asked before each
+    /// step of the copy; its error ends it the same way, rolled back.
     pub fn replace_with<T, E>(
         &self,
         from: &Connection,
         vet: impl FnOnce(&Connection) -> std::result::Result<T, E>,
+        mut go_on: impl FnMut() -> std::result::Result<(), E>,
     ) -> Result<std::result::Result<T, E>> {
         use rusqlite::backup::{Backup, StepResult};
 
@@ -885,14 +891,23 @@ impl Database {
             if let StepResult::Busy | StepResult::Locked = backup.step(0)? {
                 return Err(busy());
             }
-            let verdict = vet(&look);
-            if verdict.is_ok() {
-                match backup.step(-1)? {
-                    StepResult::Done => {}
+            let verdict = match vet(&look) {
+                Ok(verdict) => verdict,
+                Err(e) => return Ok(Err(e)),
+            };
+            // A few megabytes a step, so that `go_on` is asked often
+            // enough to end a large copy at once. The step that copies the
+            // last page commits.
+            loop {
+                if let Err(e) = go_on() {
+                    return Ok(Err(e));
+                }
+                match backup.step(PAGES_PER_COPY_STEP)? {
+                    StepResult::Done => return Ok(Ok(verdict)),
+                    StepResult::More => {}
                     _ => return Err(busy()),
                 }
             }
-            Ok(verdict)
         })();
         let verdict = copied.map_err(|e| explain_access(&self.path, explain_full(&conn, e)))?;
         if verdict.is_ok() {
@@ -1224,7 +1239,7 @@ pub(crate) mod tests {
         other_process.busy_timeout(Duration::ZERO).unwrap();
         let add_user = || other_process.execute("INSERT INTO users (id) VALUES ('added')", []);
 
-        let refused = db.replace_with(&from, |_| add_user()).unwrap();
+        let refused = db.replace_with(&from, |_| add_user(), || Ok(())).unwrap();
         let refused = refused.expect_err("another connection committed under the copy's lock");
         assert_eq!(refused.sqlite_error_code(), Some(ErrorCode::DatabaseBusy));
         assert!(
@@ -1232,9 +1247,11 @@ pub(crate) mod tests {
             "a refused copy was made"
         );
 
-        let vetted = db.replace_with(&from, |look| {
-            look.query_row("SELECT count(*) FROM users", [], |r| r.get::<_, i64>(0))
-        });
+        let vetted = db.replace_with(
+            &from,
+            |look| look.query_row("SELECT count(*) FROM users", [], |r| r.get::<_, i64>(0)),
+            || Ok(()),
+        );
         assert_eq!(vetted.unwrap().unwrap(), 0);
         assert!(db.user_exists("from-backup").unwrap());
         add_user().expect("the lock outlived the copy");

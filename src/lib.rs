@@ -6,11 +6,12 @@
 //! Only `server` knows tiny_http; SQL lives in `db`, plus the operator
 //! checks in `doctor`, the read-back of a copy in `backup`, the checks
 //! around copying one back in `restore`, and the demo seed in `demo`.
-//! `maintenance` keeps the file checkpointed and small; `group_commit`
-//! lets concurrent deletes share one commit; `memory` keeps the allocator
-//! from holding on to memory per thread; `file_watch` stops the server if
-//! its database file, or SQLite's `-wal` or `-shm` beside it, is deleted or
-//! replaced under it.
+//! `stop` carries a stop signal to `backup` and `restore`, which act on it
+//! between steps. `maintenance` keeps the file checkpointed and small;
+//! `group_commit` lets concurrent deletes share one commit; `memory` keeps
+//! the allocator from holding on to memory per thread; `file_watch` stops
+//! the server if its database file, or SQLite's `-wal` or `-shm` beside it,
+//! is deleted or replaced under it.
 
 pub mod auth;
 pub mod backup;

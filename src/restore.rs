@@ -13,6 +13,14 @@
 //! database of this schema version, whole (`integrity_check`) and without
 //! orphans (`foreign_key_check`). A database that holds users or chats is
 //! replaced only when asked to, since what it holds is then gone for good.
+//! What was checked is what is copied: one read transaction on the backup
+//! lasts from its check to the end of the copy.
+//!
+//! A stop (Ctrl+C) ends the command where it can say what it left: before
+//! the copy commits, with the database as it was; after, with the backup
+//! in place and `doctor` to check it. The copy goes a few megabytes at a
+//! time, so that a stop asked during it is heard before the commit, which
+//! SQLite makes inside the step that copies the last page.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -20,6 +28,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 use crate::db::{self, Database};
+use crate::stop::{Stop, Stopped};
 use crate::{doctor, file_watch};
 
 /// How many users and chats a database holds.
@@ -92,8 +101,13 @@ pub enum Error {
     PageSize { backup: i64, database: i64 },
     /// Copying failed; SQLite rolled it back.
     Copy(db::Error),
+    /// A stop was asked for before the copy committed.
+    Stopped,
     /// The copy was made, but the database did not check out afterwards.
     Unconfirmed(String),
+    /// The copy was made, but a stop was asked for before the database
+    /// had been checked.
+    StoppedUnchecked,
 }
 
 impl fmt::Display for Error {
@@ -160,10 +174,17 @@ impl fmt::Display for Error {
                 f,
                 "the restore failed, and the database was left as it was: {e}"
             ),
+            Error::Stopped => f.write_str(
+                "stopped before the backup was copied in; the database was left as it was",
+            ),
             Error::Unconfirmed(why) => write!(
                 f,
                 "the backup was copied in, but the database did not check out afterwards \
                  ({why}); run doctor"
+            ),
+            Error::StoppedUnchecked => f.write_str(
+                "stopped after the backup was copied in, before the database was checked; \
+                 run doctor to check it",
             ),
         }
     }
@@ -171,7 +192,22 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// A backup that passed [`check`], open read-only.
+impl From<Stopped> for Error {
+    fn from(_: Stopped) -> Error {
+        Error::Stopped
+    }
+}
+
+impl Error {
+    /// Whether the backup's contents are in the database all the same:
+    /// what they replaced is to be erased from the files as after a restore.
+    pub fn copied(&self) -> bool {
+        matches!(self, Error::Unconfirmed(_) | Error::StoppedUnchecked)
+    }
+}
+
+/// A backup that passed [`check`], open read-only in the read transaction
+/// it was checked in.
 pub struct Checked {
     conn: Connection,
     path: PathBuf,
@@ -180,8 +216,8 @@ pub struct Checked {
 
 /// Checks the backup at `from` for a restore into the database at
 /// `database`, before that is opened: a restore refused for its backup
-/// leaves no new database file behind.
-pub fn check(from: &Path, database: &Path) -> Result<Checked, Error> {
+/// leaves no new database file behind. A stop ends the check at once.
+pub fn check(from: &Path, database: &Path, stop: &Stop) -> Result<Checked, Error> {
     if let Some(kind) = db::not_a_file(from) {
         return Err(Error::NotAFile(from.to_owned(), kind));
     }
@@ -204,7 +240,17 @@ pub fn check(from: &Path, database: &Path) -> Result<Checked, Error> {
     // that its -wal and -shm go when it closes; refusing another
     // application's file and a schema version this one does not know.
     let conn = db::open_to_read(from).map_err(unreadable)?;
-    let problems = doctor::integrity_problems(&conn).map_err(unreadable)?;
+    // A read transaction's snapshot: another process that writes to the
+    // backup (a server, when it is one's database) changes nothing that
+    // was checked, and cannot make the copy start over.
+    conn.execute_batch("BEGIN")
+        .map_err(|e| unreadable(e.into()))?;
+    stop.go_on(Some(&conn))?;
+    let problems = doctor::integrity_problems(&conn);
+    // A stop asked for is what to report: the check it interrupted says
+    // only "interrupted".
+    stop.go_on(None)?;
+    let problems = problems.map_err(unreadable)?;
     if !problems.is_empty() {
         return Err(Error::Unsound(from.to_owned(), problems.join("; ")));
     }
@@ -217,8 +263,14 @@ pub fn check(from: &Path, database: &Path) -> Result<Checked, Error> {
 }
 
 /// Puts the contents of `backup` in place of `db`'s, which must hold no
-/// user and no chat unless `replace` is set; checks the result.
-pub fn restore(db: &Database, backup: &Checked, replace: bool) -> Result<Restored, Error> {
+/// user and no chat unless `replace` is set; checks the result. A stop
+/// ends it before the copy commits, or the check after it.
+pub fn restore(
+    db: &Database,
+    backup: &Checked,
+    replace: bool,
+    stop: &Stop,
+) -> Result<Restored, Error> {
     // Before the copy: SQLite refuses to lock the database for a copy of
     // another page size, and a WAL database's page size cannot change.
     let backup_page_size =
@@ -235,25 +287,32 @@ pub fn restore(db: &Database, backup: &Checked, replace: bool) -> Result<Restore
     // Looked at under the copy's write lock, so that nothing another
     // process adds (a `user add`, say) is replaced without being counted.
     let before = db
-        .replace_with(&backup.conn, |conn| {
-            let before = match Contents::of(conn) {
-                Ok(before) => Some(before),
-                // Putting a backup in place of a damaged database is what a
-                // restore is most often for.
-                Err(db::Error::Damaged(_)) => None,
-                Err(e) => return Err(Error::Copy(e)),
-            };
-            if before.is_some_and(Contents::is_empty) || replace {
-                Ok(before)
-            } else {
-                Err(Error::WouldReplace {
-                    database: db.path().to_owned(),
-                    before,
-                    backup: backup.contents,
-                })
-            }
-        })
+        .replace_with(
+            &backup.conn,
+            |conn| {
+                let before = match Contents::of(conn) {
+                    Ok(before) => Some(before),
+                    // Putting a backup in place of a damaged database is what a
+                    // restore is most often for.
+                    Err(db::Error::Damaged(_)) => None,
+                    Err(e) => return Err(Error::Copy(e)),
+                };
+                if before.is_some_and(Contents::is_empty) || replace {
+                    Ok(before)
+                } else {
+                    Err(Error::WouldReplace {
+                        database: db.path().to_owned(),
+                        before,
+                        backup: backup.contents,
+                    })
+                }
+            },
+            || Ok(stop.go_on(None)?),
+        )
         .map_err(Error::Copy)??;
+    // The copy has committed: a stop from here on leaves the backup in place.
+    let unchecked = |_: Stopped| Error::StoppedUnchecked;
+    stop.go_on(None).map_err(unchecked)?;
     // A backup of a file whose index was dropped (in the sqlite3 shell,
     // say) passes every check but `doctor`'s, and every delete would then
     // read a whole child table. The backup API copies pages, not the
@@ -261,15 +320,26 @@ pub fn restore(db: &Database, backup: &Checked, replace: bool) -> Result<Restore
     let made_indexes = db
         .write(|tx| Ok(db::make_missing_indexes(tx)?))
         .map_err(|e| Error::Unconfirmed(format!("the indexes it lacks were not made: {e}")))?;
-    let checked =
-        db.with_connection(|conn| Ok((Contents::of(conn)?, doctor::integrity_problems(conn)?)));
+    let checked = db.with_connection(|conn| {
+        if stop.go_on(Some(conn)).is_err() {
+            return Ok(None);
+        }
+        Ok(Some((
+            Contents::of(conn)?,
+            doctor::integrity_problems(conn)?,
+        )))
+    });
+    // No stop from here on may interrupt the connection, back in the pool.
+    let stopped = stop.go_on(None).is_err();
     match checked {
-        Ok((now, problems)) if problems.is_empty() => Ok(Restored {
+        Ok(Some((now, problems))) if problems.is_empty() => Ok(Restored {
             now,
             before,
             made_indexes,
         }),
-        Ok((_, problems)) => Err(Error::Unconfirmed(problems.join("; "))),
+        Ok(Some((_, problems))) => Err(Error::Unconfirmed(problems.join("; "))),
+        Ok(None) => Err(Error::StoppedUnchecked),
+        Err(_) if stopped => Err(Error::StoppedUnchecked),
         Err(e) => Err(Error::Unconfirmed(e.to_string())),
     }
 }
@@ -297,6 +367,23 @@ mod tests {
     use super::*;
     use crate::db::tests::open_temp;
 
+    /// A server that serves the backup's file goes on writing to it: what
+    /// it commits after the check is not copied, since the check's read
+    /// transaction lasts to the end of the copy.
+    #[test]
+    fn what_was_checked_is_what_is_copied() {
+        let (_dir, source) = open_temp();
+        source.add_user("checked", None).unwrap();
+        let (_target_dir, target) = open_temp();
+        let checked = check(source.path(), target.path(), &Stop::default()).unwrap();
+        source.add_user("added-after-the-check", None).unwrap();
+
+        let restored = restore(&target, &checked, false, &Stop::default()).unwrap();
+        assert_eq!(restored.now, Contents { users: 1, chats: 0 });
+        assert!(target.user_exists("checked").unwrap());
+        assert!(!target.user_exists("added-after-the-check").unwrap());
+    }
+
     /// `check` keeps a damaged backup out, so the check of the result is
     /// tried with one that skipped it: a backup with an orphaned message.
     #[test]
@@ -318,7 +405,7 @@ mod tests {
             contents: Contents { users: 0, chats: 0 },
         };
         let (_target_dir, target) = open_temp();
-        match restore(&target, &unchecked, false) {
+        match restore(&target, &unchecked, false, &Stop::default()) {
             Err(Error::Unconfirmed(why)) => {
                 assert!(why.contains("orphaned rows: messages row"), "{why}")
             }

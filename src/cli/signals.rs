@@ -1,6 +1,6 @@
-//! Stop signals for the commands that take time: `serve`, and `backup`.
-//! The first one asks the command to stop, cleanly; a second one ends the
-//! process at once, with 130, for a stop that is stuck.
+//! Stop signals for the commands that take time: `serve`, `backup` and
+//! `restore`. The first one asks the command to stop, cleanly; a second
+//! one ends the process at once, with 130, for a stop that is stuck.
 
 use super::Error;
 

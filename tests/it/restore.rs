@@ -840,3 +840,161 @@ fn a_stopped_servers_database_in_a_read_only_directory_is_read_by_every_command_
     assert_eq!(std::fs::read_dir(&snapshot).unwrap().count(), listed_before);
     set_mode(&snapshot, 0o755);
 }
+
+/// A backup whose one chat, carol's, is about 30 MB, so that each step of
+/// a restore from it (checking the backup, copying it in, checking the
+/// result) takes long enough to be stopped in.
+#[cfg(unix)]
+fn backup_of_a_30_mb_chat(dir: &Path) -> PathBuf {
+    let source = dir.join("source.db");
+    let db = Database::open(&source, &db::Settings::default()).unwrap();
+    add_user(&db, "carol");
+    add_user(&db, "dave");
+    seed_chat(&db, "carol", "dave");
+    db.with_connection(|conn| {
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000)
+             INSERT INTO messages (chat_id, actor, message)
+             SELECT (SELECT max(id) FROM chats), 'user', printf('%.200c', 'x') FROM n",
+        )?;
+        Ok(())
+    })
+    .unwrap();
+    drop(db);
+    let backup = dir.join("backup.db");
+    let ran = run_cli(&source, &["backup", backup.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    backup
+}
+
+/// A database of its own in `dir` with alice's chat and a user whose name
+/// is to be erased from the files once a restore has replaced it.
+#[cfg(unix)]
+fn database_to_restore_into(dir: &Path) -> PathBuf {
+    let db_path = dir.join("neptun.db");
+    for name in ["neptun.db", "neptun.db-wal", "neptun.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let db = Database::open(&db_path, &db::Settings::default()).unwrap();
+    add_user(&db, "alice");
+    add_user(&db, "bob");
+    add_user(&db, "replaced-by-the-restore");
+    seed_chat(&db, "alice", "bob");
+    db_path
+}
+
+/// Polls every millisecond, for up to 10 s, until `ready`.
+#[cfg(unix)]
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "never saw {what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Ctrl+C (SIGINT), SIGTERM or SIGHUP during a restore ends it with 130
+/// and says where it stopped. Before the copy commits (while the backup is
+/// checked, or halfway through the copy), the database is as it was; after,
+/// the backup is in place, what it replaced is erased from the files, and
+/// `doctor` finds it sound. Before, the signal killed the command, which
+/// said nothing of which of the two it had left.
+#[cfg(unix)]
+#[test]
+fn a_restore_stopped_by_a_signal_says_whether_the_backup_was_copied_in() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let backup = backup_of_a_30_mb_chat(dir.path());
+    let restore = |db_path: &Path| {
+        neptun_local()
+            .arg("--db")
+            .arg(db_path)
+            .args(["restore", "--replace"])
+            .arg(&backup)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let carol_is_in = |db_path: &Path| {
+        let conn = rusqlite::Connection::open_with_flags(
+            db_path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        conn.query_row("SELECT count(*) FROM users WHERE id = 'carol'", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap()
+            == 1
+    };
+    let left_as_it_was = "neptun-local: error: stopped before the backup was copied in; \
+                          the database was left as it was\n";
+
+    // While the backup is checked: stopped, or killed before it listened
+    // for signals, which it does before it reads anything.
+    let db_path = database_to_restore_into(dir.path());
+    let before = listing(&db_path);
+    let child = restore(&db_path);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    signal(child.id(), libc::SIGTERM);
+    let ran = child.wait_with_output().unwrap();
+    match ran.status.code() {
+        Some(130) => assert!(stderr_of(&ran).ends_with(left_as_it_was), "{ran:?}"),
+        None => assert_eq!(ran.status.signal(), Some(libc::SIGTERM), "{ran:?}"),
+        _ => panic!("{ran:?}: {}", stderr_of(&ran)),
+    }
+    assert_eq!(listing(&db_path), before);
+    assert_consistent(&rusqlite::Connection::open(&db_path).unwrap());
+
+    // Halfway through the copy: the pages it wrote are in the WAL (some
+    // megabytes of them), uncommitted, and rolled back.
+    let wal = db::side_file(&db_path, "-wal");
+    let child = restore(&db_path);
+    wait_until("the copy under way", || {
+        std::fs::metadata(&wal).is_ok_and(|m| m.len() > 4 << 20)
+    });
+    assert!(
+        !carol_is_in(&db_path),
+        "the copy committed too soon to test"
+    );
+    signal(child.id(), libc::SIGINT);
+    let ran = child.wait_with_output().unwrap();
+    assert_eq!(ran.status.code(), Some(130), "{}", stderr_of(&ran));
+    assert!(stderr_of(&ran).ends_with(left_as_it_was), "{ran:?}");
+    assert_eq!(listing(&db_path), before);
+    assert_consistent(&rusqlite::Connection::open(&db_path).unwrap());
+
+    // Once the copy has committed, while the result is checked.
+    let child = restore(&db_path);
+    wait_until("the copy committed", || carol_is_in(&db_path));
+    signal(child.id(), libc::SIGHUP);
+    let ran = child.wait_with_output().unwrap();
+    assert_eq!(ran.status.code(), Some(130), "{}", stderr_of(&ran));
+    assert!(
+        stderr_of(&ran).ends_with(
+            "neptun-local: error: stopped after the backup was copied in, before the \
+             database was checked; run doctor to check it\n"
+        ),
+        "{ran:?}"
+    );
+    assert!(carol_is_in(&db_path));
+    let users: Vec<String> = column(
+        &rusqlite::Connection::open(&db_path).unwrap(),
+        "SELECT id FROM users ORDER BY id",
+    );
+    assert_eq!(users, ["carol", "dave"]);
+    assert!(!holds(&file_bytes(&db_path), "replaced-by-the-restore"));
+    let doctor = run_cli(&db_path, &["doctor"], None);
+    assert!(doctor.status.success(), "{}", stderr_of(&doctor));
+
+    // And a restore left alone runs to its end.
+    let db_path = database_to_restore_into(dir.path());
+    let ran = restore(&db_path).wait_with_output().unwrap();
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    assert!(carol_is_in(&db_path));
+    assert!(!holds(&file_bytes(&db_path), "replaced-by-the-restore"));
+}
