@@ -772,6 +772,11 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 move || stop.ask()
             })?;
             let checked = restore::check(backup, &cli.db, &stop).map_err(Error::Restore)?;
+            // Where a link leads, as `open` creates it.
+            let file = db::resolved_path(&cli.db).into_owned();
+            let new_file = file
+                .symlink_metadata()
+                .is_err_and(|e| e.kind() == io::ErrorKind::NotFound);
             let db = open(&db::Settings::default())?;
             let restored = match restore::restore(&db, &checked, replace, &stop) {
                 Ok(restored) => restored,
@@ -780,6 +785,15 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                         // What the backup replaced is gone from the tables
                         // all the same; so it goes from the files.
                         erase_now(&db);
+                    } else if new_file {
+                        // Nothing was copied into the file this command
+                        // made: it goes, as when the backup was refused
+                        // before it was made, and "the database was left
+                        // as it was" holds for a new file too.
+                        drop(db);
+                        for file in db::database_files(&file) {
+                            let _ = std::fs::remove_file(file);
+                        }
                     }
                     return Err(Error::Restore(e));
                 }

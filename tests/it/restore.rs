@@ -288,7 +288,7 @@ fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
             "orphans.db did not check out (orphaned rows: messages row",
         ),
         (
-            big_pages,
+            big_pages.clone(),
             "the backup's pages are 8192 bytes and the database's 4096",
         ),
     ];
@@ -327,11 +327,23 @@ fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
     assert!(!missing.exists());
     assert_consistent(&server.sql());
 
-    // Refused for its backup, a restore into a new file leaves none.
+    // Refused for its backup, a restore into a new file leaves none: also
+    // when it is refused after the file was made (a backup of another page
+    // size), and then no -wal or -shm either.
     let new = dir.join("new.db");
     let ran = run_cli(&new, &["restore", missing.to_str().unwrap()], None);
     assert!(stderr_of(&ran).contains("missing.db does not exist"));
     assert!(!new.exists());
+    let ran = run_cli(&new, &["restore", big_pages.to_str().unwrap()], None);
+    assert_eq!(ran.status.code(), Some(1), "{}", stderr_of(&ran));
+    assert!(
+        stderr_of(&ran).contains("the backup's pages are 8192 bytes and the database's 4096"),
+        "{}",
+        stderr_of(&ran)
+    );
+    for file in db::database_files(&new) {
+        assert!(!file.exists(), "{file:?} was left");
+    }
 }
 
 /// Deletes keep coming while a restore copies a larger backup in: each
@@ -895,10 +907,11 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
 
 /// Ctrl+C (SIGINT), SIGTERM or SIGHUP during a restore ends it with 130
 /// and says where it stopped. Before the copy commits (while the backup is
-/// checked, or halfway through the copy), the database is as it was; after,
-/// the backup is in place, what it replaced is erased from the files, and
-/// `doctor` finds it sound. Before, the signal killed the command, which
-/// said nothing of which of the two it had left.
+/// checked, or halfway through the copy), the database is as it was (a
+/// new file is removed again); after, the backup is in place, what it
+/// replaced is erased from the files, and `doctor` finds it sound. Before,
+/// the signal killed the command, which said nothing of which of the two
+/// it had left.
 #[cfg(unix)]
 #[test]
 fn a_restore_stopped_by_a_signal_says_whether_the_backup_was_copied_in() {
@@ -967,6 +980,21 @@ fn a_restore_stopped_by_a_signal_says_whether_the_backup_was_copied_in() {
     assert!(stderr_of(&ran).ends_with(left_as_it_was), "{ran:?}");
     assert_eq!(listing(&db_path), before);
     assert_consistent(&rusqlite::Connection::open(&db_path).unwrap());
+
+    // The same into a file that was not there: the file goes again.
+    let new = dir.path().join("new.db");
+    let child = restore(&new);
+    let new_wal = db::side_file(&new, "-wal");
+    wait_until("the copy under way", || {
+        std::fs::metadata(&new_wal).is_ok_and(|m| m.len() > 4 << 20)
+    });
+    signal(child.id(), libc::SIGINT);
+    let ran = child.wait_with_output().unwrap();
+    assert_eq!(ran.status.code(), Some(130), "{}", stderr_of(&ran));
+    assert!(stderr_of(&ran).ends_with(left_as_it_was), "{ran:?}");
+    for file in db::database_files(&new) {
+        assert!(!file.exists(), "{file:?} was left");
+    }
 
     // Once the copy has committed, while the result is checked.
     let child = restore(&db_path);
