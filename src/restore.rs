@@ -73,8 +73,9 @@ pub struct Restored {
     pub made_indexes: Vec<String>,
 }
 
-/// Why a restore was not made. In every case but the last, the database
-/// was left as it was.
+/// Why a restore was not made, or not confirmed. In every case but the
+/// two after a copy (see [`Error::copied`]), the database was left as it
+/// was.
 #[derive(Debug)]
 pub enum Error {
     /// There is no file to restore from.

@@ -879,13 +879,13 @@ fn backup_of_a_30_mb_chat(dir: &Path) -> PathBuf {
     backup
 }
 
-/// A database of its own in `dir` with alice's chat and a user whose name
-/// is to be erased from the files once a restore has replaced it.
+/// `neptun.db` in `dir`, made anew: alice's chat, and a user whose name is
+/// to be erased from the files once a restore has replaced it.
 #[cfg(unix)]
 fn database_to_restore_into(dir: &Path) -> PathBuf {
     let db_path = dir.join("neptun.db");
-    for name in ["neptun.db", "neptun.db-wal", "neptun.db-shm"] {
-        let _ = std::fs::remove_file(dir.join(name));
+    for file in db::database_files(&db_path) {
+        let _ = std::fs::remove_file(file);
     }
     let db = Database::open(&db_path, &db::Settings::default()).unwrap();
     add_user(&db, "alice");
