@@ -344,6 +344,19 @@ fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
     for file in db::database_files(&new) {
         assert!(!file.exists(), "{file:?} was left");
     }
+    // Through a link to a file not there yet: the file made where it leads
+    // goes; the link, which was there before, stays.
+    #[cfg(unix)]
+    {
+        let link = dir.join("link-to-new.db");
+        std::os::unix::fs::symlink(&new, &link).unwrap();
+        let ran = run_cli(&link, &["restore", big_pages.to_str().unwrap()], None);
+        assert_eq!(ran.status.code(), Some(1), "{}", stderr_of(&ran));
+        for file in db::database_files(&new) {
+            assert!(!file.exists(), "{file:?} was left");
+        }
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    }
 }
 
 /// Deletes keep coming while a restore copies a larger backup in: each
