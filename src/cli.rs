@@ -16,7 +16,7 @@ use rusqlite::Connection;
 use crate::auth::{self, Token};
 use crate::db::{self, Database, Durability};
 use crate::doctor::Damage;
-use crate::{backup, doctor, logging, maintenance, restore, stop};
+use crate::{backup, doctor, logging, maintenance, restore};
 
 mod listings;
 mod reading;
@@ -745,11 +745,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         Some(Command::Backup { ref out }) => {
             // Only read: see `reading` for how the file is opened.
-            let stop = stop::Stop::default();
-            signals::on_stop_signals({
-                let stop = stop.clone();
-                move || stop.ask()
-            })?;
+            let stop = signals::stop_on_signals()?;
             let copy = reading::open(&cli.db, open_existing)?
                 .read(|conn| backup::back_up(conn, out, &stop))
                 .map_err(db_error)?
@@ -766,11 +762,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             ref backup,
             replace,
         }) => {
-            let stop = stop::Stop::default();
-            signals::on_stop_signals({
-                let stop = stop.clone();
-                move || stop.ask()
-            })?;
+            let stop = signals::stop_on_signals()?;
             let checked = restore::check(backup, &cli.db, &stop).map_err(Error::Restore)?;
             // Where a link leads, as `open` creates it.
             let file = db::resolved_path(&cli.db).into_owned();

@@ -312,8 +312,8 @@ pub fn restore(
         )
         .map_err(Error::Copy)??;
     // The copy has committed: a stop from here on leaves the backup in place.
-    let unchecked = |_: Stopped| Error::StoppedUnchecked;
-    stop.go_on(None).map_err(unchecked)?;
+    stop.go_on(None)
+        .map_err(|Stopped| Error::StoppedUnchecked)?;
     // A backup of a file whose index was dropped (in the sqlite3 shell,
     // say) passes every check but `doctor`'s, and every delete would then
     // read a whole child table. The backup API copies pages, not the

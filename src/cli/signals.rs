@@ -3,6 +3,18 @@
 //! one ends the process at once, with 130, for a stop that is stuck.
 
 use super::Error;
+use crate::stop::Stop;
+
+/// A [`Stop`] that the first stop signal asks for: what `backup` and
+/// `restore` look at between their steps.
+pub(super) fn stop_on_signals() -> Result<Stop, Error> {
+    let stop = Stop::default();
+    on_stop_signals({
+        let stop = stop.clone();
+        move || stop.ask()
+    })?;
+    Ok(stop)
+}
 
 /// Calls `first` on the first SIGINT, SIGTERM or SIGHUP (Ctrl+C,
 /// Ctrl+Break or the closing of the console, on Windows), from a thread of

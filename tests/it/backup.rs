@@ -313,14 +313,7 @@ fn backup_files_in(dir: &Path) -> Vec<String> {
 fn server_with_a_30_mb_chat() -> TestServer {
     let (server, db, _) = start_with_alice_and_bob(&[]);
     seed_chat(&db, "alice", "bob");
-    server
-        .sql()
-        .execute_batch(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000)
-             INSERT INTO messages (chat_id, actor, message)
-             SELECT (SELECT max(id) FROM chats), 'user', printf('%.200c', 'x') FROM n",
-        )
-        .unwrap();
+    add_30_mb_to_the_last_chat(&server.sql());
     server
 }
 

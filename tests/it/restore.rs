@@ -876,16 +876,8 @@ fn backup_of_a_30_mb_chat(dir: &Path) -> PathBuf {
     add_user(&db, "carol");
     add_user(&db, "dave");
     seed_chat(&db, "carol", "dave");
-    db.with_connection(|conn| {
-        conn.execute_batch(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000)
-             INSERT INTO messages (chat_id, actor, message)
-             SELECT (SELECT max(id) FROM chats), 'user', printf('%.200c', 'x') FROM n",
-        )?;
-        Ok(())
-    })
-    .unwrap();
     drop(db);
+    add_30_mb_to_the_last_chat(&rusqlite::Connection::open(&source).unwrap());
     let backup = dir.join("backup.db");
     let ran = run_cli(&source, &["backup", backup.to_str().unwrap()], None);
     assert!(ran.status.success(), "{}", stderr_of(&ran));

@@ -564,6 +564,18 @@ pub fn alice_with_a_chat(path: &Path, chat: &str) {
     }
 }
 
+/// Adds 150,000 messages of 200 bytes to the newest chat: about 30 MB, so
+/// that a backup or a restore of the file takes long enough to be stopped.
+#[cfg(unix)]
+pub fn add_30_mb_to_the_last_chat(conn: &rusqlite::Connection) {
+    conn.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000)
+         INSERT INTO messages (chat_id, actor, message)
+         SELECT (SELECT max(id) FROM chats), 'user', printf('%.200c', 'x') FROM n",
+    )
+    .unwrap();
+}
+
 pub fn add_user(db: &Database, id: &str) {
     db.add_user(id, Some("Test User")).unwrap();
 }
