@@ -769,7 +769,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let new_file = file
                 .symlink_metadata()
                 .is_err_and(|e| e.kind() == io::ErrorKind::NotFound);
-            let db = open(&db::Settings::default())?;
+            let db = open(&db::Settings {
+                new_file_page_size: Some(checked.page_size()),
+                ..db::Settings::default()
+            })?;
             let restored = match restore::restore(&db, &checked, replace, &stop) {
                 Ok(restored) => restored,
                 Err(e) => {

@@ -43,7 +43,7 @@ pub use upkeep::{Step, Upkeep};
 type Pool = r2d2::Pool<SqliteConnectionManager>;
 type PooledConnection = r2d2::PooledConnection<SqliteConnectionManager>;
 
-/// How the store behaves under contention.
+/// How the store is opened, and how it behaves under contention.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// How long a statement waits for another writer's lock, and how long a
@@ -58,6 +58,10 @@ pub struct Settings {
     pub pool_size: u32,
     /// Whether a commit waits for the disk (see [`Durability`]).
     pub durability: Durability,
+    /// The page size of a database file that [`Database::open`] creates
+    /// (`None`: SQLite's, 4096 bytes). A file that exists keeps its own:
+    /// a WAL database's page size cannot change.
+    pub new_file_page_size: Option<u32>,
 }
 
 /// The most pooled connections worth having, however many workers share
@@ -71,6 +75,7 @@ impl Default for Settings {
             busy_timeout: Duration::from_secs(5),
             pool_size: MAX_POOL_SIZE,
             durability: Durability::Full,
+            new_file_page_size: None,
         }
     }
 }
@@ -490,17 +495,22 @@ impl Database {
         // Where a link leads, as SQLite will follow it. If this fails,
         // SQLite's own attempt below fails too, and says why, unless all it
         // says is "unable to open database file" (for a name too long, say).
-        let not_created = if path.exists() {
+        let new_file = !path.exists();
+        let not_created = if new_file {
+            create_owner_only(&resolved_path(path)).err()
+        } else {
             // Before SQLite opens it: see `file_problem`.
             if let Some(why) = access::file_problem(path) {
                 return Err(Error::NoAccess(why));
             }
             None
-        } else {
-            create_owner_only(&resolved_path(path)).err()
         };
         let set_up = || -> Result<()> {
             let mut conn = Connection::open(sqlite_path(path))?;
+            if let Some(size) = settings.new_file_page_size.filter(|_| new_file) {
+                // Kept once the switch to WAL writes the first page.
+                conn.pragma_update(None, "page_size", size)?;
+            }
             configure_connection(&mut conn, settings.busy_timeout, settings.durability)
                 .map_err(Error::from)
                 .and_then(|()| migrate(&mut conn))
@@ -1133,6 +1143,27 @@ pub(crate) mod tests {
         db.write(|tx| insert_chat(tx, "u", "after the restart", "model"))
             .unwrap();
         assert_eq!(wal_len(), grown);
+    }
+
+    #[test]
+    fn a_page_size_asked_for_applies_to_a_new_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let page_size = |db: &Database| -> u32 {
+            db.conn()
+                .unwrap()
+                .pragma_query_value(None, "page_size", |r| r.get(0))
+                .unwrap()
+        };
+        let with_page_size = |size| Settings {
+            new_file_page_size: Some(size),
+            ..Settings::default()
+        };
+        let db = Database::open(&path, &with_page_size(8192)).unwrap();
+        assert_eq!(page_size(&db), 8192);
+        drop(db);
+        let db = Database::open(&path, &with_page_size(16384)).unwrap();
+        assert_eq!(page_size(&db), 8192);
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub enum Error {
         backup: Contents,
     },
     /// SQLite cannot copy pages of one size into a WAL database of another.
-    PageSize { backup: i64, database: i64 },
+    PageSize { backup: u32, database: u32 },
     /// Copying failed; SQLite rolled it back.
     Copy(db::Error),
     /// A stop was asked for before the copy committed.
@@ -211,8 +211,16 @@ impl Error {
 /// it was checked in.
 pub struct Checked {
     conn: Connection,
-    path: PathBuf,
     contents: Contents,
+    page_size: u32,
+}
+
+impl Checked {
+    /// The backup's page size: a database restored into must have the
+    /// same, so one made for the restore is made with it.
+    pub fn page_size(&self) -> u32 {
+        self.page_size
+    }
 }
 
 /// Checks the backup at `from` for a restore into the database at
@@ -256,10 +264,11 @@ pub fn check(from: &Path, database: &Path, stop: &Stop) -> Result<Checked, Error
         return Err(Error::Unsound(from.to_owned(), problems.join("; ")));
     }
     let contents = Contents::of(&conn).map_err(unreadable)?;
+    let page_size = page_size(&conn).map_err(unreadable)?;
     Ok(Checked {
         conn,
-        path: from.to_owned(),
         contents,
+        page_size,
     })
 }
 
@@ -274,14 +283,12 @@ pub fn restore(
 ) -> Result<Restored, Error> {
     // Before the copy: SQLite refuses to lock the database for a copy of
     // another page size, and a WAL database's page size cannot change.
-    let backup_page_size =
-        page_size(&backup.conn).map_err(|e| Error::Unreadable(backup.path.clone(), e))?;
     let database_page_size = db
         .with_connection(|conn| page_size(conn))
         .map_err(Error::Copy)?;
-    if backup_page_size != database_page_size {
+    if backup.page_size != database_page_size {
         return Err(Error::PageSize {
-            backup: backup_page_size,
+            backup: backup.page_size,
             database: database_page_size,
         });
     }
@@ -345,7 +352,7 @@ pub fn restore(
     }
 }
 
-fn page_size(conn: &Connection) -> db::Result<i64> {
+fn page_size(conn: &Connection) -> db::Result<u32> {
     Ok(conn.pragma_query_value(None, "page_size", |r| r.get(0))?)
 }
 
@@ -402,8 +409,8 @@ mod tests {
             .unwrap();
         let unchecked = Checked {
             conn: Connection::open(source.path()).unwrap(),
-            path: source.path().to_owned(),
             contents: Contents { users: 0, chats: 0 },
+            page_size: 4096,
         };
         let (_target_dir, target) = open_temp();
         match restore(&target, &unchecked, false, &Stop::default()) {

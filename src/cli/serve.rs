@@ -37,6 +37,7 @@ pub(super) fn serve(
         busy_timeout: args.busy_timeout,
         pool_size: u32::from(args.workers).min(db::MAX_POOL_SIZE),
         durability: args.synchronous,
+        ..db::Settings::default()
     })?;
     // Refused now rather than with a 500 for every delete.
     db.check_writable().map_err(|source| Error::Database {

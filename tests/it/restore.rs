@@ -327,36 +327,94 @@ fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
     assert!(!missing.exists());
     assert_consistent(&server.sql());
 
-    // Refused for its backup, a restore into a new file leaves none: also
-    // when it is refused after the file was made (a backup of another page
-    // size), and then no -wal or -shm either.
+    // Refused for its backup, a restore into a new file makes none.
     let new = dir.join("new.db");
     let ran = run_cli(&new, &["restore", missing.to_str().unwrap()], None);
     assert!(stderr_of(&ran).contains("missing.db does not exist"));
     assert!(!new.exists());
-    let ran = run_cli(&new, &["restore", big_pages.to_str().unwrap()], None);
-    assert_eq!(ran.status.code(), Some(1), "{}", stderr_of(&ran));
-    assert!(
-        stderr_of(&ran).contains("the backup's pages are 8192 bytes and the database's 4096"),
-        "{}",
-        stderr_of(&ran)
-    );
-    for file in db::database_files(&new) {
-        assert!(!file.exists(), "{file:?} was left");
-    }
-    // Through a link to a file not there yet: the file made where it leads
-    // goes; the link, which was there before, stays.
-    #[cfg(unix)]
-    {
-        let link = dir.join("link-to-new.db");
-        std::os::unix::fs::symlink(&new, &link).unwrap();
-        let ran = run_cli(&link, &["restore", big_pages.to_str().unwrap()], None);
+}
+
+/// A restore that fails after it made the new file (here, past a file
+/// size limit) removes it, and its -wal and -shm: "the database was left
+/// as it was" holds for a new file too. Through a link to a file not there
+/// yet, the file made where the link leads goes; the link stays.
+#[cfg(unix)]
+#[test]
+fn a_restore_that_fails_into_a_new_file_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup.db");
+    alice_with_a_chat(&backup, "Bulky");
+    let db = Database::open(&backup, &db::Settings::default()).unwrap();
+    db.add_chat("alice", "bulk", "test-model", 20_000).unwrap();
+    drop(db);
+    // Room for a new database's schema, not for the backup.
+    let limit = 256 * 1024;
+    let bytes = std::fs::metadata(&backup).unwrap().len();
+    assert!(bytes > 2 * limit, "{bytes} bytes: the copy would fit");
+
+    let new = dir.path().join("new.db");
+    let link = dir.path().join("link-to-new.db");
+    std::os::unix::fs::symlink(&new, &link).unwrap();
+    for db_path in [&new, &link] {
+        let ran =
+            run_cli_with_file_size_limit(db_path, &["restore", backup.to_str().unwrap()], limit);
         assert_eq!(ran.status.code(), Some(1), "{}", stderr_of(&ran));
+        assert!(
+            stderr_of(&ran).contains("the restore failed, and the database was left as it was"),
+            "{}",
+            stderr_of(&ran)
+        );
         for file in db::database_files(&new) {
             assert!(!file.exists(), "{file:?} was left");
         }
-        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
     }
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+
+    // Without the limit, it is restored.
+    let ran = run_cli(&link, &["restore", backup.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    assert_eq!(listing(&new), listing(&backup));
+}
+
+/// SQLite copies a backup only into a database of its page size, and a WAL
+/// database's page size cannot change. A new file is made with the
+/// backup's, so such a backup (taken where SQLite chose larger pages, or
+/// of a file made with the sqlite3 shell) restores onto a new machine.
+#[test]
+fn a_backup_of_another_page_size_is_restored_into_a_new_file_of_its_own() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let chat = seed_chat(&db, "alice", "bob");
+    let backup = server.dir.path().join("big-pages.db");
+    let ran = run_cli(&server.db_path, &["backup", backup.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    rusqlite::Connection::open(&backup)
+        .unwrap()
+        .execute_batch("PRAGMA page_size = 8192; VACUUM;")
+        .unwrap();
+    let page_size = |path: &Path| -> u32 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(page_size(&backup), 8192);
+
+    let dir = tempfile::tempdir().unwrap();
+    let new = dir.path().join("neptun.db");
+    let ran = run_cli(&new, &["restore", backup.to_str().unwrap()], None);
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    assert_eq!(page_size(&new), 8192);
+    assert_eq!(listing(&new), listing(&backup));
+    let doctor = run_cli(&new, &["doctor"], None);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "{report}{}", stderr_of(&doctor));
+    assert!(report.contains("journal_mode=wal"), "{report}");
+
+    let restored_server = TestServer::start_in(dir, new, &[]);
+    restored_server
+        .delete(&format!("/api/users/alice/chats/{}", chat.chat), &token)
+        .assert_true();
+    assert_consistent(&restored_server.sql());
 }
 
 /// Deletes keep coming while a restore copies a larger backup in: each
