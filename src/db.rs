@@ -58,9 +58,9 @@ pub struct Settings {
     pub pool_size: u32,
     /// Whether a commit waits for the disk (see [`Durability`]).
     pub durability: Durability,
-    /// The page size of a database file that [`Database::open`] creates
-    /// (`None`: SQLite's, 4096 bytes). A file that exists keeps its own:
-    /// a WAL database's page size cannot change.
+    /// The page size of a database file that [`Database::open`] creates or
+    /// finds empty (`None`: SQLite's, 4096 bytes). A database keeps its
+    /// own: a WAL database's page size cannot change.
     pub new_file_page_size: Option<u32>,
 }
 
@@ -505,9 +505,11 @@ impl Database {
             }
             None
         };
+        // Made just now, or by `touch`: SQLite has not written its first page.
+        let no_page_yet = new_file || std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
         let set_up = || -> Result<()> {
             let mut conn = Connection::open(sqlite_path(path))?;
-            if let Some(size) = settings.new_file_page_size.filter(|_| new_file) {
+            if let Some(size) = settings.new_file_page_size.filter(|_| no_page_yet) {
                 // Kept once the switch to WAL writes the first page.
                 conn.pragma_update(None, "page_size", size)?;
             }
@@ -1146,7 +1148,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_page_size_asked_for_applies_to_a_new_file_only() {
+    fn a_page_size_asked_for_applies_to_a_file_with_no_page_yet() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let page_size = |db: &Database| -> u32 {
@@ -1164,6 +1166,13 @@ pub(crate) mod tests {
         drop(db);
         let db = Database::open(&path, &with_page_size(16384)).unwrap();
         assert_eq!(page_size(&db), 8192);
+        drop(db);
+
+        // An empty file, made by `touch`, has no page yet.
+        let touched = dir.path().join("touched.db");
+        std::fs::File::create(&touched).unwrap();
+        let db = Database::open(&touched, &with_page_size(16384)).unwrap();
+        assert_eq!(page_size(&db), 16384);
     }
 
     #[test]
