@@ -4,7 +4,7 @@
 //! Every option has an environment-variable fallback, so that the server can
 //! be configured the same way from a shell, a service file or a test.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io::{self, BufRead, IsTerminal, Write as _};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -15,9 +15,9 @@ use rusqlite::Connection;
 
 use crate::auth::{self, Token};
 use crate::db::{self, Database, Durability};
-use crate::doctor::Damage;
 use crate::{backup, doctor, logging, maintenance, restore};
 
+mod file_commands;
 mod listings;
 mod reading;
 mod serve;
@@ -25,7 +25,6 @@ mod signals;
 mod table;
 mod values;
 use listings::{chats_table, sessions_table, users_table};
-use reading::Reading;
 use serve::serve;
 use values::{
     parse_busy_timeout, parse_chat_name, parse_durability, parse_log_level, parse_model,
@@ -586,10 +585,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         open(&db::Settings::default())
     };
-    let db_error = |source| Error::Database {
-        path: cli.db.clone(),
-        source,
-    };
+    let db_error = db_error(&cli.db);
     // The listings only read: see `reading` for how they open the file.
     let list = |query: &dyn Fn(&Connection) -> db::Result<String>| {
         let reading = reading::open(&cli.db, open_existing)?;
@@ -684,135 +680,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Some(Command::Doctor {
             reindex,
             delete_orphans,
-        }) => {
-            // Only read, unless a repair is asked for: see `reading` for
-            // how the file is opened then.
-            let reading = if reindex || delete_orphans {
-                None
-            } else {
-                Some(reading::open(&cli.db, open_existing)?)
-            };
-            // A copy gets no TO REPAIR line: a damaged backup is one to
-            // replace, not to mend.
-            let copy = matches!(reading, Some(Reading::Copy(_)));
-            let report = match reading {
-                Some(Reading::AsServed(db)) => doctor::examine(&db),
-                Some(Reading::Copy(conn)) => doctor::examine_copy(&conn, &cli.db),
-                Some(Reading::Unwritable { conn, why }) => {
-                    doctor::examine_unwritable(&conn, &cli.db, &why)
-                }
-                None => {
-                    let db = open_existing()?;
-                    if reindex {
-                        let made = doctor::rebuild_indexes(&db).map_err(db_error)?;
-                        if !made.is_empty() {
-                            tell(format_args!(
-                                "made the missing index(es) {}",
-                                made.join(", ")
-                            ));
-                        }
-                        tell(format_args!("rebuilt every index from its table's rows"));
-                    }
-                    if delete_orphans {
-                        let Some(orphans) = doctor::delete_orphans(&db).map_err(db_error)? else {
-                            return Err(Error::DamagedFirst);
-                        };
-                        tell(format_args!(
-                            "deleted {orphans} orphaned row(s), and what hung off them"
-                        ));
-                        erase_now(&db);
-                    }
-                    doctor::examine(&db)
-                }
-            }
-            .map_err(db_error)?;
-            let mut text = format!("{:<13}{}\n", "database", db::describe(&cli.db, &cli.db));
-            for (topic, finding) in &report.facts {
-                let _ = writeln!(text, "{topic:<13}{finding}");
-            }
-            for problem in &report.problems {
-                let _ = writeln!(text, "PROBLEM      {problem}");
-            }
-            if let Some(repair) = repair_for(&report).filter(|_| !copy) {
-                let _ = writeln!(text, "TO REPAIR    {repair}");
-            }
-            print_result(&text)?;
-            if report.problems.is_empty() {
-                Ok(())
-            } else {
-                Err(Error::Unhealthy(report.problems.len()))
-            }
-        }
-        Some(Command::Backup { ref out }) => {
-            // Only read: see `reading` for how the file is opened.
-            let stop = signals::stop_on_signals()?;
-            let copy = reading::open(&cli.db, open_existing)?
-                .read(|conn| backup::back_up(conn, out, &stop))
-                .map_err(db_error)?
-                .map_err(Error::Backup)?;
-            tell(format_args!(
-                "backed up {} chat(s), {} bytes, to {}; integrity and foreign keys checked",
-                copy.chats,
-                copy.bytes,
-                out.display()
-            ));
-            Ok(())
-        }
+        }) => file_commands::doctor(&cli.db, reindex, delete_orphans, &open_existing),
+        Some(Command::Backup { ref out }) => file_commands::backup(&cli.db, out, &open_existing),
         Some(Command::Restore {
             ref backup,
             replace,
-        }) => {
-            let stop = signals::stop_on_signals()?;
-            let checked = restore::check(backup, &cli.db, &stop).map_err(Error::Restore)?;
-            // Where a link leads, as `open` creates it.
-            let file = db::resolved_path(&cli.db).into_owned();
-            let new_file = file
-                .symlink_metadata()
-                .is_err_and(|e| e.kind() == io::ErrorKind::NotFound);
-            let db = open(&db::Settings {
-                new_file_page_size: Some(checked.page_size()),
-                ..db::Settings::default()
-            })?;
-            let restored = match restore::restore(&db, &checked, replace, &stop) {
-                Ok(restored) => restored,
-                Err(e) => {
-                    if e.copied() {
-                        // What the backup replaced is gone from the tables
-                        // all the same; so it goes from the files.
-                        erase_now(&db);
-                    } else if new_file {
-                        // Nothing was copied into the file this command
-                        // made: it goes, as when the backup was refused
-                        // before it was made, and "the database was left
-                        // as it was" holds for a new file too.
-                        drop(db);
-                        for file in db::database_files(&file) {
-                            let _ = std::fs::remove_file(file);
-                        }
-                    }
-                    return Err(Error::Restore(e));
-                }
-            };
-            let replaced = match restored.before {
-                Some(before) if before.is_empty() => String::new(),
-                Some(before) => format!(", in place of {before}"),
-                None => ", in place of a damaged database".to_owned(),
-            };
-            let made = match restored.made_indexes.as_slice() {
-                [] => String::new(),
-                names => format!(
-                    "; made the index(es) {}, which the backup lacked",
-                    names.join(", ")
-                ),
-            };
-            tell(format_args!(
-                "restored {} from {}{replaced}{made}; integrity and foreign keys checked",
-                restored.now,
-                backup.display(),
-            ));
-            erase_now(&db);
-            Ok(())
-        }
+        }) => file_commands::restore(&cli.db, backup, replace, open),
     }
 }
 
@@ -830,6 +703,14 @@ fn failed_to_open(path: &Path, source: db::Error) -> Error {
             path: path.to_owned(),
             source,
         },
+    }
+}
+
+/// A database error of the file at `path`, as the commands report it.
+fn db_error(path: &Path) -> impl Fn(db::Error) -> Error + Copy + '_ {
+    move |source| Error::Database {
+        path: path.to_owned(),
+        source,
     }
 }
 
@@ -919,27 +800,6 @@ fn read_token_argument(argument: &str) -> Result<Token, Error> {
         argument.to_owned()
     };
     Token::parse(&text).ok_or(Error::MalformedToken)
-}
-
-/// What `doctor` advises for what it found: the damage first, since
-/// orphans can be told apart only in a sound file.
-fn repair_for(report: &doctor::Report) -> Option<&'static str> {
-    match report.damage {
-        Damage::None if report.orphans == 0 => None,
-        Damage::None => Some(
-            "an orphaned row is one that a cascade should have deleted with its parent: \
-             `neptun-local doctor --delete-orphans` deletes them, and what hangs off them",
-        ),
-        Damage::IndexesOnly => Some(
-            "only indexes are damaged or missing, and the rows are whole: `neptun-local \
-             doctor --reindex` rebuilds them from the rows, losing nothing, even while a \
-             server runs",
-        ),
-        Damage::Rows => Some(
-            "`neptun-local restore BACKUP --replace` puts a backup's contents in its place, \
-             even while a server runs (chats deleted since that backup come back)",
-        ),
-    }
 }
 
 #[cfg(test)]
