@@ -28,8 +28,9 @@ mod upkeep;
 
 pub use access::shell_word;
 pub use file::{
-    NotAFile, create_owner_only, database_files, describe, is_rollback_journal_file, is_wal_file,
-    more_than_one_name, names_a_directory, not_a_file, resolved_path, side_file, sqlite_path,
+    Identity, NotAFile, create_owner_only, database_files, describe, identity,
+    is_rollback_journal_file, is_wal_file, more_than_one_name, names_a_directory, not_a_file,
+    resolved_path, side_file, sqlite_path,
 };
 pub use listings::{ChatInfo, SessionInfo, UserInfo};
 pub use rows::{

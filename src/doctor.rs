@@ -456,9 +456,10 @@ fn foreign_key_check(conn: &Connection) -> db::Result<Vec<String>> {
 /// `chmod 600 neptun.db`, say. They are looked at only once the database
 /// file is right, so that each piece of advice names files that stay.
 ///
-/// A database file with a second name (a hard link) is a problem, too:
-/// see [`db::more_than_one_name`].
+/// A database file with a second name (a hard link) is a problem, too, on
+/// every platform: see [`db::more_than_one_name`].
 fn check_access(db_path: &Path, report: &mut Report) {
+    report.problems.extend(db::more_than_one_name(db_path));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -472,7 +473,6 @@ fn check_access(db_path: &Path, report: &mut Report) {
             return;
         };
         report.facts.push(("mode", format!("{mode:04o}")));
-        report.problems.extend(db::more_than_one_name(db_path));
         if open_to_others(mode) {
             report.problems.push(format!(
                 "other users of this machine can open the database file (mode {mode:04o}); \
@@ -492,8 +492,6 @@ fn check_access(db_path: &Path, report: &mut Report) {
             }
         }
     }
-    #[cfg(not(unix))]
-    let _ = (db_path, report);
 }
 
 fn file_sizes(db_path: &Path) -> String {

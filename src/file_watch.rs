@@ -120,18 +120,19 @@ fn wait_for_change<'a>(
     }
 }
 
-/// The file's device and inode; `None` where there are none to compare.
+/// What tells the file apart from another put in its place; `None` on
+/// Windows, where no one can delete or replace a file while SQLite has it
+/// open (SQLite does not share its handles for deleting), so there is
+/// nothing to watch for.
 pub(crate) fn identity(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
-    let metadata = std::fs::metadata(path)?;
     #[cfg(unix)]
     {
-        use std::os::unix::fs::MetadataExt;
-        Ok(Some((metadata.dev(), metadata.ino())))
+        Ok(Some(crate::db::identity(path)?.file))
     }
     #[cfg(not(unix))]
     {
-        let _ = metadata;
-        Ok(None)
+        // Still an error for a file not there, which is not watched.
+        std::fs::metadata(path).map(|_| None)
     }
 }
 

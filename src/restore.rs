@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 use crate::db::{self, Database};
+use crate::doctor;
 use crate::stop::{Stop, Stopped};
-use crate::{doctor, file_watch};
 
 /// How many users and chats a database holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,12 +357,12 @@ fn page_size(conn: &Connection) -> db::Result<u32> {
 }
 
 /// Whether two paths name one file: through a symbolic link, `./` and the
-/// like, or (on Unix, by device and inode) a hard link. Restoring a hard
+/// like, or a hard link (see [`db::Identity`]). Restoring a hard
 /// link to the database would read its file without its `-wal`, and so put
 /// back chats deleted since the last checkpoint.
 fn same_file(a: &Path, b: &Path) -> bool {
-    if let (Ok(Some(a)), Ok(Some(b))) = (file_watch::identity(a), file_watch::identity(b)) {
-        return a == b;
+    if let (Ok(a), Ok(b)) = (db::identity(a), db::identity(b)) {
+        return a.file == b.file;
     }
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,

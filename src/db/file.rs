@@ -53,32 +53,60 @@ fn first_bytes<const N: usize>(path: &Path) -> Option<[u8; N]> {
 }
 
 /// What to say when the database file at `path` has more than one name
-/// (hard links), on Unix; `None` when it has one. SQLite finds the `-wal`
-/// and a hot `-journal` by the name a process opened, so one that opens the
-/// file by another name misses the newest commits, and its writes or
-/// checkpoints can damage the file (<https://sqlite.org/howtocorrupt.html>,
-/// "Multiple links to the same file"). Nor is a second name a backup: both
-/// are the same file.
+/// (hard links); `None` when it has one. SQLite finds the `-wal` and a hot
+/// `-journal` by the name a process opened, so one that opens the file by
+/// another name misses the newest commits, and its writes or checkpoints
+/// can damage the file (<https://sqlite.org/howtocorrupt.html>, "Multiple
+/// links to the same file"). Nor is a second name a backup: both are the
+/// same file.
 pub fn more_than_one_name(path: &Path) -> Option<String> {
+    let names = identity(path).ok()?.names;
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let links = std::fs::metadata(path).ok()?.nlink();
-        (links > 1).then(|| {
-            format!(
-                "the database file has {links} names (hard links): a process that opens it by \
-                 another name misses the newest commits in its -wal and can damage it, and \
-                 none of them is a backup; keep one name (`find / -samefile {} 2>/dev/null` lists \
-                 them) and use `neptun-local backup`",
-                super::shell_word(path)
-            )
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        None
-    }
+    let lister = format!("find / -samefile {} 2>/dev/null", super::shell_word(path));
+    #[cfg(windows)]
+    let lister = format!("fsutil hardlink list {}", super::shell_word(path));
+    (names > 1).then(|| {
+        format!(
+            "the database file has {names} names (hard links): a process that opens it by \
+             another name misses the newest commits in its -wal and can damage it, and none of \
+             them is a backup; keep one name (`{lister}` lists them) and use `neptun-local \
+             backup`"
+        )
+    })
+}
+
+/// A file as the file system knows it, whatever name it is reached by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The device and inode on Unix; the volume's serial number and the
+    /// file's index on Windows. Two names with the same are one file.
+    pub file: (u64, u64),
+    /// How many names (hard links) the file has.
+    pub names: u64,
+}
+
+/// The identity of the file at `path`, or where a link there leads.
+#[cfg(unix)]
+pub fn identity(path: &Path) -> io::Result<Identity> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path)?;
+    Ok(Identity {
+        file: (metadata.dev(), metadata.ino()),
+        names: metadata.nlink(),
+    })
+}
+
+/// The identity of the file at `path`, or where a link there leads. Asked
+/// of an open handle, which std's `File::open` shares for reading, writing
+/// and deleting, so that SQLite, which shares its own handles only for
+/// reading and writing, is never kept from a file it opens meanwhile.
+#[cfg(windows)]
+pub fn identity(path: &Path) -> io::Result<Identity> {
+    let info = winapi_util::file::information(File::open(path)?)?;
+    Ok(Identity {
+        file: (info.volume_serial_number(), info.file_index()),
+        names: info.number_of_links(),
+    })
 }
 
 /// Whether `path` ends in a separator (`new-dir/`), and so can only name a

@@ -294,12 +294,9 @@ fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
     ];
     // Read through its own name, the database's file comes without its
     // -wal: the chats deleted since the last checkpoint would come back.
-    // (Windows' hard links are not told apart.)
-    if cfg!(unix) {
-        let hard_link = dir.join("hard-link.db");
-        std::fs::hard_link(&server.db_path, &hard_link).unwrap();
-        cases.push((hard_link, "hard-link.db is the database itself"));
-    }
+    let hard_link = dir.join("hard-link.db");
+    std::fs::hard_link(&server.db_path, &hard_link).unwrap();
+    cases.push((hard_link, "hard-link.db is the database itself"));
     // SQLite said only "unable to open database file".
     #[cfg(unix)]
     let link_to_nothing = {
