@@ -2,7 +2,8 @@
 //! local SQLite file.
 //!
 //! Dependencies point one way: `cli` → {`server`, `routes`, `db`, `auth`,
-//! `file_watch`}; `routes` → {`auth`, `db`, `http`}; `server` → `http`.
+//! `file_watch`}; `routes` → {`auth`, `db`, `http`}; `server` → `http`;
+//! `file_watch` → `db` (a file's identity).
 //! Only `server` knows tiny_http; SQL lives in `db`, plus the operator
 //! checks in `doctor`, the read-back of a copy in `backup`, the checks
 //! around copying one back in `restore`, and the demo seed in `demo`.

@@ -127,37 +127,57 @@ fn a_restore_under_a_running_server_brings_the_backup_back_and_erases_what_it_re
 }
 
 /// Onto a new machine: into a file that does not exist yet, which a server
-/// then serves with the backup's sessions.
+/// then serves with the backup's sessions. Also from a backup whose pages
+/// are not SQLite's usual 4 KiB (taken where SQLite chose larger pages, or
+/// of a file made with the sqlite3 shell): SQLite copies a backup only into
+/// a database of its page size, and a WAL database's cannot change, so the
+/// new file is made with the backup's.
 #[test]
 fn a_restore_into_a_new_file_needs_no_replace_and_serves() {
     let (server, db, token) = start_with_alice_and_bob(&[]);
     let chat = seed_chat(&db, "alice", "bob");
-    let out = server.dir.path().join("backup.db");
-    let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
-    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    let page_size_of = |path: &Path| -> u32 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    };
+    for page_size in [4096, 8192] {
+        let out = server.dir.path().join(format!("backup-{page_size}.db"));
+        let ran = run_cli(&server.db_path, &["backup", out.to_str().unwrap()], None);
+        assert!(ran.status.success(), "{}", stderr_of(&ran));
+        if page_size != 4096 {
+            rusqlite::Connection::open(&out)
+                .unwrap()
+                .execute_batch(&format!("PRAGMA page_size = {page_size}; VACUUM;"))
+                .unwrap();
+        }
+        assert_eq!(page_size_of(&out), page_size);
 
-    let dir = tempfile::tempdir().unwrap();
-    let new = dir.path().join("neptun.db");
-    let restored = run_cli(&new, &["restore", out.to_str().unwrap()], None);
-    assert!(restored.status.success(), "{}", stderr_of(&restored));
-    let said = stderr_of(&restored);
-    assert!(
-        said.contains("restored 2 user(s) and 1 chat(s) from") && !said.contains("in place of"),
-        "{said}"
-    );
-    let doctor = run_cli(&new, &["doctor"], None);
-    let report = String::from_utf8_lossy(&doctor.stdout);
-    assert!(doctor.status.success(), "{report}{}", stderr_of(&doctor));
-    assert!(report.contains("journal_mode=wal"), "{report}");
-    assert!(report.contains("auto_vacuum=incremental"), "{report}");
-    #[cfg(unix)]
-    assert!(report.contains("mode         0600"), "{report}");
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("neptun.db");
+        let restored = run_cli(&new, &["restore", out.to_str().unwrap()], None);
+        assert!(restored.status.success(), "{}", stderr_of(&restored));
+        let said = stderr_of(&restored);
+        assert!(
+            said.contains("restored 2 user(s) and 1 chat(s) from") && !said.contains("in place of"),
+            "{said}"
+        );
+        assert_eq!(page_size_of(&new), page_size);
+        let doctor = run_cli(&new, &["doctor"], None);
+        let report = String::from_utf8_lossy(&doctor.stdout);
+        assert!(doctor.status.success(), "{report}{}", stderr_of(&doctor));
+        assert!(report.contains("journal_mode=wal"), "{report}");
+        assert!(report.contains("auto_vacuum=incremental"), "{report}");
+        #[cfg(unix)]
+        assert!(report.contains("mode         0600"), "{report}");
 
-    let restored_server = TestServer::start_in(dir, new, &[]);
-    restored_server
-        .delete(&format!("/api/users/alice/chats/{}", chat.chat), &token)
-        .assert_true();
-    assert_consistent(&restored_server.sql());
+        let restored_server = TestServer::start_in(dir, new, &[]);
+        restored_server
+            .delete(&format!("/api/users/alice/chats/{}", chat.chat), &token)
+            .assert_true();
+        assert_consistent(&restored_server.sql());
+    }
 }
 
 /// Restored from as it is, a server's database (stopped, or copied from
@@ -371,47 +391,6 @@ fn a_restore_that_fails_into_a_new_file_leaves_no_file() {
     let ran = run_cli(&link, &["restore", backup.to_str().unwrap()], None);
     assert!(ran.status.success(), "{}", stderr_of(&ran));
     assert_eq!(listing(&new), listing(&backup));
-}
-
-/// SQLite copies a backup only into a database of its page size, and a WAL
-/// database's page size cannot change. A new file is made with the
-/// backup's, so such a backup (taken where SQLite chose larger pages, or
-/// of a file made with the sqlite3 shell) restores onto a new machine.
-#[test]
-fn a_backup_of_another_page_size_is_restored_into_a_new_file_of_its_own() {
-    let (server, db, token) = start_with_alice_and_bob(&[]);
-    let chat = seed_chat(&db, "alice", "bob");
-    let backup = server.dir.path().join("big-pages.db");
-    let ran = run_cli(&server.db_path, &["backup", backup.to_str().unwrap()], None);
-    assert!(ran.status.success(), "{}", stderr_of(&ran));
-    rusqlite::Connection::open(&backup)
-        .unwrap()
-        .execute_batch("PRAGMA page_size = 8192; VACUUM;")
-        .unwrap();
-    let page_size = |path: &Path| -> u32 {
-        rusqlite::Connection::open(path)
-            .unwrap()
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .unwrap()
-    };
-    assert_eq!(page_size(&backup), 8192);
-
-    let dir = tempfile::tempdir().unwrap();
-    let new = dir.path().join("neptun.db");
-    let ran = run_cli(&new, &["restore", backup.to_str().unwrap()], None);
-    assert!(ran.status.success(), "{}", stderr_of(&ran));
-    assert_eq!(page_size(&new), 8192);
-    assert_eq!(listing(&new), listing(&backup));
-    let doctor = run_cli(&new, &["doctor"], None);
-    let report = String::from_utf8_lossy(&doctor.stdout);
-    assert!(doctor.status.success(), "{report}{}", stderr_of(&doctor));
-    assert!(report.contains("journal_mode=wal"), "{report}");
-
-    let restored_server = TestServer::start_in(dir, new, &[]);
-    restored_server
-        .delete(&format!("/api/users/alice/chats/{}", chat.chat), &token)
-        .assert_true();
-    assert_consistent(&restored_server.sql());
 }
 
 /// Deletes keep coming while a restore copies a larger backup in: each
