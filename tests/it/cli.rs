@@ -292,8 +292,9 @@ fn an_unusable_database_is_reported_with_its_path() {
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(
             err.contains(&format!(
-                "{}: cannot create the file: File name too long",
-                too_long.display()
+                "{}: cannot create the file: {}",
+                too_long.display(),
+                os_error_text(libc::ENAMETOOLONG)
             )),
             "{err}"
         );

@@ -233,6 +233,17 @@ pub fn wait_with_deadline(child: &mut Child) -> ExitStatus {
     }
 }
 
+/// The C library's words for the OS error `code` (`strerror`), as the
+/// server's messages quote them: glibc and musl word some of them
+/// differently ("File name too long" and "Filename too long").
+pub fn os_error_text(code: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(code).to_string();
+    match text.strip_suffix(&format!(" (os error {code})")) {
+        Some(words) => words.to_owned(),
+        None => text,
+    }
+}
+
 #[cfg(unix)]
 pub fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions.
