@@ -506,11 +506,15 @@ impl Database {
             }
             None
         };
-        // Made just now, or by `touch`: SQLite has not written its first page.
-        let no_page_yet = new_file || std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
+        // Only for a file made just now, or by `touch`: SQLite has not
+        // written its first page. (Looked at only when asked: a server's
+        // start asks for no page size.)
+        let page_size = settings
+            .new_file_page_size
+            .filter(|_| new_file || std::fs::metadata(path).is_ok_and(|m| m.len() == 0));
         let set_up = || -> Result<()> {
             let mut conn = Connection::open(sqlite_path(path))?;
-            if let Some(size) = settings.new_file_page_size.filter(|_| no_page_yet) {
+            if let Some(size) = page_size {
                 // Kept once the switch to WAL writes the first page.
                 conn.pragma_update(None, "page_size", size)?;
             }

@@ -308,7 +308,7 @@ fn a_restore_refuses_what_is_not_a_sound_backup_and_changes_nothing() {
             "orphans.db did not check out (orphaned rows: messages row",
         ),
         (
-            big_pages.clone(),
+            big_pages,
             "the backup's pages are 8192 bytes and the database's 4096",
         ),
     ];
