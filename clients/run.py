@@ -9,10 +9,12 @@
    through Vite's proxy, set up in the two usual ways (both must work with
    no flag), and from the other origin through that proxy (must delete
    nothing);
-4. schemathesis against the served OpenAPI document, every check on.
+4. schemathesis against the served OpenAPI document, every check on;
+5. the curl line that `--demo` prints, pasted as it is into sh, bash and
+   zsh, with the server on IPv4 and on IPv6 loopback.
 
 Usage: python run.py PATH/TO/neptun-local
-Needs: curl, node (with `npm ci` done in this folder), /usr/bin/chromium,
+Needs: curl, zsh, node (with `npm ci` done in this folder), /usr/bin/chromium,
 and httpx, pydantic and schemathesis importable. Exits non-zero on any
 failure; prints "N passed, N failed" last.
 """
@@ -86,6 +88,48 @@ def run_curl(port: int, token: str, chat: int, db: Path) -> None:
     )
     check("curl: prints true", out.returncode == 0 and out.stdout == "true", repr(out.stdout))
     check("curl: the chat is gone", not chat_exists(db, chat))
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def run_demo_line(binary: str, workdir: Path) -> None:
+    """The curl line that `--demo` prints, pasted as it is into sh, bash and
+    zsh (macOS's shell, which takes an unquoted `[::1]` for a pattern), for a
+    server on IPv4 and on IPv6 loopback. Each paste gets a new database, so
+    that it deletes a chat that is there."""
+    addrs = ["127.0.0.1:0"] + (["[::1]:0"] if ipv6_loopback() else [])
+    check("demo line: IPv6 loopback to try it on", len(addrs) == 2)
+    for addr in addrs:
+        for shell in ("sh", "bash", "zsh"):
+            name = f"demo line: pasted into {shell}, server on {addr}"
+            db = workdir / f"demo-{shell}-{len(addr)}.db"
+            log = workdir / f"demo-{shell}-{len(addr)}.log"
+            proc = subprocess.Popen([binary, "--db", str(db), "--addr", addr, "--demo"],
+                                    stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+            try:
+                proc.stdout.readline()  # "listening on", printed after the demo's lines
+                lines = [l.strip() for l in log.read_text().splitlines() if l.strip().startswith("curl ")]
+                if len(lines) != 1:
+                    check(name, False, log.read_text())
+                    continue
+                line = lines[0]
+                chat = int(line.rstrip('"').rsplit("/", 1)[1])
+                # Text mode: the answer's CRLFs arrive as LFs.
+                out = subprocess.run([shell, "-c", line], capture_output=True, text=True, timeout=30)
+                answered = out.returncode == 0 and out.stdout.startswith("HTTP/1.1 200 ") \
+                    and out.stdout.endswith("\n\ntrue")
+                check(name, answered and not chat_exists(db, chat),
+                      f"{line}\n-> {out.returncode} {out.stdout!r} {out.stderr!r}")
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
 
 
 def run_httpx(port: int, token: str, chat: int, db: Path) -> None:
@@ -177,6 +221,7 @@ def main() -> int:
             run_httpx(port, token, chats[1], db)
             run_browser(port, token, chats[2:7], db, pages, Path(tmp) / "server.log")
             run_schemathesis(port, token, Path(tmp))
+            run_demo_line(binary, Path(tmp))
             log = (Path(tmp) / "server.log").read_text()
             server_errors = [l for l in log.splitlines() if " 500 " in l or "panicked" in l]
             check("server: no 500 and no panic in the log", not server_errors, "\n".join(server_errors[:5]))

@@ -262,11 +262,14 @@ fn print_demo_instructions(listening: SocketAddr, token: &Token, chat_ids: &[i64
         .join(", ");
     let first = chat_ids.first().copied().unwrap_or(1);
     let token = token.expose();
-    // stderr, because stdout carries only the "listening on" line.
+    // stderr, because stdout carries only the "listening on" line. The URL
+    // is quoted: zsh, macOS's shell, takes an IPv6 address's `[::1]` for a
+    // pattern and refuses the line. Double quotes work in every shell here
+    // and in cmd and PowerShell.
     super::tell(format_args!(
         "demo user {user:?} owns chats {chats}\n\
          demo session token: {token}\n\
-         try:\n  {CURL} -i -X DELETE -H \"Cookie: neptun-session={token}\" http://{server}/api/users/{user}/chats/{first}\n\
+         try:\n  {CURL} -i -X DELETE -H \"Cookie: neptun-session={token}\" \"http://{server}/api/users/{user}/chats/{first}\"\n\
          for a front end on localhost, paste this in its browser console (see README, \"From a front end in development\"):\n  \
          document.cookie = \"neptun-session={token}; path=/\""
     ));

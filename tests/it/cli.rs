@@ -1160,7 +1160,7 @@ fn demo_curl(server: &TestServer) -> (String, String, String) {
         .split('"')
         .next()
         .unwrap();
-    let url = curl.split_whitespace().last().unwrap();
+    let url = curl.split_whitespace().last().unwrap().trim_matches('"');
     let path = &url[url.find("/api/").unwrap()..];
     (curl.to_owned(), token.to_owned(), path.to_owned())
 }
@@ -1201,7 +1201,7 @@ fn the_demo_prints_a_working_curl_command_and_reseeds_idempotently() {
     let (curl, token, path) = demo_curl(&server);
     assert!(curl.contains("-X DELETE"), "{curl}");
     assert!(
-        curl.ends_with(&format!("http://{}{path}", server.addr)),
+        curl.ends_with(&format!("\"http://{}{path}\"", server.addr)),
         "{curl}"
     );
     // The line for a front end's browser console carries the same token, in
