@@ -1480,6 +1480,31 @@ fn a_wal_or_shm_deleted_under_the_server_stops_it_and_loses_no_commit() {
     }
 }
 
+/// `nohup` starts a command with SIGHUP ignored, so that it outlives the
+/// terminal that started it. A server started so serves on after a hangup,
+/// and still stops cleanly on Ctrl+C.
+#[cfg(unix)]
+#[test]
+fn a_server_started_with_nohup_serves_on_after_a_hangup() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("neptun.db");
+    let server = TestServer::start_under(&["nohup"], dir, db_path, &[]);
+    signal(server.pid(), libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !server.stderr().contains("shutting down"),
+        "{}",
+        server.stderr()
+    );
+    assert_eq!(server.request("GET", "/nowhere", &[]).status, 404);
+
+    signal(server.pid(), libc::SIGINT);
+    let Stopped { status, dir, .. } = server.wait_for_exit();
+    assert!(status.success(), "exit status {status:?}");
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(log.contains("INFO  stopped"), "{log}");
+}
+
 /// A shutdown stuck behind a request (here one waiting for the write lock)
 /// is cut short by a second signal: exit 130 at once, and the request's
 /// transaction never committed, so its chat is whole.

@@ -22,10 +22,37 @@ const BIN: &str = env!("CARGO_BIN_EXE_neptun-local");
 /// (with `NEPTUN_LOG=off` exported, dozens of tests that read the log
 /// failed): each test passes the settings it is about.
 pub fn neptun_local() -> Command {
-    let mut command = Command::new(BIN);
+    neptun_local_under(&[])
+}
+
+/// [`neptun_local`] run through `wrapper`, a command that runs the rest of
+/// its arguments (`nohup`, say). The child starts with SIGHUP heard, as
+/// from a terminal, even when the tests run under `nohup`, since tests
+/// stop servers with it.
+pub fn neptun_local_under(wrapper: &[&str]) -> Command {
+    let mut command = match wrapper {
+        [] => Command::new(BIN),
+        [program, args @ ..] => {
+            let mut command = Command::new(program);
+            command.args(args).arg(BIN);
+            command
+        }
+    };
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("NEPTUN_") {
             command.env_remove(name);
+        }
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: signal(2) is async-signal-safe, and sets a disposition the
+        // child inherits across exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                Ok(())
+            });
         }
     }
     command
@@ -60,6 +87,16 @@ impl TestServer {
 
     /// Starts the binary on `db_path` (which may already hold data).
     pub fn start_in(dir: tempfile::TempDir, db_path: PathBuf, extra: &[&str]) -> TestServer {
+        TestServer::start_under(&[], dir, db_path, extra)
+    }
+
+    /// [`TestServer::start_in`], through `wrapper` (see [`neptun_local_under`]).
+    pub fn start_under(
+        wrapper: &[&str],
+        dir: tempfile::TempDir,
+        db_path: PathBuf,
+        extra: &[&str],
+    ) -> TestServer {
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let default_addr: &[&str] = if extra.contains(&"--addr") {
@@ -68,7 +105,7 @@ impl TestServer {
             &["--addr", "127.0.0.1:0"]
         };
         let mut child = spawn(
-            neptun_local()
+            neptun_local_under(wrapper)
                 .args(default_addr)
                 .arg("--db")
                 .arg(&db_path)
