@@ -106,13 +106,14 @@ def run_demo_line(binary: str, workdir: Path) -> None:
     that it deletes a chat that is there."""
     addrs = ["127.0.0.1:0"] + (["[::1]:0"] if ipv6_loopback() else [])
     check("demo line: IPv6 loopback to try it on", len(addrs) == 2)
-    for addr in addrs:
+    for n, addr in enumerate(addrs):
         for shell in ("sh", "bash", "zsh"):
             name = f"demo line: pasted into {shell}, server on {addr}"
-            db = workdir / f"demo-{shell}-{len(addr)}.db"
-            log = workdir / f"demo-{shell}-{len(addr)}.log"
-            proc = subprocess.Popen([binary, "--db", str(db), "--addr", addr, "--demo"],
-                                    stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+            db = workdir / f"demo-{n}-{shell}.db"
+            log = workdir / f"demo-{n}-{shell}.log"
+            with log.open("w") as stderr:
+                proc = subprocess.Popen([binary, "--db", str(db), "--addr", addr, "--demo"],
+                                        stdout=subprocess.PIPE, stderr=stderr, text=True)
             try:
                 proc.stdout.readline()  # "listening on", printed after the demo's lines
                 lines = [l.strip() for l in log.read_text().splitlines() if l.strip().startswith("curl ")]

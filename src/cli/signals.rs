@@ -19,10 +19,10 @@ pub(super) fn stop_on_signals() -> Result<Stop, Error> {
 /// Calls `first` on the first SIGINT, SIGTERM or SIGHUP (Ctrl+C,
 /// Ctrl+Break or the closing of the console, on Windows), from a thread of
 /// its own; exits 130 on the second. A SIGHUP that the process started
-/// with ignored, as under `nohup`, stays ignored. `first` is kept until the process
-/// ends, and what it holds with it: `serve`'s shutdown handle keeps the
-/// transport alive, which, dropped while the server finishes, would answer
-/// the requests still queued with a bare `500`.
+/// with ignored, as under `nohup`, stays ignored. `first` is kept until
+/// the process ends, and what it holds with it: `serve`'s shutdown handle
+/// keeps the transport alive, which, dropped while the server finishes,
+/// would answer the requests still queued with a bare `500`.
 pub(super) fn on_stop_signals(mut first: impl FnMut() + Send + 'static) -> Result<(), Error> {
     let mut seen = 0;
     let on_signal = move || {
