@@ -1486,9 +1486,7 @@ fn a_wal_or_shm_deleted_under_the_server_stops_it_and_loses_no_commit() {
 #[cfg(unix)]
 #[test]
 fn a_server_started_with_nohup_serves_on_after_a_hangup() {
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("neptun.db");
-    let server = TestServer::start_under(&["nohup"], dir, db_path, &[]);
+    let server = TestServer::start_under(&["nohup"], &[]);
     signal(server.pid(), libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
     assert!(

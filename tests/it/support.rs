@@ -80,18 +80,23 @@ impl TestServer {
 
     /// Starts the binary with `extra` arguments on a fresh database.
     pub fn start_with(extra: &[&str]) -> TestServer {
+        TestServer::start_under(&[], extra)
+    }
+
+    /// [`TestServer::start_with`], through `wrapper` (see
+    /// [`neptun_local_under`]).
+    pub fn start_under(wrapper: &[&str], extra: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("neptun.db");
-        TestServer::start_in(dir, db_path, extra)
+        TestServer::launch(wrapper, dir, db_path, extra)
     }
 
     /// Starts the binary on `db_path` (which may already hold data).
     pub fn start_in(dir: tempfile::TempDir, db_path: PathBuf, extra: &[&str]) -> TestServer {
-        TestServer::start_under(&[], dir, db_path, extra)
+        TestServer::launch(&[], dir, db_path, extra)
     }
 
-    /// [`TestServer::start_in`], through `wrapper` (see [`neptun_local_under`]).
-    pub fn start_under(
+    fn launch(
         wrapper: &[&str],
         dir: tempfile::TempDir,
         db_path: PathBuf,
