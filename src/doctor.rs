@@ -462,27 +462,16 @@ fn check_access(db_path: &Path, report: &mut Report) {
     report.problems.extend(db::more_than_one_name(db_path));
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let mode_of = |path: &Path| {
-            std::fs::metadata(path)
-                .ok()
-                .map(|m| m.permissions().mode() & 0o777)
-        };
-        let open_to_others = |mode| mode & 0o066 != 0;
-        let Some(mode) = mode_of(db_path) else {
+        let Some(mode) = db::permission_bits(db_path) else {
             return;
         };
         report.facts.push(("mode", format!("{mode:04o}")));
-        if open_to_others(mode) {
-            report.problems.push(format!(
-                "other users of this machine can open the database file (mode {mode:04o}); \
-                 `chmod 600 {}` keeps it to you",
-                db::shell_word(db_path)
-            ));
+        if let Some(problem) = db::open_to_other_users(db_path) {
+            report.problems.push(problem);
             return;
         }
         for side_file in ["-wal", "-shm"].map(|suffix| db::side_file(db_path, suffix)) {
-            if let Some(mode) = mode_of(&side_file).filter(|&mode| open_to_others(mode)) {
+            if let Some(mode) = db::permission_bits(&side_file).filter(|&m| db::open_to_others(m)) {
                 report.problems.push(format!(
                     "other users of this machine can open {}, beside the database (mode \
                      {mode:04o}); `chmod 600 {}` keeps it to you",

@@ -51,7 +51,16 @@ pub(super) fn serve(
     // "where is my neptun.db?" is the usual question.
     let full_path = std::path::absolute(db_path).unwrap_or_else(|_| db_path.to_owned());
     log::info!("database {}", db::describe(&full_path, db_path));
-    if let Some(warning) = db::more_than_one_name(db_path) {
+    // Warned of at every start, not only by `doctor`: a server is started
+    // far more often than a database is checked. Their commands name the
+    // file in full, for a log read elsewhere (systemd's journal).
+    for warning in [
+        db::more_than_one_name(&full_path),
+        db::open_to_other_users(&full_path),
+    ]
+    .into_iter()
+    .flatten()
+    {
         log::warn!("{warning}");
     }
     warn_of_what_the_schema_lacks(&db);

@@ -75,6 +75,43 @@ pub fn more_than_one_name(path: &Path) -> Option<String> {
     })
 }
 
+/// The permission bits of the file at `path` (where a link there leads);
+/// `None` if it cannot be read.
+#[cfg(unix)]
+pub fn permission_bits(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Some(std::fs::metadata(path).ok()?.permissions().mode() & 0o777)
+}
+
+/// Whether permission bits let users other than the owner read or write
+/// the file (an execute bit opens nothing).
+#[cfg(unix)]
+pub fn open_to_others(mode: u32) -> bool {
+    mode & 0o066 != 0
+}
+
+/// What to say when other users of this machine can open the database file
+/// at `path`, which holds every chat; `None` when only its owner can, and
+/// outside Unix. New files are made for their owner only
+/// ([`create_owner_only`]), but a file that exists keeps its mode: one
+/// made with `touch`, copied with `cp`, or written by another tool.
+pub fn open_to_other_users(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        let mode = permission_bits(path).filter(|&mode| open_to_others(mode))?;
+        Some(format!(
+            "other users of this machine can open the database file (mode {mode:04o}); \
+             `chmod 600 {}` keeps it to you",
+            super::shell_word(path)
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// A file as the file system knows it, whatever name it is reached by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Identity {

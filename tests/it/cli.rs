@@ -726,6 +726,46 @@ fn a_new_database_and_its_wal_are_for_their_owner_only() {
     assert_eq!(doctor(&server.db_path).0, Some(0));
 }
 
+/// A database file that others can open keeps its mode: one made with
+/// `touch` (which the server fills with the schema), copied with `cp`, or
+/// written by another tool. A server started on it serves it, and warns at
+/// every start with the `chmod` that keeps it to its owner, the file named
+/// in full for a log read elsewhere (systemd's journal). Pasted from
+/// anywhere, the advice works, and the next start says nothing of it.
+/// Before, only `doctor` said so.
+#[cfg(unix)]
+#[test]
+fn a_server_on_a_database_others_can_open_warns_with_the_chmod_that_fixes_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A space, so that the advice has to quote the name.
+    let db_path = dir.path().join("my chats.db");
+    std::fs::File::create(&db_path).unwrap();
+    std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = TestServer::start_in(dir, db_path.clone(), &[]);
+    let warning = "WARN  other users of this machine can open the database file (mode 0644)";
+    let log = server.log_with(&[warning]);
+    let advice = log_line(&log, warning)
+        .split_once("`chmod ")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(args, _)| args)
+        .unwrap_or_else(|| panic!("no chmod advice: {log}"));
+    let pasted = std::process::Command::new("sh")
+        .args(["-c", &format!("chmod {advice}")])
+        .current_dir("/")
+        .status()
+        .unwrap();
+    assert!(pasted.success(), "chmod {advice}");
+    let mode = std::fs::metadata(&db_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let server = server.restart(&[]);
+    let log = server.stderr();
+    assert!(log.contains("INFO  database "), "{log}");
+    assert!(!log.contains("other users"), "{log}");
+    assert_consistent(&server.sql());
+}
+
 /// A second name (a hard link) for the database file. SQLite finds the
 /// `-wal` by the name a process opened, so one that opens the file by the
 /// other name misses the newest commits and can damage it; and the second

@@ -87,13 +87,6 @@ fn a_missing_chat_and_another_users_chat_get_byte_identical_404s() {
     );
 }
 
-/// The one line of `log` that contains `needle`.
-fn log_line<'a>(log: &'a str, needle: &str) -> &'a str {
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
-    assert_eq!(lines.len(), 1, "one line with {needle:?} in:\n{log}");
-    lines[0]
-}
-
 #[test]
 fn a_path_user_other_than_the_session_user_is_404_user_not_found() {
     let w = world();

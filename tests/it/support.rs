@@ -822,3 +822,10 @@ pub fn assert_consistent(conn: &rusqlite::Connection) {
         "foreign key violations in {violations:?}"
     );
 }
+
+/// The one line of `log` that contains `needle`.
+pub fn log_line<'a>(log: &'a str, needle: &str) -> &'a str {
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+    assert_eq!(lines.len(), 1, "one line with {needle:?} in:\n{log}");
+    lines[0]
+}
