@@ -11,10 +11,12 @@
    nothing);
 4. schemathesis against the served OpenAPI document, every check on;
 5. the curl line that `--demo` prints, pasted as it is into sh, bash and
-   zsh, with the server on IPv4 and on IPv6 loopback.
+   zsh, with the server on IPv4 and on IPv6 loopback;
+6. ApacheBench with keep-alive (`ab -k`, HTTP/1.0 keep-alive), one delete
+   and then 2,000 requests from 8 connections.
 
 Usage: python run.py PATH/TO/neptun-local
-Needs: curl, zsh, node (with `npm ci` done in this folder), /usr/bin/chromium,
+Needs: curl, zsh, ab (apache2-utils), node (with `npm ci` done in this folder), /usr/bin/chromium,
 and httpx, pydantic and schemathesis importable. Exits non-zero on any
 failure; prints "N passed, N failed" last.
 """
@@ -133,6 +135,38 @@ def run_demo_line(binary: str, workdir: Path) -> None:
                 proc.wait(timeout=30)
 
 
+def run_ab(port: int, token: str, chat: int, db: Path) -> None:
+    """ApacheBench's keep-alive mode speaks HTTP/1.0 keep-alive: it waits
+    for the server to close a connection whose answer does not say
+    `Connection: keep-alive`, and gives up its whole run after `-s`
+    seconds. Every answer of the second run is the same 404 (a chat that
+    was never made), so that ab, which counts an answer of another length
+    than the first as failed, has nothing to count."""
+    def ab(chat_id: int, requests: int, connections: int) -> dict[str, str]:
+        out = subprocess.run(
+            ["ab", "-k", "-s", "10", "-n", str(requests), "-c", str(connections), "-m", "DELETE",
+             "-C", f"neptun-session={token}",
+             f"http://127.0.0.1:{port}/api/users/{USER}/chats/{chat_id}"],
+            capture_output=True, text=True, timeout=120,
+        )
+        fields = dict(line.split(":", 1) for line in out.stdout.splitlines() if ":" in line)
+        fields = {name.strip(): value.strip() for name, value in fields.items()}
+        fields["exit"] = str(out.returncode)
+        fields["stderr"] = out.stderr.strip()[-300:]
+        return fields
+
+    one = ab(chat, 1, 1)
+    check("ab -k: deletes a chat (one 2xx answer, kept alive)",
+          (one["exit"], one.get("Complete requests"), one.get("Non-2xx responses"),
+           one.get("Keep-Alive requests")) == ("0", "1", None, "1"), str(one))
+    check("ab -k: ...and the chat is gone", not chat_exists(db, chat))
+    many = ab(2**62, 2000, 8)
+    check("ab -k: 2,000 requests from 8 connections, all answered 404 and kept alive",
+          (many["exit"], many.get("Complete requests"), many.get("Failed requests"),
+           many.get("Non-2xx responses"), many.get("Keep-Alive requests"))
+          == ("0", "2000", "0", "2000", "2000"), str(many))
+
+
 def run_httpx(port: int, token: str, chat: int, db: Path) -> None:
     import httpx
 
@@ -223,6 +257,7 @@ def main() -> int:
             run_browser(port, token, chats[2:7], db, pages, Path(tmp) / "server.log")
             run_schemathesis(port, token, Path(tmp))
             run_demo_line(binary, Path(tmp))
+            run_ab(port, token, chats[7], db)
             log = (Path(tmp) / "server.log").read_text()
             server_errors = [l for l in log.splitlines() if " 500 " in l or "panicked" in l]
             check("server: no 500 and no panic in the log", not server_errors, "\n".join(server_errors[:5]))

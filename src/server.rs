@@ -328,12 +328,19 @@ fn serve_one(
     // Asked first, always: the keep-alive rules count every answer.
     let closes = keep_alive.answer_closes(request.remote_addr().copied(), &ours, Instant::now())
         || response.close_connection;
+    let connection = if closes {
+        Some("close")
+    } else if keep_alive::persists_as_http_1_0(&ours) {
+        Some("keep-alive")
+    } else {
+        None
+    };
     let result = if request.body_length().is_some_and(|n| n > UNDRAINABLE_BODY) {
         refuse_without_draining(request, response)
     } else if body_left_unread(&request) {
         answer_off_the_worker(request, response)
-    } else if closes || response.status == 204 {
-        respond_written_out(request, response, closes)
+    } else if connection.is_some() || response.status == 204 {
+        respond_written_out(request, response, connection)
     } else {
         request.respond(to_tiny_http(response))
     };
@@ -391,18 +398,18 @@ fn respond((request, response): (tiny_http::Request, Response)) -> io::Result<()
 }
 
 /// Answers through `into_writer`, with the head tiny_http's `respond`
-/// would write changed in two ways it cannot be told to make: with
-/// `Connection: close` when `close` (its `respond` drops that header), and
-/// without `Content-Length` on a `204` (it adds one to every answer, which
-/// RFC 9110 §8.6 forbids there). tiny_http renders the response into a
-/// buffer; the head is amended and the whole written in one go. After a
-/// `close`, tiny_http still reads on until the client closes, which a
-/// client told `close` does (RFC 9112 §9.6); otherwise the connection
-/// stays open as after `respond`.
+/// would write changed in two ways it cannot be told to make: with a
+/// `Connection` header when `connection` gives its value (its `respond`
+/// drops that header), and without `Content-Length` on a `204` (it adds
+/// one to every answer, which RFC 9110 §8.6 forbids there). tiny_http
+/// renders the response into a buffer; the head is amended and the whole
+/// written in one go. After a `close`, tiny_http still reads on until the
+/// client closes, which an HTTP/1.1 client told `close` does (RFC 9112
+/// §9.6); otherwise the connection stays open as after `respond`.
 fn respond_written_out(
     request: tiny_http::Request,
     response: Response,
-    close: bool,
+    connection: Option<&str>,
 ) -> io::Result<()> {
     let head_only = request.method() == &tiny_http::Method::Head;
     // The status line of a request that names HTTP/0.9, refused with 505,
@@ -415,22 +422,22 @@ fn respond_written_out(
     let no_content = response.status == 204;
     let mut rendered = Vec::with_capacity(256 + response.body.len());
     to_tiny_http(response).raw_print(&mut rendered, version, &[], head_only, None)?;
-    let raw = amend_head(&rendered, close, no_content);
+    let raw = amend_head(&rendered, connection, no_content);
     let mut writer = request.into_writer();
     writer.write_all(&raw)?;
     writer.flush()
 }
 
-/// `rendered`, a whole response, with `Connection: close` added after the
-/// status line when `close`, and its `Content-Length` taken out when
-/// `no_content`.
-fn amend_head(rendered: &[u8], close: bool, no_content: bool) -> Vec<u8> {
+/// `rendered`, a whole response, with a `Connection` header of the value
+/// `connection` gives added after the status line, and its
+/// `Content-Length` taken out when `no_content`.
+fn amend_head(rendered: &[u8], connection: Option<&str>, no_content: bool) -> Vec<u8> {
     let head_end = rendered
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(rendered.len(), |i| i + 2);
     let (head, rest) = rendered.split_at(head_end);
-    let mut raw = Vec::with_capacity(rendered.len() + 19);
+    let mut raw = Vec::with_capacity(rendered.len() + 24);
     for (i, line) in head.split_inclusive(|&b| b == b'\n').enumerate() {
         let is_length = line
             .get(..15)
@@ -438,8 +445,10 @@ fn amend_head(rendered: &[u8], close: bool, no_content: bool) -> Vec<u8> {
         if !(no_content && is_length) {
             raw.extend_from_slice(line);
         }
-        if i == 0 && close {
-            raw.extend_from_slice(b"Connection: close\r\n");
+        if let Some(value) = connection.filter(|_| i == 0) {
+            for part in [b"Connection: ", value.as_bytes(), b"\r\n"] {
+                raw.extend_from_slice(part);
+            }
         }
     }
     raw.extend_from_slice(rest);
@@ -634,26 +643,32 @@ mod tests {
     #[test]
     fn a_head_is_amended_and_the_body_left_alone() {
         let rendered = b"HTTP/1.1 204 No Content\r\nDate: x\r\ncontent-length: 0\r\n\r\n";
-        let amended =
-            |close, no_content| String::from_utf8(amend_head(rendered, close, no_content)).unwrap();
+        let amended = |connection, no_content| {
+            String::from_utf8(amend_head(rendered, connection, no_content)).unwrap()
+        };
         assert_eq!(
-            amended(false, true),
+            amended(None, true),
             "HTTP/1.1 204 No Content\r\nDate: x\r\n\r\n"
         );
         assert_eq!(
-            amended(true, true),
+            amended(Some("close"), true),
             "HTTP/1.1 204 No Content\r\nConnection: close\r\nDate: x\r\n\r\n"
+        );
+        assert_eq!(
+            amended(Some("keep-alive"), false),
+            "HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\nDate: x\r\n\
+             content-length: 0\r\n\r\n"
         );
         let with_body =
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 21\r\n\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(
-            String::from_utf8(amend_head(with_body, true, false)).unwrap(),
+            String::from_utf8(amend_head(with_body, Some("close"), false)).unwrap(),
             "HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 21\r\n\r\n\
              Content-Length: 0\r\n\r\n"
         );
         // Even with no_content, the body (had a 204 one) is not looked at.
         assert!(
-            String::from_utf8(amend_head(with_body, false, true))
+            String::from_utf8(amend_head(with_body, None, true))
                 .unwrap()
                 .ends_with("\r\n\r\nContent-Length: 0\r\n\r\n")
         );

@@ -144,8 +144,9 @@ impl KeepAlive {
             return false;
         };
         let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        if !keeps_connection(request) {
-            // tiny_http closes it after this answer anyway.
+        if !keeps_connection(request) || persists_as_http_1_0(request) {
+            // tiny_http closes the first after this answer anyway; the
+            // second cannot be closed (see `persists_as_http_1_0`).
             connections.remove(&peer);
             return false;
         }
@@ -172,6 +173,18 @@ impl KeepAlive {
         }
         done
     }
+}
+
+/// Whether `request` is an HTTP/1.0 one after which tiny_http keeps the
+/// connection open (it asked for `keep-alive`). Its answer must then say
+/// `Connection: keep-alive`: an HTTP/1.0 client takes an answer that does
+/// not for the connection's last, and may wait for the server to close it
+/// (ApacheBench's `ab -k` does, and gives up its whole run after 30 s),
+/// while tiny_http waits for the client's next request. For the same
+/// reason such a connection is never told to close: tiny_http would not
+/// close it, and the client would not either.
+pub(super) fn persists_as_http_1_0(request: &Request) -> bool {
+    request.http_version == (1, 0) && keeps_connection(request)
 }
 
 /// Whether tiny_http keeps the connection open after answering `request`
@@ -335,6 +348,25 @@ mod tests {
                 "{count} of 64 in quarter {quarter}: {lifetimes:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_http_1_0_connection_kept_open_is_never_told_to_close() {
+        let policy = busy_policy();
+        let mut kept = Request::new("GET", "/", &[("Connection", "keep-alive")]);
+        kept.http_version = (1, 0);
+        assert!(persists_as_http_1_0(&kept));
+        let t0 = Instant::now();
+        for ms in [0, 99, 100, 250] {
+            assert!(!answer(&policy, 1, &kept, t0 + Duration::from_millis(ms)));
+        }
+        // Nor does it count as open for the idle rule.
+        let idle = KeepAlive::new(LIFETIME..=LIFETIME);
+        assert!(!answer(&idle, 2, &kept, t0));
+        assert!(!answer(&idle, 3, &Request::new("GET", "/", &[]), t0));
+        let mut closing = kept.clone();
+        closing.headers.clear();
+        assert!(!persists_as_http_1_0(&closing));
     }
 
     #[test]

@@ -267,6 +267,40 @@ fn a_closing_answer_to_head_has_no_body() {
     stop();
 }
 
+/// An HTTP/1.0 client that asks to keep its connection (ApacheBench's `ab
+/// -k`) is told `Connection: keep-alive` on every answer, also past the
+/// lifetime after which an HTTP/1.1 connection is told to close. Told
+/// nothing, or `close`, such a client waits for the server to close the
+/// connection, which tiny_http does not do while the client keeps it open:
+/// before, `ab -k` gave up its whole run after 30 s. One that does not ask
+/// gets one answer, with no such header, and the connection is closed.
+#[test]
+fn an_http_1_0_client_that_asks_for_keep_alive_is_told_so_and_kept() {
+    let (addr, stop) = start_transport(2);
+    let mut stream = connect_for_keep_alive(addr);
+    let opened = Instant::now();
+    let mut answers = 0;
+    while opened.elapsed() < KEEP_ALIVE_LIFETIME * 2 {
+        let request = b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n";
+        stream.get_mut().write_all(request).unwrap();
+        let answer = read_response(&mut stream).unwrap();
+        assert_eq!((answer.status, answer.text()), (200, "true"));
+        let connection = answer.header("Connection");
+        assert_eq!(connection, Some("keep-alive"), "answer {answers}");
+        answers += 1;
+        std::thread::sleep(KEEP_ALIVE_LIFETIME / 100);
+    }
+
+    let mut once = connect_for_keep_alive(addr);
+    once.get_mut().write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    once.read_to_end(&mut raw).unwrap();
+    let answer = parse_response(&raw, false).unwrap();
+    assert_eq!((answer.status, answer.text()), (200, "true"));
+    assert_eq!(answer.header("Connection"), None);
+    stop();
+}
+
 /// A client may close its connection without a word, and tiny_http does not
 /// tell the server, so the idle rule counts it as open for a while. A lone
 /// keep-alive client that comes later must keep its connection. Before the
