@@ -1,5 +1,6 @@
 //! Which answers close their connection, so that no connection waits
-//! unanswered in tiny_http's queue for long (see [`KeepAlive`]).
+//! unanswered in tiny_http's queue for long (see [`KeepAlive`]), and which
+//! must say that they keep it (see [`persists_as_http_1_0`]).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
