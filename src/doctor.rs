@@ -61,7 +61,6 @@ pub fn examine(db: &Database) -> db::Result<Report> {
         return db.with_connection(|conn| examine_unwritable(conn, db.path(), &why));
     }
     let mut report = Report::default();
-    report.facts.push(("files", file_sizes(db.path())));
     check_access(db.path(), &mut report);
     db.with_connection(|conn| {
         examine_connection(conn, db.path(), Journal::MustBeWal, &mut report)
@@ -170,7 +169,6 @@ fn examine_read_only(
     journal: Journal,
 ) -> db::Result<Report> {
     let mut report = Report::default();
-    report.facts.push(("files", file_sizes(path)));
     report.facts.push(("opened", opened.to_owned()));
     check_access(path, &mut report);
     report.problems.extend(problem);
@@ -483,7 +481,11 @@ fn check_access(db_path: &Path, report: &mut Report) {
     }
 }
 
-fn file_sizes(db_path: &Path) -> String {
+/// The sizes of the database file and of the `-wal` and `-shm` beside it,
+/// or that one is absent. Read before the database is opened: opening it
+/// makes the `-wal` and `-shm` that a server would have left, and the
+/// report would show those.
+pub fn file_sizes(db_path: &Path) -> String {
     let size = |path: &Path| {
         std::fs::metadata(path).map_or("absent".to_owned(), |m| format!("{} bytes", m.len()))
     };

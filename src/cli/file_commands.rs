@@ -19,6 +19,7 @@ pub(super) fn doctor(
     delete_orphans: bool,
     open_existing: &impl Fn() -> Result<Database, Error>,
 ) -> Result<(), Error> {
+    let files = doctor::file_sizes(path);
     // Only read, unless a repair is asked for: see `reading` for how the
     // file is opened then.
     let reading = if reindex || delete_orphans {
@@ -59,6 +60,7 @@ pub(super) fn doctor(
     }
     .map_err(db_error(path))?;
     let mut text = format!("{:<13}{}\n", "database", db::describe(path, path));
+    let _ = writeln!(text, "{:<13}{files}", "files");
     for (topic, finding) in &report.facts {
         let _ = writeln!(text, "{topic:<13}{finding}");
     }

@@ -561,7 +561,8 @@ fn a_missing_permission_is_named_with_the_file_or_directory() {
 
 /// SQLite resolves a `--db` that is a symbolic link, and keeps its `-wal`
 /// and `-shm` files beside the file it points to. The log and `doctor` say
-/// where that is, and `doctor` finds those files (it said "absent").
+/// where that is, and `doctor` finds those files (it said "absent"), and
+/// only those that are there.
 #[cfg(unix)]
 #[test]
 fn a_database_reached_through_a_link_is_reported_where_its_files_are() {
@@ -591,6 +592,17 @@ fn a_database_reached_through_a_link_is_reported_where_its_files_are() {
     let files = report.lines().find(|l| l.starts_with("files")).unwrap();
     assert!(!files.contains("absent"), "{files}");
     assert!(real.with_file_name("real.db-wal").exists());
+
+    // With the server stopped there are none, and `doctor`, which makes
+    // them as it opens the file, reports the files as it found them (it
+    // said "wal 0 bytes, shm 32768 bytes").
+    let stopped = server.stop();
+    assert!(stopped.status.success());
+    let doctor = run_cli(&link, &["doctor"], None);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "{report}{}", stderr_of(&doctor));
+    let files = report.lines().find(|l| l.starts_with("files")).unwrap();
+    assert!(files.ends_with(" bytes, wal absent, shm absent"), "{files}");
 }
 
 /// A link made before its database: the database is created where it
