@@ -326,14 +326,11 @@ fn serve_one(
         }
     );
     // Asked first, always: the keep-alive rules count every answer.
-    let closes = keep_alive.answer_closes(request.remote_addr().copied(), &ours, Instant::now())
-        || response.close_connection;
-    let connection = if closes {
+    let said = keep_alive.connection_header(request.remote_addr().copied(), &ours, Instant::now());
+    let connection = if response.close_connection {
         Some("close")
-    } else if keep_alive::persists_as_http_1_0(&ours) {
-        Some("keep-alive")
     } else {
-        None
+        said
     };
     let result = if request.body_length().is_some_and(|n| n > UNDRAINABLE_BODY) {
         refuse_without_draining(request, response)

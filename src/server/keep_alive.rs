@@ -124,14 +124,26 @@ impl KeepAlive {
     }
 
     /// Called once for every received request, just before its answer is
-    /// written: whether the answer to `request`, which came from `peer` at
-    /// `now`, closes its connection.
-    pub(super) fn answer_closes(
+    /// written: the value of the `Connection` header that the answer to
+    /// `request`, which came from `peer` at `now`, must carry, if any.
+    pub(super) fn connection_header(
         &self,
         peer: Option<SocketAddr>,
         request: &Request,
         now: Instant,
-    ) -> bool {
+    ) -> Option<&'static str> {
+        if self.answer_closes(peer, request, now) {
+            Some("close")
+        } else if persists_as_http_1_0(request) {
+            Some("keep-alive")
+        } else {
+            None
+        }
+    }
+
+    /// Whether the answer to `request`, which came from `peer` at `now`,
+    /// closes its connection (see [`KeepAlive`]).
+    fn answer_closes(&self, peer: Option<SocketAddr>, request: &Request, now: Instant) -> bool {
         // Counted down for every request, whatever follows, so that the
         // count stays exact; fetch_sub makes exactly one of several answers
         // that finish together the last.
@@ -184,7 +196,7 @@ impl KeepAlive {
 /// while tiny_http waits for the client's next request. For the same
 /// reason such a connection is never told to close: tiny_http would not
 /// close it, and the client would not either.
-pub(super) fn persists_as_http_1_0(request: &Request) -> bool {
+fn persists_as_http_1_0(request: &Request) -> bool {
     request.http_version == (1, 0) && keeps_connection(request)
 }
 
@@ -360,6 +372,21 @@ mod tests {
         let t0 = Instant::now();
         for ms in [0, 99, 100, 250] {
             assert!(!answer(&policy, 1, &kept, t0 + Duration::from_millis(ms)));
+            policy.request_received();
+            let said =
+                policy.connection_header(Some(peer(1)), &kept, t0 + Duration::from_millis(ms));
+            assert_eq!(said, Some("keep-alive"));
+        }
+        // An HTTP/1.1 connection past its lifetime is told to close, and
+        // one within it is told nothing.
+        let keep_alive = Request::new("GET", "/", &[]);
+        for (ms, said) in [(0, None), (100, Some("close"))] {
+            policy.request_received();
+            let at = t0 + Duration::from_millis(ms);
+            assert_eq!(
+                policy.connection_header(Some(peer(9)), &keep_alive, at),
+                said
+            );
         }
         // Nor does it count as open for the idle rule.
         let idle = KeepAlive::new(LIFETIME..=LIFETIME);
