@@ -689,23 +689,7 @@ fn a_new_database_and_its_wal_are_for_their_owner_only() {
         "{text}"
     );
     // The advice works as it is printed, pasted into a shell.
-    let follow_advice = |text: &str| {
-        let advice: Vec<&str> = text
-            .lines()
-            .filter_map(|line| line.split_once("`chmod ")?.1.split_once('`'))
-            .map(|(args, _)| args)
-            .collect();
-        assert!(!advice.is_empty(), "no chmod advice: {text}");
-        for args in &advice {
-            let pasted = std::process::Command::new("sh")
-                .args(["-c", &format!("chmod {args}")])
-                .current_dir(server.dir.path())
-                .status()
-                .unwrap();
-            assert!(pasted.success(), "chmod {args}");
-        }
-        advice.len()
-    };
+    let follow_advice = |text: &str| follow_chmod_advice(text, server.dir.path());
     assert_eq!(follow_advice(&text), 1);
     assert_eq!(mode(&added), "0600");
     assert_eq!(doctor(&added).0, Some(0));
@@ -738,6 +722,28 @@ fn a_new_database_and_its_wal_are_for_their_owner_only() {
     assert_eq!(doctor(&server.db_path).0, Some(0));
 }
 
+/// Runs every `chmod` that `text` advises (written between backquotes),
+/// pasted as it is into `sh` in `dir`; returns how many there were, at
+/// least one.
+#[cfg(unix)]
+fn follow_chmod_advice(text: &str, dir: &Path) -> usize {
+    let advice: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.split_once("`chmod ")?.1.split_once('`'))
+        .map(|(args, _)| args)
+        .collect();
+    assert!(!advice.is_empty(), "no chmod advice: {text}");
+    for args in &advice {
+        let pasted = std::process::Command::new("sh")
+            .args(["-c", &format!("chmod {args}")])
+            .current_dir(dir)
+            .status()
+            .unwrap();
+        assert!(pasted.success(), "chmod {args}");
+    }
+    advice.len()
+}
+
 /// A database file that others can open keeps its mode: one made with
 /// `touch` (which the server fills with the schema), copied with `cp`, or
 /// written by another tool. A server started on it serves it, and warns at
@@ -757,17 +763,10 @@ fn a_server_on_a_database_others_can_open_warns_with_the_chmod_that_fixes_it() {
     let server = TestServer::start_in(dir, db_path.clone(), &[]);
     let warning = "WARN  other users of this machine can open the database file (mode 0644)";
     let log = server.log_with(&[warning]);
-    let advice = log_line(&log, warning)
-        .split_once("`chmod ")
-        .and_then(|(_, rest)| rest.split_once('`'))
-        .map(|(args, _)| args)
-        .unwrap_or_else(|| panic!("no chmod advice: {log}"));
-    let pasted = std::process::Command::new("sh")
-        .args(["-c", &format!("chmod {advice}")])
-        .current_dir("/")
-        .status()
-        .unwrap();
-    assert!(pasted.success(), "chmod {advice}");
+    assert_eq!(
+        follow_chmod_advice(log_line(&log, warning), Path::new("/")),
+        1
+    );
     let mode = std::fs::metadata(&db_path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 
