@@ -468,16 +468,12 @@ fn check_access(db_path: &Path, report: &mut Report) {
             report.problems.push(problem);
             return;
         }
-        for side_file in ["-wal", "-shm"].map(|suffix| db::side_file(db_path, suffix)) {
-            if let Some(mode) = db::permission_bits(&side_file).filter(|&m| db::open_to_others(m)) {
-                report.problems.push(format!(
-                    "other users of this machine can open {}, beside the database (mode \
-                     {mode:04o}); `chmod 600 {}` keeps it to you",
-                    side_file.display(),
-                    db::shell_word(&side_file)
-                ));
-            }
-        }
+        report.problems.extend(
+            ["-wal", "-shm"]
+                .map(|suffix| db::side_file(db_path, suffix))
+                .iter()
+                .filter_map(|side_file| db::side_file_open_to_other_users(side_file)),
+        );
     }
 }
 

@@ -83,31 +83,36 @@ pub fn permission_bits(path: &Path) -> Option<u32> {
     Some(std::fs::metadata(path).ok()?.permissions().mode() & 0o777)
 }
 
-/// Whether permission bits let users other than the owner read or write
-/// the file (an execute bit opens nothing).
-#[cfg(unix)]
-pub fn open_to_others(mode: u32) -> bool {
-    mode & 0o066 != 0
-}
-
 /// What to say when other users of this machine can open the database file
 /// at `path`, which holds every chat; `None` when only its owner can, and
 /// outside Unix. New files are made for their owner only
 /// ([`create_owner_only`]), but a file that exists keeps its mode: one
 /// made with `touch`, copied with `cp`, or written by another tool.
 pub fn open_to_other_users(path: &Path) -> Option<String> {
+    open_to_other_users_as(path, "the database file")
+}
+
+/// The same for the `-wal` or `-shm` file at `path`, which hold recent
+/// pages (a deleted chat's too, until the next checkpoint).
+pub fn side_file_open_to_other_users(path: &Path) -> Option<String> {
+    open_to_other_users_as(path, &format!("{}, beside the database", path.display()))
+}
+
+/// What to say when users other than the owner may read or write the file
+/// at `path`, named `what` (an execute bit opens nothing).
+fn open_to_other_users_as(path: &Path, what: &str) -> Option<String> {
     #[cfg(unix)]
     {
-        let mode = permission_bits(path).filter(|&mode| open_to_others(mode))?;
+        let mode = permission_bits(path).filter(|&mode| mode & 0o066 != 0)?;
         Some(format!(
-            "other users of this machine can open the database file (mode {mode:04o}); \
+            "other users of this machine can open {what} (mode {mode:04o}); \
              `chmod 600 {}` keeps it to you",
             super::shell_word(path)
         ))
     }
     #[cfg(not(unix))]
     {
-        let _ = path;
+        let _ = (path, what);
         None
     }
 }
