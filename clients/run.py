@@ -13,7 +13,9 @@
 5. the curl line that `--demo` prints, pasted as it is into sh, bash and
    zsh, with the server on IPv4 and on IPv6 loopback;
 6. ApacheBench with keep-alive (`ab -k`, HTTP/1.0 keep-alive), one delete
-   and then 2,000 requests from 8 connections.
+   and then 2,000 requests from 8 connections;
+7. Python's own `http.client`, three requests that say `Connection: close`
+   on one `HTTPConnection`.
 
 Usage: python run.py PATH/TO/neptun-local
 Needs: curl, zsh, ab (apache2-utils), node (with `npm ci` done in this folder), /usr/bin/chromium,
@@ -167,6 +169,30 @@ def run_ab(port: int, token: str, chat: int, db: Path) -> None:
           == ("0", "2000", "0", "2000", "2000"), str(many))
 
 
+def run_http_client(port: int, token: str, chats: list[int], db: Path) -> None:
+    """Python's standard `http.client` keeps a connection unless the answer
+    says `Connection: close`, whatever its own request said, and reopens
+    one only when told. Told nothing, it sent the second request on the
+    connection the server had closed and raised `RemoteDisconnected`."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    answers = []
+    for chat in [chats[0], chats[1], chats[1]]:
+        try:
+            connection.request("DELETE", f"/api/users/{USER}/chats/{chat}",
+                               headers={"Cookie": f"neptun-session={token}", "Connection": "close"})
+            answer = connection.getresponse()
+            answers.append((answer.status, answer.read().decode()[:40]))
+        except OSError as e:
+            answers.append((type(e).__name__, str(e)))
+    connection.close()
+    check("http.client: Connection: close three times on one HTTPConnection, all answered",
+          [status for status, _ in answers] == [200, 200, 404], str(answers))
+    check("http.client: ...and both chats are gone",
+          not chat_exists(db, chats[0]) and not chat_exists(db, chats[1]))
+
+
 def run_httpx(port: int, token: str, chat: int, db: Path) -> None:
     import httpx
 
@@ -258,6 +284,7 @@ def main() -> int:
             run_schemathesis(port, token, Path(tmp))
             run_demo_line(binary, Path(tmp))
             run_ab(port, token, chats[7], db)
+            run_http_client(port, token, chats[8:10], db)
             log = (Path(tmp) / "server.log").read_text()
             server_errors = [l for l in log.splitlines() if " 500 " in l or "panicked" in l]
             check("server: no 500 and no panic in the log", not server_errors, "\n".join(server_errors[:5]))

@@ -132,7 +132,8 @@ impl KeepAlive {
         request: &Request,
         now: Instant,
     ) -> Option<&'static str> {
-        if self.answer_closes(peer, request, now) {
+        // answer_closes first, always: it counts every answer.
+        if self.answer_closes(peer, request, now) || closes_as_http_1_1(request) {
             Some("close")
         } else if persists_as_http_1_0(request) {
             Some("keep-alive")
@@ -198,6 +199,17 @@ impl KeepAlive {
 /// close it, and the client would not either.
 fn persists_as_http_1_0(request: &Request) -> bool {
     request.http_version == (1, 0) && keeps_connection(request)
+}
+
+/// Whether `request` is an HTTP/1.1 one after which tiny_http closes the
+/// connection (it said `close`, or asked for an upgrade we do not make).
+/// Its answer must then say `Connection: close` (RFC 9112 §9.6): an
+/// HTTP/1.1 client takes an answer that does not for a kept connection,
+/// and the next request it sends on it is lost (Python's `http.client`
+/// fails it with `RemoteDisconnected`). HTTP/1.0 needs no such word: close
+/// is its default.
+fn closes_as_http_1_1(request: &Request) -> bool {
+    request.http_version >= (1, 1) && !keeps_connection(request)
 }
 
 /// Whether tiny_http keeps the connection open after answering `request`
@@ -387,6 +399,26 @@ mod tests {
                 policy.connection_header(Some(peer(9)), &keep_alive, at),
                 said
             );
+        }
+        // One that asks to close, or for an upgrade, is told it closes;
+        // HTTP/1.0 without keep-alive closes by default and is told nothing.
+        let mut upgrading = keep_alive.clone();
+        upgrading.headers = vec![(
+            "connection".to_owned(),
+            "Upgrade, HTTP2-Settings".to_owned(),
+        )];
+        let mut closing_1_0 = keep_alive.clone();
+        closing_1_0.http_version = (1, 0);
+        for (request, said) in [
+            (
+                Request::new("GET", "/", &[("Connection", "close")]),
+                Some("close"),
+            ),
+            (upgrading, Some("close")),
+            (closing_1_0, None),
+        ] {
+            policy.request_received();
+            assert_eq!(policy.connection_header(Some(peer(10)), &request, t0), said);
         }
         // Nor does it count as open for the idle rule.
         let idle = KeepAlive::new(LIFETIME..=LIFETIME);

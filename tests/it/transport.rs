@@ -301,6 +301,34 @@ fn an_http_1_0_client_that_asks_for_keep_alive_is_told_so_and_kept() {
     stop();
 }
 
+/// tiny_http closes an HTTP/1.1 connection after answering a request that
+/// said `Connection: close` or asked for an upgrade, so the answer must say
+/// `close` (RFC 9112 §9.6): Python's `http.client`, told nothing, sent its
+/// next request on the closed connection and failed it with
+/// `RemoteDisconnected`.
+#[test]
+fn an_http_1_1_request_that_closes_its_connection_is_told_it_closes() {
+    let (addr, stop) = start_transport(2);
+    for connection in ["close", "Upgrade, HTTP2-Settings"] {
+        let mut stream = connect_for_keep_alive(addr);
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: {connection}\r\n\
+             Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+        );
+        stream.get_mut().write_all(request.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        let answer = parse_response(&raw, false).unwrap();
+        assert_eq!(
+            (answer.status, answer.text()),
+            (200, "true"),
+            "{connection}"
+        );
+        assert_eq!(answer.header("Connection"), Some("close"), "{connection}");
+    }
+    stop();
+}
+
 /// A client may close its connection without a word, and tiny_http does not
 /// tell the server, so the idle rule counts it as open for a while. A lone
 /// keep-alive client that comes later must keep its connection. Before the
