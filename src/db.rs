@@ -102,6 +102,16 @@ impl Durability {
             Durability::Normal => "NORMAL",
         }
     }
+
+    /// `PRAGMA fullfsync`: whether a commit's sync flushes the drive's
+    /// cache too where the OS tells the two apart (macOS, with
+    /// `F_FULLFSYNC`).
+    fn fullfsync(self) -> &'static str {
+        match self {
+            Durability::Full => "ON",
+            Durability::Normal => "OFF",
+        }
+    }
 }
 
 /// Everything that can go wrong in the store.
@@ -259,13 +269,24 @@ fn configure_connection(
         //   maintenance thread checkpoints instead, right after writes.
         // journal_size_limit: a WAL that grew past this is cut back to it
         //   whenever it is reset, even if a TRUNCATE checkpoint failed.
+        // fullfsync, checkpoint_fullfsync: on macOS, fsync leaves the data
+        //   in the drive's cache, which a power loss empties (fsync(2) there
+        //   says so); F_FULLFSYNC flushes it, as Rust's File::sync_all does
+        //   there. Commits use it when a delete must survive power loss;
+        //   checkpoints always, because the WAL is reused or cut once one
+        //   has synced the main file, and a lost write then would damage
+        //   the file rather than undo the last deletes. SQLite ignores both
+        //   on systems without F_FULLFSYNC, whose fsync flushes that cache.
         "PRAGMA foreign_keys = ON;
          PRAGMA synchronous = {};
+         PRAGMA fullfsync = {};
+         PRAGMA checkpoint_fullfsync = ON;
          PRAGMA secure_delete = ON;
          PRAGMA wal_autocheckpoint = 0;
          PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT};
          PRAGMA cache_size = -{CACHE_KIB};",
-        durability.pragma_value()
+        durability.pragma_value(),
+        durability.fullfsync()
     ))
 }
 
@@ -1093,32 +1114,43 @@ pub(crate) mod tests {
 
     #[test]
     fn every_pooled_connection_enforces_foreign_keys_and_durability() {
-        let (_dir, db) = open_temp();
-        // Hold every connection at once so that each one is a distinct
-        // connection opened by the pool, not the same one handed out again.
-        let conns: Vec<_> = (0..Settings::default().pool_size)
-            .map(|_| db.conn().unwrap())
-            .collect();
-        for conn in &conns {
-            let fk: i64 = conn
-                .pragma_query_value(None, "foreign_keys", |r| r.get(0))
-                .unwrap();
-            let sync: i64 = conn
-                .pragma_query_value(None, "synchronous", |r| r.get(0))
-                .unwrap();
-            let secure: i64 = conn
-                .pragma_query_value(None, "secure_delete", |r| r.get(0))
-                .unwrap();
-            let journal: String = conn
-                .pragma_query_value(None, "journal_mode", |r| r.get(0))
-                .unwrap();
-            let autocheckpoint: i64 = conn
-                .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
-                .unwrap();
-            assert_eq!(
-                (fk, sync, secure, journal.as_str(), autocheckpoint),
-                (1, 2, 1, "wal", 0)
-            );
+        // (durability, synchronous, fullfsync): checkpoints flush the
+        // drive's cache in both modes.
+        for (durability, synchronous, fullfsync) in
+            [(Durability::Full, 2, 1), (Durability::Normal, 1, 0)]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let settings = Settings {
+                durability,
+                ..Settings::default()
+            };
+            let db = Database::open(&dir.path().join("t.db"), &settings).unwrap();
+            // Hold every connection at once so that each one is a distinct
+            // connection opened by the pool, not the same one handed out again.
+            let conns: Vec<_> = (0..settings.pool_size)
+                .map(|_| db.conn().unwrap())
+                .collect();
+            for conn in &conns {
+                let int = |name: &str| -> i64 {
+                    conn.pragma_query_value(None, name, |r| r.get(0)).unwrap()
+                };
+                let journal: String = conn
+                    .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                    .unwrap();
+                assert_eq!(
+                    (
+                        int("foreign_keys"),
+                        int("synchronous"),
+                        int("fullfsync"),
+                        int("checkpoint_fullfsync"),
+                        int("secure_delete"),
+                        int("wal_autocheckpoint"),
+                        journal.as_str(),
+                    ),
+                    (1, synchronous, fullfsync, 1, 1, 0, "wal"),
+                    "{durability:?}"
+                );
+            }
         }
     }
 
