@@ -309,12 +309,14 @@ fn an_http_1_0_client_that_asks_for_keep_alive_is_told_so_and_kept() {
 #[test]
 fn an_http_1_1_request_that_closes_its_connection_is_told_it_closes() {
     let (addr, stop) = start_transport(2);
-    for connection in ["close", "Upgrade, HTTP2-Settings"] {
+    // The second is what Java's HttpClient sends first: an h2c upgrade.
+    for connection in [
+        "close",
+        "Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA",
+    ] {
         let mut stream = connect_for_keep_alive(addr);
-        let request = format!(
-            "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: {connection}\r\n\
-             Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
-        );
+        let request =
+            format!("GET / HTTP/1.1\r\nHost: localhost\r\nConnection: {connection}\r\n\r\n");
         stream.get_mut().write_all(request.as_bytes()).unwrap();
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).unwrap();
