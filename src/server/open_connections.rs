@@ -1,32 +1,33 @@
-//! Counts the connections to the server that are open in this process (see
+//! The connections to the server that are open in this process (see
 //! [`accepted_on`]).
 
-#[cfg(target_os = "linux")]
+use std::collections::HashSet;
 use std::net::SocketAddr;
 
-/// How many connections accepted on `port` are open in this process:
-/// connected sockets with `port` as their own end, told apart by their
-/// peer's address. Every connection that tiny_http holds is one, those
-/// waiting in its queue too, so no more can wait there (see
+/// The connections accepted on `port` that are open in this process, by
+/// their peer's address: connected sockets with `port` as their own end.
+/// Every connection that tiny_http holds is one, those waiting in its
+/// queue too, so no more can wait there (see
 /// `SpareThreads::check_the_queue`).
 ///
 /// Read from the process's descriptors, on Linux: `None` elsewhere, or if
 /// they cannot be listed. (macOS's `/dev/fd` is said to leave sockets out,
 /// and a connection missed could be left waiting in the queue.)
 #[cfg(target_os = "linux")]
-pub(super) fn accepted_on(port: u16) -> Option<usize> {
+pub(super) fn accepted_on(port: u16) -> Option<HashSet<SocketAddr>> {
     let descriptors = std::fs::read_dir("/proc/self/fd").ok()?;
     // A set, because tiny_http holds each connection twice (a descriptor to
     // read and a clone to write).
-    let peers: std::collections::HashSet<_> = descriptors
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .filter_map(|fd| peer_of_a_connection_accepted_on(fd, port))
-        .collect();
-    Some(peers.len())
+    Some(
+        descriptors
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .filter_map(|fd| peer_of_a_connection_accepted_on(fd, port))
+            .collect(),
+    )
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(super) fn accepted_on(_port: u16) -> Option<usize> {
+pub(super) fn accepted_on(_port: u16) -> Option<HashSet<SocketAddr>> {
     None
 }
 
@@ -76,31 +77,36 @@ mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
 
+    fn count(port: u16) -> Option<usize> {
+        accepted_on(port).map(|peers| peers.len())
+    }
+
     #[test]
     fn counts_the_accepted_connections_and_nothing_else() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        assert_eq!(accepted_on(addr.port()), Some(0), "the listener");
+        assert_eq!(count(addr.port()), Some(0), "the listener");
 
         // Our end of a connection to the server is not one either.
         let ours = TcpStream::connect(addr).unwrap();
-        assert_eq!(accepted_on(addr.port()), Some(0), "not accepted");
+        assert_eq!(count(addr.port()), Some(0), "not accepted");
         let (accepted, _) = listener.accept().unwrap();
-        assert_eq!(accepted_on(addr.port()), Some(1));
+        let peers = HashSet::from([ours.local_addr().unwrap()]);
+        assert_eq!(accepted_on(addr.port()), Some(peers), "known by its peer");
         // Held twice, as tiny_http holds each: still one.
         let clone = accepted.try_clone().unwrap();
-        assert_eq!(accepted_on(addr.port()), Some(1), "a clone");
+        assert_eq!(count(addr.port()), Some(1), "a clone");
         let another = TcpStream::connect(addr).unwrap();
         let (another_accepted, _) = listener.accept().unwrap();
-        assert_eq!(accepted_on(addr.port()), Some(2));
+        assert_eq!(count(addr.port()), Some(2));
         drop((accepted, clone, another_accepted));
-        assert_eq!(accepted_on(addr.port()), Some(0), "closed");
+        assert_eq!(count(addr.port()), Some(0), "closed");
 
         // Only this port's.
         let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
         let _to_elsewhere = TcpStream::connect(elsewhere.local_addr().unwrap()).unwrap();
         let (_accepted_elsewhere, _) = elsewhere.accept().unwrap();
-        assert_eq!(accepted_on(addr.port()), Some(0), "elsewhere");
+        assert_eq!(count(addr.port()), Some(0), "elsewhere");
         drop((ours, another));
     }
 }

@@ -1,6 +1,7 @@
 //! Idle connection threads kept ready in tiny_http's pool (see
 //! [`SpareThreads`]).
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,6 +98,10 @@ pub(super) struct SpareThreads {
     /// Set when a pool thread died, cleared when a thread is sent for the
     /// queue.
     lost: AtomicBool,
+    /// The open connections, by peer, when a check last set the whole
+    /// queue free: until another opens, none can wait there, and checks
+    /// send nothing (see [`SpareThreads::check_the_queue`]).
+    queue_freed_with: Mutex<Option<HashSet<SocketAddr>>>,
     stopped: Mutex<bool>,
     wake: Condvar,
 }
@@ -125,6 +130,7 @@ impl SpareThreads {
             ours: Mutex::new(Vec::new()),
             used: AtomicBool::new(false),
             lost: AtomicBool::new(false),
+            queue_freed_with: Mutex::new(None),
             stopped: Mutex::new(false),
             wake: Condvar::new(),
         })
@@ -184,7 +190,9 @@ impl SpareThreads {
                     }
                     next_refresh = Instant::now() + self.refresh_every;
                 }
-                Due::ThreadLost => self.threads_for_the_queue(1),
+                Due::ThreadLost => {
+                    self.threads_for_the_queue(1);
+                }
                 Due::Check => self.check_the_queue(),
             }
             match self.wait_for_what_is_due(next_refresh) {
@@ -236,14 +244,30 @@ impl SpareThreads {
     /// Sends as many threads for tiny_http's queue as connections could
     /// wait there: as many as are open, where we can count them (no more
     /// can wait, and each of ours sets one free), so that one check frees
-    /// the whole queue; and none while none is open, so that a quiet
-    /// server sleeps (each check wakes about a dozen threads).
+    /// the whole queue; and none while none is open, or while the same
+    /// connections are open as when a check last freed the whole queue,
+    /// so that a quiet server sleeps (each check wakes about a dozen
+    /// threads, and a browser keeps its idle connections for minutes).
+    ///
+    /// A connection can wait in the queue only from its accept on, so each
+    /// one that was open when a check freed the queue has been taken by a
+    /// thread since: only one that opened later can wait there. One that
+    /// opened from the address of one that closed since is missed until
+    /// the next client request, whose refresh frees the queue: the
+    /// addresses are read a second apart, and a peer's port is seldom
+    /// taken again that soon.
     fn check_the_queue(&self) {
-        match open_connections::accepted_on(self.target.port()) {
-            Some(0) => {}
-            Some(open) => self.threads_for_the_queue(open.min(self.count)),
-            None => self.threads_for_the_queue(CHECK_CONNECTIONS),
+        let Some(open) = open_connections::accepted_on(self.target.port()) else {
+            self.threads_for_the_queue(CHECK_CONNECTIONS);
+            return;
+        };
+        if open.is_empty() || lock(&self.queue_freed_with).as_ref() == Some(&open) {
+            return;
         }
+        let wanted = open.len().min(self.count);
+        let answered = self.threads_for_the_queue(wanted);
+        let whole_queue = open.len() <= self.count && answered == Some(wanted);
+        *lock(&self.queue_freed_with) = whole_queue.then_some(open);
     }
 
     /// Makes `self.count` spares: returns how many are ready.
@@ -276,10 +300,12 @@ impl SpareThreads {
     ///   up to 2 s behind 70 and 10 s behind 100, in a quarter to half of
     ///   the rounds. Without spares (the process may start few threads),
     ///   no check runs: each starts threads.
-    fn threads_for_the_queue(&self, count: usize) {
-        if let Err(e) = self.hold_then_close(count) {
-            log::debug!("could not send a thread for tiny_http's queue: {e}");
-        }
+    ///
+    /// Returns how many of ours were answered, `None` on an error.
+    fn threads_for_the_queue(&self, count: usize) -> Option<usize> {
+        self.hold_then_close(count)
+            .inspect_err(|e| log::debug!("could not send a thread for tiny_http's queue: {e}"))
+            .ok()
     }
 
     /// Holds connections until `count` are answered (see
@@ -524,33 +550,57 @@ mod tests {
     }
 
     /// A quiet server with spares still sends threads for the queue now
-    /// and then while a connection is open; once a client request came, it
-    /// waits for the refresh instead.
+    /// and then while a connection is open: at every check where the open
+    /// connections are not counted, and on Linux when one has opened since
+    /// the last check. Once a client request came, it waits for the
+    /// refresh instead.
     #[test]
-    fn threads_come_for_the_queue_every_check_while_no_request_comes() {
+    fn threads_come_for_the_queue_while_no_request_comes() {
         let (addr, accepted) = answering_listener();
-        let spares = spares_for(addr, 1, NEVER, Duration::from_millis(50));
+        let spares = spares_for(addr, 2, NEVER, Duration::from_millis(50));
         // A client's, which sends nothing (the answering listener is in
         // this process, like a server's connections).
         let _idle = TcpStream::connect(addr).unwrap();
         assert!(connections_reach(&accepted, 1, Duration::from_secs(5)));
+        // The number of connections once it has stayed the same for 10
+        // checks.
+        let settled = || {
+            let mut last = accepted.load(Ordering::SeqCst);
+            for _ in 0..10 {
+                std::thread::sleep(10 * spares.check_every);
+                let now = accepted.load(Ordering::SeqCst);
+                if now == last {
+                    return now;
+                }
+                last = now;
+            }
+            panic!("checks for the same open connection never stopped: {last}");
+        };
         while_running(&spares, || {
             let started = Instant::now();
-            // The idle one, the spare at start, then two checks: one
-            // connection each where the open ones are counted (one is).
-            let per_check = if cfg!(target_os = "linux") {
-                1
+            if cfg!(target_os = "linux") {
+                // The idle one, the 2 spares at start, then a check: one
+                // connection, as one is open.
+                assert!(connections_reach(&accepted, 4, Duration::from_secs(5)));
+                let before = settled();
+                let _another = TcpStream::connect(addr).unwrap();
+                // The new one, and a check for the two now open.
+                assert!(connections_reach(
+                    &accepted,
+                    before + 3,
+                    Duration::from_secs(5)
+                ));
             } else {
-                CHECK_CONNECTIONS
-            };
-            let checked_twice = 2 + 2 * per_check;
-            assert!(connections_reach(
-                &accepted,
-                checked_twice,
-                Duration::from_secs(5)
-            ));
-            // A check apart, not all at once.
-            assert!(started.elapsed() >= 2 * spares.check_every);
+                // The idle one, the spares at start, then two checks.
+                let checked_twice = 3 + 2 * CHECK_CONNECTIONS;
+                assert!(connections_reach(
+                    &accepted,
+                    checked_twice,
+                    Duration::from_secs(5)
+                ));
+                // A check apart, not all at once.
+                assert!(started.elapsed() >= 2 * spares.check_every);
+            }
 
             spares.request_received();
             // Time for a check already under way to end.
@@ -587,6 +637,31 @@ mod tests {
         // Each of ours was answered before the check returned.
         spares.check_the_queue();
         assert_eq!(accepted.load(Ordering::SeqCst), 2 * open);
+
+        // Once ours have closed, the same connections are open as when
+        // that check freed the queue: none can wait there.
+        let only_theirs = |count: usize| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while open_connections::accepted_on(addr.port()).map(|peers| peers.len()) != Some(count)
+            {
+                assert!(Instant::now() < deadline, "ours never closed");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        only_theirs(open);
+        spares.check_the_queue();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2 * open, "sent again");
+
+        // A new one may wait there: threads for all that are open.
+        let _new = TcpStream::connect(addr).unwrap();
+        assert!(connections_reach(
+            &accepted,
+            2 * open + 1,
+            Duration::from_secs(5)
+        ));
+        only_theirs(open + 1);
+        spares.check_the_queue();
+        assert_eq!(accepted.load(Ordering::SeqCst), 3 * open + 2);
     }
 
     /// Spares for `addr` that refresh and check at these intervals.

@@ -930,44 +930,63 @@ fn a_request_behind_a_burst_of_connections_that_send_nothing_is_answered() {
     }
 }
 
-/// The checks of the test above run only while a connection is open:
-/// nothing can wait in tiny_http's queue otherwise. So a quiet server with
-/// no connection open sleeps. With 4 connections open its threads woke
-/// about 40 times a second (each check wakes about a dozen), and with none
-/// about 3 (upkeep and the file watch, once a second each).
+/// The checks of the test above run only while a connection is open, and
+/// send threads only when one has opened since the last: nothing new can
+/// wait in tiny_http's queue otherwise. So a quiet server sleeps, also
+/// while a browser keeps its idle connections open. With 4 connections
+/// open its threads woke about 40 times a second (each check wakes about a
+/// dozen), and with none about 3 (upkeep and the file watch, once a
+/// second each).
 #[cfg(target_os = "linux")]
 #[test]
-fn a_quiet_server_sleeps_while_no_connection_is_open() {
+fn a_quiet_server_sleeps_while_no_connection_opens() {
     let server = TestServer::start_with(&["--log-level", "debug"]);
     server.log_with(&["spare connection threads ready"]);
     let watch = Duration::from_secs(3);
-    let woken_while = |open: Vec<TcpStream>| {
+    let woken_while = |opening: &dyn Fn()| {
         let before = thread_wake_ups(server.pid());
-        std::thread::sleep(watch);
-        let woken = wake_ups_since(&before, server.pid());
-        drop(open);
-        woken
+        opening();
+        wake_ups_since(&before, server.pid())
     };
+    let nothing_opens = || std::thread::sleep(watch);
     // The spares' own connections may still be winding down when they are
     // reported ready (36 wake-ups in the first 3 s once, in CI): the
     // quieter of two windows. Checks that ran with none open would fill both.
-    let quiet = woken_while(vec![]).min(woken_while(vec![]));
-    let open = woken_while(
-        (0..4)
-            .map(|_| TcpStream::connect(server.addr).unwrap())
-            .collect(),
-    );
+    let quiet = woken_while(&nothing_opens).min(woken_while(&nothing_opens));
     assert!(
         quiet.0 < 30,
         "{} wake-ups in {watch:?} with no connection: {}",
         quiet.0,
         quiet.1
     );
+
+    let open: Vec<_> = (0..4)
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
+    // The check that sends threads for them, and its connections' end.
+    std::thread::sleep(Duration::from_secs(2));
+    let kept_open = woken_while(&nothing_opens);
     assert!(
-        open.0 > 60,
-        "{} wake-ups in {watch:?} with connections open, no checks? {}",
-        open.0,
-        open.1
+        kept_open.0 < 30,
+        "{} wake-ups in {watch:?} with the same connections open: {}",
+        kept_open.0,
+        kept_open.1
+    );
+
+    let more = std::sync::Mutex::new(open);
+    let opening = woken_while(&|| {
+        let started = Instant::now();
+        while started.elapsed() < watch {
+            let stream = TcpStream::connect(server.addr).unwrap();
+            more.lock().unwrap().push(stream);
+            std::thread::sleep(watch / 12);
+        }
+    });
+    assert!(
+        opening.0 > 60,
+        "{} wake-ups in {watch:?} with connections opening, no checks? {}",
+        opening.0,
+        opening.1
     );
 }
 
