@@ -98,10 +98,10 @@ pub(super) struct SpareThreads {
     /// Set when a pool thread died, cleared when a thread is sent for the
     /// queue.
     lost: AtomicBool,
-    /// The open connections, by peer, when a check last set the whole
-    /// queue free: until another opens, none can wait there, and checks
-    /// send nothing (see [`SpareThreads::check_the_queue`]).
-    queue_freed_with: Mutex<Option<HashSet<SocketAddr>>>,
+    /// The open connections, by peer, at the last check, and how many
+    /// threads checks have sent for the queue since they last changed (see
+    /// [`SpareThreads::check_the_queue`]).
+    checked: Mutex<(HashSet<SocketAddr>, usize)>,
     stopped: Mutex<bool>,
     wake: Condvar,
 }
@@ -130,7 +130,7 @@ impl SpareThreads {
             ours: Mutex::new(Vec::new()),
             used: AtomicBool::new(false),
             lost: AtomicBool::new(false),
-            queue_freed_with: Mutex::new(None),
+            checked: Mutex::new((HashSet::new(), 0)),
             stopped: Mutex::new(false),
             wake: Condvar::new(),
         })
@@ -243,31 +243,39 @@ impl SpareThreads {
 
     /// Sends as many threads for tiny_http's queue as connections could
     /// wait there: as many as are open, where we can count them (no more
-    /// can wait, and each of ours sets one free), so that one check frees
-    /// the whole queue; and none while none is open, or while the same
-    /// connections are open as when a check last freed the whole queue,
-    /// so that a quiet server sleeps (each check wakes about a dozen
-    /// threads, and a browser keeps its idle connections for minutes).
+    /// can wait, and each of ours sets one free), up to `self.count` a
+    /// check; and none once as many have been sent since the same
+    /// connections have been open, and so none while none is, so that a
+    /// quiet server sleeps (each check wakes about a dozen threads, and a
+    /// browser keeps its idle connections for minutes).
     ///
-    /// A connection can wait in the queue only from its accept on, so each
-    /// one that was open when a check freed the queue has been taken by a
-    /// thread since: only one that opened later can wait there. One that
-    /// opened from the address of one that closed since is missed until
-    /// the next client request, whose refresh frees the queue: the
-    /// addresses are read a second apart, and a peer's port is seldom
-    /// taken again that soon.
+    /// A connection can wait in the queue only from its accept on, so
+    /// once a thread has been sent for each that is open, only one that
+    /// opens later can wait there. One that opens from the address of one
+    /// that closed since is missed until the next client request, whose
+    /// refresh frees the queue: the addresses are read a second apart, and
+    /// a peer's port is seldom taken again that soon.
     fn check_the_queue(&self) {
         let Some(open) = open_connections::accepted_on(self.target.port()) else {
             self.threads_for_the_queue(CHECK_CONNECTIONS);
             return;
         };
-        if open.is_empty() || lock(&self.queue_freed_with).as_ref() == Some(&open) {
-            return;
-        }
-        let wanted = open.len().min(self.count);
-        let answered = self.threads_for_the_queue(wanted);
-        let whole_queue = open.len() <= self.count && answered == Some(wanted);
-        *lock(&self.queue_freed_with) = whole_queue.then_some(open);
+        let sent_before = {
+            let checked = lock(&self.checked);
+            if checked.0 == open { checked.1 } else { 0 }
+        };
+        let wanted = open.len().saturating_sub(sent_before).min(self.count);
+        let sent = if wanted == 0 {
+            sent_before
+        } else {
+            // Unless all were answered, count none: some may not have
+            // reached a thread.
+            match self.threads_for_the_queue(wanted) {
+                Some(answered) if answered == wanted => sent_before + wanted,
+                _ => 0,
+            }
+        };
+        *lock(&self.checked) = (open, sent);
     }
 
     /// Makes `self.count` spares: returns how many are ready.
@@ -640,15 +648,7 @@ mod tests {
 
         // Once ours have closed, the same connections are open as when
         // that check freed the queue: none can wait there.
-        let only_theirs = |count: usize| {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while open_connections::accepted_on(addr.port()).map(|peers| peers.len()) != Some(count)
-            {
-                assert!(Instant::now() < deadline, "ours never closed");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        };
-        only_theirs(open);
+        only_theirs_open(addr, open);
         spares.check_the_queue();
         assert_eq!(accepted.load(Ordering::SeqCst), 2 * open, "sent again");
 
@@ -659,9 +659,39 @@ mod tests {
             2 * open + 1,
             Duration::from_secs(5)
         ));
-        only_theirs(open + 1);
+        only_theirs_open(addr, open + 1);
         spares.check_the_queue();
         assert_eq!(accepted.load(Ordering::SeqCst), 3 * open + 2);
+    }
+
+    /// More connections than one check sends threads for get threads over
+    /// as many checks as it takes, and then no more.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn checks_send_a_thread_for_each_of_more_connections_than_one_check_can() {
+        let (addr, accepted) = answering_listener();
+        let spares = SpareThreads::new(addr, 4).unwrap();
+        let open = 10;
+        let _idle: Vec<_> = (0..open)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        assert!(connections_reach(&accepted, open, Duration::from_secs(5)));
+        for sent in [4, 8, 10, 10] {
+            only_theirs_open(addr, open);
+            spares.check_the_queue();
+            assert_eq!(accepted.load(Ordering::SeqCst), open + sent);
+        }
+    }
+
+    /// Waits until `count` connections to `addr` are open in this process,
+    /// with any of ours closed.
+    #[cfg(target_os = "linux")]
+    fn only_theirs_open(addr: SocketAddr, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while open_connections::accepted_on(addr.port()).map(|peers| peers.len()) != Some(count) {
+            assert!(Instant::now() < deadline, "ours never closed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Spares for `addr` that refresh and check at these intervals.
