@@ -241,13 +241,13 @@ impl SpareThreads {
         }
     }
 
-    /// Sends as many threads for tiny_http's queue as connections could
-    /// wait there: as many as are open, where we can count them (no more
-    /// can wait, and each of ours sets one free), up to `self.count` a
-    /// check; and none once as many have been sent since the same
-    /// connections have been open, and so none while none is, so that a
-    /// quiet server sleeps (each check wakes about a dozen threads, and a
-    /// browser keeps its idle connections for minutes).
+    /// Sends threads for tiny_http's queue, as many as connections could
+    /// wait there. Where the open connections can be counted: one for each
+    /// (no more can wait, and each of ours sets one free), at most
+    /// `self.count` a check, until one has been sent for each since they
+    /// last changed. So a quiet server sleeps while no connection opens,
+    /// whether none is open or a browser keeps its idle ones (for
+    /// minutes): each check that sends wakes about a dozen threads.
     ///
     /// A connection can wait in the queue only from its accept on, so
     /// once a thread has been sent for each that is open, only one that
