@@ -184,7 +184,7 @@ def run_http_client(port: int, token: str, chats: list[int], db: Path) -> None:
                                headers={"Cookie": f"neptun-session={token}", "Connection": "close"})
             answer = connection.getresponse()
             answers.append((answer.status, answer.read().decode()[:40]))
-        except OSError as e:
+        except (OSError, http.client.HTTPException) as e:
             answers.append((type(e).__name__, str(e)))
     connection.close()
     check("http.client: Connection: close three times on one HTTPConnection, all answered",

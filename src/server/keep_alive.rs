@@ -400,8 +400,23 @@ mod tests {
                 said
             );
         }
-        // One that asks to close, or for an upgrade, is told it closes;
-        // HTTP/1.0 without keep-alive closes by default and is told nothing.
+        // Nor does it count as open for the idle rule.
+        let idle = KeepAlive::new(LIFETIME..=LIFETIME);
+        assert!(!answer(&idle, 2, &kept, t0));
+        assert!(!answer(&idle, 3, &Request::new("GET", "/", &[]), t0));
+        let mut closing = kept.clone();
+        closing.headers.clear();
+        assert!(!persists_as_http_1_0(&closing));
+    }
+
+    /// An HTTP/1.1 request that asks to close, or for an upgrade, is told
+    /// its connection closes; HTTP/1.0 without keep-alive closes by
+    /// default and is told nothing.
+    #[test]
+    fn a_request_after_which_tiny_http_closes_is_told_so_in_http_1_1() {
+        let policy = busy_policy();
+        let t0 = Instant::now();
+        let keep_alive = Request::new("GET", "/", &[]);
         let mut upgrading = keep_alive.clone();
         upgrading.headers = vec![(
             "connection".to_owned(),
@@ -420,13 +435,6 @@ mod tests {
             policy.request_received();
             assert_eq!(policy.connection_header(Some(peer(10)), &request, t0), said);
         }
-        // Nor does it count as open for the idle rule.
-        let idle = KeepAlive::new(LIFETIME..=LIFETIME);
-        assert!(!answer(&idle, 2, &kept, t0));
-        assert!(!answer(&idle, 3, &Request::new("GET", "/", &[]), t0));
-        let mut closing = kept.clone();
-        closing.headers.clear();
-        assert!(!persists_as_http_1_0(&closing));
     }
 
     #[test]

@@ -98,10 +98,8 @@ pub(super) struct SpareThreads {
     /// Set when a pool thread died, cleared when a thread is sent for the
     /// queue.
     lost: AtomicBool,
-    /// The open connections, by peer, at the last check, and how many
-    /// threads checks have sent for the queue since they last changed (see
-    /// [`SpareThreads::check_the_queue`]).
-    checked: Mutex<(HashSet<SocketAddr>, usize)>,
+    /// What the last check found (see [`SpareThreads::check_the_queue`]).
+    checked: Mutex<Checked>,
     stopped: Mutex<bool>,
     wake: Condvar,
 }
@@ -130,7 +128,7 @@ impl SpareThreads {
             ours: Mutex::new(Vec::new()),
             used: AtomicBool::new(false),
             lost: AtomicBool::new(false),
-            checked: Mutex::new((HashSet::new(), 0)),
+            checked: Mutex::new(Checked::default()),
             stopped: Mutex::new(false),
             wake: Condvar::new(),
         })
@@ -262,7 +260,11 @@ impl SpareThreads {
         };
         let sent_before = {
             let checked = lock(&self.checked);
-            if checked.0 == open { checked.1 } else { 0 }
+            if checked.open == open {
+                checked.threads_sent
+            } else {
+                0
+            }
         };
         let wanted = open.len().saturating_sub(sent_before).min(self.count);
         let sent = if wanted == 0 {
@@ -275,7 +277,10 @@ impl SpareThreads {
                 _ => 0,
             }
         };
-        *lock(&self.checked) = (open, sent);
+        *lock(&self.checked) = Checked {
+            open,
+            threads_sent: sent,
+        };
     }
 
     /// Makes `self.count` spares: returns how many are ready.
@@ -396,6 +401,14 @@ fn send_and_await_answer(mut stream: &TcpStream, marker: &str) -> io::Result<boo
         }
     }
     Ok(true)
+}
+
+/// The open connections at the last check, and how many threads checks
+/// have sent for the queue since they last changed.
+#[derive(Default)]
+struct Checked {
+    open: HashSet<SocketAddr>,
+    threads_sent: usize,
 }
 
 /// What [`SpareThreads::run`] does next.
