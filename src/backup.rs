@@ -178,7 +178,7 @@ pub fn back_up(from: &Connection, out: &Path, stop: &Stop) -> Result<Backup, Err
         OpenOptions::new()
             .write(true)
             .open(&partial)
-            .and_then(|file| file.sync_all())
+            .and_then(|file| sync_to_disk(&file))
             .map_err(|e| unconfirmed(format!("sync: {e}")))?;
         let chats = {
             let copy =
@@ -200,7 +200,7 @@ pub fn back_up(from: &Connection, out: &Path, stop: &Stop) -> Result<Backup, Err
         if cfg!(unix) {
             // The new name, durable.
             File::open(dir.unwrap_or(Path::new(".")))
-                .and_then(|dir| dir.sync_all())
+                .and_then(|dir| sync_to_disk(&dir))
                 .map_err(|e| Error::NameNotSynced {
                     out: out.to_owned(),
                     e,
@@ -217,6 +217,50 @@ pub fn back_up(from: &Connection, out: &Path, stop: &Stop) -> Result<Backup, Err
         stop.go_on(None)?;
     }
     result
+}
+
+/// Puts `file` (or a directory's entries) on disk.
+///
+/// On macOS, `sync_all` asks the drive to empty its cache too
+/// (`F_FULLFSYNC`), which some file systems refuse: SMB shares and NTFS
+/// with `ENOTSUP`, WebDAV with `EINVAL`, ZFS with `ENOTTY` (Apple's sources,
+/// as read for libuv's pull request 2135). A backup to a NAS would then
+/// fail although the file system can sync. There, as SQLite, libuv and
+/// Go's `File.Sync` do, a plain `fsync` is the most that can be had.
+fn sync_to_disk(file: &File) -> io::Result<()> {
+    let synced = file.sync_all();
+    #[cfg(target_vendor = "apple")]
+    let synced = fall_back_if_unsupported(synced, || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fsync only reads the descriptor, which `file` keeps open.
+        match unsafe { libc::fsync(file.as_raw_fd()) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    });
+    synced
+}
+
+/// `synced`, or `plain`'s result where `synced` failed because the file
+/// system does not do that kind of sync. Any other failure stands: after an
+/// `EIO` a second sync may report success for data that never reached the
+/// disk (the kernel has already dropped the pages it could not write).
+#[cfg(any(test, target_vendor = "apple"))]
+fn fall_back_if_unsupported(
+    synced: io::Result<()>,
+    plain: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    match synced {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTSUP | libc::EINVAL | libc::ENOTTY)
+            ) =>
+        {
+            plain()
+        }
+        other => other,
+    }
 }
 
 /// Where the copy is written until it has been checked: `OUT.partial`.
@@ -263,6 +307,31 @@ fn check(copy: &Connection) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sync_the_file_system_does_not_do_falls_back_and_a_failed_one_stands() {
+        let os = io::Error::from_raw_os_error;
+        for refused in [libc::ENOTSUP, libc::EINVAL, libc::ENOTTY] {
+            let mut tried = false;
+            let result = fall_back_if_unsupported(Err(os(refused)), || {
+                tried = true;
+                Ok(())
+            });
+            assert!(result.is_ok() && tried, "errno {refused}: no fallback");
+            let result = fall_back_if_unsupported(Err(os(refused)), || Err(os(libc::EIO)));
+            assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EIO));
+        }
+        for failed in [Err(os(libc::EIO)), Err(os(libc::ENOSPC)), Ok(())] {
+            let expected = failed.as_ref().map_err(|e| e.raw_os_error()).copied();
+            let mut tried = false;
+            let result = fall_back_if_unsupported(failed, || {
+                tried = true;
+                Ok(())
+            });
+            assert!(!tried, "{expected:?}: fell back");
+            assert_eq!(result.map_err(|e| e.raw_os_error()), expected);
+        }
+    }
 
     /// `VACUUM INTO` gives no way to write a bad copy on demand, so the
     /// read-back is tried on bad files made by hand.
