@@ -280,6 +280,9 @@ pub enum Error {
     /// A command that only reads or changes existing data was pointed at a
     /// file that does not exist.
     NoDatabase(PathBuf),
+    /// Such a command was pointed at an empty file, which SQLite would take
+    /// for a new database and write one into.
+    EmptyDatabaseFile(PathBuf),
     /// The database file would be created in a directory that does not exist.
     NoDirectory {
         path: PathBuf,
@@ -388,6 +391,13 @@ impl fmt::Display for Error {
                     "; is --db right? `neptun-local serve` or `neptun-local user add` creates one",
                 ))
             }
+            Error::EmptyDatabaseFile(path) => write!(
+                f,
+                "{}: the file is empty, so it holds no database. If it held one, something \
+                 cut it to nothing: `neptun-local restore BACKUP` puts a backup in it. \
+                 `neptun-local serve` or `neptun-local user add` makes a new database there",
+                path.display()
+            ),
             Error::NoDirectory { path, dir } => write!(
                 f,
                 "{}: the directory {} does not exist{}",
@@ -578,10 +588,15 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Database::open(&cli.db, settings).map_err(|source| failed_to_open(&cli.db, source))
     };
     // The other commands read or change what is there: run on a mistyped
-    // path, they would create an empty file and report on it.
+    // path, they would create an empty file and report on it. Nor do they
+    // make a database in an empty file: it may be one that lost its data
+    // (to a failed copy, say), which `doctor` must report, not mend.
     let open_existing = || {
         if !cli.db.exists() {
             return Err(Error::NoDatabase(cli.db.clone()));
+        }
+        if db::is_empty_file(&cli.db) {
+            return Err(Error::EmptyDatabaseFile(cli.db.clone()));
         }
         open(&db::Settings::default())
     };

@@ -30,7 +30,7 @@ pub use access::shell_word;
 #[cfg(unix)]
 pub use file::permission_bits;
 pub use file::{
-    Identity, NotAFile, create_owner_only, database_files, describe, identity,
+    Identity, NotAFile, create_owner_only, database_files, describe, identity, is_empty_file,
     is_rollback_journal_file, is_wal_file, more_than_one_name, names_a_directory, not_a_file,
     open_to_other_users, resolved_path, side_file, side_file_open_to_other_users, sqlite_path,
 };

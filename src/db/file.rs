@@ -40,6 +40,12 @@ pub fn unknown_write_version(path: &Path) -> Option<u8> {
     (header.starts_with(b"SQLite format 3\0") && version > 2).then_some(version)
 }
 
+/// Whether `path` is a regular file of no bytes. SQLite takes it for a new
+/// database, and deletes a `-wal` beside it when it opens it.
+pub fn is_empty_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0)
+}
+
 /// The first `N` bytes of the regular file at `path`. Nothing else is
 /// opened: opening a FIFO to read blocks until something writes to it.
 fn first_bytes<const N: usize>(path: &Path) -> Option<[u8; N]> {

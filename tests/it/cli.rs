@@ -1152,7 +1152,7 @@ fn chat_add_makes_a_chat_that_chat_list_shows_and_the_api_deletes() {
 /// path with no file, says so and creates nothing: before, `doctor` created
 /// an empty database there and reported it healthy.
 #[test]
-fn commands_on_existing_data_refuse_a_missing_file_and_create_nothing() {
+fn commands_on_existing_data_refuse_a_missing_or_empty_file_and_create_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("typo.db");
     let token = "0".repeat(64);
@@ -1177,6 +1177,47 @@ fn commands_on_existing_data_refuse_a_missing_file_and_create_nothing() {
         let created: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(created.is_empty(), "{args:?} created {created:?}");
     }
+
+    // An empty file, which SQLite would take for a new database: one that
+    // lost its data, say. No command that reads or changes data writes a
+    // database into it, `doctor` and `backup` included.
+    let empty = dir.path().join("empty.db");
+    std::fs::File::create(&empty).unwrap();
+    let backup = dir.path().join("copy.db");
+    let backup_args = ["backup", backup.to_str().unwrap()];
+    for args in commands.iter().copied().chain([&backup_args[..]]) {
+        let out = run_cli(&empty, args, None);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("empty.db: the file is empty, so it holds no database")
+                && err.contains("`neptun-local restore BACKUP` puts a backup in it"),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+        assert_eq!(
+            std::fs::metadata(&empty).unwrap().len(),
+            0,
+            "{args:?} wrote"
+        );
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(files, ["empty.db"], "{args:?}");
+    }
+    // A restore puts a database in it, as it does in a new file.
+    let source = dir.path().join("source.db");
+    assert!(
+        run_cli(&source, &["user", "add", "alice"], None)
+            .status
+            .success()
+    );
+    assert!(run_cli(&source, &backup_args, None).status.success());
+    let out = run_cli(&empty, &["restore", backup.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let out = run_cli(&empty, &["user", "list"], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("alice"));
 
     // The default name, run from a directory without it (not the one the
     // server ran in): the message says which directory was looked in.
