@@ -33,6 +33,9 @@ pub(super) fn serve(
         &args.allow_origins,
     )
     .map_err(Error::Policy)?;
+    // SQLite takes an empty file for a new database, as the commands that
+    // create one do; but a database file is seldom empty by intent.
+    let was_empty = db::is_empty_file(db_path);
     let db = open(&db::Settings {
         busy_timeout: args.busy_timeout,
         pool_size: u32::from(args.workers).min(db::MAX_POOL_SIZE),
@@ -51,6 +54,15 @@ pub(super) fn serve(
     // "where is my neptun.db?" is the usual question.
     let full_path = std::path::absolute(db_path).unwrap_or_else(|_| db_path.to_owned());
     log::info!("database {}", db::describe(&full_path, db_path));
+    if was_empty {
+        // Every request would then get 401, and the advice to mint a
+        // session would hide that the data is gone.
+        log::warn!(
+            "the database file was empty, so a new database was made in it; if it held \
+             data, something cut it to nothing: `neptun-local restore BACKUP` puts a \
+             backup in it, even while the server runs"
+        );
+    }
     // Warned of at every start, not only by `doctor`: a server is started
     // far more often than a database is checked. Their commands name the
     // file in full, for a log read elsewhere (systemd's journal).

@@ -1286,6 +1286,35 @@ fn a_start_on_a_database_where_no_session_can_sign_in_says_how_to_mint_one() {
     assert!(!start_up(&demo).contains("no session"), "--demo");
 }
 
+#[test]
+fn a_server_started_on_an_empty_file_makes_a_database_in_it_and_warns() {
+    let warning = "the database file was empty, so a new database was made in it; if it \
+                   held data, something cut it to nothing: `neptun-local restore BACKUP` \
+                   puts a backup in it, even while the server runs";
+    let start_up = |server: &TestServer| {
+        server.request("GET", "/nowhere", &[]);
+        server.log_with(&[" INFO  database ", "GET /nowhere 404 "])
+    };
+    let fresh = TestServer::start();
+    assert!(!start_up(&fresh).contains("was empty"), "a new file");
+
+    let dir = tempfile::tempdir().unwrap();
+    let emptied = dir.path().join("emptied.db");
+    std::fs::File::create(&emptied).unwrap();
+    let server = TestServer::start_in(dir, emptied, &[]);
+    let log = start_up(&server);
+    assert!(log.contains(&format!("WARN  {warning}")), "{log}");
+    // It serves the database it made there.
+    let db = server.db();
+    add_user(&db, "alice");
+    let token = login(&db, "alice");
+    server
+        .delete("/api/users/alice/chats/1", &token)
+        .assert_error(404, "Not Found");
+    let server = server.restart(&[]);
+    assert!(!start_up(&server).contains("was empty"), "a restart");
+}
+
 #[cfg(unix)]
 #[test]
 fn the_demo_prints_a_working_curl_command_and_reseeds_idempotently() {
