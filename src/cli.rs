@@ -393,8 +393,7 @@ impl fmt::Display for Error {
             }
             Error::EmptyDatabaseFile(path) => write!(
                 f,
-                "{}: the file is empty, so it holds no database. If it held one, something \
-                 cut it to nothing: `neptun-local restore BACKUP` puts a backup in it. \
+                "{}: the file is empty, so it holds no database. {IF_IT_HELD_DATA}. \
                  `neptun-local serve` or `neptun-local user add` makes a new database there",
                 path.display()
             ),
@@ -550,6 +549,12 @@ where
     };
     Err(command.error(clap::error::ErrorKind::ArgumentConflict, message))
 }
+
+/// What to do about a database file found empty, which a server makes a
+/// new database in and the other commands refuse.
+const IF_IT_HELD_DATA: &str = "If it held data, something cut it to nothing: \
+                               `neptun-local restore BACKUP` puts a backup in it, \
+                               even while a server runs on it";
 
 /// The advice that ends a message about a missing `--db`: `usual`, unless
 /// `path` begins with a `~` that nothing expanded. A shell expands it only

@@ -58,9 +58,8 @@ pub(super) fn serve(
         // Every request would then get 401, and the advice to mint a
         // session would hide that the data is gone.
         log::warn!(
-            "the database file was empty, so a new database was made in it; if it held \
-             data, something cut it to nothing: `neptun-local restore BACKUP` puts a \
-             backup in it, even while the server runs"
+            "the database file was empty, so a new database was made in it. {}",
+            super::IF_IT_HELD_DATA
         );
     }
     // Warned of at every start, not only by `doctor`: a server is started

@@ -1288,9 +1288,9 @@ fn a_start_on_a_database_where_no_session_can_sign_in_says_how_to_mint_one() {
 
 #[test]
 fn a_server_started_on_an_empty_file_makes_a_database_in_it_and_warns() {
-    let warning = "the database file was empty, so a new database was made in it; if it \
+    let warning = "the database file was empty, so a new database was made in it. If it \
                    held data, something cut it to nothing: `neptun-local restore BACKUP` \
-                   puts a backup in it, even while the server runs";
+                   puts a backup in it, even while a server runs on it";
     let start_up = |server: &TestServer| {
         server.request("GET", "/nowhere", &[]);
         server.log_with(&[" INFO  database ", "GET /nowhere 404 "])
