@@ -1149,8 +1149,9 @@ fn chat_add_makes_a_chat_that_chat_list_shows_and_the_api_deletes() {
 }
 
 /// A command that only reads or changes what is in the file, pointed at a
-/// path with no file, says so and creates nothing: before, `doctor` created
-/// an empty database there and reported it healthy.
+/// path with no file or an empty one, says so and creates nothing: before,
+/// `doctor` created an empty database there and reported it healthy (in an
+/// empty file, until 2026-11-29).
 #[test]
 fn commands_on_existing_data_refuse_a_missing_or_empty_file_and_create_nothing() {
     let dir = tempfile::tempdir().unwrap();
