@@ -1219,6 +1219,13 @@ fn commands_on_existing_data_refuse_a_missing_or_empty_file_and_create_nothing()
     assert!(out.status.success(), "{}", stderr_of(&out));
     let out = run_cli(&empty, &["user", "list"], None);
     assert!(String::from_utf8_lossy(&out.stdout).contains("alice"));
+    // So does `user add`, the other command that makes a database.
+    let emptied = dir.path().join("emptied.db");
+    std::fs::File::create(&emptied).unwrap();
+    let out = run_cli(&emptied, &["user", "add", "bob"], None);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let out = run_cli(&emptied, &["user", "list"], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bob"));
 
     // The default name, run from a directory without it (not the one the
     // server ran in): the message says which directory was looked in.
