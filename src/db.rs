@@ -9,7 +9,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{FairMutex, FairMutexGuard};
 use r2d2_sqlite::SqliteConnectionManager;
@@ -391,6 +391,10 @@ fn wal_beyond_reach(path: &Path, wal: &Path) -> String {
 /// Pages `replace_with` copies a step: 4 MiB of 4 KiB pages, some
 /// milliseconds of work.
 const PAGES_PER_COPY_STEP: std::ffi::c_int = 1024;
+
+/// How long a restore waits for the write lock before it asks again
+/// whether to go on: how late a stop can be heard during that wait.
+const LOCK_WAIT_SLICE: Duration = Duration::from_millis(100);
 
 /// Bytes the WAL file is cut back to when it is reset (see
 /// `configure_connection`). Above what it reaches under load between two
@@ -909,7 +913,8 @@ impl Database {
     /// `vet` first sees the database as the copy will replace it, on another
     /// connection, once the copy holds the write lock: nothing can commit
     /// between what it saw and the copy. If it refuses, nothing is copied,
-    /// and its error comes back inside `Ok`. `go_on` is asked before each
+    /// and its error comes back inside `Ok`. `go_on` is asked while the copy
+    /// waits for the write lock (every `LOCK_WAIT_SLICE`) and before each
     /// step of the copy; its error ends it the same way, rolled back.
     pub fn replace_with<T, E>(
         &self,
@@ -924,13 +929,29 @@ impl Database {
         let look = self.conn()?;
         let busy = || Error::Busy("another connection kept the database locked".to_owned());
         let copied = (|| {
-            let backup = Backup::new(from, &mut conn)?;
-            // No page yet: this step only takes the write lock, which the
-            // backup keeps until it is done (dropped before that, it rolls
-            // back). It waits the busy timeout for the lock.
-            if let StepResult::Busy | StepResult::Locked = backup.step(0)? {
-                return Err(busy());
-            }
+            // The write lock, waited for up to the busy timeout, a slice at
+            // a time with `go_on` asked between slices: another connection
+            // may hold it for long (a `sqlite3` shell in a transaction), and
+            // a stop asked meanwhile must not wait for the timeout to pass.
+            let deadline = Instant::now() + self.settings.busy_timeout;
+            let backup = loop {
+                if let Err(e) = go_on() {
+                    return Ok(Err(e));
+                }
+                let slice = deadline.saturating_duration_since(Instant::now());
+                conn.busy_timeout(slice.min(LOCK_WAIT_SLICE))?;
+                let backup = Backup::new(from, &mut conn)?;
+                // No page yet: this step only takes the write lock, which
+                // the backup keeps until it is done (dropped before that, it
+                // rolls back).
+                match backup.step(0)? {
+                    StepResult::Busy | StepResult::Locked if slice.is_zero() => {
+                        return Err(busy());
+                    }
+                    StepResult::Busy | StepResult::Locked => {}
+                    _ => break backup,
+                }
+            };
             let verdict = match vet(&look) {
                 Ok(verdict) => verdict,
                 Err(e) => return Ok(Err(e)),
@@ -949,7 +970,10 @@ impl Database {
                 }
             }
         })();
+        // Back in the pool, the connection waits as every other one does.
+        let waits_again = conn.busy_timeout(self.settings.busy_timeout);
         let verdict = copied.map_err(|e| explain_access(&self.path, explain_full(&conn, e)))?;
+        waits_again?;
         if verdict.is_ok() {
             self.wake_upkeep();
         }

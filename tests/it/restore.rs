@@ -1065,3 +1065,94 @@ fn a_restore_stopped_by_a_signal_says_whether_the_backup_was_copied_in() {
     assert!(carol_is_in(&db_path));
     assert!(!holds(&file_bytes(&db_path), "replaced-by-the-restore"));
 }
+
+/// A restore waits for the write lock while another connection holds it
+/// (a `sqlite3` shell left in a transaction, another restore), for up to
+/// the busy timeout. Ctrl+C during that wait ends it within a fraction of
+/// a second, with the database as it was; before, the stop was heard only
+/// once the wait was over, up to 5 s later. A lock given up during the
+/// wait lets the restore go on, and one held for the whole wait ends it
+/// with a clear error once the busy timeout (5 s) has passed.
+#[cfg(unix)]
+#[test]
+fn a_restore_waiting_for_the_write_lock_hears_a_stop_at_once_and_goes_on_once_it_is_free() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let b = backed_up_and_closed();
+    // So that a restore that ran shows: the backup does not hold this user.
+    add_user(
+        &Database::open(&b.db_path, &db::Settings::default()).unwrap(),
+        "added-after-the-backup",
+    );
+    let before = listing(&b.db_path);
+    assert!(before.contains("added-after-the-backup"), "{before}");
+    let restore = || {
+        neptun_local()
+            .arg("--db")
+            .arg(&b.db_path)
+            .args(["restore", "--replace"])
+            .arg(&b.backup)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let holder = rusqlite::Connection::open(&b.db_path).unwrap();
+    // Long enough for the restore to have checked the small backup and to
+    // be waiting for the lock, well within the busy timeout.
+    let into_the_wait = Duration::from_millis(1500);
+
+    // A stop during the wait.
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let child = restore();
+    std::thread::sleep(into_the_wait);
+    signal(child.id(), libc::SIGINT);
+    let asked = Instant::now();
+    let ran = child.wait_with_output().unwrap();
+    let took = asked.elapsed();
+    assert_eq!(ran.status.code(), Some(130), "{}", stderr_of(&ran));
+    assert!(
+        stderr_of(&ran).ends_with(
+            "neptun-local: error: stopped before the backup was copied in; \
+             the database was left as it was\n"
+        ),
+        "{ran:?}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the stop took {took:?} to be heard"
+    );
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(listing(&b.db_path), before);
+
+    // The lock held for the whole wait.
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = Instant::now();
+    let ran = restore().wait_with_output().unwrap();
+    let took = started.elapsed();
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(ran.status.code(), Some(1), "{}", stderr_of(&ran));
+    assert!(
+        stderr_of(&ran).contains("another connection kept the database locked"),
+        "{}",
+        stderr_of(&ran)
+    );
+    assert!(
+        (Duration::from_millis(4500)..Duration::from_secs(8)).contains(&took),
+        "gave up after {took:?}, not after the busy timeout of 5 s"
+    );
+    assert_eq!(listing(&b.db_path), before);
+
+    // The lock given up during the wait.
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let child = restore();
+    std::thread::sleep(into_the_wait);
+    holder.execute_batch("ROLLBACK").unwrap();
+    let ran = child.wait_with_output().unwrap();
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    let after = listing(&b.db_path);
+    assert!(!after.contains("added-after-the-backup"), "{after}");
+    assert_consistent(&holder);
+}
