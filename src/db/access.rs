@@ -124,19 +124,56 @@ fn whose(file: &Path) -> String {
 /// `chmod 600 PATH` can be pasted as it is: single-quoted when it holds
 /// anything but the characters no shell treats specially (a space, say, as
 /// in `~/My Chats/neptun.db`), and never taken for an option.
+///
+/// A path that is not UTF-8 cannot be written in a message as it is, and
+/// shown with U+FFFD in place of its odd bytes it would name another file.
+/// So each run of such bytes is made by `printf` from octal escapes, which
+/// sh, bash, zsh and fish all run, and the word still names the file.
 #[cfg(unix)]
 pub fn shell_word(path: &Path) -> String {
-    let mut path = path.to_string_lossy().into_owned();
-    if path.starts_with('-') {
-        path.insert_str(0, "./");
+    use std::fmt::Write;
+    use std::os::unix::ffi::OsStrExt;
+
+    let bytes = path.as_os_str().as_bytes();
+    let guard = if bytes.starts_with(b"-") { "./" } else { "" };
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return quoted(&format!("{guard}{text}"));
     }
+    let mut word = guard.to_owned();
+    let mut odd_bytes = Vec::new();
+    let flush = |odd_bytes: &mut Vec<u8>, word: &mut String| {
+        if !odd_bytes.is_empty() {
+            // Never a newline, which `$(...)` would drop: these bytes are
+            // all over 0x7f.
+            word.push_str("\"$(printf '");
+            for byte in odd_bytes.drain(..) {
+                let _ = write!(word, "\\{byte:03o}");
+            }
+            word.push_str("')\"");
+        }
+    };
+    for chunk in bytes.utf8_chunks() {
+        if !chunk.valid().is_empty() {
+            flush(&mut odd_bytes, &mut word);
+            word.push_str(&quoted(chunk.valid()));
+        }
+        odd_bytes.extend_from_slice(chunk.invalid());
+    }
+    flush(&mut odd_bytes, &mut word);
+    word
+}
+
+/// `text` as a shell word: as it is if no shell treats any of it specially,
+/// single-quoted if not.
+#[cfg(unix)]
+fn quoted(text: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@".contains(c);
-    if !path.is_empty() && path.chars().all(plain) {
-        return path;
+    if !text.is_empty() && text.chars().all(plain) {
+        return text.to_owned();
     }
     // Inside single quotes nothing is special but the quote itself, which
     // is closed, escaped and reopened.
-    format!("'{}'", path.replace('\'', r"'\''"))
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 /// `path` as one word of a command in cmd or PowerShell: double-quoted,
@@ -232,6 +269,43 @@ mod unix_tests {
         assert_eq!(
             shell_word(Path::new("/var/lib/neptun.db")),
             "/var/lib/neptun.db"
+        );
+    }
+
+    /// A path that is not UTF-8 (a Latin-1 name from an old system, say)
+    /// reaches the command byte for byte, in sh (dash here, which has no
+    /// `$'...'`) and in bash alike. Shown with U+FFFD, it named another file.
+    #[test]
+    fn a_path_that_is_not_utf_8_reaches_the_command_byte_for_byte() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+
+        for path in [
+            &b"/home/ana/caf\xe9.db"[..],
+            b"/tmp/\xff\xfe\xfd/it's here/\x80.db",
+            b"\xc3(\xe2\x28\xa1 \xf0\x90\x28\xbc.db",
+            b"-\xff.db",
+            b"\xe9",
+        ] {
+            let word = shell_word(Path::new(OsStr::from_bytes(path)));
+            assert!(word.is_ascii(), "{word}");
+            for shell in ["sh", "bash"] {
+                let out = std::process::Command::new(shell)
+                    .args(["-c", &format!("printf %s {word}")])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{shell}: {word}");
+                let expected = if path.starts_with(b"-") {
+                    [b"./", path].concat()
+                } else {
+                    path.to_vec()
+                };
+                assert_eq!(out.stdout, expected, "{shell}: {word}");
+            }
+        }
+        assert_eq!(
+            shell_word(Path::new(OsStr::from_bytes(b"/srv/caf\xe9 \xe0.db"))),
+            r#"/srv/caf"$(printf '\351')"' '"$(printf '\340')".db"#
         );
     }
 }
