@@ -5,15 +5,20 @@
 // API on its own origin through Vite's proxy, as a front end under
 // development does: through the shorthand `'/api': target` (which sets
 // Host to the target) and through `{ target }` (which passes Host on).
-// Last, the page on the other origin calls through that proxy. And the
-// allowed page once more, with a fetch that leaves out
+// Then the page on the other origin calls through that proxy. The same
+// three calls again from a Nuxt app's page (`nuxi dev` on nuxt/, the
+// framework of the Neptun app): through its route rule's proxy and
+// Nitro's dev proxy, and from the other origin through the route rule.
+// Last, the allowed page once more, with a fetch that leaves out
 // `credentials: 'include'`, the usual mistake: the server's log says so.
 //
 // Environment: NEPTUN_BASE_URL (http://localhost:PORT), NEPTUN_TOKEN,
-// NEPTUN_USER, ALLOWED_PORT, OTHER_PORT, VITE_PORT, CHAT_ALLOWED,
-// CHAT_OTHER, CHAT_VITE, CHAT_VITE_PASS_HOST, CHAT_VIA_PROXY.
+// NEPTUN_USER, ALLOWED_PORT, OTHER_PORT, VITE_PORT, NUXT_PORT,
+// CHAT_ALLOWED, CHAT_OTHER, CHAT_VITE, CHAT_VITE_PASS_HOST,
+// CHAT_VIA_PROXY, CHAT_NUXT, CHAT_NUXT_DEV_PROXY, CHAT_VIA_NUXT.
 // Prints one JSON line with what each page saw; run.py checks the database.
 
+import { spawn } from 'node:child_process';
 import http from 'node:http';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -65,7 +70,47 @@ const vite = await createViteServer({
 });
 await vite.listen();
 
+// `nuxi dev` in a process group of its own, so that its workers go with it.
+const nuxtPort = env('NUXT_PORT');
+const nuxtScratch = mkdtempSync(join(tmpdir(), 'neptun-nuxt-'));
+let nuxtLog = '';
+const nuxt = spawn(
+  process.execPath,
+  [new URL('./node_modules/nuxt/bin/nuxt.mjs', import.meta.url).pathname, 'dev',
+    new URL('./nuxt', import.meta.url).pathname, '--host', '127.0.0.1', '--port', nuxtPort],
+  {
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: {
+      ...process.env,
+      NEPTUN_PROXY_TARGET: target,
+      NUXT_SCRATCH_DIR: nuxtScratch,
+      NUXT_TELEMETRY_DISABLED: '1',
+    },
+  },
+);
+nuxt.stdout.on('data', (chunk) => { nuxtLog += chunk; });
+nuxt.stderr.on('data', (chunk) => { nuxtLog += chunk; });
+const stopNuxt = () => {
+  try { process.kill(-nuxt.pid, 'SIGTERM'); } catch { /* gone already */ }
+};
+// Ready once it serves its page, which builds the app on first request.
+const nuxtReady = async () => {
+  const deadline = Date.now() + 180_000;
+  while (Date.now() < deadline) {
+    if (nuxt.exitCode !== null || nuxt.signalCode !== null) break;
+    try {
+      const response = await fetch(`http://127.0.0.1:${nuxtPort}/`);
+      if (response.ok && (await response.text()).includes('deleteChat')) return;
+    } catch { /* not listening yet */ }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  stopNuxt();
+  throw new Error(`nuxi dev did not serve its page:\n${nuxtLog.slice(-3000)}`);
+};
+
 const pages = [await serve(env('ALLOWED_PORT')), await serve(env('OTHER_PORT'))];
+await nuxtReady();
 const browser = await chromium.launch({
   executablePath: '/usr/bin/chromium',
   args: [
@@ -111,6 +156,10 @@ try {
     viteProxyPassingHost: await attempt(env('VITE_PORT'), env('CHAT_VITE_PASS_HOST'), '/pass-host'),
     otherViaProxy: await attempt(env('OTHER_PORT'), env('CHAT_VIA_PROXY'),
       `http://localhost:${env('VITE_PORT')}`),
+    nuxtRouteRule: await attempt(nuxtPort, env('CHAT_NUXT'), ''),
+    nuxtDevProxy: await attempt(nuxtPort, env('CHAT_NUXT_DEV_PROXY'), '/dev-proxy'),
+    otherViaNuxt: await attempt(env('OTHER_PORT'), env('CHAT_VIA_NUXT'),
+      `http://localhost:${nuxtPort}`),
     withoutCredentials: await withoutCredentials(env('ALLOWED_PORT'), env('CHAT_OTHER')),
   };
   console.log(JSON.stringify(result));
@@ -118,5 +167,7 @@ try {
   await browser.close();
   pages.forEach((p) => p.close());
   await vite.close();
+  stopNuxt();
   rmSync(viteRoot, { recursive: true, force: true });
+  rmSync(nuxtScratch, { recursive: true, force: true });
 }

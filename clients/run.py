@@ -8,7 +8,8 @@
    delete nothing), from a Vite dev server's page (its origin not allowed)
    through Vite's proxy, set up in the two usual ways (both must work with
    no flag), and from the other origin through that proxy (must delete
-   nothing);
+   nothing); then the same from a Nuxt app's page, through its route
+   rule's proxy and Nitro's dev proxy;
 4. schemathesis against the served OpenAPI document, every check on;
 5. the curl line that `--demo` prints, pasted as it is into sh, bash and
    zsh, with the server on IPv4 and on IPv6 loopback;
@@ -212,16 +213,19 @@ def run_httpx(port: int, token: str, chat: int, db: Path) -> None:
                   str(e.response.status_code))
 
 
-def run_browser(port: int, token: str, chats: list[int], db: Path, pages: tuple[int, int, int],
+def run_browser(port: int, token: str, chats: list[int], db: Path, pages: tuple[int, int, int, int],
                 log: Path) -> None:
     import json
 
     env = dict(os.environ,
                NEPTUN_BASE_URL=f"http://localhost:{port}", NEPTUN_TOKEN=token, NEPTUN_USER=USER,
                ALLOWED_PORT=str(pages[0]), OTHER_PORT=str(pages[1]), VITE_PORT=str(pages[2]),
+               NUXT_PORT=str(pages[3]),
                CHAT_ALLOWED=str(chats[0]), CHAT_OTHER=str(chats[1]),
-               CHAT_VITE=str(chats[2]), CHAT_VITE_PASS_HOST=str(chats[3]), CHAT_VIA_PROXY=str(chats[4]))
-    out = subprocess.run(["node", str(HERE / "browser.mjs")], capture_output=True, text=True, env=env, timeout=180)
+               CHAT_VITE=str(chats[2]), CHAT_VITE_PASS_HOST=str(chats[3]), CHAT_VIA_PROXY=str(chats[4]),
+               CHAT_NUXT=str(chats[5]), CHAT_NUXT_DEV_PROXY=str(chats[6]), CHAT_VIA_NUXT=str(chats[7]))
+    # Nuxt's first start builds its app (seconds here, more on a cold disk).
+    out = subprocess.run(["node", str(HERE / "browser.mjs")], capture_output=True, text=True, env=env, timeout=420)
     if out.returncode != 0:
         check("browser: ran", False, out.stderr[-2000:])
         return
@@ -240,6 +244,15 @@ def run_browser(port: int, token: str, chats: list[int], db: Path, pages: tuple[
     check("browser: fetch from another origin through the proxy is blocked",
           "rejected" in seen["otherViaProxy"], str(seen))
     check("browser: ...and deletes nothing", chat_exists(db, chats[4]))
+    check("browser: fetch from a Nuxt page through its route rule's proxy, with no flag, resolves to true",
+          seen["nuxtRouteRule"] == {"resolved": True}, str(seen))
+    check("browser: ...and the chat is gone", not chat_exists(db, chats[5]))
+    check("browser: fetch from a Nuxt page through Nitro's dev proxy, with no flag, resolves to true",
+          seen["nuxtDevProxy"] == {"resolved": True}, str(seen))
+    check("browser: ...and the chat is gone", not chat_exists(db, chats[6]))
+    check("browser: fetch from another origin through the Nuxt app's proxy is blocked",
+          "rejected" in seen["otherViaNuxt"], str(seen))
+    check("browser: ...and deletes nothing", chat_exists(db, chats[7]))
     check("browser: fetch from the allowed origin without credentials: 'include' is 401",
           seen["withoutCredentials"] == {"status": 401}, str(seen))
     check("browser: ...and deletes nothing", chat_exists(db, chats[1]))
@@ -274,17 +287,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "clients.db"
         token, chats = seed(binary, db, 40)
-        pages = (free_port(), free_port(), free_port())
+        pages = (free_port(), free_port(), free_port(), free_port())
         allowed = [f"http://localhost:{pages[0]}"]
         server, port = start(binary, db, allowed, Path(tmp) / "server.log")
         try:
             run_curl(port, token, chats[0], db)
             run_httpx(port, token, chats[1], db)
-            run_browser(port, token, chats[2:7], db, pages, Path(tmp) / "server.log")
+            run_browser(port, token, chats[2:10], db, pages, Path(tmp) / "server.log")
             run_schemathesis(port, token, Path(tmp))
             run_demo_line(binary, Path(tmp))
-            run_ab(port, token, chats[7], db)
-            run_http_client(port, token, chats[8:10], db)
+            run_ab(port, token, chats[10], db)
+            run_http_client(port, token, chats[11:13], db)
             log = (Path(tmp) / "server.log").read_text()
             server_errors = [l for l in log.splitlines() if " 500 " in l or "panicked" in l]
             check("server: no 500 and no panic in the log", not server_errors, "\n".join(server_errors[:5]))
