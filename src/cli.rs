@@ -321,8 +321,10 @@ impl fmt::Display for Error {
         match self {
             Error::Database { path, source } => {
                 write!(f, "{}: {source}", path.display())?;
-                if let db::Error::Damaged(_) = source {
-                    write!(f, "; {}", doctor::SEE_DOCTOR)?;
+                match source {
+                    db::Error::Damaged(_) => write!(f, "; {}", doctor::SEE_DOCTOR)?,
+                    db::Error::Busy(_) => write!(f, "; {}", db::END_THE_WRITE_TRANSACTION)?,
+                    _ => {}
                 }
                 Ok(())
             }

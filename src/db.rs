@@ -221,6 +221,12 @@ impl Error {
 pub const MOVE_ASIDE_AND_RESTORE: &str = "move the file aside, with its -wal and -shm files if \
      there are any, and `neptun-local restore BACKUP` writes a new one from a backup";
 
+/// What to do when a command waited out the busy timeout for the write
+/// lock. The server and the other commands hold it for far less than that.
+pub const END_THE_WRITE_TRANSACTION: &str = "another program kept a write transaction open \
+     all the while (a `sqlite3` shell or a database browser, say): end it (COMMIT or \
+     ROLLBACK, or close the program), and run this again";
+
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {
         // A schema format number (header bytes 44-47) beyond any SQLite's:

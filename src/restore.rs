@@ -171,10 +171,16 @@ impl fmt::Display for Error {
                  was. To restore this backup, stop the server, remove the database's -wal \
                  and -shm files, and copy the backup in its place"
             ),
-            Error::Copy(e) => write!(
-                f,
-                "the restore failed, and the database was left as it was: {e}"
-            ),
+            Error::Copy(e) => {
+                write!(
+                    f,
+                    "the restore failed, and the database was left as it was: {e}"
+                )?;
+                if let db::Error::Busy(_) = e {
+                    write!(f, "; {}", db::END_THE_WRITE_TRANSACTION)?;
+                }
+                Ok(())
+            }
             Error::Stopped => f.write_str(
                 "stopped before the backup was copied in; the database was left as it was",
             ),

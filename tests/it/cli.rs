@@ -2050,3 +2050,35 @@ fn help_lists_the_commands() {
         assert!(help.contains(word), "--help lacks {word}:\n{help}");
     }
 }
+
+/// A command kept from the write lock for the whole wait (5 s) says what
+/// holds it and what to do, not only SQLite's "database is locked": the
+/// server and the other commands never hold it that long. It changes
+/// nothing.
+#[test]
+fn a_command_kept_from_the_write_lock_says_what_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("neptun.db");
+    let added = run_cli(&db_path, &["user", "add", "alice"], None);
+    assert!(added.status.success(), "{}", stderr_of(&added));
+    let holder = rusqlite::Connection::open(&db_path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let out = run_cli_within_deadline(&db_path, &["user", "add", "bob"]);
+
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains("database busy"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "another program kept a write transaction open all the while (a `sqlite3` shell \
+             or a database browser, say): end it (COMMIT or ROLLBACK, or close the program), \
+             and run this again"
+        ),
+        "{stderr}"
+    );
+    holder.execute_batch("ROLLBACK").unwrap();
+    let users: Vec<String> = column(&holder, "SELECT id FROM users ORDER BY id");
+    assert_eq!(users, ["alice"]);
+    assert_consistent(&holder);
+}

@@ -1139,6 +1139,12 @@ fn a_restore_waiting_for_the_write_lock_hears_a_stop_at_once_and_goes_on_once_it
         "{}",
         stderr_of(&ran)
     );
+    // And what to do about it, as every command says.
+    assert!(
+        stderr_of(&ran).contains(db::END_THE_WRITE_TRANSACTION),
+        "{}",
+        stderr_of(&ran)
+    );
     assert!(
         (Duration::from_millis(4500)..Duration::from_secs(20)).contains(&took),
         "gave up after {took:?}, not after the busy timeout of 5 s"
