@@ -8,14 +8,16 @@
 // Then the page on the other origin calls through that proxy. The same
 // three calls again from a Nuxt app's page (`nuxi dev` on nuxt/, the
 // framework of the Neptun app): through its route rule's proxy and
-// Nitro's dev proxy, and from the other origin through the route rule.
+// Nitro's dev proxy, and from the other origin through the route rule;
+// and through the route rule of the same app built for production.
 // Last, the allowed page once more, with a fetch that leaves out
 // `credentials: 'include'`, the usual mistake: the server's log says so.
 //
 // Environment: NEPTUN_BASE_URL (http://localhost:PORT), NEPTUN_TOKEN,
 // NEPTUN_USER, ALLOWED_PORT, OTHER_PORT, VITE_PORT, NUXT_PORT,
-// CHAT_ALLOWED, CHAT_OTHER, CHAT_VITE, CHAT_VITE_PASS_HOST,
-// CHAT_VIA_PROXY, CHAT_NUXT, CHAT_NUXT_DEV_PROXY, CHAT_VIA_NUXT.
+// NUXT_BUILT_PORT, CHAT_ALLOWED, CHAT_OTHER, CHAT_VITE,
+// CHAT_VITE_PASS_HOST, CHAT_VIA_PROXY, CHAT_NUXT, CHAT_NUXT_DEV_PROXY,
+// CHAT_VIA_NUXT, CHAT_NUXT_BUILT.
 // Prints one JSON line with what each page saw; run.py checks the database.
 
 import { spawn } from 'node:child_process';
@@ -70,47 +72,69 @@ const vite = await createViteServer({
 });
 await vite.listen();
 
-// `nuxi dev` in a process group of its own, so that its workers go with it.
-const nuxtPort = env('NUXT_PORT');
+// Nuxt, in a process group of its own (so that its workers go with it),
+// writing into a scratch directory of its own (see nuxt/nuxt.config.ts).
 const nuxtScratch = mkdtempSync(join(tmpdir(), 'neptun-nuxt-'));
-let nuxtLog = '';
-const nuxt = spawn(
-  process.execPath,
-  [new URL('./node_modules/nuxt/bin/nuxt.mjs', import.meta.url).pathname, 'dev',
-    new URL('./nuxt', import.meta.url).pathname, '--host', '127.0.0.1', '--port', nuxtPort],
-  {
+const nuxtCli = new URL('./node_modules/nuxt/bin/nuxt.mjs', import.meta.url).pathname;
+const nuxtApp = new URL('./nuxt', import.meta.url).pathname;
+const nuxtProcesses = [];
+function startNode(what, args, scratch, extraEnv = {}) {
+  const child = spawn(process.execPath, args, {
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {
       ...process.env,
       NEPTUN_PROXY_TARGET: target,
-      NUXT_SCRATCH_DIR: nuxtScratch,
+      NUXT_SCRATCH_DIR: scratch,
       NUXT_TELEMETRY_DISABLED: '1',
+      // jiti, which loads nuxt.config.ts, would cache it in nuxt/node_modules.
+      JITI_FS_CACHE: 'false',
+      ...extraEnv,
     },
-  },
-);
-nuxt.stdout.on('data', (chunk) => { nuxtLog += chunk; });
-nuxt.stderr.on('data', (chunk) => { nuxtLog += chunk; });
-const stopNuxt = () => {
-  try { process.kill(-nuxt.pid, 'SIGTERM'); } catch { /* gone already */ }
+  });
+  child.what = what;
+  child.log = '';
+  child.stdout.on('data', (chunk) => { child.log += chunk; });
+  child.stderr.on('data', (chunk) => { child.log += chunk; });
+  nuxtProcesses.push(child);
+  return child;
+}
+const stopNuxt = () => nuxtProcesses.forEach((child) => {
+  try { process.kill(-child.pid, 'SIGTERM'); } catch { /* gone already */ }
+});
+const failed = (child, why) => {
+  stopNuxt();
+  return new Error(`${child.what} ${why}:\n${child.log.slice(-3000)}`);
 };
-// Ready once it serves its page, which builds the app on first request.
-const nuxtReady = async () => {
+// Ready once it serves its page (`nuxi dev` builds it on the first request).
+async function servesThePage(child, port) {
   const deadline = Date.now() + 180_000;
   while (Date.now() < deadline) {
-    if (nuxt.exitCode !== null || nuxt.signalCode !== null) break;
+    if (child.exitCode !== null || child.signalCode !== null) break;
     try {
-      const response = await fetch(`http://127.0.0.1:${nuxtPort}/`);
+      const response = await fetch(`http://127.0.0.1:${port}/`);
       if (response.ok && (await response.text()).includes('deleteChat')) return;
     } catch { /* not listening yet */ }
     await new Promise((resolve) => setTimeout(resolve, 250));
   }
-  stopNuxt();
-  throw new Error(`nuxi dev did not serve its page:\n${nuxtLog.slice(-3000)}`);
-};
+  throw failed(child, 'did not serve its page');
+}
+// The dev server, and the app built for production and served by node,
+// whose route rule proxies too (README says so).
+const nuxtPort = env('NUXT_PORT');
+const nuxtBuiltPort = env('NUXT_BUILT_PORT');
+const nuxtDev = startNode('nuxi dev',
+  [nuxtCli, 'dev', nuxtApp, '--host', '127.0.0.1', '--port', nuxtPort], join(nuxtScratch, 'dev'));
+const nuxtBuild = startNode('nuxi build', [nuxtCli, 'build', nuxtApp], join(nuxtScratch, 'build'));
+await new Promise((resolve) => nuxtBuild.on('exit', resolve));
+if (nuxtBuild.exitCode !== 0) throw failed(nuxtBuild, 'failed');
+const nuxtBuilt = startNode('the built Nuxt app',
+  [join(nuxtScratch, 'build', '.output', 'server', 'index.mjs')], join(nuxtScratch, 'build'),
+  { HOST: '127.0.0.1', PORT: nuxtBuiltPort });
 
 const pages = [await serve(env('ALLOWED_PORT')), await serve(env('OTHER_PORT'))];
-await nuxtReady();
+await servesThePage(nuxtDev, nuxtPort);
+await servesThePage(nuxtBuilt, nuxtBuiltPort);
 const browser = await chromium.launch({
   executablePath: '/usr/bin/chromium',
   args: [
@@ -158,6 +182,7 @@ try {
       `http://localhost:${env('VITE_PORT')}`),
     nuxtRouteRule: await attempt(nuxtPort, env('CHAT_NUXT'), ''),
     nuxtDevProxy: await attempt(nuxtPort, env('CHAT_NUXT_DEV_PROXY'), '/dev-proxy'),
+    nuxtBuiltRouteRule: await attempt(nuxtBuiltPort, env('CHAT_NUXT_BUILT'), ''),
     otherViaNuxt: await attempt(env('OTHER_PORT'), env('CHAT_VIA_NUXT'),
       `http://localhost:${nuxtPort}`),
     withoutCredentials: await withoutCredentials(env('ALLOWED_PORT'), env('CHAT_OTHER')),

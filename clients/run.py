@@ -9,7 +9,8 @@
    through Vite's proxy, set up in the two usual ways (both must work with
    no flag), and from the other origin through that proxy (must delete
    nothing); then the same from a Nuxt app's page, through its route
-   rule's proxy and Nitro's dev proxy;
+   rule's proxy and Nitro's dev proxy, and the same app built for
+   production, through its route rule;
 4. schemathesis against the served OpenAPI document, every check on;
 5. the curl line that `--demo` prints, pasted as it is into sh, bash and
    zsh, with the server on IPv4 and on IPv6 loopback;
@@ -213,18 +214,19 @@ def run_httpx(port: int, token: str, chat: int, db: Path) -> None:
                   str(e.response.status_code))
 
 
-def run_browser(port: int, token: str, chats: list[int], db: Path, pages: tuple[int, int, int, int],
+def run_browser(port: int, token: str, chats: list[int], db: Path, pages: tuple[int, ...],
                 log: Path) -> None:
     import json
 
     env = dict(os.environ,
                NEPTUN_BASE_URL=f"http://localhost:{port}", NEPTUN_TOKEN=token, NEPTUN_USER=USER,
                ALLOWED_PORT=str(pages[0]), OTHER_PORT=str(pages[1]), VITE_PORT=str(pages[2]),
-               NUXT_PORT=str(pages[3]),
+               NUXT_PORT=str(pages[3]), NUXT_BUILT_PORT=str(pages[4]),
                CHAT_ALLOWED=str(chats[0]), CHAT_OTHER=str(chats[1]),
                CHAT_VITE=str(chats[2]), CHAT_VITE_PASS_HOST=str(chats[3]), CHAT_VIA_PROXY=str(chats[4]),
-               CHAT_NUXT=str(chats[5]), CHAT_NUXT_DEV_PROXY=str(chats[6]), CHAT_VIA_NUXT=str(chats[7]))
-    # Nuxt's first start builds its app (seconds here, more on a cold disk).
+               CHAT_NUXT=str(chats[5]), CHAT_NUXT_DEV_PROXY=str(chats[6]), CHAT_VIA_NUXT=str(chats[7]),
+               CHAT_NUXT_BUILT=str(chats[8]))
+    # Nuxt builds its app twice (seconds here, more on a cold disk).
     out = subprocess.run(["node", str(HERE / "browser.mjs")], capture_output=True, text=True, env=env, timeout=420)
     if out.returncode != 0:
         check("browser: ran", False, out.stderr[-2000:])
@@ -243,6 +245,8 @@ def run_browser(port: int, token: str, chats: list[int], db: Path, pages: tuple[
         ("nuxtRouteRule", "fetch from a Nuxt page through its route rule's proxy, with no flag,", chats[5], True),
         ("nuxtDevProxy", "fetch from a Nuxt page through Nitro's dev proxy, with no flag,", chats[6], True),
         ("otherViaNuxt", "fetch from another origin through the Nuxt app's proxy", chats[7], False),
+        ("nuxtBuiltRouteRule", "fetch from the Nuxt app built for production, through its route rule's proxy,",
+         chats[8], True),
     ]
     for key, call, chat, allowed in calls:
         if allowed:
@@ -285,17 +289,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "clients.db"
         token, chats = seed(binary, db, 40)
-        pages = (free_port(), free_port(), free_port(), free_port())
+        pages = tuple(free_port() for _ in range(5))
         allowed = [f"http://localhost:{pages[0]}"]
         server, port = start(binary, db, allowed, Path(tmp) / "server.log")
         try:
             run_curl(port, token, chats[0], db)
             run_httpx(port, token, chats[1], db)
-            run_browser(port, token, chats[2:10], db, pages, Path(tmp) / "server.log")
+            run_browser(port, token, chats[2:11], db, pages, Path(tmp) / "server.log")
             run_schemathesis(port, token, Path(tmp))
             run_demo_line(binary, Path(tmp))
-            run_ab(port, token, chats[10], db)
-            run_http_client(port, token, chats[11:13], db)
+            run_ab(port, token, chats[11], db)
+            run_http_client(port, token, chats[12:14], db)
             log = (Path(tmp) / "server.log").read_text()
             server_errors = [l for l in log.splitlines() if " 500 " in l or "panicked" in l]
             check("server: no 500 and no panic in the log", not server_errors, "\n".join(server_errors[:5]))

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs'
 
 const target = process.env.NEPTUN_PROXY_TARGET
 if (!target) throw new Error('NEPTUN_PROXY_TARGET is not set')
-// What `nuxi dev` writes goes there, not into the checkout.
+// What Nuxt writes goes there, not into the checkout.
 const scratch = process.env.NUXT_SCRATCH_DIR
 if (!scratch) throw new Error('NUXT_SCRATCH_DIR is not set')
 const specFetch = readFileSync(new URL('../spec_fetch.js', import.meta.url), 'utf8')
@@ -15,7 +15,16 @@ const specFetch = readFileSync(new URL('../spec_fetch.js', import.meta.url), 'ut
 export default defineNuxtConfig({
   buildDir: `${scratch}/.nuxt`,
   vite: { cacheDir: `${scratch}/vite` },
+  nitro: {
+    output: { dir: `${scratch}/.output` },
+    // Nitro's proxy of the dev server only, under a prefix of its own here.
+    devProxy: {
+      '/dev-proxy/api': { target: `${target}/api`, changeOrigin: true },
+    },
+  },
   devtools: { enabled: false },
+  // It would write node_modules/.cache/nuxt here.
+  experimental: { chromeDevtoolsProjectSettings: false },
   telemetry: false,
   app: {
     head: {
@@ -25,11 +34,5 @@ export default defineNuxtConfig({
   // README's form: a route rule, which `nuxi dev` and a built app both follow.
   routeRules: {
     '/api/users/**': { proxy: `${target}/api/users/**` },
-  },
-  // Nitro's proxy of the dev server only, under a prefix of its own here.
-  nitro: {
-    devProxy: {
-      '/dev-proxy/api': { target: `${target}/api`, changeOrigin: true },
-    },
   },
 })
