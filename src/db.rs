@@ -224,8 +224,8 @@ pub const MOVE_ASIDE_AND_RESTORE: &str = "move the file aside, with its -wal and
 /// What to do when a command waited out the busy timeout for the write
 /// lock. The server and the other commands hold it for far less than that.
 pub const END_THE_WRITE_TRANSACTION: &str = "another program kept a write transaction open \
-     all the while (a `sqlite3` shell or a database browser, say): end it (COMMIT or \
-     ROLLBACK, or close the program), and run this again";
+     all the while (a `sqlite3` shell, or a database browser with unsaved changes): end it \
+     (COMMIT or ROLLBACK, or close the program), and run this again";
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {

@@ -155,7 +155,14 @@ fn authenticate(app: &App, request: &Request) -> Result<Session, ApiError> {
 fn database_failure(error: db::Error) -> ApiError {
     match error {
         db::Error::Busy(cause) => {
-            log::warn!("database busy, answering 503: {cause}");
+            // The server's own holds of the write lock are far shorter than
+            // the default wait, so one that outlasts it is most often
+            // another program's.
+            log::warn!(
+                "database busy, answering 503: {cause}; if every delete gets this, another \
+                 program keeps a write transaction open (a `sqlite3` shell, or a database \
+                 browser with unsaved changes): end it"
+            );
             ApiError::ServiceUnavailable("The database is busy; retry shortly")
         }
         // Not "busy": retrying shortly will not help, freeing space will.

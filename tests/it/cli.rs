@@ -2071,9 +2071,9 @@ fn a_command_kept_from_the_write_lock_says_what_to_end() {
     assert!(stderr.contains("database busy"), "{stderr}");
     assert!(
         stderr.contains(
-            "another program kept a write transaction open all the while (a `sqlite3` shell \
-             or a database browser, say): end it (COMMIT or ROLLBACK, or close the program), \
-             and run this again"
+            "another program kept a write transaction open all the while (a `sqlite3` shell, \
+             or a database browser with unsaved changes): end it (COMMIT or ROLLBACK, or close \
+             the program), and run this again"
         ),
         "{stderr}"
     );

@@ -450,6 +450,12 @@ fn a_database_locked_beyond_the_busy_timeout_is_503_and_a_retry_succeeds() {
         "The database is busy; retry shortly"
     );
     assert_eq!(r.header("Retry-After"), Some("1"));
+    // The log says what most often holds the lock that long.
+    w.server.log_with(&[
+        "WARN  database busy, answering 503: database is locked; if every \
+         delete gets this, another program keeps a write transaction open (a `sqlite3` shell, \
+         or a database browser with unsaved changes): end it",
+    ]);
 
     tx.rollback().unwrap();
     assert_fully_present(&locker, &w.chat);
