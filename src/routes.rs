@@ -165,9 +165,17 @@ fn database_failure(error: db::Error) -> ApiError {
             );
             ApiError::ServiceUnavailable("The database is busy; retry shortly")
         }
-        // Not "busy": retrying shortly will not help, freeing space will.
+        // Not "busy": retrying shortly will not help, freeing space will. A
+        // delete needs room too, which surprises someone deleting chats to
+        // make room: secure_delete overwrites each of the chat's pages, and
+        // the WAL holds the overwritten copies until upkeep gives the space
+        // back (a 930 MB chat grew the WAL to 940 MB).
         db::Error::StorageFull(cause) => {
-            log::error!("storage full, answering 503: {cause}");
+            log::error!(
+                "storage full, answering 503: {cause}; a delete needs free space about \
+                 the size of the chat for a moment (its content is overwritten before its \
+                 space is given back): free some, or delete smaller chats first"
+            );
             ApiError::ServiceUnavailable("The server's disk is full; retry once space is freed")
         }
         // Retrying will not help, and the one who runs the server can act.
