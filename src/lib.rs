@@ -10,7 +10,8 @@
 //! `stop` carries a stop signal to `backup` and `restore`, which act on it
 //! between steps. `maintenance` keeps the file checkpointed and small;
 //! `group_commit` lets concurrent deletes share one commit; `memory` keeps
-//! the allocator from holding on to memory per thread; `file_watch` stops
+//! the allocator from holding on to memory per thread, and `maintenance`
+//! asks it to give freed memory back once idle; `file_watch` stops
 //! the server if its database file, or SQLite's `-wal` or `-shm` beside it,
 //! is deleted or replaced under it.
 

@@ -22,7 +22,9 @@
 //! what keeps the WAL from growing, and a request never pays for a checkpoint.
 //!
 //! A step blocked by a reader or writer is retried shortly after, never
-//! forced; the thread also prunes expired sessions now and then.
+//! forced; the thread also prunes expired sessions now and then, and once
+//! the server is idle after writes, gives the memory they freed back to the
+//! OS (see `memory`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -204,6 +206,11 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &StopRequest) {
                     }
                     if outcome.truncated {
                         last_truncation = Instant::now();
+                    }
+                    if outcome.finished && !under_load {
+                        // Idle now, after writes: what a large delete
+                        // allocated goes back to the OS.
+                        crate::memory::give_back_freed_memory();
                     }
                     !outcome.finished
                 }

@@ -1,4 +1,4 @@
-//! How the process allocates memory.
+//! How the process allocates memory, and gives it back.
 
 /// Caps glibc's malloc at one arena per CPU (at least two) instead of its
 /// default of eight per CPU.
@@ -19,5 +19,24 @@ pub fn limit_malloc_arenas() {
         // SAFETY: mallopt only sets a tuning parameter of the allocator.
         // Its failure (0) leaves glibc's default, which is only bigger.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
+    }
+}
+
+/// Gives the memory that malloc holds freed back to the OS.
+///
+/// glibc keeps what a thread freed for its next allocations, and a large
+/// delete frees a lot at once: SQLite lists the ids of the rows its
+/// cascade deletes, about 24 bytes per message, so deleting a chat of
+/// 2,000,000 messages took the server from 8 to 58 MiB of RSS, and it
+/// stayed there while idle. Trimming took it back to 9.6 MiB. It takes about
+/// 50 µs with nothing to give back (6 ms for those 50 MiB), and it locks
+/// each arena in turn: call it where no request waits for it, once the
+/// server has gone idle.
+pub fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only releases free memory of malloc's own
+        // heaps; its result says whether any was released.
+        unsafe { libc::malloc_trim(0) };
     }
 }
