@@ -1044,6 +1044,39 @@ fn user_remove_takes_the_user_and_its_chats_only_with_with_chats() {
         .assert_true();
 }
 
+/// `user remove` gives the space of what it removed back to the file
+/// system, with no server running. Whenever the removed chats freed 4 MiB
+/// or more, it left the file at its size and said "a reader held the WAL",
+/// with no reader anywhere: its own delete made the vacuum give way.
+#[test]
+fn user_remove_gives_the_space_of_large_chats_back_with_no_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("neptun.db");
+    alice_with_a_chat(&db_path, "large");
+    rusqlite::Connection::open(&db_path)
+        .unwrap()
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000)
+             INSERT INTO messages (chat_id, actor, message)
+             SELECT (SELECT max(id) FROM chats), 'user', printf('%.200c', 'x') FROM n",
+        )
+        .unwrap();
+    let before = std::fs::metadata(&db_path).unwrap().len();
+
+    let out = run_cli(&db_path, &["user", "remove", "alice", "--with-chats"], None);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        stderr_of(&out),
+        "removed user \"alice\", its 1 chat(s) and 0 session(s)\n"
+    );
+    let after = std::fs::metadata(&db_path).unwrap().len();
+    assert!(
+        after < 256 * 1024,
+        "the file was {before} bytes before, {after} after"
+    );
+    assert_consistent(&rusqlite::Connection::open(&db_path).unwrap());
+}
+
 /// `chat add` makes something to delete (its id alone on stdout, for
 /// scripts), `chat list` shows the ids that paths take, and the API deletes
 /// the chat with everything `chat add` put in it.
