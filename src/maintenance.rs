@@ -153,6 +153,7 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &StopRequest) {
     let mut left_in_wal = None;
     let mut last_truncation = Instant::now();
     let mut failures = Failures::default();
+    let mut held_back = HeldBack::default();
     loop {
         if stop.requested.load(Ordering::SeqCst) {
             if !stop.skip_final_pass.load(Ordering::SeqCst) {
@@ -206,6 +207,13 @@ fn run(db: &Database, upkeep: &Upkeep, pacing: &Pacing, stop: &StopRequest) {
                     }
                     if outcome.truncated {
                         last_truncation = Instant::now();
+                        if let Some(line) = held_back.ended(last_truncation) {
+                            log::info!("{line}");
+                        }
+                    } else if outcome.truncation_blocked {
+                        if let Some(line) = held_back.blocked(Instant::now()) {
+                            log::warn!("{line}");
+                        }
                     }
                     if outcome.finished && !under_load {
                         // Idle now, after writes: what a large delete
@@ -283,6 +291,60 @@ impl Failures {
     }
 }
 
+/// How long the WAL may stay uncut, another connection keeping it in use,
+/// before the log says so. README promises erasure within a second; this
+/// is well past it, so that a short read or an ordinary `backup` says
+/// nothing.
+const HELD_BACK_WARN_AFTER: Duration = Duration::from_secs(5);
+
+/// Truncations that another connection kept from running since the last
+/// one that ran. A reader's old snapshot (a transaction left open in a
+/// `sqlite3` shell or a database browser, a `backup` running) needs the
+/// frames the truncation would drop, and so does the write transaction of
+/// another process; upkeep never forces either, so what was deleted
+/// meanwhile stays in the files. Nothing else tells whoever runs the
+/// server that erasure waits.
+#[derive(Default)]
+struct HeldBack {
+    /// When the first of them was tried.
+    since: Option<Instant>,
+    /// Whether the warning was logged.
+    warned: bool,
+}
+
+impl HeldBack {
+    /// The line to log for a truncation kept from running at `now`: one,
+    /// once it has been so for [`HELD_BACK_WARN_AFTER`].
+    fn blocked(&mut self, now: Instant) -> Option<String> {
+        let since = *self.since.get_or_insert(now);
+        let held = now.duration_since(since);
+        if self.warned || held < HELD_BACK_WARN_AFTER {
+            return None;
+        }
+        self.warned = true;
+        Some(format!(
+            "the WAL has not been cut for {} s: another connection keeps using it (a \
+             transaction left open in a `sqlite3` shell or a database browser, a `backup` \
+             running, or another program's long write); until it ends, what was deleted \
+             meanwhile stays in the database files",
+            held.as_secs()
+        ))
+    }
+
+    /// The line to log for a truncation that ran at `now`, if the warning
+    /// was logged before it.
+    fn ended(&mut self, now: Instant) -> Option<String> {
+        let since = self.since.take();
+        let warned = std::mem::take(&mut self.warned);
+        let since = since.filter(|_| warned)?;
+        Some(format!(
+            "the WAL is cut again, after {} s: what was deleted meanwhile is gone from \
+             the database files",
+            now.duration_since(since).as_secs()
+        ))
+    }
+}
+
 /// Which parts of a pass to run.
 #[derive(Debug)]
 struct Work {
@@ -302,6 +364,9 @@ impl Work {
 struct Outcome {
     /// The WAL was truncated: nothing deleted is left in it.
     truncated: bool,
+    /// The truncation was tried, and another connection kept it from
+    /// running (see [`HeldBack`]).
+    truncation_blocked: bool,
     /// Nothing is left for a later pass; otherwise come back soon.
     finished: bool,
 }
@@ -310,6 +375,7 @@ struct Outcome {
 fn pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing, work: &Work) -> db::Result<Outcome> {
     const UNFINISHED: Outcome = Outcome {
         truncated: false,
+        truncation_blocked: false,
         finished: false,
     };
     let free = upkeep.free_pages()?;
@@ -327,6 +393,7 @@ fn pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing, work: &Work) -> db::Res
     let truncated = upkeep.truncate_wal()? == Step::Done;
     Ok(Outcome {
         truncated,
+        truncation_blocked: !truncated,
         // A vacuum skipped under load is still due once requests stop.
         finished: truncated && (work.vacuum || !vacuum_due),
     })
@@ -500,6 +567,34 @@ mod tests {
             failures.failed(at(80), "disk full").as_deref(),
             Some("database upkeep failed (will retry): disk full")
         );
+    }
+
+    #[test]
+    fn a_truncation_held_back_is_logged_once_after_five_seconds_and_its_end_once() {
+        let start = Instant::now();
+        let at = |millis| start + Duration::from_millis(millis);
+        let mut held_back = HeldBack::default();
+        // A truncation blocked for a moment, as by a request's read, and
+        // then done, says nothing.
+        assert_eq!(held_back.blocked(at(0)), None);
+        assert_eq!(held_back.blocked(at(4_900)), None);
+        assert_eq!(held_back.ended(at(4_950)), None);
+        // The next episode counts from its own start.
+        assert_eq!(held_back.blocked(at(10_000)), None);
+        let line = held_back.blocked(at(15_000)).unwrap();
+        assert!(
+            line.starts_with("the WAL has not been cut for 5 s: another connection"),
+            "{line}"
+        );
+        assert_eq!(held_back.blocked(at(75_000)), None);
+        assert_eq!(
+            held_back.ended(at(80_000)).as_deref(),
+            Some(
+                "the WAL is cut again, after 70 s: what was deleted meanwhile is gone \
+                 from the database files"
+            )
+        );
+        assert_eq!(held_back.ended(at(81_000)), None);
     }
 
     /// Giving back a deleted chat's space moves the pages of what comes

@@ -243,6 +243,54 @@ fn erasure_holds_under_concurrent_deletes_and_readers() {
     assert_consistent(&server.sql());
 }
 
+/// Another connection's open read transaction (a `sqlite3` shell's, a
+/// database browser's) keeps the WAL from being cut, and upkeep never
+/// forces it: what is deleted meanwhile stays in the files, beyond the
+/// bound. The log says so after 5 s, and again once it is erased; before,
+/// it said nothing.
+#[test]
+fn a_reader_that_holds_erasure_back_is_named_in_the_log_until_it_ends() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let doomed = seed_marked_chat(&db, "alice", "bob");
+    let mut reader = server.sql();
+    let snapshot = reader.transaction().unwrap();
+    let _: i64 = snapshot
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+
+    server
+        .delete(&format!("/api/users/alice/chats/{}", doomed.id), &token)
+        .assert_true();
+    let log = server.log_with(&[
+        "WARN  the WAL has not been cut for 5 s: another connection keeps using it (a \
+         transaction left open in a `sqlite3` shell or a database browser, a `backup` \
+         running, or another program's long write); until it ends, what was deleted \
+         meanwhile stays in the database files",
+    ]);
+    assert!(!log.contains("the WAL is cut again"), "{log}");
+    assert!(
+        !markers_on_disk(&server.db_path, &doomed.markers).is_empty(),
+        "the markers went while the reader held its snapshot"
+    );
+
+    snapshot.commit().unwrap();
+    let took = within(ERASURE_WAIT, || {
+        markers_on_disk(&server.db_path, &doomed.markers).is_empty()
+    });
+    assert!(
+        took.is_some(),
+        "left: {:?}",
+        markers_on_disk(&server.db_path, &doomed.markers)
+    );
+    let log = server.log_with(&["INFO  the WAL is cut again, after "]);
+    assert!(
+        log_line(&log, "the WAL is cut again")
+            .ends_with(" s: what was deleted meanwhile is gone from the database files"),
+        "{log}"
+    );
+    assert_consistent(&reader);
+}
+
 /// Under steady writes the WAL is truncated only every so often (each
 /// truncation pauses writers); the bound must hold all the same.
 #[test]
