@@ -1053,14 +1053,7 @@ fn user_remove_gives_the_space_of_large_chats_back_with_no_server() {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("neptun.db");
     alice_with_a_chat(&db_path, "large");
-    rusqlite::Connection::open(&db_path)
-        .unwrap()
-        .execute_batch(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000)
-             INSERT INTO messages (chat_id, actor, message)
-             SELECT (SELECT max(id) FROM chats), 'user', printf('%.200c', 'x') FROM n",
-        )
-        .unwrap();
+    add_messages_to_the_last_chat(&rusqlite::Connection::open(&db_path).unwrap(), 30_000);
     let before = std::fs::metadata(&db_path).unwrap().len();
 
     let out = run_cli(&db_path, &["user", "remove", "alice", "--with-chats"], None);

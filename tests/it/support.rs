@@ -621,10 +621,16 @@ pub fn alice_with_a_chat(path: &Path, chat: &str) {
 /// that a backup or a restore of the file takes long enough to be stopped.
 #[cfg(unix)]
 pub fn add_30_mb_to_the_last_chat(conn: &rusqlite::Connection) {
-    conn.execute_batch(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000)
+    add_messages_to_the_last_chat(conn, 150_000);
+}
+
+/// Adds `count` messages of 200 bytes to the newest chat, in one statement.
+pub fn add_messages_to_the_last_chat(conn: &rusqlite::Connection, count: u32) {
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
          INSERT INTO messages (chat_id, actor, message)
          SELECT (SELECT max(id) FROM chats), 'user', printf('%.200c', 'x') FROM n",
+        [count],
     )
     .unwrap();
 }
