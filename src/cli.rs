@@ -324,6 +324,7 @@ impl fmt::Display for Error {
                 match source {
                     db::Error::Damaged(_) => write!(f, "; {}", doctor::SEE_DOCTOR)?,
                     db::Error::Busy(_) => write!(f, "; {}", db::END_THE_WRITE_TRANSACTION)?,
+                    db::Error::StorageFull(_) => write!(f, "; {}", db::FREE_SOME_SPACE)?,
                     _ => {}
                 }
                 Ok(())

@@ -227,6 +227,13 @@ pub const END_THE_WRITE_TRANSACTION: &str = "another program kept a write transa
      all the while (a `sqlite3` shell, or a database browser with unsaved changes): end it \
      (COMMIT or ROLLBACK, or close the program), and run this again";
 
+/// What to do when a command found the disk full. A delete needs room
+/// too, which surprises someone who deletes to make room: `secure_delete`
+/// overwrites each page it frees, and the WAL holds the overwritten copies
+/// until they are checkpointed.
+pub const FREE_SOME_SPACE: &str = "free some disk space and run this again (a delete needs \
+     room too, for a moment: about the size of what it deletes)";
+
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {
         // A schema format number (header bytes 44-47) beyond any SQLite's:

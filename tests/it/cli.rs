@@ -166,7 +166,9 @@ fn a_database_that_cannot_be_opened_for_want_of_space_says_so() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(!dir.path().join("neptun.db-shm").exists());
     let full = format!(
-        "neptun-local: error: {}: storage full: disk I/O error: File too large\n",
+        "neptun-local: error: {}: storage full: disk I/O error: File too large; free some \
+         disk space and run this again (a delete needs room too, for a moment: about the size \
+         of what it deletes)\n",
         db.display()
     );
     for args in [
@@ -1068,6 +1070,38 @@ fn user_remove_gives_the_space_of_large_chats_back_with_no_server() {
         "the file was {before} bytes before, {after} after"
     );
     assert_consistent(&rusqlite::Connection::open(&db_path).unwrap());
+}
+
+/// A delete needs free space for a moment, about the size of what it
+/// deletes (`secure_delete` overwrites it, and the WAL holds the copies), so
+/// on a full disk `user remove` fails, to the surprise of someone who
+/// removes a user to make room: the error says so, and nothing is removed.
+/// It gave SQLite's words alone. Here no file may grow past 64 KiB, room
+/// for SQLite's `-shm` but not for the WAL of this delete.
+#[cfg(unix)]
+#[test]
+fn a_user_remove_on_a_full_disk_says_a_delete_needs_room_and_removes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("neptun.db");
+    alice_with_a_chat(&db_path, "large");
+    add_messages_to_the_last_chat(&rusqlite::Connection::open(&db_path).unwrap(), 5_000);
+
+    let args = ["user", "remove", "alice", "--with-chats"];
+    let out = run_cli_with_file_size_limit(&db_path, &args, 64 * 1024);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(
+        stderr_of(&out),
+        format!(
+            "neptun-local: error: {}: storage full: disk I/O error: File too large; free some \
+             disk space and run this again (a delete needs room too, for a moment: about the \
+             size of what it deletes)\n",
+            db_path.display()
+        )
+    );
+    let conn = rusqlite::Connection::open(&db_path).unwrap();
+    let messages: Vec<i64> = column(&conn, "SELECT count(*) FROM messages");
+    assert_eq!(messages, [5_000]);
+    assert_consistent(&conn);
 }
 
 /// `chat add` makes something to delete (its id alone on stdout, for
