@@ -321,13 +321,14 @@ impl fmt::Display for Error {
         match self {
             Error::Database { path, source } => {
                 write!(f, "{}: {source}", path.display())?;
-                match source {
-                    db::Error::Damaged(_) => write!(f, "; {}", doctor::SEE_DOCTOR)?,
-                    db::Error::Busy(_) => write!(f, "; {}", db::END_THE_WRITE_TRANSACTION)?,
-                    db::Error::StorageFull(_) => write!(f, "; {}", db::FREE_SOME_SPACE)?,
-                    _ => {}
+                let what_to_do = match source {
+                    db::Error::Damaged(_) => Some(doctor::SEE_DOCTOR),
+                    other => other.what_to_do(),
+                };
+                match what_to_do {
+                    Some(advice) => write!(f, "; {advice}"),
+                    None => Ok(()),
                 }
-                Ok(())
             }
             Error::DamagedFirst => f.write_str(
                 "the file is damaged, so no orphan was deleted: a damaged index can hide a \

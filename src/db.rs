@@ -214,6 +214,17 @@ impl Error {
             _ => None,
         }
     }
+
+    /// What a person who ran a command can do about this error, where
+    /// SQLite's words do not say: end another program's write transaction,
+    /// or free disk space.
+    pub fn what_to_do(&self) -> Option<&'static str> {
+        match self {
+            Error::Busy(_) => Some(END_THE_WRITE_TRANSACTION),
+            Error::StorageFull(_) => Some(FREE_SOME_SPACE),
+            _ => None,
+        }
+    }
 }
 
 /// What to do with a database file whose header is damaged: SQLite cannot

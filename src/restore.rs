@@ -176,8 +176,8 @@ impl fmt::Display for Error {
                     f,
                     "the restore failed, and the database was left as it was: {e}"
                 )?;
-                if let db::Error::Busy(_) = e {
-                    write!(f, "; {}", db::END_THE_WRITE_TRANSACTION)?;
+                if let Some(advice) = e.what_to_do() {
+                    write!(f, "; {advice}")?;
                 }
                 Ok(())
             }

@@ -1055,7 +1055,7 @@ fn user_remove_gives_the_space_of_large_chats_back_with_no_server() {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("neptun.db");
     alice_with_a_chat(&db_path, "large");
-    add_messages_to_the_last_chat(&rusqlite::Connection::open(&db_path).unwrap(), 30_000);
+    add_messages_to_the_last_chat(&rusqlite::Connection::open(&db_path).unwrap(), 30_000, 200);
     let before = std::fs::metadata(&db_path).unwrap().len();
 
     let out = run_cli(&db_path, &["user", "remove", "alice", "--with-chats"], None);
@@ -1084,7 +1084,7 @@ fn a_user_remove_on_a_full_disk_says_a_delete_needs_room_and_removes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("neptun.db");
     alice_with_a_chat(&db_path, "large");
-    add_messages_to_the_last_chat(&rusqlite::Connection::open(&db_path).unwrap(), 5_000);
+    add_messages_to_the_last_chat(&rusqlite::Connection::open(&db_path).unwrap(), 5_000, 200);
 
     let args = ["user", "remove", "alice", "--with-chats"];
     let out = run_cli_with_file_size_limit(&db_path, &args, 64 * 1024);

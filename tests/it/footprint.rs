@@ -5,7 +5,9 @@
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use crate::support::{TestServer, request, start_with_alice_and_bob};
+use crate::support::{
+    TestServer, add_messages_to_the_last_chat, request, start_with_alice_and_bob,
+};
 
 /// Threads that allocate at the same moment share at most one glibc malloc
 /// arena per CPU (glibc's default allows eight per CPU, each keeping the
@@ -42,17 +44,10 @@ fn many_connections_share_a_malloc_arena_per_cpu() {
 /// for good. Upkeep gives it back once the server is idle (`memory.rs`).
 #[test]
 fn memory_a_large_delete_took_goes_back_to_the_os_once_idle() {
-    const MESSAGES: i64 = 1_000_000;
     let (server, db, token) = start_with_alice_and_bob(&[]);
     let chat = db.add_chat("alice", "large", "model", 0).unwrap();
-    server
-        .sql()
-        .execute(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)
-             INSERT INTO messages (chat_id, actor, message) SELECT ?1, 'user', 'hi' FROM n",
-            (chat, MESSAGES),
-        )
-        .unwrap();
+    // Short messages: the list grows with their number, not their size.
+    add_messages_to_the_last_chat(&server.sql(), 1_000_000, 2);
     let before = anonymous_rss_kib(server.pid());
 
     server

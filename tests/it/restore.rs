@@ -381,6 +381,12 @@ fn a_restore_that_fails_into_a_new_file_leaves_no_file() {
             "{}",
             stderr_of(&ran)
         );
+        // And what to do about it, as every command says.
+        assert!(
+            stderr_of(&ran).contains(db::FREE_SOME_SPACE),
+            "{}",
+            stderr_of(&ran)
+        );
         for file in db::database_files(&new) {
             assert!(!file.exists(), "{file:?} was left");
         }

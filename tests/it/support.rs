@@ -621,16 +621,17 @@ pub fn alice_with_a_chat(path: &Path, chat: &str) {
 /// that a backup or a restore of the file takes long enough to be stopped.
 #[cfg(unix)]
 pub fn add_30_mb_to_the_last_chat(conn: &rusqlite::Connection) {
-    add_messages_to_the_last_chat(conn, 150_000);
+    add_messages_to_the_last_chat(conn, 150_000, 200);
 }
 
-/// Adds `count` messages of 200 bytes to the newest chat, in one statement.
-pub fn add_messages_to_the_last_chat(conn: &rusqlite::Connection, count: u32) {
+/// Adds `count` messages of `bytes` bytes each to the newest chat, in one
+/// statement.
+pub fn add_messages_to_the_last_chat(conn: &rusqlite::Connection, count: u32, bytes: u32) {
     conn.execute(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
          INSERT INTO messages (chat_id, actor, message)
-         SELECT (SELECT max(id) FROM chats), 'user', printf('%.200c', 'x') FROM n",
-        [count],
+         SELECT (SELECT max(id) FROM chats), 'user', printf('%.*c', ?2, 'x') FROM n",
+        [count, bytes],
     )
     .unwrap();
 }
