@@ -27,6 +27,7 @@ mod schema;
 mod upkeep;
 
 pub use access::shell_word;
+use file::WalIndex;
 #[cfg(unix)]
 pub use file::permission_bits;
 pub use file::{
@@ -153,6 +154,11 @@ pub enum Error {
     /// A pooled connection does not enforce foreign keys, so deleting a chat
     /// would leave its messages behind. Refuse to run rather than do that.
     ForeignKeysOff,
+    /// The `-shm` file beside the database (SQLite's index of the WAL) was
+    /// deleted or replaced while this process had it open: upkeep stops
+    /// short of a checkpoint that could drop other processes' commits (see
+    /// `Upkeep`).
+    WalIndexReplaced(PathBuf),
     /// Any other SQLite failure. The text is for the log, never for a client.
     Sqlite(Arc<rusqlite::Error>),
 }
@@ -198,6 +204,13 @@ impl fmt::Display for Error {
                 f,
                 "SQLite did not enable foreign keys on a connection; refusing to run, \
                  because deleting a chat would not delete its messages"
+            ),
+            Error::WalIndexReplaced(path) => write!(
+                f,
+                "{} was deleted or replaced while the database was open, so other \
+                 processes index the WAL in another file: nothing is written or \
+                 checkpointed from here, which could drop their commits",
+                path.display()
             ),
             Error::Sqlite(e) => write!(f, "sqlite: {e}"),
         }
@@ -446,6 +459,8 @@ pub struct Database {
     writes: Arc<WriteSignal>,
     write_turn: WriteTurn,
     deletes: Arc<GroupCommit<ChatToDelete, Result<Deletion>>>,
+    /// Checked before every write: see [`WalIndex`].
+    index: Arc<WalIndex>,
     /// After `pool`: fields are dropped in order, and this waits for the
     /// pool's connections to close once the last handle is gone.
     _pool_tasks: Arc<PoolTasks>,
@@ -605,6 +620,8 @@ impl Database {
             writes: Arc::default(),
             write_turn: WriteTurn::default(),
             deletes: Arc::new(GroupCommit::new(MAX_DELETES_PER_COMMIT)),
+            // The pool's connections hold the file open by now.
+            index: Arc::new(WalIndex::of(path)),
             _pool_tasks: pool_tasks,
         };
         db.check_foreign_keys_enforced()?;
@@ -661,6 +678,7 @@ impl Database {
             &self.path,
             self.settings.durability,
             Arc::clone(&self.write_turn),
+            Arc::clone(&self.index),
         )
     }
 
@@ -692,6 +710,7 @@ impl Database {
     /// `Ok`; on `Err` nothing it did is kept.
     pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let _turn = take_turn(&self.write_turn);
+        self.index.check()?;
         let mut conn = self.conn()?;
         let value = (|| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1232,6 +1251,39 @@ pub(crate) mod tests {
         db.write(|tx| insert_chat(tx, "u", "after the restart", "model"))
             .unwrap();
         assert_eq!(wal_len(), grown);
+    }
+
+    /// Once the `-shm` is replaced (a sync tool's copy moved over it),
+    /// other processes index the WAL in it, not in this process's: no
+    /// write and no upkeep step may touch the WAL from here.
+    #[cfg(unix)]
+    #[test]
+    fn nothing_is_written_or_checkpointed_once_the_wal_index_is_replaced() {
+        let (dir, db) = open_temp();
+        let upkeep = db.upkeep_connection().unwrap();
+        db.add_user("u", None).unwrap();
+        assert_eq!(upkeep.copy_wal().unwrap(), Step::Done);
+        let shm = side_file(db.path(), "-shm");
+        let copy = dir.path().join("copy");
+        std::fs::copy(&shm, &copy).unwrap();
+        std::fs::rename(&copy, &shm).unwrap();
+
+        let replaced = |result: Result<()>| match result {
+            Err(Error::WalIndexReplaced(path)) => assert_eq!(path, shm),
+            other => panic!("{other:?}"),
+        };
+        replaced(db.add_user("v", None));
+        replaced(upkeep.copy_wal().map(drop));
+        replaced(upkeep.restart_wal().map(drop));
+        replaced(upkeep.truncate_wal().map(drop));
+        replaced(upkeep.vacuum_step(8).map(drop));
+        replaced(upkeep.prune_sessions(i64::MAX).map(drop));
+        let users: i64 = db
+            .conn()
+            .unwrap()
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(users, 1);
     }
 
     #[test]

@@ -17,9 +17,11 @@
 //! to one that no other process sees until the next checkpoint (a crash in
 //! between would bring deleted chats back), and commands failed with "disk
 //! I/O error". After a deleted `-shm`, commands index the WAL in a new one,
-//! and the server's next checkpoint can truncate their commits away.
-//! Stopping ends the two views; what the server does with the WAL as it
-//! stops depends on which file went (see `cli::serve`).
+//! and the server's next checkpoint can truncate their commits away, or
+//! its next write start the WAL over on top of them; until the server has
+//! stopped, `db::WalIndex` refuses both. Stopping ends the two views; what
+//! the server does with the WAL as it stops depends on which file went
+//! (see `cli::serve`).
 //!
 //! Files are told apart by device and inode, so this works on Unix only.
 //! Windows does not let an open database file be deleted or replaced.

@@ -187,6 +187,12 @@ fn database_failure(error: db::Error) -> ApiError {
             );
             ApiError::Internal
         }
+        // The file watch stops the server within a second (see
+        // `file_watch`); until then nothing is written.
+        error @ db::Error::WalIndexReplaced(_) => {
+            log::error!("{error}; answering 503");
+            ApiError::ServiceUnavailable("The server is stopping; retry once it runs again")
+        }
         other => {
             log::error!("database failure, answering 500: {other}");
             ApiError::Internal

@@ -321,6 +321,58 @@ pub fn create_owner_only(path: &Path) -> io::Result<File> {
     options.open(path)
 }
 
+/// The `-shm` file in which this process indexes the WAL, as it was once
+/// the database was open.
+///
+/// If someone deletes or replaces it while the database is open (an `rm`,
+/// a sync tool; `file_watch` stops the server for it within a second),
+/// other processes index the WAL in a new one and commit unseen from
+/// here: their commits are in the WAL, not in this process's index. A
+/// checkpoint from here would copy only what this process knows of and
+/// truncate theirs away, and a write from here would start the WAL over on
+/// top of them. So every write and every upkeep step first checks that the
+/// file is still the one (a `stat`, against a commit's sync). A file
+/// deleted between the check and the write is not caught: the window is
+/// microseconds, not the file watch's second.
+pub(super) struct WalIndex {
+    path: PathBuf,
+    /// `None` where there is nothing to check: on Windows, which lets no
+    /// one delete or replace a file SQLite has open; or if the file was not
+    /// there to look at.
+    identity: Option<(u64, u64)>,
+}
+
+impl WalIndex {
+    /// Call it once the database is open, while a connection holds the
+    /// file: the one that every connection of this process then shares.
+    pub(super) fn of(db_path: &Path) -> WalIndex {
+        let path = side_file(db_path, "-shm");
+        let identity = Self::identity_of(&path);
+        WalIndex { path, identity }
+    }
+
+    #[cfg(unix)]
+    fn identity_of(path: &Path) -> Option<(u64, u64)> {
+        identity(path).ok().map(|identity| identity.file)
+    }
+
+    #[cfg(not(unix))]
+    fn identity_of(_: &Path) -> Option<(u64, u64)> {
+        None
+    }
+
+    /// Fails with [`super::Error::WalIndexReplaced`] once the file at the path is
+    /// not the one this process uses (or is gone).
+    pub(super) fn check(&self) -> super::Result<()> {
+        match self.identity {
+            Some(first) if Self::identity_of(&self.path) != Some(first) => {
+                Err(super::Error::WalIndexReplaced(self.path.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,12 +2,13 @@
 //! giving free pages back (see `maintenance` for when each runs).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
 
 use super::{
-    Durability, Error, Result, WriteTurn, configure_connection, delete_expired_sessions,
+    Durability, Error, Result, WalIndex, WriteTurn, configure_connection, delete_expired_sessions,
     explain_full, take_turn,
 };
 
@@ -50,6 +51,8 @@ pub struct Upkeep {
     /// The steps that take SQLite's write lock take this process's write
     /// turn first, so that requests wait for them on a mutex, not by polling.
     write_turn: WriteTurn,
+    /// Checked before every step: see [`WalIndex`].
+    index: Arc<WalIndex>,
 }
 
 impl Upkeep {
@@ -58,6 +61,7 @@ impl Upkeep {
         path: &Path,
         durability: Durability,
         write_turn: WriteTurn,
+        index: Arc<WalIndex>,
     ) -> Result<Upkeep> {
         let mut conn = Connection::open(super::sqlite_path(path))?;
         configure_connection(&mut conn, UPKEEP_BUSY_TIMEOUT, durability)?;
@@ -68,12 +72,14 @@ impl Upkeep {
             conn,
             wal: super::side_file(path, "-wal"),
             write_turn,
+            index,
         })
     }
 
     /// Copies what it can of the WAL into the database file, without
     /// blocking writers (a PASSIVE checkpoint).
     pub fn copy_wal(&self) -> Result<Step> {
+        self.index.check()?;
         let passive = self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
@@ -110,6 +116,7 @@ impl Upkeep {
 
     fn finish_checkpoint(&self, mode: &str) -> Result<Step> {
         let _turn = take_turn(&self.write_turn);
+        self.index.check()?;
         let result = self
             .conn
             .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
@@ -162,6 +169,7 @@ impl Upkeep {
             Ok(())
         };
         let _turn = take_turn(&self.write_turn);
+        self.index.check()?;
         match run().map_err(|e| explain_full(&self.conn, e.into())) {
             Ok(()) => Ok(Step::Done),
             Err(Error::Busy(_)) => Ok(Step::Blocked),
@@ -172,6 +180,7 @@ impl Upkeep {
     /// Deletes sessions that expired at or before `now`; returns how many.
     pub fn prune_sessions(&self, now: i64) -> Result<usize> {
         let _turn = take_turn(&self.write_turn);
+        self.index.check()?;
         delete_expired_sessions(&self.conn, now)
     }
 }

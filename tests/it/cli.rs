@@ -1641,6 +1641,13 @@ fn a_wal_or_shm_deleted_under_the_server_stops_it_and_loses_no_commit() {
                 .trim()
                 .parse()
                 .unwrap();
+            // A delete must not write through the server's old index,
+            // which would start the WAL over on top of that commit: it is
+            // refused until the server stops.
+            if let Some(answer) = try_delete(server.addr, &delete(&after), &token) {
+                assert_eq!(answer.status, 503, "{}", answer.text());
+                assert!(answer.text().contains("The server is stopping"));
+            }
             (None, Some(id))
         };
 
