@@ -39,8 +39,16 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// the file it was at the start.
 pub struct FileWatch {
     stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: JoinHandle<()>,
+    /// Returns whether it found a change (and called `on_change`).
+    thread: JoinHandle<bool>,
+    watched: Arc<[Watched]>,
 }
+
+/// A file that was there at the start, and what told it apart then.
+type Watched = (PathBuf, (u64, u64));
+
+/// A file that changed, and what happened to it.
+pub type Change = (PathBuf, &'static str);
 
 impl FileWatch {
     /// Starts watching `files`; calls `on_change` once, with the first file
@@ -61,33 +69,47 @@ impl FileWatch {
                 Err(e) => return Err(e),
             }
         }
+        let watched: Arc<[Watched]> = watched.into();
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread = {
-            let stop = Arc::clone(&stop);
-            thread::Builder::new()
-                .name("file-watch".into())
-                .spawn(move || {
-                    if let Some((file, change)) = wait_for_change(&watched, every, &stop) {
+            let (watched, stop) = (Arc::clone(&watched), Arc::clone(&stop));
+            thread::Builder::new().name("file-watch".into()).spawn(
+                move || match wait_for_change(&watched, every, &stop) {
+                    Some((file, change)) => {
                         on_change(file, change);
+                        true
                     }
-                })?
+                    None => false,
+                },
+            )?
         };
-        Ok(FileWatch { stop, thread })
+        Ok(FileWatch {
+            stop,
+            thread,
+            watched,
+        })
     }
 
-    /// Stops the thread.
-    pub fn stop(self) {
+    /// Stops the thread, then looks once more: returns a change made since
+    /// its last look, for which `on_change` was not called. (Whoever stops
+    /// the server meanwhile must still learn that a file changed: then the
+    /// last connection must not checkpoint, see `cli::serve`.)
+    pub fn stop(self) -> Option<Change> {
         let (stopped, wake) = &*self.stop;
         *stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
         wake.notify_all();
-        let _ = self.thread.join();
+        let reported = self.thread.join().unwrap_or(true);
+        if reported {
+            return None;
+        }
+        first_change(&self.watched).map(|(file, change)| (file.to_owned(), change))
     }
 }
 
 /// Looks at each file every `every` until one is no longer the file it was
 /// (returns it and what happened) or `stop` is set (returns `None`).
 fn wait_for_change<'a>(
-    watched: &'a [(PathBuf, (u64, u64))],
+    watched: &'a [Watched],
     every: Duration,
     stop: &(Mutex<bool>, Condvar),
 ) -> Option<(&'a Path, &'static str)> {
@@ -104,22 +126,31 @@ fn wait_for_change<'a>(
         if *stopped {
             return None;
         }
-        for (file, first) in watched {
-            match identity(file) {
-                // A new file at the path is not always someone's: after an
-                // `rm` of a side file, the next command's SQLite makes one.
-                Ok(Some(now)) if now != *first => {
-                    return Some((file, "was deleted or replaced by another file"));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Some((file, "was deleted or moved away"));
-                }
-                // The same file; or an error that says nothing about it (a
-                // directory briefly unreadable): look again next time.
-                _ => {}
-            }
+        if let Some(change) = first_change(watched) {
+            return Some(change);
         }
     }
+}
+
+/// The first of the `watched` files that is no longer the file it was, and
+/// what happened to it.
+fn first_change(watched: &[Watched]) -> Option<(&Path, &'static str)> {
+    for (file, first) in watched {
+        match identity(file) {
+            // A new file at the path is not always someone's: after an
+            // `rm` of a side file, the next command's SQLite makes one.
+            Ok(Some(now)) if now != *first => {
+                return Some((file, "was deleted or replaced by another file"));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Some((file, "was deleted or moved away"));
+            }
+            // The same file; or an error that says nothing about it (a
+            // directory briefly unreadable): look again next time.
+            _ => {}
+        }
+    }
+    None
 }
 
 /// What tells the file apart from another put in its place; `None` on
@@ -185,6 +216,34 @@ mod tests {
             (path, "was deleted or moved away")
         );
         deleted.stop();
+    }
+
+    /// `stop` finds a change made since the thread's last look (for which
+    /// `on_change` is not called), and does not repeat one it reported.
+    #[test]
+    fn stop_looks_once_more_and_names_only_a_change_not_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        std::fs::write(&path, b"one").unwrap();
+        let watched = [path.clone()];
+
+        let (changed, change) = mpsc::channel();
+        let unseen = FileWatch::start(&watched, Duration::from_secs(3600), move |f, w| {
+            let _ = changed.send((f.to_owned(), w));
+        })
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            unseen.stop(),
+            Some((path.clone(), "was deleted or moved away"))
+        );
+        assert!(change.try_recv().is_err());
+
+        std::fs::write(&path, b"two").unwrap();
+        let (reported, change) = watch(&watched);
+        std::fs::remove_file(&path).unwrap();
+        change.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(reported.stop(), None);
     }
 
     /// The file that changed is the one named; a file missing at the start

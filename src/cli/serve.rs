@@ -123,8 +123,17 @@ pub(super) fn serve(
         policy,
     };
     let served = server.run(workers, move |request| routes::handle(&app, request));
-    watch.stop();
-    let gone = gone.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // A change in the watch's last second, with a stop signal in it, is
+    // found only by this last look.
+    let seen_at_stop = watch.stop();
+    if let Some((file, what)) = &seen_at_stop {
+        log::error!("{} {what} while the server ran", file.display());
+    }
+    let gone = gone
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .or(seen_at_stop);
     if gone
         .as_ref()
         .is_some_and(|(file, _)| *file == db::side_file(db_path, "-shm"))

@@ -1677,6 +1677,44 @@ fn a_wal_or_shm_deleted_under_the_server_stops_it_and_loses_no_commit() {
     }
 }
 
+/// A stop signal that comes right after the `-shm` was deleted and a
+/// command committed through its new one, before the server's once-a-second
+/// look at its files: the server still sees it as it stops, and leaves the
+/// WAL to the next start rather than close with a checkpoint that would
+/// drop that commit.
+#[cfg(unix)]
+#[test]
+fn a_shm_deleted_just_before_a_stop_signal_loses_no_commit() {
+    let (server, db, _token) = start_with_alice_and_bob(&[]);
+    drop(db);
+    let shm = &database_files(&server.db_path)[2];
+    std::fs::remove_file(shm).unwrap();
+    let added = run_cli(&server.db_path, &["chat", "add", "alice", "added"], None);
+    assert!(added.status.success(), "{}", stderr_of(&added));
+    let id: i64 = String::from_utf8_lossy(&added.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    signal(server.pid(), libc::SIGINT);
+
+    let db_path = server.db_path.clone();
+    let stopped = server.wait_for_exit();
+    let stderr = std::fs::read_to_string(stopped.dir.path().join("stderr.log")).unwrap();
+    assert_eq!(stopped.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} was deleted or ", shm.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("left the WAL as it is, for the next start to recover"),
+        "{stderr}"
+    );
+    let conn = rusqlite::Connection::open(&db_path).unwrap();
+    let chats: Vec<i64> = column(&conn, "SELECT id FROM chats");
+    assert!(chats.contains(&id), "chat {id} lost: {chats:?}");
+    assert_consistent(&conn);
+}
+
 /// `nohup` starts a command with SIGHUP ignored, so that it outlives the
 /// terminal that started it. A server started so serves on after a hangup,
 /// and still stops cleanly on Ctrl+C.
