@@ -155,9 +155,9 @@ pub enum Error {
     /// would leave its messages behind. Refuse to run rather than do that.
     ForeignKeysOff,
     /// The `-shm` file beside the database (SQLite's index of the WAL) was
-    /// deleted or replaced while this process had it open: upkeep stops
-    /// short of a checkpoint that could drop other processes' commits (see
-    /// `Upkeep`).
+    /// deleted or replaced while this process had it open: nothing is
+    /// written or checkpointed from here, which could drop other processes'
+    /// commits (see `WalIndex`).
     WalIndexReplaced(PathBuf),
     /// Any other SQLite failure. The text is for the log, never for a client.
     Sqlite(Arc<rusqlite::Error>),

@@ -98,7 +98,8 @@ impl FileWatch {
         let (stopped, wake) = &*self.stop;
         *stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
         wake.notify_all();
-        let reported = self.thread.join().unwrap_or(true);
+        // A thread that panicked may not have reported: look again.
+        let reported = self.thread.join().unwrap_or(false);
         if reported {
             return None;
         }

@@ -361,8 +361,8 @@ impl WalIndex {
         None
     }
 
-    /// Fails with [`super::Error::WalIndexReplaced`] once the file at the path is
-    /// not the one this process uses (or is gone).
+    /// Fails with [`super::Error::WalIndexReplaced`] once the file at the
+    /// path is not the one this process uses (or is gone).
     pub(super) fn check(&self) -> super::Result<()> {
         match self.identity {
             Some(first) if Self::identity_of(&self.path) != Some(first) => {
