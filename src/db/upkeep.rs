@@ -155,6 +155,14 @@ impl Upkeep {
             .pragma_query_value(None, "freelist_count", |r| r.get(0))?)
     }
 
+    /// The size of the free pages, in bytes.
+    pub fn free_bytes(&self) -> Result<i64> {
+        let page_size: i64 = self
+            .conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))?;
+        Ok(self.free_pages()? * page_size)
+    }
+
     /// Gives back up to `max_pages` free pages to the file system, in one
     /// short write transaction.
     pub fn vacuum_step(&self, max_pages: u32) -> Result<Step> {

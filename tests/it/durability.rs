@@ -291,6 +291,85 @@ fn a_reader_that_holds_erasure_back_is_named_in_the_log_until_it_ends() {
     assert_consistent(&reader);
 }
 
+/// A stop held up by a reader (its final checkpoint and truncation retried
+/// for a while) says so rather than wait in silence, and finishes the
+/// moment the reader ends: what was deleted is gone from the files.
+#[cfg(unix)]
+#[test]
+fn a_stop_held_up_by_a_reader_says_so_and_erases_once_it_ends() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let doomed = seed_marked_chat(&db, "alice", "bob");
+    let mut reader = server.sql();
+    let snapshot = reader.transaction().unwrap();
+    let _: i64 = snapshot
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    server
+        .delete(&format!("/api/users/alice/chats/{}", doomed.id), &token)
+        .assert_true();
+
+    signal(server.pid(), libc::SIGINT);
+    server.log_with(&[
+        "INFO  another connection keeps the WAL in use (a transaction left open in a \
+         `sqlite3` shell or a database browser, a `backup` running): waiting up to 5 s for \
+         it, to leave the file checkpointed (a second Ctrl+C or stop signal exits at once, \
+         and the next start checkpoints it)",
+    ]);
+    snapshot.commit().unwrap();
+    let db_path = server.db_path.clone();
+    let Stopped { status, dir, .. } = server.wait_for_exit();
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(log.contains("INFO  stopped"), "{log}");
+    assert!(!log.contains("could not checkpoint"), "{log}");
+    assert_eq!(
+        markers_on_disk(&db_path, &doomed.markers),
+        Vec::<String>::new()
+    );
+    assert_consistent(&reader);
+}
+
+/// A stop right after a large delete gives the space back first, which
+/// takes a while: it says so, and how much.
+#[cfg(unix)]
+#[test]
+fn a_stop_that_gives_much_space_back_first_says_so() {
+    let (server, db, token) = start_with_alice_and_bob(&[]);
+    let chat = seed_marked_chat(&db, "alice", "bob");
+    // About 140 MiB: well past the 64 MiB from which the stop says so, so
+    // that the idle upkeep, which starts giving it back 50 ms after the
+    // delete, is still far from done when the signal comes.
+    add_messages_to_the_last_chat(&server.sql(), 600_000, 200);
+    server
+        .delete(&format!("/api/users/alice/chats/{}", chat.id), &token)
+        .assert_true();
+    signal(server.pid(), libc::SIGINT);
+
+    let db_path = server.db_path.clone();
+    let Stopped { status, dir, .. } = server.wait_for_exit();
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(status.success(), "{status:?}: {log}");
+    let line = log_line(&log, "INFO  giving the ");
+    let mib: u64 = line
+        .split("giving the ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((64..256).contains(&mib), "{line}");
+    assert!(
+        line.ends_with(
+            " MiB that deleted chats took back to the file system before exiting (a second \
+             Ctrl+C or stop signal exits at once, and the next start gives it back)"
+        ),
+        "{line}"
+    );
+    assert!(log.contains("INFO  stopped"), "{log}");
+    drop(db);
+    let size = std::fs::metadata(&db_path).unwrap().len();
+    assert!(size < 1 << 20, "the file kept {size} bytes");
+}
+
 /// Under steady writes the WAL is truncated only every so often (each
 /// truncation pauses writers); the bound must hold all the same.
 #[test]
