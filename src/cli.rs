@@ -741,7 +741,12 @@ fn db_error(path: &Path) -> impl Fn(db::Error) -> Error + Copy + '_ {
 /// Clears what a command deleted or replaced from the files: a running
 /// server would do so within a second or so, but none may be running.
 fn erase_now(db: &Database) {
-    match maintenance::erase_now(db) {
+    let long = |mib| {
+        tell(format_args!(
+            "giving the {mib} MiB now free back to the file system"
+        ))
+    };
+    match maintenance::erase_now(db, long) {
         Ok(true) => {}
         Ok(false) => tell(format_args!(
             "a reader held the WAL; a running server clears it once the reader is \

@@ -433,14 +433,11 @@ fn vacuum(db: &Database, upkeep: &Upkeep, pacing: &Pacing, mut free: i64) -> db:
 
 fn final_pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing) {
     // The stop waits for this; past a moment, whoever waits is told why.
-    if let Ok(free) = upkeep.free_bytes() {
-        if free >= SAY_WHEN_GIVING_BACK {
-            log::info!(
-                "giving the {} MiB that deleted chats took back to the file system before \
-                 exiting ({UNTIL_NEXT_START} gives it back)",
-                free >> 20
-            );
-        }
+    if let Some(mib) = much_to_give_back(upkeep) {
+        log::info!(
+            "giving the {mib} MiB that deleted chats took back to the file system before \
+             exiting ({UNTIL_NEXT_START} gives it back)"
+        );
     }
     let deadline = Instant::now() + FINAL_PASS_WAITS_FOR_OTHERS;
     let mut said_why = false;
@@ -476,9 +473,15 @@ fn final_pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing) {
 /// finishing.
 const FINAL_PASS_WAITS_FOR_OTHERS: Duration = Duration::from_secs(5);
 
-/// From how much free space the last pass says that it gives it back: about
-/// half a second here (a 930 MB chat's space took 9 s).
+/// From how much free space giving it back is said first: about half a
+/// second here (a 930 MB chat's space took 9 s).
 const SAY_WHEN_GIVING_BACK: i64 = 64 << 20;
+
+/// The MiB of free pages, if at least [`SAY_WHEN_GIVING_BACK`].
+fn much_to_give_back(upkeep: &Upkeep) -> Option<i64> {
+    let free = upkeep.free_bytes().ok()?;
+    (free >= SAY_WHEN_GIVING_BACK).then_some(free >> 20)
+}
 
 /// What someone waiting for the stop can do instead.
 const UNTIL_NEXT_START: &str = "a second Ctrl+C or stop signal exits at once, and the next start";
@@ -489,9 +492,13 @@ const UNTIL_NEXT_START: &str = "a second Ctrl+C or stop signal exits at once, an
 /// a second or so, but none may run, and the command's own close does not
 /// checkpoint while another connection (an `sqlite3` shell) is open.
 /// Retried for a second while a reader holds old frames; returns whether
-/// it finished.
-pub fn erase_now(db: &Database) -> db::Result<bool> {
+/// it finished. Calls `long` first, with the MiB to give back, if that
+/// will take a while (930 MB took 9 s).
+pub fn erase_now(db: &Database, long: impl FnOnce(i64)) -> db::Result<bool> {
     let upkeep = db.upkeep_connection()?;
+    if let Some(mib) = much_to_give_back(&upkeep) {
+        long(mib);
+    }
     let pacing = Pacing::default();
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
