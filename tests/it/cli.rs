@@ -1644,16 +1644,8 @@ fn a_wal_or_shm_deleted_under_the_server_stops_it_and_loses_no_commit() {
             }
             (answered, None)
         } else {
-            // The command makes a new -shm, and commits through it. (Had
-            // the server written too in the second before it stops, its
-            // next write could start the WAL over, and lose that commit:
-            // two indexes of one WAL cannot both be right.)
-            let added = run_cli(&server.db_path, &["chat", "add", "alice", "added"], None);
-            assert!(added.status.success(), "{}", stderr_of(&added));
-            let id: i64 = String::from_utf8_lossy(&added.stdout)
-                .trim()
-                .parse()
-                .unwrap();
+            // The command makes a new -shm, and commits through it.
+            let id = add_a_chat_through_a_command(&server.db_path);
             // A delete must not write through the server's old index,
             // which would start the WAL over on top of that commit: it is
             // refused until the server stops.
@@ -1690,6 +1682,17 @@ fn a_wal_or_shm_deleted_under_the_server_stops_it_and_loses_no_commit() {
     }
 }
 
+/// Adds a chat of alice's with `chat add`; returns its id.
+#[cfg(unix)]
+fn add_a_chat_through_a_command(db_path: &Path) -> i64 {
+    let added = run_cli(db_path, &["chat", "add", "alice", "added"], None);
+    assert!(added.status.success(), "{}", stderr_of(&added));
+    String::from_utf8_lossy(&added.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// A stop signal that comes right after the `-shm` was deleted and a
 /// command committed through its new one, before the server's once-a-second
 /// look at its files: the server still sees it as it stops, and leaves the
@@ -1702,12 +1705,7 @@ fn a_shm_deleted_just_before_a_stop_signal_loses_no_commit() {
     drop(db);
     let shm = &database_files(&server.db_path)[2];
     std::fs::remove_file(shm).unwrap();
-    let added = run_cli(&server.db_path, &["chat", "add", "alice", "added"], None);
-    assert!(added.status.success(), "{}", stderr_of(&added));
-    let id: i64 = String::from_utf8_lossy(&added.stdout)
-        .trim()
-        .parse()
-        .unwrap();
+    let id = add_a_chat_through_a_command(&server.db_path);
     signal(server.pid(), libc::SIGINT);
 
     let db_path = server.db_path.clone();

@@ -104,6 +104,9 @@ fn markers_on_disk<'a>(
 ) -> Vec<String> {
     let mut present = std::collections::HashSet::new();
     let [db, wal, shm] = database_files(db_path);
+    // The side files may be gone (SQLite removes them on a last close); the
+    // database file must be there, or nothing could be found in it.
+    assert!(db.is_file(), "{} is not there to look in", db.display());
     for path in [wal, db, shm] {
         let bytes = std::fs::read(path).unwrap_or_default();
         let mut rest = &bytes[..];
@@ -243,6 +246,16 @@ fn erasure_holds_under_concurrent_deletes_and_readers() {
     assert_consistent(&server.sql());
 }
 
+/// Begins a read transaction on `conn` and reads, as a `sqlite3` shell left
+/// in one does: its snapshot keeps the WAL from being cut until it ends.
+fn hold_a_snapshot(conn: &mut rusqlite::Connection) -> rusqlite::Transaction<'_> {
+    let snapshot = conn.transaction().unwrap();
+    let _: i64 = snapshot
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    snapshot
+}
+
 /// Another connection's open read transaction (a `sqlite3` shell's, a
 /// database browser's) keeps the WAL from being cut, and upkeep never
 /// forces it: what is deleted meanwhile stays in the files, beyond the
@@ -253,10 +266,7 @@ fn a_reader_that_holds_erasure_back_is_named_in_the_log_until_it_ends() {
     let (server, db, token) = start_with_alice_and_bob(&[]);
     let doomed = seed_marked_chat(&db, "alice", "bob");
     let mut reader = server.sql();
-    let snapshot = reader.transaction().unwrap();
-    let _: i64 = snapshot
-        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
-        .unwrap();
+    let snapshot = hold_a_snapshot(&mut reader);
 
     server
         .delete(&format!("/api/users/alice/chats/{}", doomed.id), &token)
@@ -291,6 +301,19 @@ fn a_reader_that_holds_erasure_back_is_named_in_the_log_until_it_ends() {
     assert_consistent(&reader);
 }
 
+/// Waits for the server to exit after a stop signal; asserts that it
+/// stopped cleanly, and returns its directory (which holds the database
+/// as long as it is kept), its database's path and its log.
+#[cfg(unix)]
+fn stopped_cleanly(server: TestServer) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let db_path = server.db_path.clone();
+    let Stopped { status, dir, .. } = server.wait_for_exit();
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(log.contains("INFO  stopped"), "{log}");
+    (dir, db_path, log)
+}
+
 /// A stop held up by a reader (its final checkpoint and truncation retried
 /// for a while) says so rather than wait in silence, and finishes the
 /// moment the reader ends: what was deleted is gone from the files.
@@ -300,10 +323,7 @@ fn a_stop_held_up_by_a_reader_says_so_and_erases_once_it_ends() {
     let (server, db, token) = start_with_alice_and_bob(&[]);
     let doomed = seed_marked_chat(&db, "alice", "bob");
     let mut reader = server.sql();
-    let snapshot = reader.transaction().unwrap();
-    let _: i64 = snapshot
-        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
-        .unwrap();
+    let snapshot = hold_a_snapshot(&mut reader);
     server
         .delete(&format!("/api/users/alice/chats/{}", doomed.id), &token)
         .assert_true();
@@ -316,11 +336,7 @@ fn a_stop_held_up_by_a_reader_says_so_and_erases_once_it_ends() {
          and the next start checkpoints it)",
     ]);
     snapshot.commit().unwrap();
-    let db_path = server.db_path.clone();
-    let Stopped { status, dir, .. } = server.wait_for_exit();
-    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
-    assert!(status.success(), "{status:?}: {log}");
-    assert!(log.contains("INFO  stopped"), "{log}");
+    let (_dir, db_path, log) = stopped_cleanly(server);
     assert!(!log.contains("could not checkpoint"), "{log}");
     assert_eq!(
         markers_on_disk(&db_path, &doomed.markers),
@@ -345,10 +361,7 @@ fn a_stop_that_gives_much_space_back_first_says_so() {
         .assert_true();
     signal(server.pid(), libc::SIGINT);
 
-    let db_path = server.db_path.clone();
-    let Stopped { status, dir, .. } = server.wait_for_exit();
-    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
-    assert!(status.success(), "{status:?}: {log}");
+    let (_dir, db_path, log) = stopped_cleanly(server);
     let line = log_line(&log, "INFO  giving the ");
     let mib: u64 = line
         .split("giving the ")
@@ -364,7 +377,6 @@ fn a_stop_that_gives_much_space_back_first_says_so() {
         ),
         "{line}"
     );
-    assert!(log.contains("INFO  stopped"), "{log}");
     drop(db);
     let size = std::fs::metadata(&db_path).unwrap().len();
     assert!(size < 1 << 20, "the file kept {size} bytes");
