@@ -34,6 +34,7 @@ pub use file::{
     Identity, NotAFile, create_owner_only, database_files, describe, identity, is_empty_file,
     is_rollback_journal_file, is_wal_file, more_than_one_name, names_a_directory, not_a_file,
     open_to_other_users, resolved_path, side_file, side_file_open_to_other_users, sqlite_path,
+    watched_identity,
 };
 pub use listings::{ChatInfo, SessionInfo, UserInfo};
 pub use rows::{

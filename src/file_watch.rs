@@ -31,6 +31,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crate::db;
+
 /// How often the server checks its files: a stat each, so cheap, and soon
 /// enough that few requests are answered from a file no one sees.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -39,9 +41,18 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// the file it was at the start.
 pub struct FileWatch {
     stop: Arc<(Mutex<bool>, Condvar)>,
-    /// Returns whether it found a change (and called `on_change`).
-    thread: JoinHandle<bool>,
+    /// Returns the change it found (and called `on_change` for), if any.
+    thread: JoinHandle<Option<Change>>,
     watched: Arc<[Watched]>,
+}
+
+/// What the watch found, once stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Found {
+    pub change: Change,
+    /// Whether `on_change` was called for it: if not, the last look found
+    /// it, as the watch stopped.
+    pub reported: bool,
 }
 
 /// A file that was there at the start, and what told it apart then.
@@ -62,7 +73,7 @@ impl FileWatch {
     ) -> std::io::Result<FileWatch> {
         let mut watched = Vec::new();
         for file in files {
-            match identity(file) {
+            match db::watched_identity(file) {
                 Ok(Some(first)) => watched.push((file.clone(), first)),
                 Ok(None) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -73,15 +84,13 @@ impl FileWatch {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread = {
             let (watched, stop) = (Arc::clone(&watched), Arc::clone(&stop));
-            thread::Builder::new().name("file-watch".into()).spawn(
-                move || match wait_for_change(&watched, every, &stop) {
-                    Some((file, change)) => {
-                        on_change(file, change);
-                        true
-                    }
-                    None => false,
-                },
-            )?
+            thread::Builder::new()
+                .name("file-watch".into())
+                .spawn(move || {
+                    let (file, change) = wait_for_change(&watched, every, &stop)?;
+                    on_change(file, change);
+                    Some((file.to_owned(), change))
+                })?
         };
         Ok(FileWatch {
             stop,
@@ -90,20 +99,26 @@ impl FileWatch {
         })
     }
 
-    /// Stops the thread, then looks once more: returns a change made since
-    /// its last look, for which `on_change` was not called. (Whoever stops
-    /// the server meanwhile must still learn that a file changed: then the
-    /// last connection must not checkpoint, see `cli::serve`.)
-    pub fn stop(self) -> Option<Change> {
+    /// Stops the thread; returns the change it reported, or else one that
+    /// a last look finds (made since its last look). Whoever stops the
+    /// server meanwhile must still learn that a file changed: then the last
+    /// connection must not checkpoint (see `cli::serve`).
+    pub fn stop(self) -> Option<Found> {
         let (stopped, wake) = &*self.stop;
         *stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
         wake.notify_all();
         // A thread that panicked may not have reported: look again.
-        let reported = self.thread.join().unwrap_or(false);
-        if reported {
-            return None;
+        if let Some(change) = self.thread.join().ok().flatten() {
+            return Some(Found {
+                change,
+                reported: true,
+            });
         }
-        first_change(&self.watched).map(|(file, change)| (file.to_owned(), change))
+        let (file, change) = first_change(&self.watched)?;
+        Some(Found {
+            change: (file.to_owned(), change),
+            reported: false,
+        })
     }
 }
 
@@ -137,7 +152,7 @@ fn wait_for_change<'a>(
 /// what happened to it.
 fn first_change(watched: &[Watched]) -> Option<(&Path, &'static str)> {
     for (file, first) in watched {
-        match identity(file) {
+        match db::watched_identity(file) {
             // A new file at the path is not always someone's: after an
             // `rm` of a side file, the next command's SQLite makes one.
             Ok(Some(now)) if now != *first => {
@@ -152,22 +167,6 @@ fn first_change(watched: &[Watched]) -> Option<(&Path, &'static str)> {
         }
     }
     None
-}
-
-/// What tells the file apart from another put in its place; `None` on
-/// Windows, where no one can delete or replace a file while SQLite has it
-/// open (SQLite does not share its handles for deleting), so there is
-/// nothing to watch for.
-pub(crate) fn identity(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
-    #[cfg(unix)]
-    {
-        Ok(Some(crate::db::identity(path)?.file))
-    }
-    #[cfg(not(unix))]
-    {
-        // Still an error for a file not there, which is not watched.
-        std::fs::metadata(path).map(|_| None)
-    }
 }
 
 #[cfg(all(test, unix))]
@@ -220,9 +219,9 @@ mod tests {
     }
 
     /// `stop` finds a change made since the thread's last look (for which
-    /// `on_change` is not called), and does not repeat one it reported.
+    /// `on_change` is not called), and tells it from one it reported.
     #[test]
-    fn stop_looks_once_more_and_names_only_a_change_not_reported() {
+    fn stop_looks_once_more_and_tells_what_it_found_from_what_it_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         std::fs::write(&path, b"one").unwrap();
@@ -236,7 +235,10 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert_eq!(
             unseen.stop(),
-            Some((path.clone(), "was deleted or moved away"))
+            Some(Found {
+                change: (path.clone(), "was deleted or moved away"),
+                reported: false,
+            })
         );
         assert!(change.try_recv().is_err());
 
@@ -244,7 +246,13 @@ mod tests {
         let (reported, change) = watch(&watched);
         std::fs::remove_file(&path).unwrap();
         change.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_eq!(reported.stop(), None);
+        assert_eq!(
+            reported.stop(),
+            Some(Found {
+                change: (path, "was deleted or moved away"),
+                reported: true,
+            })
+        );
     }
 
     /// The file that changed is the one named; a file missing at the start

@@ -291,6 +291,11 @@ impl Failures {
     }
 }
 
+/// What the other connections that keep the WAL in use, beyond a moment,
+/// most often are.
+const OTHER_CONNECTIONS: &str = "a transaction left open in a `sqlite3` shell or a database \
+     browser, a `backup` running, or another program's long write";
+
 /// How long the WAL may stay uncut, another connection keeping it in use,
 /// before the log says so. README promises erasure within a second; this
 /// is well past it, so that a short read or an ordinary `backup` says
@@ -323,10 +328,9 @@ impl HeldBack {
         }
         self.warned = true;
         Some(format!(
-            "the WAL has not been cut for {} s: another connection keeps using it (a \
-             transaction left open in a `sqlite3` shell or a database browser, a `backup` \
-             running, or another program's long write); until it ends, what was deleted \
-             meanwhile stays in the database files",
+            "the WAL has not been cut for {} s: another connection keeps using it \
+             ({OTHER_CONNECTIONS}); until it ends, what was deleted meanwhile stays in the \
+             database files",
             held.as_secs()
         ))
     }
@@ -450,8 +454,7 @@ fn final_pass(db: &Database, upkeep: &Upkeep, pacing: &Pacing) {
             Ok(_) if Instant::now() < deadline => {
                 if !std::mem::replace(&mut said_why, true) {
                     log::info!(
-                        "another connection keeps the WAL in use (a transaction left open in \
-                         a `sqlite3` shell or a database browser, a `backup` running): \
+                        "another connection keeps the WAL in use ({OTHER_CONNECTIONS}): \
                          waiting up to {} s for it, to leave the file checkpointed \
                          ({UNTIL_NEXT_START} checkpoints it)",
                         FINAL_PASS_WAITS_FOR_OTHERS.as_secs()

@@ -4,8 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
 use super::{Error, ServeArgs};
 use crate::auth::{self, Token};
@@ -107,7 +106,7 @@ pub(super) fn serve(
     } else {
         say_if_no_session_can_sign_in(&db, db_path);
     }
-    let (watch, gone) = watch_database_file(db_path, server.shutdown_handle(workers))?;
+    let watch = watch_database_file(db_path, server.shutdown_handle(workers))?;
     let upkeep =
         Maintenance::start(db.clone(), maintenance::Pacing::default()).map_err(Error::Io)?;
     // The one line on stdout: scripts and tests wait for it, and may then
@@ -123,17 +122,15 @@ pub(super) fn serve(
         policy,
     };
     let served = server.run(workers, move |request| routes::handle(&app, request));
-    // A change in the watch's last second, with a stop signal in it, is
-    // found only by this last look.
-    let seen_at_stop = watch.stop();
-    if let Some((file, what)) = &seen_at_stop {
-        log::error!("{} {what} while the server ran", file.display());
-    }
-    let gone = gone
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .or(seen_at_stop);
+    let gone = watch.stop().map(|found| {
+        // A change in the watch's last second, with a stop signal in it, is
+        // found only by its last look, and was not logged.
+        if !found.reported {
+            let (file, what) = &found.change;
+            log::error!("{} {what} while the server ran", file.display());
+        }
+        found.change
+    });
     if gone
         .as_ref()
         .is_some_and(|(file, _)| *file == db::side_file(db_path, "-shm"))
@@ -186,32 +183,19 @@ fn say_if_no_session_can_sign_in(db: &Database, db_path: &Path) {
     }
 }
 
-/// Which file changed, and what happened to it, once [`FileWatch`] saw it.
-type Gone = Arc<Mutex<Option<(PathBuf, &'static str)>>>;
-
 /// Shuts the server down if its database file, or SQLite's `-wal` or
-/// `-shm` file beside it, is deleted or replaced; the returned slot then
-/// says which (see `file_watch`).
-fn watch_database_file(
-    db_path: &Path,
-    shutdown: ShutdownHandle,
-) -> Result<(FileWatch, Gone), Error> {
-    let gone = Gone::default();
+/// `-shm` file beside it, is deleted or replaced (see `file_watch`).
+fn watch_database_file(db_path: &Path, shutdown: ShutdownHandle) -> Result<FileWatch, Error> {
     let files = db::database_files(db_path);
-    let watch = {
-        let gone = Arc::clone(&gone);
-        FileWatch::start(&files, file_watch::CHECK_EVERY, move |file, what| {
-            log::error!(
-                "{} {what} while the server ran; stopping, so that no answer comes \
-                 from a file that no one else sees",
-                file.display()
-            );
-            *gone.lock().unwrap_or_else(|e| e.into_inner()) = Some((file.to_owned(), what));
-            shutdown.shutdown();
-        })
-        .map_err(Error::Io)?
-    };
-    Ok((watch, gone))
+    FileWatch::start(&files, file_watch::CHECK_EVERY, move |file, what| {
+        log::error!(
+            "{} {what} while the server ran; stopping, so that no answer comes \
+             from a file that no one else sees",
+            file.display()
+        );
+        shutdown.shutdown();
+    })
+    .map_err(Error::Io)
 }
 
 /// Binds the listener; a non-loopback address needs `--allow-remote`.

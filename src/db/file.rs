@@ -157,6 +157,22 @@ pub fn identity(path: &Path) -> io::Result<Identity> {
     })
 }
 
+/// What tells the file at `path` apart from another put in its place, for
+/// watching it while SQLite has it open; `None` on Windows, where no one can
+/// delete or replace such a file (SQLite does not share its handles for
+/// deleting), so there is nothing to watch for. Still an error there for a
+/// file that is not there.
+pub fn watched_identity(path: &Path) -> io::Result<Option<(u64, u64)>> {
+    #[cfg(unix)]
+    {
+        Ok(Some(identity(path)?.file))
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(path).map(|_| None)
+    }
+}
+
 /// Whether `path` ends in a separator (`new-dir/`), and so can only name a
 /// directory. SQLite takes such a name for the file without it.
 pub fn names_a_directory(path: &Path) -> bool {
@@ -347,25 +363,15 @@ impl WalIndex {
     /// file: the one that every connection of this process then shares.
     pub(super) fn of(db_path: &Path) -> WalIndex {
         let path = side_file(db_path, "-shm");
-        let identity = Self::identity_of(&path);
+        let identity = watched_identity(&path).ok().flatten();
         WalIndex { path, identity }
-    }
-
-    #[cfg(unix)]
-    fn identity_of(path: &Path) -> Option<(u64, u64)> {
-        identity(path).ok().map(|identity| identity.file)
-    }
-
-    #[cfg(not(unix))]
-    fn identity_of(_: &Path) -> Option<(u64, u64)> {
-        None
     }
 
     /// Fails with [`super::Error::WalIndexReplaced`] once the file at the
     /// path is not the one this process uses (or is gone).
     pub(super) fn check(&self) -> super::Result<()> {
         match self.identity {
-            Some(first) if Self::identity_of(&self.path) != Some(first) => {
+            Some(first) if watched_identity(&self.path).ok().flatten() != Some(first) => {
                 Err(super::Error::WalIndexReplaced(self.path.clone()))
             }
             _ => Ok(()),

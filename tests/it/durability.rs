@@ -331,9 +331,9 @@ fn a_stop_held_up_by_a_reader_says_so_and_erases_once_it_ends() {
     signal(server.pid(), libc::SIGINT);
     server.log_with(&[
         "INFO  another connection keeps the WAL in use (a transaction left open in a \
-         `sqlite3` shell or a database browser, a `backup` running): waiting up to 5 s for \
-         it, to leave the file checkpointed (a second Ctrl+C or stop signal exits at once, \
-         and the next start checkpoints it)",
+         `sqlite3` shell or a database browser, a `backup` running, or another program's \
+         long write): waiting up to 5 s for it, to leave the file checkpointed (a second \
+         Ctrl+C or stop signal exits at once, and the next start checkpoints it)",
     ]);
     snapshot.commit().unwrap();
     let (_dir, db_path, log) = stopped_cleanly(server);
